@@ -1,0 +1,80 @@
+"""Command line: `python -m pipeline <stage> --config configs/<comp>/<exp>.yaml [--fold K] [--set k=v ...]`.
+
+User mistakes (pipeline.errors.UserError) print one `error:` line and exit 2; anything else is a bug
+and exits 1 with its traceback. `--debug` or PIPELINE_DEBUG=1 shows tracebacks for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+
+from pipeline.errors import UserError
+
+# stage name -> (module, one-line help). Each module exposes `run(args: argparse.Namespace) -> None`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "download": ("pipeline.download", "fetch the competition's files into data/raw/<comp>/"),
+    "init": ("pipeline.init", "infer configs/<comp>/competition.yaml and baseline.yaml from the raw files"),
+    "folds": ("pipeline.folds", "write data/processed/<comp>/folds.csv (stratified k-fold)"),
+    "train": ("pipeline.train", "fine-tune one fold (--fold K) or every fold"),
+    "predict": ("pipeline.predict", "out-of-fold and test probabilities with TTA, per fold"),
+    "ensemble": ("pipeline.ensemble", "blend folds, score the CV, write scores.json"),
+    "submission": ("pipeline.submission", "write submissions/<comp>/<exp>.csv in sample_submission's format"),
+    "summary": ("pipeline.summary", "print the experiment's scores and what this run did"),
+    "weights": ("pipeline.weights", "prepare the offline ImageNet Lite0 weights file"),
+    "info": ("pipeline.summary", "print facts Make needs (fold count, paths) without importing torch"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's usage dump -> our one-line contract
+        raise UserError(f"{message} (see `python -m pipeline {self.prog.split()[-1]} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help="configs/<comp>/<exp>.yaml")
+        p.add_argument("--comp", help="competition slug (download, init)")
+        p.add_argument("--fold", type=int, default=None, help="one fold only (default: every fold)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, dotted key; repeatable, or several separated by spaces")
+        p.add_argument("--force", action="store_true", help="redo the stage even when its output exists")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.add_argument("what", nargs="*", help=argparse.SUPPRESS)
+    return parser
+
+
+def split_overrides(values: list[str]) -> list[str]:
+    """Make passes SET="a=1 b=2" as one string; accept both forms."""
+    return [item for value in values for item in value.split()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("PIPELINE_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        args = build_parser().parse_args(argv)
+        args.overrides = split_overrides(args.overrides)
+        module = importlib.import_module(COMMANDS[args.command][0])
+        module.run(args)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Helpers every stage's `run(args)` uses to turn CLI arguments into a config."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import Config, load_config
+from pipeline.errors import UserError
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    if not args.config:
+        raise UserError(f"{args.command}: --config configs/<comp>/<exp>.yaml is required (Make: CONFIG=...)")
+    return load_config(args.config, args.overrides)
+
+
+def folds_from_args(args: argparse.Namespace, cfg: Config) -> list[int]:
+    if args.fold is None:
+        return list(range(cfg.folds.n_folds))
+    if not 0 <= args.fold < cfg.folds.n_folds:
+        raise UserError(f"--fold {args.fold}: folds.n_folds is {cfg.folds.n_folds}, so use 0..{cfg.folds.n_folds - 1}")
+    return [args.fold]

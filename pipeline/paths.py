@@ -1,0 +1,130 @@
+"""The only module that builds artifact paths. Fixed names, no timestamps: Make depends on them.
+
+    data/raw/<comp>/                 the competition's files, never modified (+ .complete stamp)
+    data/processed/<comp>/           folds.csv and other derived tables
+    data/runs/<comp>/<exp>/          fold<k>/..., scores.json, resolved config
+    submissions/<comp>/<exp>.csv
+
+Inside a Kaggle Kernel the competition's files are read from /kaggle/input/<comp> and everything
+this pipeline writes goes under /kaggle/working. A sample run (SAMPLE=N) gets its own folders.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT_ROOT", "/kaggle/input"))
+KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING_ROOT", "/kaggle/working"))
+
+
+def in_kaggle_kernel() -> bool:
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or KAGGLE_WORKING.is_dir() and KAGGLE_INPUT.is_dir()
+
+
+def project_root() -> Path:
+    """Where data/ and submissions/ live: $PIPELINE_ROOT, /kaggle/working in a Kernel, else the cwd."""
+    if os.environ.get("PIPELINE_ROOT"):
+        return Path(os.environ["PIPELINE_ROOT"])
+    if in_kaggle_kernel():
+        return KAGGLE_WORKING
+    return Path.cwd()
+
+
+def raw_dir(comp: str) -> Path:
+    """The competition's files: /kaggle/input/<comp> when a Kernel mounts it, else data/raw/<comp>."""
+    mounted = KAGGLE_INPUT / comp
+    if mounted.is_dir():
+        return mounted
+    return project_root() / "data" / "raw" / comp
+
+
+def weights_dir() -> Path:
+    """A local weights cache for offline machines ($PIPELINE_WEIGHTS_DIR, else data/weights)."""
+    return Path(os.environ.get("PIPELINE_WEIGHTS_DIR") or project_root() / "data" / "weights")
+
+
+def configs_dir(comp: str) -> Path:
+    return project_root() / "configs" / comp
+
+
+@dataclass(frozen=True)
+class Paths:
+    comp: str
+    exp: str = ""
+    sample: int = 0
+
+    @property
+    def _suffix(self) -> str:
+        return f"-sample{self.sample}" if self.sample else ""
+
+    # competition level
+    @property
+    def raw(self) -> Path:
+        return raw_dir(self.comp)
+
+    @property
+    def raw_stamp(self) -> Path:
+        return self.raw / ".complete"
+
+    @property
+    def processed(self) -> Path:
+        base = project_root() / "data" / "processed" / self.comp
+        return base / f"sample{self.sample}" if self.sample else base
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.processed / "folds.csv"
+
+    @property
+    def test_csv(self) -> Path:
+        """The resolved test listing (id, file) that every experiment predicts, in submission order."""
+        return self.processed / "test.csv"
+
+    # experiment level
+    @property
+    def run(self) -> Path:
+        return project_root() / "data" / "runs" / self.comp / f"{self.exp}{self._suffix}"
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.run / f"fold{fold}"
+
+    def weights(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "model.safetensors"
+
+    def checkpoint(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "work" / "last.pt"
+
+    def train_log(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "log.csv"
+
+    def oof(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "oof.csv"
+
+    def test_probs(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "test.csv"
+
+    @property
+    def resolved_config(self) -> Path:
+        return self.run / "config.yaml"
+
+    @property
+    def oof_all(self) -> Path:
+        return self.run / "oof.csv"
+
+    @property
+    def test_blend(self) -> Path:
+        return self.run / "test.csv"
+
+    @property
+    def scores(self) -> Path:
+        return self.run / "scores.json"
+
+    @property
+    def submission(self) -> Path:
+        return project_root() / "submissions" / self.comp / f"{self.exp}{self._suffix}.csv"
+
+
+def for_config(cfg) -> Paths:  # noqa: ANN001 - Config, imported lazily to keep this module light
+    return Paths(cfg.comp, cfg.exp, cfg.sample)
