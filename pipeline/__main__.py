@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("pipeline.predict", "out-of-fold and test probabilities with TTA, per fold"),
     "ensemble": ("pipeline.ensemble", "blend folds, score the CV, write scores.json"),
     "submission": ("pipeline.submission", "write submissions/<comp>/<exp>.csv in sample_submission's format"),
+    "submit": ("pipeline.submit", "validate submissions/<comp>/<exp>.csv and upload it to the Kaggle leaderboard"),
+    "scores": ("pipeline.scores", "leaderboard scores joined to local CV: data/runs/<comp>/leaderboard.csv"),
     "summary": ("pipeline.summary", "print the experiment's scores and what this run did"),
     "weights": ("pipeline.weights", "prepare the offline ImageNet Lite0 weights file"),
     "info": ("pipeline.summary", "print facts Make needs (fold count, paths) without importing torch"),

@@ -298,7 +298,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def dump_yaml(values: dict[str, Any]) -> str:
-    return yaml.safe_dump(values, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def fingerprint(cfg: Config, sections: tuple[str, ...]) -> str:

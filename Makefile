@@ -1,0 +1,107 @@
+# Kaggle image-classification pipeline. Make owns the graph (every stage output is a file, so
+# finished work is skipped); Python owns the work (every recipe is one `python -m pipeline` call).
+# `make all` with no CONFIG runs the embedded offline demo. `make help` lists the targets.
+
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+.SECONDARY:
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+ifdef CONFIG
+COMP := $(notdir $(patsubst %/,%,$(dir $(CONFIG))))
+else
+COMP ?= demo
+CONFIG := configs/$(COMP)/baseline.yaml
+endif
+EXP := $(basename $(notdir $(CONFIG)))
+SET ?=
+SAMPLE ?=
+SETS := $(strip $(SET) $(if $(SAMPLE),sample=$(SAMPLE)))
+ARGS := --config $(CONFIG)$(if $(SETS), --set "$(SETS)")
+# Overrides are not files, so Make can't see them: with SET, let Python decide what is up to date.
+FORCE_IF_SET := $(if $(strip $(SET)),FORCE)
+
+# Paths mirror pipeline/paths.py (tests/test_make.py checks they agree).
+SUFFIX := $(if $(SAMPLE),-sample$(SAMPLE))
+RAW_STAMP := data/raw/$(COMP)/.complete
+COMP_YAML := configs/$(COMP)/competition.yaml
+PROC := data/processed/$(COMP)$(if $(SAMPLE),/sample$(SAMPLE))
+RUN := data/runs/$(COMP)/$(EXP)$(SUFFIX)
+SUBMISSION := submissions/$(COMP)/$(EXP)$(SUFFIX).csv
+LITE0 := data/weights/tf_efficientnet_lite0.safetensors
+DEMO_DEPS := $(if $(filter demo,$(COMP)),$(LITE0))
+
+NFOLDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) n_folds 2>/dev/null || echo 5)
+FOLD_IDS := $(shell seq 0 $$(( $(NFOLDS) - 1 )))
+WEIGHTS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/model.safetensors)
+TEST_PROBS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/test.csv)
+
+export PIPELINE_MAKE_START ?= $(shell date +%s)
+
+# The virtualenv is a makefile Make includes, so a fresh clone builds it before anything else runs.
+ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
+include $(INSTALLED)
+endif
+
+.PHONY: help all install download init folds train predict ensemble submission test lint paths clean-run FORCE
+
+help: ## one line per target
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+install: $(INSTALLED) ## create .venv and install the pinned stack (every target does this itself)
+
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,demo]'
+	echo "# installed $$(date -u +%FT%TZ)" > $@
+
+all: $(SUBMISSION) ## the whole chain: download, init, folds, train, predict, ensemble, submission
+	@$(PY) -m pipeline summary $(ARGS)
+
+download: $(RAW_STAMP) ## fetch the competition's files into data/raw/<comp>/ (COMP=<slug>)
+$(RAW_STAMP):
+	$(PY) -m pipeline download --comp $(COMP)
+
+init: ## infer configs/<comp>/competition.yaml and baseline.yaml (COMP=<slug>)
+	$(PY) -m pipeline init --comp $(COMP)
+configs/%/competition.yaml: | data/raw/%/.complete
+	$(PY) -m pipeline init --comp $*
+
+folds: $(PROC)/folds.csv ## stratified k-fold table shared by every experiment
+$(PROC)/folds.csv: $(COMP_YAML) | $(RAW_STAMP)
+	$(PY) -m pipeline folds $(ARGS)
+
+$(LITE0):
+	$(PY) -m pipeline weights
+
+train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold: make -j N works)
+$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(FORCE_IF_SET)
+	$(PY) -m pipeline train $(ARGS) --fold $*
+
+predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold
+$(RUN)/fold%/test.csv: $(RUN)/fold%/model.safetensors $(CONFIG) $(FORCE_IF_SET)
+	$(PY) -m pipeline predict $(ARGS) --fold $*
+
+ensemble: $(RUN)/scores.json ## blend the folds; CV score -> scores.json
+$(RUN)/scores.json: $(TEST_PROBS)
+	$(PY) -m pipeline ensemble $(ARGS)
+
+submission: $(SUBMISSION) ## submissions/<comp>/<exp>.csv in sample_submission's format
+$(SUBMISSION): $(RUN)/scores.json
+	$(PY) -m pipeline submission $(ARGS)
+
+test: ## run the test suite (CI calls this)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: ## ruff format --check + ruff check
+	$(VENV)/bin/ruff format --check pipeline tests
+	$(VENV)/bin/ruff check pipeline tests
+
+paths: ## print the artifact paths Make uses for CONFIG
+	@echo "raw_stamp=$(RAW_STAMP) folds=$(PROC)/folds.csv run=$(RUN) submission=$(SUBMISSION) n_folds=$(NFOLDS)"
+
+FORCE:

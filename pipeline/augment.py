@@ -1,0 +1,53 @@
+"""albumentations pipelines built from the backbone's data config and the `augment` section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from pipeline.config import AugmentConfig
+
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+    "area": cv2.INTER_AREA,
+}
+
+
+def _size_and_interp(data_cfg: dict[str, Any]) -> tuple[int, int, int]:
+    _, height, width = data_cfg["input_size"]
+    return height, width, INTERPOLATIONS.get(data_cfg.get("interpolation", "bilinear"), cv2.INTER_LINEAR)
+
+
+def _normalize(data_cfg: dict[str, Any]) -> A.Normalize:
+    return A.Normalize(mean=data_cfg["mean"], std=data_cfg["std"], max_pixel_value=255.0)
+
+
+def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any]) -> A.Compose:
+    height, width, interp = _size_and_interp(data_cfg)
+    steps: list[Any] = [A.RandomResizedCrop(size=(height, width), scale=(cfg.scale_min, 1.0), interpolation=interp)]
+    if cfg.hflip > 0:
+        steps.append(A.HorizontalFlip(p=cfg.hflip))
+    if cfg.vflip > 0:
+        steps.append(A.VerticalFlip(p=cfg.vflip))
+    if cfg.rotate > 0:
+        steps.append(A.Rotate(limit=cfg.rotate, interpolation=interp, p=0.5))
+    if cfg.color_jitter > 0:
+        j = cfg.color_jitter
+        steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
+    steps.append(_normalize(data_cfg))
+    return A.Compose(steps)
+
+
+def eval_transform(data_cfg: dict[str, Any]) -> A.Compose:
+    height, width, interp = _size_and_interp(data_cfg)
+    return A.Compose([A.Resize(height, width, interpolation=interp), _normalize(data_cfg)])
+
+
+def to_chw(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image.transpose(2, 0, 1))

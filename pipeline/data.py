@@ -1,0 +1,213 @@
+"""Reading a competition's tables and images into the pipeline's normal form.
+
+Normal form of the train table (what folds.csv holds, plus `fold`): `id`, `image` (path relative to
+the competition's raw folder), `label` (a class name; for multi-label the class names joined by
+data.label_separator), and `group` when folds.group_column is set. The test listing (test.csv):
+`id`, `image`, in submission order.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from pipeline.config import DataConfig, FoldsConfig
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+Image.MAX_IMAGE_PIXELS = 30_000 ** 2  # very large scans are legitimate; PIL's default refuses ~90 MP
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not to paper over
+
+
+def read_csv(path: Path, what: str) -> pd.DataFrame:
+    """Read a competition CSV with every column as text (ids like 007 keep their zeros)."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except FileNotFoundError as exc:
+        raise UserError(f"{what} {path} not found; check data.* in competition.yaml or re-run download") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise UserError(f"{what} {path} is empty; re-download the competition data") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not a readable CSV ({str(exc).splitlines()[0]})") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path, keys: list[str]) -> None:
+    for column, key in zip(columns, keys):
+        if column not in frame.columns:
+            raise UserError(f"{path}: no column {column!r} (set {key} in competition.yaml; columns: {list(frame.columns)})")
+
+
+def image_path(folder: str, image_id: str, ext: str) -> str:
+    return f"{folder}/{image_id}{ext}" if folder else f"{image_id}{ext}"
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def read_train_table(data: DataConfig, folds: FoldsConfig, raw: Path) -> pd.DataFrame:
+    """The train table in normal form (id, image, label[, group]), validated row by row."""
+    if data.train_csv is None:
+        table = _folder_per_class(data, raw)
+    else:
+        table = _from_csv(data, folds, raw)
+    if table.empty:
+        raise UserError(f"{raw / (data.train_csv or data.train_dir)}: no training rows; check the data folder")
+    dupes = table["id"][table["id"].duplicated()]
+    if len(dupes):
+        raise UserError(f"{raw / (data.train_csv or '')}: duplicate id {dupes.iloc[0]!r} ({len(dupes)} duplicates); ids must be unique")
+    _check_labels(table, data, raw / (data.train_csv or data.train_dir))
+    _check_files(table, raw, data.train_csv or data.train_dir)
+    return table.reset_index(drop=True)
+
+
+def _folder_per_class(data: DataConfig, raw: Path) -> pd.DataFrame:
+    root = raw / data.train_dir
+    if not root.is_dir():
+        raise UserError(f"train folder {root} not found; set data.train_dir in competition.yaml")
+    rows = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in list_images(class_dir):
+            rel = file.relative_to(raw).as_posix()
+            rows.append({"id": file.relative_to(root).as_posix(), "image": rel, "label": class_dir.name})
+    return pd.DataFrame(rows, columns=["id", "image", "label"])
+
+
+def _from_csv(data: DataConfig, folds: FoldsConfig, raw: Path) -> pd.DataFrame:
+    path = raw / data.train_csv
+    frame = read_csv(path, "train table")
+    columns, keys = [data.id_column], ["data.id_column"]
+    if data.label_columns:
+        columns += data.label_columns
+        keys += ["data.label_columns"] * len(data.label_columns)
+    else:
+        columns.append(data.label_column or "")
+        keys.append("data.label_column")
+    if folds.group_column:
+        columns.append(folds.group_column)
+        keys.append("folds.group_column")
+    _require_columns(frame, columns, path, keys)
+    ids = frame[data.id_column]
+    missing_ids = ids.isna()
+    if missing_ids.any():
+        row = int(np.flatnonzero(missing_ids.to_numpy())[0]) + 2  # +1 header, +1 one-based
+        raise UserError(f"{path} row {row}: empty id in column {data.id_column!r}")
+    if data.label_columns:
+        labels = _onehot_to_labels(frame, data, path)
+    else:
+        labels = frame[data.label_column].str.strip()
+    table = pd.DataFrame(
+        {
+            "id": ids.astype(str),
+            "image": [image_path(data.train_dir, i, data.image_ext) for i in ids.astype(str)],
+            "label": labels,
+        }
+    )
+    if folds.group_column:
+        table["group"] = frame[folds.group_column].astype(str)
+    return table
+
+
+def _onehot_to_labels(frame: pd.DataFrame, data: DataConfig, path: Path) -> pd.Series:
+    values = frame[data.label_columns]
+    for column in data.label_columns:
+        bad = ~values[column].isin(["0", "1", "0.0", "1.0"])
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+            raise UserError(f"{path} row {row}, column {column!r}: expected 0 or 1, got {values[column][bad].iloc[0]!r}")
+    hot = values.astype(float).astype(int).to_numpy()
+    names = np.array(data.label_columns)
+    return pd.Series([data.label_separator.join(names[row == 1]) for row in hot], index=frame.index)
+
+
+def split_labels(label: str, data: DataConfig) -> list[str]:
+    return [part for part in label.split(data.label_separator) if part] if data.task == "multi_label" else [label]
+
+
+def _check_labels(table: pd.DataFrame, data: DataConfig, path: Path) -> None:
+    missing = table["label"].isna()
+    if data.task != "multi_label" and missing.any():
+        row = int(np.flatnonzero(missing.to_numpy())[0])
+        raise UserError(f"{path}: empty label for id {table['id'].iloc[row]!r}; fill it or drop the row")
+    if not data.classes:
+        return
+    known = set(data.classes)
+    for i, label in enumerate(table["label"].fillna("")):
+        for name in split_labels(label, data):
+            if name not in known:
+                raise UserError(
+                    f"{path}: id {table['id'].iloc[i]!r} has label {name!r}, which is not in data.classes; "
+                    "re-run init or add it to data.classes"
+                )
+
+
+def _check_files(table: pd.DataFrame, raw: Path, what: str) -> None:
+    for image_id, rel in zip(table["id"], table["image"]):
+        if not (raw / rel).is_file():
+            raise UserError(f"{raw / what}: image for id {image_id!r} not found at {raw / rel}; check data.image_ext and data.*_dir")
+
+
+def read_test_table(data: DataConfig, raw: Path) -> pd.DataFrame:
+    """The test listing (id, image) in submission order: sample_submission's ids, else every test image."""
+    if data.test_csv:
+        path = raw / data.test_csv
+        frame = read_csv(path, "test listing")
+        _require_columns(frame, [data.submission_id_column], path, ["data.submission_id_column"])
+        ids = frame[data.submission_id_column].astype(str)
+        table = pd.DataFrame({"id": ids, "image": [image_path(data.test_dir, i, data.image_ext) for i in ids]})
+    else:
+        root = raw / data.test_dir
+        if not root.is_dir():
+            raise UserError(f"test folder {root} not found; set data.test_dir or data.test_csv in competition.yaml")
+        files = list_images(root)
+        table = pd.DataFrame(
+            {
+                "id": [f.relative_to(root).as_posix()[: -len(data.image_ext) or None] for f in files],
+                "image": [f.relative_to(raw).as_posix() for f in files],
+            }
+        )
+    if table.empty:
+        raise UserError(f"{raw / (data.test_csv or data.test_dir)}: no test images listed")
+    _check_files(table, raw, data.test_csv or data.test_dir)
+    return table
+
+
+def encode_targets(labels: pd.Series, data: DataConfig) -> np.ndarray:
+    """Class indices (n,) for single-label and ordinal, a 0/1 float matrix (n, C) for multi-label."""
+    index = {name: i for i, name in enumerate(data.classes)}
+    if data.task == "multi_label":
+        matrix = np.zeros((len(labels), len(data.classes)), dtype=np.float32)
+        for row, label in enumerate(labels.fillna("")):
+            for name in split_labels(label, data):
+                matrix[row, index[name]] = 1.0
+        return matrix
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode any common image as RGB uint8 (H, W, 3): EXIF rotation, gray, RGBA, palette, 16-bit, CMYK."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit gray: scale to 8 bits, don't clip
+                array = np.asarray(image, dtype=np.float64)
+                peak = max(array.max(), 1.0)
+                array = (array / (65535.0 if peak > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
+                return np.stack([array] * 3, axis=-1)
+            if image.mode in ("RGBA", "LA", "P", "PA"):
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise UserError(f"image {path} not found") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"image {path} cannot be decoded ({exc}); replace or remove it") from exc

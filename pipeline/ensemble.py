@@ -1,0 +1,99 @@
+"""ensemble: blend the folds of one experiment and score them.
+
+Reads fold<k>/oof.csv and fold<k>/test.csv of every fold, and folds.csv; writes, under
+data/runs/<comp>/<exp>/: oof.csv (every training row once, in folds.csv order), test.csv (the mean of
+the folds' test probabilities) and, last, scores.json: `metric`, `cv` (the metric over all OOF rows),
+`folds` (per-fold scores), `higher_is_better`, `holdout` (when data.holdout gives test labels), and the
+seed, config, git commit and package versions that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+import pandas as pd
+
+from pipeline import artifacts, paths
+from pipeline.cli import config_from_args
+from pipeline.config import Config
+from pipeline.data import encode_targets, read_csv
+from pipeline.errors import UserError
+from pipeline.metrics import METRICS, score
+from pipeline.provenance import git_commit, package_versions
+from pipeline.train import read_folds
+from pipeline.tta import views_or_identity
+
+log = logging.getLogger(__name__)
+
+
+def read_probs(path, classes: list[str]) -> pd.DataFrame:  # noqa: ANN001 - Path
+    if not path.exists():
+        raise UserError(f"{path} not found; run `make predict CONFIG=...` first")
+    frame = read_csv(path, "probabilities")
+    missing = [c for c in ["id", *classes] if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {missing}; re-run predict")
+    return frame.astype({c: float for c in classes})
+
+
+def blend_folds(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
+    """(oof over all rows in folds.csv order, mean test probabilities, per-fold scores)."""
+    out = paths.for_config(cfg)
+    classes = cfg.data.classes
+    folds = read_folds(out)
+    oofs, tests, fold_scores = [], [], []
+    for fold in range(cfg.folds.n_folds):
+        oof = read_probs(out.oof(fold), classes)
+        rows = folds[folds["fold"] == fold]
+        if list(oof["id"]) != list(rows["id"]):
+            raise UserError(f"{out.oof(fold)}: ids differ from fold {fold} of {out.folds_csv}; re-run predict")
+        fold_scores.append(score(cfg.metric, encode_targets(rows["label"], cfg.data), oof[classes].to_numpy()))
+        oofs.append(oof)
+        tests.append(read_probs(out.test_probs(fold), classes))
+    oof_all = pd.concat(oofs).set_index("id").loc[folds["id"]].reset_index()
+    for fold, test in enumerate(tests[1:], start=1):
+        if list(test["id"]) != list(tests[0]["id"]):
+            raise UserError(f"{out.test_probs(fold)}: test ids differ from fold 0's; re-run predict")
+    blended = tests[0][["id"]].copy()
+    blended[classes] = np.mean([t[classes].to_numpy() for t in tests], axis=0)
+    return oof_all, blended, fold_scores
+
+
+def holdout_score(cfg: Config, blended: pd.DataFrame) -> float | None:
+    """Score against held-out test labels when the competition provides them (the demo does)."""
+    if not cfg.data.holdout:
+        return None
+    path = paths.raw_dir(cfg.comp) / cfg.data.holdout
+    labels = read_csv(path, "holdout labels")
+    label_column = cfg.data.label_column or "label"
+    truth = labels.set_index(labels.columns[0]).loc[blended["id"], label_column]
+    return score(cfg.metric, encode_targets(truth, cfg.data), blended[cfg.data.classes].to_numpy())
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = config_from_args(args)
+    out = paths.for_config(cfg)
+    oof, blended, fold_scores = blend_folds(cfg)
+    folds = read_folds(out)
+    cv = score(cfg.metric, encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy())
+    scores = {
+        "metric": cfg.metric,
+        "cv": cv,
+        "folds": fold_scores,
+        "higher_is_better": METRICS[cfg.metric].higher_is_better,
+        "holdout": holdout_score(cfg, blended),
+        "n_folds": cfg.folds.n_folds,
+        "tta_views": views_or_identity(cfg.tta.views),
+        "model": cfg.model.name,
+        "seed": cfg.train.seed,
+        "folds_seed": cfg.folds.seed,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+    }
+    artifacts.write_csv(out.oof_all, oof)
+    artifacts.write_csv(out.test_blend, blended)
+    artifacts.write_json(out.scores, scores)  # the stage's output: last
+    spread = f" (folds {min(fold_scores):.4f}..{max(fold_scores):.4f})"
+    log.info("ensemble: CV %s = %.4f%s -> %s", cfg.metric, cv, spread, out.scores)

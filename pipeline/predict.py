@@ -1,0 +1,97 @@
+"""predict: out-of-fold and test probabilities of one fold's weights, with test-time augmentation.
+
+Reads fold<k>/model.safetensors, folds.csv and test.csv (data/processed/<comp>/); writes
+fold<k>/oof.csv (the fold's validation rows) and then fold<k>/test.csv (every test row), both
+`id` + one probability column per class. The same TTA views (tta.views) are applied to both, so OOF
+scores measure exactly what the test predictions do. Each image is decoded once; views are built from
+the decoded batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from pipeline import artifacts, paths
+from pipeline.augment import eval_transform
+from pipeline.cli import config_from_args, folds_from_args
+from pipeline.config import TRAINING_SECTIONS, Config, fingerprint
+from pipeline.data import read_csv
+from pipeline.errors import UserError
+from pipeline.loader import ImageDataset, make_loader
+from pipeline.model import build_model, resolve_device
+from pipeline.train import activation_for, amp_settings, read_folds
+from pipeline.tta import predict_views, views_or_identity
+
+log = logging.getLogger(__name__)
+
+
+def load_fold_model(cfg: Config, fold: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The fold's trained model (no hub access: architecture from timm, weights from the fold's file)."""
+    weights = paths.for_config(cfg).weights(fold)
+    if not weights.exists():
+        raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
+        raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
+    model = build_model(cfg.model, cfg.num_classes, pretrained=False)
+    model.load_state_dict(load_file(str(weights)))
+    model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model, json.loads(meta["data_config"])
+
+
+@torch.no_grad()
+def predict_table(
+    model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device
+) -> pd.DataFrame:
+    """id + class probabilities for every row of `table` (id, image), averaged over the TTA views."""
+    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg))
+    loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, shuffle=False, device=device)
+    activation = activation_for(cfg.data.task)
+    enabled, dtype = amp_settings(device, cfg.train.amp)
+    chunks = []
+    for images, _ in loader:
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=enabled):
+            chunks.append(predict_views(model, images, cfg.tta.views, activation).cpu().numpy())
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, cfg.num_classes), dtype=np.float32)
+    frame = pd.DataFrame(probs, columns=cfg.data.classes)
+    frame.insert(0, "id", table["id"].to_numpy())
+    return frame
+
+
+def predict_fold(cfg: Config, fold: int, device: torch.device) -> None:
+    out = paths.for_config(cfg)
+    stamp = out.fold_dir(fold) / "predict.json"
+    identity = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views_or_identity(cfg.tta.views)}
+    if out.test_probs(fold).exists() and stamp.exists() and json.loads(stamp.read_text()) == identity:
+        log.info("fold %d: predictions up to date, skipping", fold)
+        return
+    model, dcfg = load_fold_model(cfg, fold, device)
+    folds = read_folds(out)
+    if not out.test_csv.exists():
+        raise UserError(f"{out.test_csv} not found; run `make folds CONFIG=...` first")
+    test = read_csv(out.test_csv, "test listing")
+    oof = predict_table(model, cfg, dcfg, folds[folds["fold"] == fold], device)
+    test_probs = predict_table(model, cfg, dcfg, test, device)
+    artifacts.write_csv(out.oof(fold), oof)
+    artifacts.write_json(stamp, identity)
+    artifacts.write_csv(out.test_probs(fold), test_probs)  # the stage's output: last
+    log.info("fold %d: %d oof + %d test rows, TTA views %s", fold, len(oof), len(test_probs), identity["views"])
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = config_from_args(args)
+    device = resolve_device(cfg.device)
+    for fold in folds_from_args(args, cfg):
+        predict_fold(cfg, fold, device)
