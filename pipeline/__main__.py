@@ -59,9 +59,16 @@ def split_overrides(values: list[str]) -> list[str]:
     return [item for value in values for item in value.split()]
 
 
+def one_line(message: str) -> str:
+    """A UserError raised in a DataLoader worker arrives wrapped in the worker's traceback: keep its last line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else message
+    return last.removeprefix("pipeline.errors.UserError: ").removeprefix("pipeline.errors.ConfigError: ")
+
+
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("PIPELINE_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:
         args = build_parser().parse_args(argv)
         args.overrides = split_overrides(args.overrides)
@@ -70,8 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from pipeline.checkpoint import EXIT_STOPPED, Stopped
+
+        if not isinstance(exc, Stopped):
+            raise
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         print("error: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

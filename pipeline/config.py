@@ -73,6 +73,9 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 42
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
+    deterministic: bool = False  # deterministic algorithms: a CPU re-run (or resume) gives identical weights
+    time_budget: str | float | None = None  # e.g. 8h30m: stop cleanly (resumable) when reached
+    checkpoint_every: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
 
 
 @dataclass
@@ -304,8 +307,14 @@ def dump_yaml(values: dict[str, Any]) -> str:
 def fingerprint(cfg: Config, sections: tuple[str, ...]) -> str:
     """A short hash of the given sections: the identity of the work they produce."""
     values = {key: to_dict(cfg)[key] for key in sections}
+    for section, key in NOT_FINGERPRINTED:
+        if isinstance(values.get(section), dict):
+            values[section].pop(key, None)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # What a fold's trained weights depend on; a checkpoint made under another fingerprint is not resumed.
 TRAINING_SECTIONS = ("data", "folds", "model", "train", "augment", "sample")
+# Settings that change how fast work runs, not what it produces: changing them never blocks a resume.
+NOT_FINGERPRINTED = (("train", "num_workers"), ("train", "time_budget"), ("train", "checkpoint_every"),
+                     ("data", "holdout"))  # fmt: skip

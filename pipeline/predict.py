@@ -56,7 +56,7 @@ def predict_table(
 ) -> pd.DataFrame:
     """id + class probabilities for every row of `table` (id, image), averaged over the TTA views."""
     dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg))
-    loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, shuffle=False, device=device)
+    loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, device)
     activation = activation_for(cfg.data.task)
     enabled, dtype = amp_settings(device, cfg.train.amp)
     chunks = []

@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> None:
     frame = format_submission(probs, cfg.data)
     if cfg.data.test_csv and not cfg.sample:
         sample_path = paths.raw_dir(cfg.comp) / cfg.data.test_csv
-        sample = read_csv(sample_path, "sample submission")
-        check_submission(frame.astype(str).astype(object), sample, where=str(out.submission))
+        id_column = read_csv(sample_path, "sample submission").columns[0]  # clear errors for a bad file
+        sample = pd.read_csv(sample_path, dtype={id_column: str})  # other columns keep their numeric dtypes
+        check_submission(frame, sample, where=str(out.submission),
+                         probability_columns=cfg.data.submission_format == "probabilities")  # fmt: skip
     artifacts.write_csv(out.submission, frame)
     log.info("submission: %d rows -> %s", len(frame), out.submission)

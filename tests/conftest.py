@@ -154,6 +154,21 @@ def tiny_experiment(project: Path, comp: str = "toy", name: str = "tiny", **sect
     return path
 
 
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> Result:
+    """`python -m pipeline ...` in this process: same contract as the CLI, without 5 s of imports per call."""
+    from pipeline.__main__ import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):  # noqa: ANN201
     """`python -m pipeline ...` in a subprocess (the user's surface: exit code + stderr)."""
     import subprocess

@@ -1,0 +1,272 @@
+"""Kaggle credentials and thin wrappers around the official client (kaggle 2.2.x, Python API) with error translation.
+
+Every failure of the client becomes one UserError line that says what to do: bad credentials (401), rules not
+accepted (403), unknown competition (404), no connection, a broken download. The API key is never printed, logged
+or written: messages and the client's own chatter pass through `scrub` first.
+
+Why credentials are checked before `import kaggle`: importing it authenticates at once, and without credentials it
+prints a page of help text on stdout. The client also reads its environment (KAGGLE_API_ENVIRONMENT, VERBOSE)
+at import time, which is why tests run the stages in a subprocess.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RULES_URL = "https://www.kaggle.com/competitions/{slug}/rules"
+TOKEN_URL = "https://www.kaggle.com/settings/api"
+CREDENTIAL_HELP = (
+    "set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN, or put kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle "
+    f"(create a token at {TOKEN_URL})"
+)
+# kaggle 2.2.4 returns this message instead of raising when the upload of a submission file fails.
+UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where the credentials come from; `secrets` only feeds `scrub` and never leaves this process."""
+
+    source: str
+    username: str | None = None
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+
+def config_dir() -> Path:
+    """The folder the client reads kaggle.json from (kaggle 2.2.4's own rule, mirrored so both agree)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    legacy = Path.home() / ".kaggle"
+    if sys.platform.startswith("linux") and not legacy.exists():
+        return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    return legacy
+
+
+def _warn_if_readable(path: Path) -> None:
+    if os.name != "nt" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("warning: %s is readable by other users; run `chmod 600 %s`", path, path)
+
+
+def _read_kaggle_json(path: Path) -> tuple[str, str]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{path}: cannot read it as JSON ({type(exc).__name__}); download a new one at {TOKEN_URL}"
+        ) from exc
+    if not isinstance(values, dict) or not values.get("username") or not values.get("key"):
+        raise UserError(f'{path}: expected {{"username": "...", "key": "..."}}; download a new one at {TOKEN_URL}')
+    return str(values["username"]), str(values["key"])
+
+
+def _read_token(value: str) -> str:
+    """KAGGLE_API_TOKEN holds the token, or (the client accepts both) the path of a file holding it."""
+    with contextlib.suppress(OSError):
+        if Path(value).is_file():
+            return Path(value).read_text().strip()
+    return value
+
+
+def check_credentials() -> Credentials:
+    """Find Kaggle credentials the way the client will, without importing it; UserError listing the ways if none.
+
+    The client's order: an access token (KAGGLE_API_TOKEN, ~/.kaggle/access_token), then username + key
+    (KAGGLE_USERNAME/KAGGLE_KEY over kaggle.json), then `kaggle auth login`'s ~/.kaggle/credentials.json.
+    """
+    user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
+    kaggle_json = config_dir() / "kaggle.json"
+    file_user = file_key = None
+    if kaggle_json.is_file():
+        _warn_if_readable(kaggle_json)
+        if not (user and key):  # the client ignores the file when the environment has both
+            file_user, file_key = _read_kaggle_json(kaggle_json)
+    secrets = tuple(s for s in (key, file_key) if s)
+    token = os.environ.get("KAGGLE_API_TOKEN")
+    if token:
+        return Credentials("KAGGLE_API_TOKEN", user or file_user, (_read_token(token), *secrets))
+    for name in ("access_token", "access_token.txt"):
+        path = Path.home() / ".kaggle" / name
+        if path.is_file() and path.read_text().strip():
+            return Credentials(str(path), user or file_user, (path.read_text().strip(), *secrets))
+    source = "KAGGLE_USERNAME/KAGGLE_KEY" if user and key else str(kaggle_json)
+    user, key = user or file_user, key or file_key
+    if user and key:
+        basic = base64.b64encode(f"{user}:{key}".encode()).decode()  # what an Authorization header carries
+        return Credentials(source, user, (*secrets, basic))
+    if (Path.home() / ".kaggle" / "credentials.json").is_file():  # `kaggle auth login` (OAuth)
+        return Credentials(str(Path.home() / ".kaggle" / "credentials.json"))
+    if user or key:
+        missing = "KAGGLE_KEY" if user else "KAGGLE_USERNAME"
+        raise UserError(f"{missing} is not set (the other one is); {CREDENTIAL_HELP}")
+    raise UserError(f"no Kaggle credentials found: {CREDENTIAL_HELP}")
+
+
+def scrub(text: str, credentials: Credentials | None) -> str:
+    """`text` with every secret replaced, so nothing we print, log or raise can leak the key."""
+    for secret in credentials.secrets if credentials else ():
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+@contextlib.contextmanager
+def _client_output(credentials: Credentials | None) -> Iterator[None]:
+    """Route the client's print() chatter (stdout) to our debug log, scrubbed: the CLI's stdout stays ours."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            if line.strip():
+                log.debug("kaggle: %s", scrub(line, credentials))
+
+
+class Kaggle:
+    """The authenticated client plus what error messages need (slug-independent)."""
+
+    def __init__(self) -> None:
+        self.credentials = check_credentials()
+        # VERBOSE makes the client print request headers, Authorization included: never let it.
+        for name in ("VERBOSE", "VERBOSE_OUTPUT"):
+            os.environ.pop(name, None)
+        try:
+            with _client_output(self.credentials):
+                import kaggle  # authenticates on import: only after the credentials check
+        except OSError as exc:  # it creates its config folder at import
+            raise UserError(f"the Kaggle client cannot start: {exc}; check KAGGLE_CONFIG_DIR and HOME") from exc
+        self.api: Any = kaggle.api
+        log.debug("kaggle credentials from %s", self.credentials.source)
+
+    @contextlib.contextmanager
+    def errors(self, slug: str, action: str) -> Iterator[None]:
+        """Translate whatever the client raises while doing `action` on competition `slug` into one UserError."""
+        import requests  # dependencies of kaggle, already imported with it
+        import urllib3.exceptions
+
+        # What the client raises for network, HTTP, disk and size problems; anything else is a bug (exit 1).
+        failures = (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError)
+        try:
+            with _client_output(self.credentials):
+                yield
+        except failures as exc:
+            message = " ".join(self.explain(exc, slug, action).split())  # one line, whatever the server sent
+            raise UserError(scrub(message, self.credentials)) from exc
+
+    def explain(self, exc: Exception, slug: str, action: str) -> str:
+        import requests
+
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+        server = str(exc).strip() or type(exc).__name__
+        who = f" as '{self.credentials.username}'" if self.credentials.username else ""
+        if isinstance(exc, requests.HTTPError) and status is not None:
+            if status == 401:
+                return (
+                    f"Kaggle rejected the credentials from {self.credentials.source} (401: {server}); "
+                    f"check them or create a new token at {TOKEN_URL}"
+                )
+            if status == 403:
+                return (
+                    f"Kaggle refused to {action} for '{slug}'{who} (403: {server}); accept the competition's rules "
+                    f"at {RULES_URL.format(slug=slug)} with that account, then re-run"
+                )
+            if status == 404:
+                return f"Kaggle has no competition '{slug}' (404: {server}); {self.suggest(slug)}"
+            if status == 429:
+                return f"Kaggle is rate-limiting this account (429: {server}); wait a few minutes and re-run"
+            return f"Kaggle answered {status} while trying to {action} for '{slug}' ({server}); try again later"
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)) or _is_protocol_error(exc):
+            return (
+                f"could not reach Kaggle to {action} for '{slug}' ({type(exc).__name__}); check the network or proxy "
+                "settings and re-run (a download resumes where it stopped)"
+            )
+        if isinstance(exc, ValueError) and "size" in server:  # download_file's length check after a short read
+            return f"the download of '{slug}' was cut short ({server}); re-run to fetch the rest"
+        if isinstance(exc, OSError):
+            return f"could not {action} for '{slug}': {exc.strerror or server} ({exc.filename or 'file'})"
+        return f"the Kaggle client failed to {action} for '{slug}': {type(exc).__name__}: {server}"
+
+    def suggest(self, slug: str) -> str:
+        """Best effort: competitions whose slug contains the words of `slug`, to catch typos."""
+        word = max(slug.replace("_", "-").split("-"), key=len)
+        try:
+            with _client_output(self.credentials):
+                found = self.api.competitions_list(search=word, category="all") or []
+            names = [c.ref.rstrip("/").rsplit("/", 1)[-1] for c in getattr(found, "competitions", found)]
+        except Exception as exc:  # a hint is optional; the 404 is the message
+            log.debug("competition search failed: %s", scrub(str(exc), self.credentials))
+            names = []
+        close = [name for name in names if name != slug][:5]
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return f"{hint}use the slug from the competition's URL, https://www.kaggle.com/competitions/<slug>"
+
+    # wrappers: one client call each, errors translated
+    def download_files(self, slug: str, folder: Path, force: bool = False) -> Path:
+        """Download the competition's zip into `folder`; a partial file there is resumed. Returns the zip's path."""
+        folder.mkdir(parents=True, exist_ok=True)
+        quiet = not sys.stderr.isatty()  # tqdm's bar helps at a terminal and clutters logs
+        with self.errors(slug, "download the data"):
+            self.api.competition_download_files(slug, path=str(folder), force=force, quiet=quiet)
+        archive = folder / f"{slug}.zip"  # the client names it <slug>.<extension of the blob URL>
+        if not archive.is_file():
+            raise UserError(f"Kaggle sent no {archive.name} into {folder}; re-run, or download it from the website")
+        return archive
+
+    def submit(self, slug: str, file: Path, message: str) -> tuple[int, str]:
+        """Upload `file` as a submission; (submission id, server message). UserError unless the server accepted it."""
+        with self.errors(slug, "submit"):
+            response = self.api.competition_submit(str(file), message, slug, quiet=True)
+        text = scrub(str(getattr(response, "message", "") or ""), self.credentials)
+        ref = int(getattr(response, "ref", 0) or 0)
+        if text == UPLOAD_FAILED_MESSAGE:
+            raise UserError(f"the upload of {file} to Kaggle failed ('{text}'); nothing was submitted, re-run submit")
+        if not ref and "success" not in text.lower():
+            raise UserError(f"Kaggle did not accept {file} for '{slug}': {text or 'empty answer'}")
+        return ref, text
+
+    def submissions(self, slug: str, page_size: int = 100, max_pages: int = 20) -> list[Any]:
+        """Every submission of this account to `slug`, newest first (ApiSubmission objects)."""
+        found: list[Any] = []
+        with self.errors(slug, "list submissions"):
+            for page in range(1, max_pages + 1):
+                batch = self.api.competition_submissions(slug, page_number=page, page_size=page_size) or []
+                found.extend(batch)
+                if len(batch) < page_size:
+                    break
+        return found
+
+    def submission_limits(self, slug: str) -> Any:
+        with self.errors(slug, "read the submission limits"):
+            return self.api.competition_get_submission_limits(slug)
+
+    def data_files(self, slug: str) -> list[Any]:
+        with self.errors(slug, "list the data files"):
+            return list(self.api.competition_list_files(slug).files)
+
+
+def _is_protocol_error(exc: Exception) -> bool:
+    import requests.exceptions
+    import urllib3.exceptions
+
+    broken = (
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.ProtocolError,
+        urllib3.exceptions.ReadTimeoutError,
+    )
+    return isinstance(exc, broken)

@@ -1,0 +1,356 @@
+"""A fake Kaggle API server on 127.0.0.1 that the real kaggle client (2.2.4 / kagglesdk 0.1.37) talks to in tests.
+
+How the client is routed here without patching it: `KAGGLE_API_ENVIRONMENT=LOCALHOST` (read when `kaggle` is
+imported) makes it call http://localhost/api/v1/<service>/<Method>, and `HTTP_PROXY=<this server's url>` makes
+requests send those calls here as proxy-style requests (absolute URL on the request line), so any port works.
+`HTTPS_PROXY` points here too and CONNECT is refused, so a call that would leave the machine fails on loopback.
+
+Every API call is `POST /api/v1/<service>/<Method>` with camelCase JSON; errors are `{"code": N, "message": ...}`
+with HTTP status N, which is what kagglesdk turns into requests.HTTPError. Blobs (competition zips, submission
+uploads) are served by this server too, under /blobs/ and /uploads/. No pytest import: usable from any script.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import io
+import json
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+API = "/api/v1/"
+COMPETITIONS = "competitions.CompetitionApiService"
+OAUTH = "security.OAuthService"
+# A fixed Last-Modified, so a second server instance serves "the same object" and the client may resume onto it.
+LAST_MODIFIED = email.utils.formatdate(1_700_000_000, usegmt=True)
+
+
+def make_zip(files: dict[str, bytes]) -> bytes:
+    """The bytes of a zip holding `files` (name -> contents), as Kaggle's DownloadDataFiles blob would."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@dataclass
+class Competition:
+    slug: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    rules_accepted: bool = True
+    blob: bytes | None = None  # what DownloadDataFiles serves; None: a valid zip of `files`
+    submissions: list[dict[str, Any]] = field(default_factory=list)
+    max_daily: int = 5
+
+    def zip_bytes(self) -> bytes:
+        return self.blob if self.blob is not None else make_zip(self.files)
+
+
+@dataclass
+class Seen:
+    """One request as the server received it (headers lower-cased)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"{}")
+
+
+class FakeKaggle:
+    """A threaded fake of Kaggle's competition API. Use as a context manager; `url` is the proxy URL to set."""
+
+    def __init__(self, username: str = "fake-user", key: str = "fake-key-0123456789", token: str | None = None) -> None:
+        self.username = username
+        self.key = key
+        self.token = token  # a KAGGLE_API_TOKEN the server accepts (Bearer), via IntrospectToken
+        self.competitions: dict[str, Competition] = {}
+        self.seen: list[Seen] = []
+        self.uploads: dict[str, bytes] = {}
+        self.upload_status = 200  # what the PUT to createUrl answers; not 200/201 makes the client's upload fail
+        self.die_after_bytes: int | None = None  # blob GET: send this many body bytes, then the server dies
+        self.dead = False
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # set-up
+    def add_competition(self, slug: str, files: dict[str, bytes] | None = None, **kwargs: Any) -> Competition:
+        competition = Competition(slug, dict(files or {}), **kwargs)
+        self.competitions[slug] = competition
+        return competition
+
+    # lifecycle
+    def start(self) -> FakeKaggle:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.dead = True
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def die(self) -> None:
+        """Stop listening, from any thread: later connections are refused, as when a server goes away."""
+        self.dead = True
+        threading.Thread(target=self.stop, daemon=True).start()
+
+    def __enter__(self) -> FakeKaggle:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() the fake first"
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # queries for tests
+    def calls(self, method: str | None = None) -> list[Seen]:
+        """API calls received (optionally only `method`, e.g. "CreateSubmission"), in order."""
+        with self._lock:
+            api = [s for s in self.seen if s.path.startswith(API)]
+        return [s for s in api if method is None or s.path.rsplit("/", 1)[-1] == method]
+
+    def record(self, seen: Seen) -> None:
+        with self._lock:
+            self.seen.append(seen)
+
+    # request handling (called from the handler thread)
+    def authorised(self, headers: dict[str, str]) -> bool:
+        auth = headers.get("authorization", "")
+        if auth.startswith("Basic "):
+            try:
+                user, _, key = base64.b64decode(auth[6:]).decode().partition(":")
+            except ValueError:
+                return False
+            return user == self.username and key == self.key
+        if auth.startswith("Bearer "):
+            return self.token is not None and auth[7:] == self.token
+        return False
+
+    def api(self, method: str, body: dict[str, Any], headers: dict[str, str], host: str) -> tuple[int, Any, dict]:
+        """Answer one API call: (status, JSON payload, extra headers)."""
+        if method == "IntrospectToken":  # the client asks before it trusts a KAGGLE_API_TOKEN
+            active = self.token is not None and body.get("token") == self.token
+            return 200, {"active": active, "username": self.username if active else ""}, {}
+        if not self.authorised(headers):
+            return _error(401, "Unauthenticated: the API key or token is not valid")
+        if method == "ListCompetitions":
+            search = body.get("search", "")
+            found = [
+                {
+                    "ref": f"https://www.kaggle.com/competitions/{slug}",
+                    "title": slug,
+                    "userHasEntered": c.rules_accepted,
+                }
+                for slug, c in self.competitions.items()
+                if search in slug
+            ]
+            return 200, {"competitions": found, "nextPageToken": ""}, {}
+        slug = body.get("competitionName", "")
+        competition = self.competitions.get(slug)
+        if competition is None:
+            return _error(404, f"Competition '{slug}' not found")
+        if method in ("DownloadDataFiles", "DownloadDataFile", "StartSubmissionUpload", "CreateSubmission"):
+            if not competition.rules_accepted:
+                return _error(403, "You must accept this competition's rules before you can use it")
+        if method == "ListDataFiles":
+            files = [
+                {"name": n, "totalBytes": len(d), "creationDate": "2024-01-01T00:00:00.000Z"}
+                for n, d in competition.files.items()
+            ]
+            return 200, {"files": files, "nextPageToken": ""}, {}
+        if method == "DownloadDataFiles":
+            return 302, None, {"Location": f"http://{host}/blobs/{slug}.zip"}
+        if method == "DownloadDataFile":
+            return 302, None, {"Location": f"http://{host}/blobs/{slug}/files/{body.get('fileName', '')}"}
+        if method == "StartSubmissionUpload":
+            token = f"upload-{len(self.uploads) + 1}"
+            self.uploads[token] = b""
+            return 200, {"token": token, "createUrl": f"http://{host}/uploads/{token}"}, {}
+        if method == "CreateSubmission":
+            token = body.get("blobFileTokens", "")
+            if token not in self.uploads:
+                return _error(400, f"Unknown blob token '{token}'")
+            ref = 1000 + sum(len(c.submissions) for c in self.competitions.values()) + 1
+            competition.submissions.append(
+                {
+                    "ref": ref,
+                    "date": "2024-01-02T03:04:05.000Z",
+                    "description": body.get("submissionDescription", ""),
+                    "fileName": "submission.csv",
+                    "status": "PENDING",
+                    "totalBytes": len(self.uploads[token]),
+                }
+            )
+            return 200, {"message": f"Successfully submitted to {slug}", "ref": ref}, {}
+        if method == "ListSubmissions":
+            size = int(body.get("pageSize") or 20)
+            page = int(body.get("page") or 1)
+            chunk = competition.submissions[(page - 1) * size : page * size]
+            return 200, {"submissions": chunk, "nextPageToken": ""}, {}
+        if method == "GetSubmissionLimits":
+            used = len(competition.submissions)
+            left = max(competition.max_daily - used, 0)
+            return 200, {"numToday": used, "numTotal": used, "numAllowedNow": left}, {}
+        return _error(404, f"fake Kaggle does not implement {method}")
+
+    def blob(self, path: str) -> bytes | None:
+        """The bytes at a /blobs/ path, or None."""
+        rest = path[len("/blobs/") :]
+        if rest.endswith(".zip") and rest[:-4] in self.competitions:
+            return self.competitions[rest[:-4]].zip_bytes()
+        slug, _, name = rest.partition("/files/")
+        competition = self.competitions.get(slug)
+        if competition is not None and name in competition.files:
+            return competition.files[name]
+        return None
+
+
+def _error(code: int, message: str) -> tuple[int, Any, dict]:
+    return code, {"code": code, "message": message}, {}
+
+
+def _handler_for(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+            pass
+
+        def _read_body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _target(self) -> tuple[str, str]:
+            """(host, path) from a proxy-style absolute URL or a plain path."""
+            parts = urlsplit(self.path)
+            host = parts.netloc or self.headers.get("Host", "localhost")
+            return host, parts.path
+
+        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body and self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _gone(self) -> bool:
+            if fake.dead:  # accepted in the moment before the socket closed: behave like a dead server
+                self.close_connection = True
+                self.connection.close()
+                return True
+            return False
+
+        def _seen(self, body: bytes) -> Seen:
+            _, path = self._target()
+            seen = Seen(self.command, path, {k.lower(): v for k, v in self.headers.items()}, body)
+            fake.record(seen)
+            return seen
+
+        def do_CONNECT(self) -> None:  # noqa: N802 - http.server's naming
+            fake.record(Seen("CONNECT", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
+            self.close_connection = True
+            self._send(403, b"fake Kaggle refuses CONNECT: nothing may leave this machine")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self._gone():
+                return
+            body = self._read_body()
+            seen = self._seen(body)
+            host, path = self._target()
+            if not path.startswith(API):
+                self._send(404, b"not found")
+                return
+            method = path.rsplit("/", 1)[-1]
+            try:
+                payload = seen.json()
+            except ValueError:
+                status, answer, extra = _error(400, "request body is not JSON")
+            else:
+                status, answer, extra = fake.api(method, payload, seen.headers, host)
+            if answer is None:
+                self._send(status, b"", extra)
+            else:
+                self._send(status, json.dumps(answer).encode(), {"Content-Type": "application/json", **extra})
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self._gone():
+                return
+            seen = self._seen(b"")
+            _, path = self._target()
+            data = fake.blob(path) if path.startswith("/blobs/") else None
+            if data is None:
+                self._send(404, b"no such blob")
+                return
+            headers = {"Content-Type": "application/zip", "Last-Modified": LAST_MODIFIED, "Accept-Ranges": "bytes"}
+            start = 0
+            wanted = seen.headers.get("range", "")
+            if wanted.startswith("bytes=") and seen.headers.get("if-range", LAST_MODIFIED) == LAST_MODIFIED:
+                start = int(wanted[6:].split("-")[0])
+                if start >= len(data):
+                    self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                    return
+            body = data[start:]
+            status = 206 if start else 200
+            if start:
+                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            if fake.die_after_bytes is None:
+                self._send(status, body, headers)
+                return
+            # Promise the whole body, deliver part of it, then go away: a server dying mid-transfer.
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: fake.die_after_bytes])
+            self.wfile.flush()
+            self.close_connection = True
+            fake.die()
+
+        def do_PUT(self) -> None:  # noqa: N802
+            if self._gone():
+                return
+            body = self._read_body()
+            self._seen(body)
+            _, path = self._target()
+            token = path.rsplit("/", 1)[-1]
+            if not path.startswith("/uploads/") or token not in fake.uploads:
+                self._send(404, b"no such upload")
+                return
+            if fake.upload_status in (200, 201):
+                fake.uploads[token] = body
+            self._send(fake.upload_status, b"")
+
+    return Handler

@@ -1,0 +1,57 @@
+"""Make owns the graph: its paths agree with pipeline/paths.py, and a second `make all` does no work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_experiment
+from pipeline.paths import Paths
+from test_chain import write_competition_yaml
+
+
+def make(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PIPELINE_ROOT": str(project)}
+    env.pop("MAKEFLAGS", None)
+    return subprocess.run(["make", "-f", str(REPO / "Makefile"), *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+@pytest.fixture
+def make_project(project: Path) -> Path:
+    """A project folder that shares this checkout's virtualenv (Make's install stamp included)."""
+    for name in (".venv", "pyproject.toml", "constraints.txt"):
+        (project / name).symlink_to(REPO / name)
+    return project
+
+
+@pytest.mark.parametrize("sample", ["", "50"])
+def test_make_paths_match_python(make_project: Path, sample: str) -> None:
+    write_competition_yaml(make_project, "csv")
+    config = tiny_experiment(make_project)
+    result = make(make_project, "paths", f"CONFIG={config.relative_to(make_project)}", f"SAMPLE={sample}")
+    assert result.returncode == 0, result.stderr
+    facts = dict(item.split("=", 1) for item in result.stdout.split())
+    expected = Paths("toy", "tiny", int(sample or 0))
+    root = make_project
+    assert root / facts["folds"] == expected.folds_csv
+    assert root / facts["run"] == expected.run
+    assert root / facts["submission"] == expected.submission
+    assert root / facts["raw_stamp"] == expected.raw_stamp
+    assert facts["n_folds"] == "2"
+
+
+def test_make_all_then_nothing_to_retrain(make_project: Path) -> None:
+    write_competition_yaml(make_project, "csv")
+    config = str(tiny_experiment(make_project).relative_to(make_project))
+    first = make(make_project, "all", f"CONFIG={config}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "pipeline train" in first.stdout and "CV accuracy" in first.stdout
+    assert (make_project / "submissions/toy/tiny.csv").is_file()
+    second = make(make_project, "all", f"CONFIG={config}")
+    assert second.returncode == 0, second.stderr
+    assert "pipeline train" not in second.stdout and "pipeline predict" not in second.stdout
+    assert "nothing retrained" in second.stdout
