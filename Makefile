@@ -47,7 +47,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict ensemble submission test lint paths clean-run FORCE
+.PHONY: help all install download init folds train predict ensemble submission submit scores cache bench test lint paths FORCE
 
 help: ## one line per target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -93,6 +93,35 @@ $(RUN)/scores.json: $(TEST_PROBS)
 submission: $(SUBMISSION) ## submissions/<comp>/<exp>.csv in sample_submission's format
 $(SUBMISSION): $(RUN)/scores.json
 	$(PY) -m pipeline submission $(ARGS)
+
+submit: $(SUBMISSION) ## validate the submission against sample_submission, then upload it (kaggle client)
+	$(PY) -m pipeline submit $(ARGS)
+
+scores: ## leaderboard scores of COMP's submissions joined to local CV -> data/runs/<comp>/leaderboard.csv
+	$(PY) -m pipeline scores --comp $(COMP)
+
+cache: $(PROC)/folds.csv ## decode every image once into data/processed/<comp>/cache/ (automatic when training)
+	$(PY) -m pipeline cache $(ARGS)
+
+bench: ## data-path benchmark: loader vs naive, training efficiency, TTA overhead, growth (table + JSON)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pipeline bench
+
+# Looking at results. TTA=1 (or TTA=all) measures each TTA view on the OOF rows; LIMIT=9h (the kernel's time
+# limit), TEST_IMAGES=N (a hidden test set's size) and SLOWDOWN=X (kernel GPU X times slower) feed the time plan.
+PLAN_FLAGS := $(if $(LIMIT), --time-limit $(LIMIT))$(if $(TEST_IMAGES), --test-images $(TEST_IMAGES))$(if $(SLOWDOWN), --slowdown $(SLOWDOWN))
+.PHONY: report experiments doctor plan
+
+report: $(RUN)/scores.json ## data/runs/<comp>/<exp>/report.html: curves, CV, confusion, top losses, TTA, time plan
+	$(PY) -m pipeline report $(ARGS)$(PLAN_FLAGS)$(if $(TTA), --tta $(filter all,$(TTA)))
+
+experiments: ## every experiment of COMP: CV, fold spread, leaderboard, differing config keys -> experiments.csv
+	$(PY) -m pipeline experiments --comp $(COMP)
+
+doctor: ## versions, GPUs, Kaggle credentials, Kaggle Kernel or not, free disk
+	$(PY) -m pipeline doctor
+
+plan: ## will folds x TTA views x test images fit the Kaggle Kernel time limit (LIMIT=9h)?
+	$(PY) -m pipeline plan $(ARGS)$(PLAN_FLAGS)
 
 test: ## run the test suite (CI calls this)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -26,9 +26,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submission": ("pipeline.submission", "write submissions/<comp>/<exp>.csv in sample_submission's format"),
     "submit": ("pipeline.submit", "validate submissions/<comp>/<exp>.csv and upload it to the Kaggle leaderboard"),
     "scores": ("pipeline.scores", "leaderboard scores joined to local CV: data/runs/<comp>/leaderboard.csv"),
+    "cache": ("pipeline.cache", "decode every image once into a uint8 memory-mapped cache"),
+    "bench": ("pipeline.bench", "measure the data path: loader, training efficiency, TTA overhead, growth"),
     "summary": ("pipeline.summary", "print the experiment's scores and what this run did"),
+    "lr-find": ("pipeline.lr_find", "LR range test on fold 0: lr_find.png + a suggested LR (train.lr: auto uses it)"),
     "weights": ("pipeline.weights", "prepare the offline ImageNet Lite0 weights file"),
     "info": ("pipeline.summary", "print facts Make needs (fold count, paths) without importing torch"),
+    "report": ("pipeline.report", "data/runs/<comp>/<exp>/report.html: curves, CV, confusion, top losses, TTA, plan"),
+    "experiments": ("pipeline.experiments", "table of a competition's experiments: CV, spread, leaderboard, config diffs"),
+    "doctor": ("pipeline.doctor", "versions, GPUs, Kaggle credentials, Kaggle Kernel or not, free disk"),
+    "plan": ("pipeline.planner", "will folds x TTA views x test images fit the Kaggle Kernel time limit?"),
+}
+
+# Flags only some commands take: command -> [(flag, argparse keyword arguments)].
+_PLAN_FLAGS: list[tuple[str, dict]] = [
+    ("--time-limit", {"default": None, "help": "the kernel's time limit, e.g. 9h (default), 12h, 1h30m"}),
+    ("--test-images", {"type": int, "default": None, "help": "test images the kernel predicts (default: test.csv's)"}),
+    ("--slowdown", {"type": float, "default": None, "help": "the kernel's GPU is X times slower than the logs' (default 1)"}),
+]
+COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
+    "plan": _PLAN_FLAGS,
+    "report": [
+        *_PLAN_FLAGS,
+        ("--tta", {"nargs": "?", "const": "configured", "choices": ["configured", "all"], "default": None,
+                   "help": "measure each TTA view on the OOF rows (configured views, or all known views)"}),
+    ],
 }
 
 
@@ -51,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="redo the stage even when its output exists")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.add_argument("what", nargs="*", help=argparse.SUPPRESS)
+        for flag, options in COMMAND_FLAGS.get(name, []):
+            p.add_argument(flag, **options)
     return parser
 
 

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.augment import to_chw
+from pipeline.cache import ImageCache
 from pipeline.data import load_image
 
 
@@ -27,9 +28,16 @@ class ImageDataset(Dataset):
     """
 
     def __init__(
-        self, root: Path, images: Sequence[str], targets: np.ndarray | None, transform: A.Compose, seed: int | None = None
+        self,
+        root: Path,
+        images: Sequence[str],
+        targets: np.ndarray | None,
+        transform: A.Compose,
+        seed: int | None = None,
+        cache: ImageCache | None = None,
     ) -> None:
         self.root = Path(root)
+        self.cache = cache
         self.images = list(images)
         self.targets = targets
         self.transform = transform
@@ -42,7 +50,9 @@ class ImageDataset(Dataset):
         index = key % len(self.images)
         if self.seed is not None:
             self.transform.set_random_seed((self.seed * 1_000_003 + key) % 2**32)
-        image = self.transform(image=load_image(self.root / self.images[index]))["image"]
+        path = self.images[index]
+        pixels = self.cache[path] if self.cache is not None else load_image(self.root / path)
+        image = self.transform(image=np.asarray(pixels))["image"]
         target = torch.as_tensor(self.targets[index]) if self.targets is not None else torch.tensor(-1)
         return torch.from_numpy(to_chw(image)), target
 

@@ -7,13 +7,18 @@ so offline machines and Kaggle kernels use exactly the code path that online use
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+import pickle
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
@@ -53,35 +58,138 @@ def pretrained_kwargs(pretrained: bool | str) -> dict[str, Any]:
     return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _timm_log() -> Iterator[list[logging.LogRecord]]:
+    """Hold what timm logs while it loads weights: its key report is checked, and nothing prints before an `error:`.
+
+    Afterwards the records are handed back to logging (a successful load still says where its weights came from).
+    """
+    logger = logging.getLogger("timm")
+    handler, saved = _Collect(), (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _reported_keys(records: list[logging.LogRecord], kind: str) -> list[str]:
+    """Keys timm reported as `Missing` or `Unexpected` after a non-strict load (its pretrained loader's log lines)."""
+    for record in records:
+        found = re.match(rf"{kind} keys \((.*)\) (discovered|found) while loading", record.getMessage(), re.DOTALL)
+        if found:
+            return found.group(1).split(", ")
+    return []
+
+
+def _check_loaded(model: torch.nn.Module, cfg: ModelConfig, source: str, records: list[logging.LogRecord]) -> None:
+    """timm loads non-strictly when the class count differs (the head is re-initialised): the backbone must still fit.
+
+    Without this, a file for another architecture would load nothing and train from random weights, silently.
+    """
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    expected = {f"{head}.{kind}" for head in heads for kind in ("weight", "bias")}
+    missing = [
+        k for k in _reported_keys(records, "Missing") if k not in expected and not k.endswith("num_batches_tracked")
+    ]
+    if missing:
+        total = len(model.state_dict())
+        raise UserError(
+            f"model.pretrained: {source} does not fit {cfg.name}: {len(missing)} of its {total} tensors are not in the "
+            f"file (e.g. {missing[0]!r}); use weights saved from a {cfg.name}, or set model.name to the file's model"
+        )
+
+
+def _weights_error(exc: BaseException, cfg: ModelConfig, source: bool | str) -> UserError | None:
+    """The user's side of a failed timm.create_model, or None when it looks like a bug."""
+    text = str(exc)
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    if "Unsupported globals" in text or "GLOBAL" in str(exc.__cause__ or ""):
+        return UserError(
+            f"model.pretrained: {source} is not a plain weights file (it holds pickled code, refused for safety); "
+            "use a safetensors or state-dict file"
+        )
+    if isinstance(exc, RuntimeError) and ("size mismatch" in text or "Missing key" in text or "Unexpected key" in text):
+        return UserError(
+            f"model.pretrained: {source} does not fit {cfg.name} ({first[:160]}); use weights of the same architecture"
+        )
+    if source is True and isinstance(exc, (OSError, ValueError, RuntimeError)):  # hub unreachable or offline
+        return UserError(
+            f"model.pretrained: cannot fetch {cfg.name} weights from the hub ({type(exc).__name__}); offline? "
+            "set model.pretrained to a local weights file (e.g. data/weights/tf_efficientnet_lite0.safetensors, "
+            "made by `python -m pipeline weights`)"
+        )
+    if isinstance(source, str) and isinstance(
+        exc, (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError)
+    ):
+        return UserError(
+            f"model.pretrained: {source} is not a weights file timm can read ({first}); "
+            "use a .safetensors file or a .pth/.bin state dict"
+        )
+    return None
+
+
 def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | None = None) -> torch.nn.Module:
-    """timm.create_model with the configured weights; `pretrained` overrides cfg (False at predict time)."""
+    """timm.create_model with the configured weights; `pretrained` overrides cfg (False at predict time).
+
+    Weights files go through timm's own loader, which reads them with torch.load(weights_only=True) or safetensors:
+    a file holding pickled code is refused, never run.
+    """
     check_model_name(cfg.name)
     source = cfg.pretrained if pretrained is None else pretrained
     kwargs = pretrained_kwargs(source)
-    try:
-        return timm.create_model(cfg.name, num_classes=num_classes, drop_rate=cfg.drop_rate, **kwargs)
-    except RuntimeError as exc:
-        text = str(exc).splitlines()[0]
-        if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
-            raise UserError(
-                f"model.pretrained: {source} does not fit {cfg.name} ({text[:160]}); use weights of the same architecture"
-            ) from exc
-        raise UserError(f"model.pretrained: cannot load weights for {cfg.name}: {text[:200]}") from exc
-    except (OSError, ValueError) as exc:  # hub unreachable, offline, or a bad file
-        if source is True:
-            raise UserError(
-                f"model.pretrained: cannot fetch {cfg.name} weights from the hub ({type(exc).__name__}); offline? "
-                "set model.pretrained to a local weights file (e.g. data/weights/tf_efficientnet_lite0.safetensors, "
-                "made by `python -m pipeline weights`)"
-            ) from exc
-        raise UserError(f"model.pretrained: cannot load {source}: {str(exc).splitlines()[0][:200]}") from exc
-    except Exception as exc:  # unpickling refused (weights_only=True) surfaces as UnpicklingError
-        if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
-            raise UserError(
-                f"model.pretrained: {source} is not a plain weights file (it holds pickled code, refused for safety); "
-                "use a safetensors or state-dict file"
-            ) from exc
-        raise
+    with _timm_log() as records:
+        try:
+            outputs = 1 if cfg.head == "regression" else num_classes  # a regression head: the class as a number
+            model = timm.create_model(cfg.name, num_classes=outputs, drop_rate=cfg.drop_rate, **kwargs)
+        except Exception as exc:
+            error = _weights_error(exc, cfg, source) if kwargs["pretrained"] else None
+            if error is None:
+                raise
+            raise error from exc
+    if isinstance(source, str):
+        _check_loaded(model, cfg, source, records)
+    for record in records:  # timm's own lines, now that no error follows them
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+    attach_normalizer(model)
+    return model
+
+
+def attach_normalizer(model: torch.nn.Module) -> None:
+    """Normalise inside the model, on its device: loaders ship uint8 pixels (4x less to copy and pin) and the
+    float conversion and (x - mean) / std happen on the GPU batch. Input is in 0..255 pixel scale, any dtype.
+    A forward pre-hook keeps the state dict exactly timm's."""
+    resolved = timm.data.resolve_model_data_config(model)
+    mean = torch.tensor(resolved["mean"]).view(1, -1, 1, 1) * 255.0
+    std = torch.tensor(resolved["std"]).view(1, -1, 1, 1) * 255.0
+    per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def normalize(module: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if x.device not in per_device:
+            per_device[x.device] = (mean.to(x.device), std.to(x.device))
+        m, s = per_device[x.device]
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return ((x.to(dtype) - m.to(dtype)) / s.to(dtype), *args[1:])
+
+    model.register_forward_pre_hook(normalize)
+    model.pixel_input = True  # marks models that take 0..255 pixels
 
 
 def data_config(model: torch.nn.Module, image_size: int | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ def _zoom(x: torch.Tensor, keep: float = 0.9) -> torch.Tensor:
     h, w = x.shape[-2:]
     dh, dw = round(h * (1 - keep) / 2), round(w * (1 - keep) / 2)
     crop = x[..., dh : h - dh, dw : w - dw]
+    crop = crop if crop.is_floating_point() else crop.float()  # uint8 pixels: interpolate in float
     return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
 
 
@@ -37,13 +38,27 @@ def views_or_identity(names: list[str]) -> list[str]:
     return list(names) or ["identity"]
 
 
+# Views stacked into one forward pass on accelerators, where a bigger batch runs faster than k small ones; on a
+# CPU a bigger batch is slower per image (measured: 6.9 ms/img at 64, 11.4 at 256), so there views go one by one.
+VIEWS_PER_FORWARD = {"cuda": 4, "mps": 4}
+
+
 @torch.no_grad()
 def predict_views(
     model: torch.nn.Module, batch: torch.Tensor, names: list[str], activation: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
-    """Mean of activation(model(view(batch))) over the named views, in probability space."""
+    """Mean of activation(model(view(batch))) over the named views, in probability space.
+
+    Every view is built from the one decoded batch; on accelerators several are stacked into one forward pass.
+    """
+    names = views_or_identity(names)
+    per_forward = VIEWS_PER_FORWARD.get(batch.device.type, 1)
     total = None
-    for name in views_or_identity(names):
-        probs = activation(model(VIEWS[name](batch)).float())
-        total = probs if total is None else total + probs
-    return total / len(views_or_identity(names))
+    for start in range(0, len(names), per_forward):
+        views = [VIEWS[name](batch) for name in names[start : start + per_forward]]
+        if any(v.is_floating_point() for v in views):
+            views = [v if v.is_floating_point() else v.float() for v in views]
+        probs = activation(model(torch.cat(views)).float())
+        summed = probs.view(len(views), len(batch), *probs.shape[1:]).sum(dim=0)
+        total = summed if total is None else total + summed
+    return total / len(names)

@@ -1,0 +1,205 @@
+"""bench: measure the data path against its targets, in one process, same model, batch and threads.
+
+  a. loader images/s: the cached uint8 loader vs a naive loader (PIL open + albumentations per sample,
+     normalised on the CPU, same worker count)                                  target >= 5x
+  b. end-to-end training images/s / training-step images/s on in-memory tensors   target >= 0.95
+  c. TTA with k views: time / (k x one forward pass over in-memory tensors)      target <= 1.1
+  d. time and peak (Python-heap) memory of one cached epoch at 1x, 4x, 16x images: time linear within 20%,
+     memory flat (the memory-mapped cache itself is file-backed and not counted)
+
+Writes data/bench/bench.json and prints a table plus the same numbers as one JSON line. The benchmark
+images are generated JPEGs (camera-like 512x384 frames) under data/bench/images/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline import artifacts, paths
+from pipeline.augment import to_chw, train_transform
+from pipeline.cache import build_cache, cache_side, ImageCache
+from pipeline.config import AugmentConfig, ModelConfig
+from pipeline.loader import EpochSampler, ImageDataset, make_loader
+from pipeline.model import build_model, data_config
+from pipeline.tta import predict_views
+
+log = logging.getLogger(__name__)
+
+N_IMAGES, IMAGE_SIZE, BATCH, WORKERS, MODEL = 256, 64, 32, 0, "tf_efficientnet_lite0"
+
+
+def make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """n camera-like JPEG frames (smooth gradients + texture), generated once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    yy, xx = np.mgrid[0:384, 0:512]
+    for i in range(n):
+        name = f"img{i:05d}.jpg"
+        names.append(name)
+        if (folder / name).exists():
+            continue
+        base = (np.sin(xx / (20 + i % 13)) + np.cos(yy / (15 + i % 7)))[..., None] * 60 + rng.integers(60, 190, 3)
+        pixels = np.clip(base + rng.normal(0, 12, (384, 512, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / name, quality=90)
+    return names
+
+
+class NaiveDataset(Dataset):
+    """What a typical notebook does: open with PIL, augment and normalise per sample on the CPU, every epoch."""
+
+    def __init__(self, root: Path, images: list[str], transform: A.Compose) -> None:
+        self.root, self.images, self.transform = root, images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = np.asarray(Image.open(self.root / self.images[i]).convert("RGB"))
+        return torch.from_numpy(to_chw(self.transform(image=image)["image"])), torch.tensor(0)
+
+
+REPEATS = 3  # every timing is the best of REPEATS runs, interleaved: a shared CPU only ever slows a run down
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def drain(loader: DataLoader) -> None:
+    for _ in loader:
+        pass
+
+
+def images_per_s(loader: DataLoader, n: int) -> float:
+    return n / best_seconds(lambda: drain(loader))
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    root = paths.project_root() / "data" / "bench"
+    device = torch.device("cpu")
+    images = make_images(root / "images", N_IMAGES)
+    model = build_model(ModelConfig(name=MODEL, pretrained=False), 10)
+    dcfg = data_config(model, IMAGE_SIZE)
+    augment = train_transform(AugmentConfig(), dcfg)
+    cache_dir = root / "cache" / f"{cache_side(IMAGE_SIZE)}px"
+    started = time.perf_counter()
+    build_cache(cache_dir, root / "images", images, progress=False)
+    cache_build_s = time.perf_counter() - started
+    cache = ImageCache(cache_dir)
+
+    # a. loader throughput
+    naive_tf = A.Compose([*augment.transforms, A.Normalize(mean=dcfg["mean"], std=dcfg["std"])])
+    naive = DataLoader(NaiveDataset(root / "images", images, naive_tf), batch_size=BATCH, num_workers=WORKERS)
+    ours_ds = ImageDataset(root / "images", images, np.zeros(len(images), dtype=np.int64), augment, seed=0, cache=cache)
+    ours = make_loader(ours_ds, BATCH, WORKERS, device, sampler=EpochSampler(len(images), 0))
+    naive_ips, ours_ips = images_per_s(naive, len(images)), images_per_s(ours, len(images))
+
+    # b. end-to-end training vs training steps on tensors already in memory
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    criterion = torch.nn.CrossEntropyLoss()
+    model.train()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    synthetic = torch.randint(0, 255, (BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    labels = torch.zeros(BATCH, dtype=torch.long)
+    step(synthetic, labels)  # warm-up
+    n_steps = len(images) // BATCH
+
+    def synthetic_epoch() -> None:
+        for _ in range(n_steps):
+            step(synthetic, labels)
+
+    def real_epoch() -> None:
+        for x, y in ours:
+            step(x, y)
+
+    synthetic_s, real_s = [], []
+    for _ in range(REPEATS):  # interleaved, so both see the same machine
+        synthetic_s.append(best_seconds(synthetic_epoch, 1))
+        real_s.append(best_seconds(real_epoch, 1))
+    synthetic_ips = n_steps * BATCH / min(synthetic_s)
+    e2e_ips = len(images) / min(real_s)
+
+    # c. TTA: k views from one decoded batch vs k forward passes over in-memory tensors
+    from pipeline.augment import eval_transform
+
+    model.eval()
+    views = ["identity", "hflip", "vflip", "hvflip"]
+    soft = lambda logits: logits.softmax(dim=1)  # noqa: E731
+    eval_ds = ImageDataset(root / "images", images, None, eval_transform(dcfg), cache=cache)
+    eval_loader = make_loader(eval_ds, BATCH * 2, WORKERS, device)
+    batches = [x for x, _ in eval_loader]
+    with torch.no_grad():
+        model(batches[0])
+        one_pass = best_seconds(lambda: [model(x) for x in batches])
+        tta_s = best_seconds(lambda: [predict_views(model, x, views, soft) for x, _ in eval_loader])
+    tta_overhead = tta_s / (len(views) * one_pass)
+
+    # d. growth: one cached epoch (decode from cache + augment + collate) at 1x, 4x, 16x the images
+    growth = []
+    for factor in (1, 4, 16):
+        many = images * factor
+        big = ImageCache(cache_dir)
+        big.rows = {f"{k}:{name}": big.rows[name] for k in range(factor) for name in images}
+        keys = list(big.rows)
+        ds = ImageDataset(root / "images", keys, np.zeros(len(many), dtype=np.int64), augment, seed=0, cache=big)
+        loader = make_loader(ds, BATCH, WORKERS, device, sampler=EpochSampler(len(many), 0))
+        seconds = best_seconds(lambda: drain(loader))
+        tracemalloc.start()
+        drain(loader)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        growth.append({"images": len(many), "seconds": round(seconds, 3), "peak_mb": round(peak / 2**20, 2)})
+    per_image = [g["seconds"] / g["images"] for g in growth]
+    linear = max(per_image) / min(per_image) - 1
+    memory_growth = growth[-1]["peak_mb"] / max(growth[0]["peak_mb"], 1e-6)
+
+    result = {
+        "threads": torch.get_num_threads(), "workers": WORKERS, "batch": BATCH, "model": MODEL, "image_size": IMAGE_SIZE,
+        "images": len(images), "cache_build_images_per_s": round(len(images) / cache_build_s, 1),
+        "naive_loader_images_per_s": round(naive_ips, 1), "loader_images_per_s": round(ours_ips, 1),
+        "loader_ratio": round(ours_ips / naive_ips, 2),
+        "train_step_images_per_s": round(synthetic_ips, 1), "end_to_end_images_per_s": round(e2e_ips, 1),
+        "efficiency": round(e2e_ips / synthetic_ips, 3),
+        "tta_views": len(views), "tta_overhead": round(tta_overhead, 3),
+        "growth": growth, "time_nonlinearity": round(linear, 3), "peak_memory_ratio_16x": round(memory_growth, 2),
+    }  # fmt: skip
+    targets = {
+        "loader_ratio": (result["loader_ratio"], ">= 5", result["loader_ratio"] >= 5),
+        "efficiency": (result["efficiency"], ">= 0.95", result["efficiency"] >= 0.95),
+        "tta_overhead": (result["tta_overhead"], "<= 1.1", result["tta_overhead"] <= 1.1),
+        "time_nonlinearity": (result["time_nonlinearity"], "<= 0.2", linear <= 0.2),
+        "peak_memory_ratio_16x": (result["peak_memory_ratio_16x"], "<= 1.5", memory_growth <= 1.5),
+    }
+    result["targets_met"] = all(ok for _, _, ok in targets.values())
+    artifacts.write_json(root / "bench.json", result)
+    print(f"{'measure':<24}{'value':>10}  target   ok")
+    for name, (value, target, ok) in targets.items():
+        print(f"{name:<24}{value:>10}  {target:<8} {'yes' if ok else 'NO'}")
+    print(f"loader {ours_ips:.0f} img/s vs naive {naive_ips:.0f} img/s; train step {synthetic_ips:.0f} img/s, "
+          f"end to end {e2e_ips:.0f} img/s; growth {growth}")  # fmt: skip
+    print(json.dumps(result))

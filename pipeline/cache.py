@@ -1,0 +1,130 @@
+"""cache: every image decoded and resized once into a uint8 memory-mapped store, shared by all folds,
+epochs and TTA views.
+
+Reads folds.csv and test.csv (data/processed/<comp>/) and the images they list; writes
+data/processed/<comp>/cache/<side>px/images.u8 (N x side x side x 3, uint8, row order of index.csv)
+and then index.csv (image path, source size and mtime) last, so a half-built cache never looks done.
+`side` is the training size plus the margin random crops need. The cache is rebuilt only when the
+image size changes (a different folder) or any source image's size/mtime changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline import artifacts, paths
+from pipeline.augment import INTERPOLATIONS
+from pipeline.cli import config_from_args
+from pipeline.data import load_image, read_csv
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MARGIN = 1.15  # random-resized crops and the eval resize sample from a slightly larger image
+
+
+def cache_side(image_size: int) -> int:
+    return int(round(image_size * MARGIN))
+
+
+def resize_square(image: np.ndarray, side: int, interpolation: str = "bilinear") -> np.ndarray:
+    """The cache's transform, also used to check cached pixels against direct decoding."""
+    if image.shape[0] == side and image.shape[1] == side:
+        return image
+    shrinking = image.shape[0] > side or image.shape[1] > side
+    flag = cv2.INTER_AREA if shrinking else INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
+    return cv2.resize(image, (side, side), interpolation=flag)
+
+
+def _fingerprint(root: Path, images: list[str]) -> pd.DataFrame:
+    stats = [os.stat(root / image) for image in images]
+    return pd.DataFrame({"image": images, "bytes": [s.st_size for s in stats], "mtime_ns": [s.st_mtime_ns for s in stats]})
+
+
+class ImageCache:
+    """Read access to a built cache: `cache[path]` -> uint8 (side, side, 3) array (a view into the memmap)."""
+
+    def __init__(self, folder: Path) -> None:
+        index = read_csv(folder / "index.csv", "image cache index")
+        self.side = int(folder.name.removesuffix("px"))
+        self.rows = {image: i for i, image in enumerate(index["image"])}
+        self.array = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(index), self.side, self.side, 3))
+
+    def __contains__(self, image: str) -> bool:
+        return image in self.rows
+
+    def __getitem__(self, image: str) -> np.ndarray:
+        return self.array[self.rows[image]]
+
+
+def cache_folder(processed: Path, image_size: int) -> Path:
+    return processed / "cache" / f"{cache_side(image_size)}px"
+
+
+def is_current(folder: Path, root: Path, images: list[str]) -> bool:
+    index_path = folder / "index.csv"
+    if not index_path.exists() or not (folder / "images.u8").exists():
+        return False
+    index = pd.read_csv(index_path, dtype={"image": str})
+    if list(index["image"]) != images:
+        return False
+    current = _fingerprint(root, images)
+    return bool((index["bytes"].to_numpy() == current["bytes"].to_numpy()).all()
+                and (index["mtime_ns"].to_numpy() == current["mtime_ns"].to_numpy()).all())  # fmt: skip
+
+
+def build_cache(folder: Path, root: Path, images: list[str], interpolation: str = "bilinear",
+                progress: bool = True) -> Path:  # fmt: skip
+    """Decode every image once into folder/images.u8; index.csv is written last."""
+    side = int(folder.name.removesuffix("px"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.csv").unlink(missing_ok=True)  # from here on the cache is not current until rebuilt
+    with artifacts.atomic_path(folder / "images.u8") as tmp:
+        store = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(images), side, side, 3))
+        step = max(1, len(images) // 10)
+        for i, image in enumerate(images):
+            store[i] = resize_square(load_image(root / image), side, interpolation)
+            if progress and (i + 1) % step == 0:
+                log.info("cache: %d/%d images decoded", i + 1, len(images))
+        store.flush()
+        del store
+    artifacts.write_csv(folder / "index.csv", _fingerprint(root, images))
+    return folder
+
+
+def ensure_cache(processed: Path, root: Path, images: list[str], image_size: int, interpolation: str = "bilinear") -> ImageCache:
+    """The cache for `images` at `image_size`, built or rebuilt when missing or stale."""
+    folder = cache_folder(processed, image_size)
+    if not is_current(folder, root, images):
+        log.info("cache: decoding %d images once into %s", len(images), folder)
+        build_cache(folder, root, images, interpolation)
+    return ImageCache(folder)
+
+
+def listed_images(out: paths.Paths) -> list[str]:
+    """Every train and test image of the competition, in a fixed order."""
+    for table in (out.folds_csv, out.test_csv):
+        if not table.exists():
+            raise UserError(f"{table} not found; run `make folds CONFIG=...` first")
+    images = list(read_csv(out.folds_csv, "folds table")["image"]) + list(read_csv(out.test_csv, "test listing")["image"])
+    return list(dict.fromkeys(images))
+
+
+def run(args: argparse.Namespace) -> None:
+    import timm
+
+    from pipeline.model import check_model_name
+
+    cfg = config_from_args(args)
+    out = paths.for_config(cfg)
+    check_model_name(cfg.model.name)
+    size = cfg.train.image_size or timm.models.get_pretrained_cfg(cfg.model.name).input_size[-1]
+    cache = ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size)
+    log.info("cache: %d images at %d px ready", len(cache.rows), cache.side)
