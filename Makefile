@@ -47,7 +47,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict ensemble submission submit scores cache bench test lint paths FORCE
+.PHONY: help all install download init folds train predict ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe FORCE
 
 help: ## one line per target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -86,6 +86,9 @@ predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold
 $(RUN)/fold%/test.csv: $(RUN)/fold%/model.safetensors $(CONFIG) $(FORCE_IF_SET)
 	$(PY) -m pipeline predict $(ARGS) --fold $*
 
+lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: $(RUN)/lr_find.png + a suggested LR (train.lr: auto)
+	$(PY) -m pipeline lr-find $(ARGS)
+
 ensemble: $(RUN)/scores.json ## blend the folds; CV score -> scores.json
 $(RUN)/scores.json: $(TEST_PROBS)
 	$(PY) -m pipeline ensemble $(ARGS)
@@ -99,6 +102,9 @@ submit: $(SUBMISSION) ## validate the submission against sample_submission, then
 
 scores: ## leaderboard scores of COMP's submissions joined to local CV -> data/runs/<comp>/leaderboard.csv
 	$(PY) -m pipeline scores --comp $(COMP)
+
+blend: ## blend COMP's experiments per configs/<comp>/blend.yaml (OOF-fitted weights, nested-CV guard)
+	$(PY) -m pipeline blend --comp $(COMP)
 
 cache: $(PROC)/folds.csv ## decode every image once into data/processed/<comp>/cache/ (automatic when training)
 	$(PY) -m pipeline cache $(ARGS)
@@ -122,6 +128,9 @@ doctor: ## versions, GPUs, Kaggle credentials, Kaggle Kernel or not, free disk
 
 plan: ## will folds x TTA views x test images fit the Kaggle Kernel time limit (LIMIT=9h)?
 	$(PY) -m pipeline plan $(ARGS)$(PLAN_FLAGS)
+
+bench-recipe: ## training-recipe table on Fashion-MNIST (apt-get install dataset-fashion-mnist; ~30 min CPU)
+	$(PY) -m pipeline.benchmarks.fashion
 
 test: ## run the test suite (CI calls this)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q

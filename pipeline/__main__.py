@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 
@@ -28,12 +29,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scores": ("pipeline.scores", "leaderboard scores joined to local CV: data/runs/<comp>/leaderboard.csv"),
     "cache": ("pipeline.cache", "decode every image once into a uint8 memory-mapped cache"),
     "bench": ("pipeline.bench", "measure the data path: loader, training efficiency, TTA overhead, growth"),
+    "blend": ("pipeline.blend", "blend experiments of COMP per configs/<comp>/blend.yaml (mean, geometric, rank, fitted)"),
     "summary": ("pipeline.summary", "print the experiment's scores and what this run did"),
     "lr-find": ("pipeline.lr_find", "LR range test on fold 0: lr_find.png + a suggested LR (train.lr: auto uses it)"),
     "weights": ("pipeline.weights", "prepare the offline ImageNet Lite0 weights file"),
     "info": ("pipeline.summary", "print facts Make needs (fold count, paths) without importing torch"),
     "report": ("pipeline.report", "data/runs/<comp>/<exp>/report.html: curves, CV, confusion, top losses, TTA, plan"),
-    "experiments": ("pipeline.experiments", "table of a competition's experiments: CV, spread, leaderboard, config diffs"),
+    "experiments": ("pipeline.experiments", "a competition's experiments: CV, spread, leaderboard, config diffs"),
     "doctor": ("pipeline.doctor", "versions, GPUs, Kaggle credentials, Kaggle Kernel or not, free disk"),
     "plan": ("pipeline.planner", "will folds x TTA views x test images fit the Kaggle Kernel time limit?"),
 }
@@ -42,21 +44,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
 _PLAN_FLAGS: list[tuple[str, dict]] = [
     ("--time-limit", {"default": None, "help": "the kernel's time limit, e.g. 9h (default), 12h, 1h30m"}),
     ("--test-images", {"type": int, "default": None, "help": "test images the kernel predicts (default: test.csv's)"}),
-    ("--slowdown", {"type": float, "default": None, "help": "the kernel's GPU is X times slower than the logs' (default 1)"}),
+    ("--slowdown", {"type": float, "default": None, "help": "kernel GPU X times slower than the logs' (default 1)"}),
 ]
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
     "plan": _PLAN_FLAGS,
     "report": [
         *_PLAN_FLAGS,
-        ("--tta", {"nargs": "?", "const": "configured", "choices": ["configured", "all"], "default": None,
-                   "help": "measure each TTA view on the OOF rows (configured views, or all known views)"}),
+        (
+            "--tta",
+            {
+                "nargs": "?",
+                "const": "configured",
+                "choices": ["configured", "all"],
+                "default": None,
+                "help": "measure each TTA view on the OOF rows (configured views, or all known views)",
+            },
+        ),
     ],
 }
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's usage dump -> our one-line contract
-        raise UserError(f"{message} (see `python -m pipeline {self.prog.split()[-1]} --help`)")
+        command = " ".join(self.prog.split()[1:])  # "pipeline train" -> "train"; the top-level parser -> ""
+        raise UserError(f"{message} (see `python -m pipeline {command + ' ' if command else ''}--help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,10 +95,18 @@ def split_overrides(values: list[str]) -> list[str]:
 
 
 def one_line(message: str) -> str:
-    """A UserError raised in a DataLoader worker arrives wrapped in the worker's traceback: keep its last line."""
+    """The `error:` line for a UserError's message.
+
+    One raised in a DataLoader worker arrives wrapped in the worker's traceback ("Caught UserError in DataLoader
+    worker process 0. Original Traceback ... pipeline.errors.UserError: <message>"): keep the message. Any other
+    message that spans lines is joined, so stderr still gets exactly one line.
+    """
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else message
-    return last.removeprefix("pipeline.errors.UserError: ").removeprefix("pipeline.errors.ConfigError: ")
+    if not lines:
+        return message.strip()
+    if lines[0].startswith("Caught ") and any(line.startswith("Original Traceback") for line in lines):
+        return re.sub(r"^[A-Za-z_][\w.]*: ", "", lines[-1], count=1)
+    return " ".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,6 +122,58 @@ class Paths:
         return self.run / "scores.json"
 
     @property
+    def thresholds(self) -> Path:
+        """Per-label thresholds (multi-label) or cut points (ordinal) fitted on all OOF rows by ensemble."""
+        return self.run / "thresholds.json"
+
+    @property
+    def lr_find_json(self) -> Path:
+        """The LR range test's losses and suggested LR (written by lr-find; `train.lr: auto` reads it)."""
+        return self.run / "lr_find.json"
+
+    def oof_plain(self, fold: int) -> Path:
+        """Validation probabilities of the final weights without TTA (written by train)."""
+        return self.fold_dir(fold) / "oof_plain.csv"
+
+    def oof_views(self, fold: int) -> Path:
+        """Validation probabilities per single TTA view (long format: id, view, classes...), written by report."""
+        return self.fold_dir(fold) / "oof_views.csv"
+
+    def oof_views_stamp(self, fold: int) -> Path:
+        """What oof_views.csv was computed from (fingerprint, views) and how long it took (images, seconds)."""
+        return self.fold_dir(fold) / "oof_views.json"
+
+    @property
+    def lr_find_png(self) -> Path:
+        return self.run / "lr_find.png"
+
+    @property
+    def report_html(self) -> Path:
+        return self.run / "report.html"
+
+    def report_png(self, name: str) -> Path:
+        """The report's plots sit next to report.html, so the folder can be opened or copied as is."""
+        return self.run / f"report_{name}.png"
+
+    # competition level, across experiments
+    @property
+    def runs(self) -> Path:
+        """data/runs/<comp>/: one folder per experiment, plus the competition's cross-experiment tables."""
+        return project_root() / "data" / "runs" / self.comp
+
+    @property
+    def leaderboard_csv(self) -> Path:
+        return self.runs / "leaderboard.csv"
+
+    @property
+    def experiments_csv(self) -> Path:
+        return self.runs / "experiments.csv"
+
+    def blend_dir(self, name: str) -> Path:
+        """A blend of several experiments: data/runs/<comp>/blend/<name>/."""
+        return project_root() / "data" / "runs" / self.comp / "blend" / name
+
+    @property
     def submission(self) -> Path:
         return project_root() / "submissions" / self.comp / f"{self.exp}{self._suffix}.csv"
 

@@ -1,0 +1,189 @@
+"""blend: combine several experiments of one competition on their OOF predictions.
+
+Reads configs/<comp>/blend.yaml (`name`, `experiments`, `method`: mean | geometric | rank | fitted), each
+experiment's data/runs/<comp>/<exp>/oof.csv, test.csv and fold<k>/oof.csv, and folds.csv; writes
+data/runs/<comp>/blend/<name>/oof.csv, test.csv and scores.json (last), then submissions/<comp>/<name>.csv.
+
+Fitted weights (non-negative, summing to 1, chosen to optimise the competition metric) are scored honestly:
+for every fold, weights are fitted on the other folds' OOF rows and scored on the held-out fold. When that
+nested score does not beat the plain mean, the blend says so and falls back to the mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy.optimize import minimize
+from scipy.stats import rankdata
+
+from pipeline import artifacts, paths
+from pipeline.config import ConfigError, Config, load_config
+from pipeline.data import encode_targets, read_csv
+from pipeline.errors import UserError
+from pipeline.metrics import METRICS, score
+from pipeline.submission import format_submission
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mean", "geometric", "rank", "fitted")
+
+
+@dataclass
+class BlendConfig:
+    name: str = "blend"
+    experiments: list[str] = field(default_factory=list)
+    method: str = "fitted"
+
+
+def load_blend_config(path: Path) -> BlendConfig:
+    if not path.exists():
+        raise UserError(f"{path} not found; write it with `experiments: [exp1, exp2]` and `method: {'|'.join(METHODS)}`")
+    values = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(values) - {"name", "experiments", "method"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: experiments, method, name")
+    cfg = BlendConfig(**values)
+    if cfg.method not in METHODS:
+        raise ConfigError(f"{path}: method {cfg.method!r} is not one of {', '.join(METHODS)}")
+    if not isinstance(cfg.experiments, list) or len(cfg.experiments) < 2:
+        raise ConfigError(f"{path}: experiments must list at least two experiment names")
+    return cfg
+
+
+def combine(stack: np.ndarray, weights: np.ndarray, method: str) -> np.ndarray:
+    """Blend (experiments, rows, classes) probabilities with `weights` (summing to 1)."""
+    w = weights[:, None, None]
+    if method == "geometric":
+        blended = np.exp((w * np.log(np.clip(stack, 1e-7, 1.0))).sum(axis=0))
+    elif method == "rank":
+        ranks = np.stack([np.apply_along_axis(rankdata, 0, s) / len(s) for s in stack])
+        blended = (w * ranks).sum(axis=0)
+    else:
+        blended = (w * stack).sum(axis=0)
+    return blended
+
+
+def _normalise(blended: np.ndarray, task: str) -> np.ndarray:
+    if task == "multi_label":
+        return np.clip(blended, 0.0, 1.0)
+    return blended / np.clip(blended.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+def fit_weights(stack: np.ndarray, targets: np.ndarray, metric: str, task: str) -> np.ndarray:
+    """Non-negative weights summing to 1 that optimise `metric` on these rows (softmax-parametrised search)."""
+    sign = -1.0 if METRICS[metric].higher_is_better else 1.0
+    n = len(stack)
+
+    def loss(theta: np.ndarray) -> float:
+        w = np.exp(theta - theta.max())
+        w /= w.sum()
+        return sign * score(metric, targets, _normalise(combine(stack, w, "mean"), task))
+
+    best = minimize(loss, np.zeros(n), method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 200 * n})
+    w = np.exp(best.x - best.x.max())
+    return w / w.sum()
+
+
+@dataclass
+class Experiment:
+    name: str
+    oof: np.ndarray
+    test: np.ndarray
+    fold_ids: list[frozenset]
+    cv: float
+
+
+def load_experiment(cfg: Config, name: str, folds: pd.DataFrame, test_ids: list[str] | None) -> Experiment:
+    run = paths.Paths(cfg.comp, name).run
+    oof_path, test_path = run / "oof.csv", run / "test.csv"
+    for path in (oof_path, test_path):
+        if not path.exists():
+            raise UserError(f"{path} not found; run `make ensemble CONFIG=configs/{cfg.comp}/{name}.yaml` first")
+    oof, test = read_csv(oof_path, "oof"), read_csv(test_path, "test probabilities")
+    if list(oof["id"]) != list(folds["id"]):
+        raise UserError(f"{oof_path}: its rows are not folds.csv's ids; experiments must share one folds.csv to blend")
+    if test_ids is not None and list(test["id"]) != test_ids:
+        raise UserError(f"{test_path}: test ids differ from the first experiment's; re-run predict on the same test set")
+    fold_ids = []
+    for k in sorted(folds["fold"].unique()):
+        part = run / f"fold{k}" / "oof.csv"
+        fold_ids.append(frozenset(read_csv(part, "fold oof")["id"]) if part.exists() else frozenset())
+    targets = encode_targets(folds["label"], cfg.data)
+    probs = oof[cfg.data.classes].astype(float).to_numpy()
+    return Experiment(name, probs, test[cfg.data.classes].astype(float).to_numpy(), fold_ids,
+                      score(cfg.metric, targets, probs))  # fmt: skip
+
+
+def nested_fitted(stack: np.ndarray, targets: np.ndarray, fold: np.ndarray, metric: str, task: str) -> tuple[float, list]:
+    """Fit on k-1 folds, predict the held-out fold, for every fold; score the assembled out-of-fold blend."""
+    blended = np.zeros(stack.shape[1:])
+    per_fold = []
+    for k in np.unique(fold):
+        held = fold == k
+        w = fit_weights(stack[:, ~held], targets[~held], metric, task)
+        blended[held] = _normalise(combine(stack[:, held], w, "mean"), task)
+        per_fold.append(w.round(4).tolist())
+    return score(metric, targets, blended), per_fold
+
+
+def run(args: argparse.Namespace) -> None:
+    comp = args.comp or (args.config and Path(args.config).resolve().parent.name)
+    if not comp:
+        raise UserError("blend: COMP=<competition slug> is required")
+    blend_path = Path(args.config) if args.config and args.config.endswith("blend.yaml") else paths.configs_dir(comp) / "blend.yaml"
+    blend = load_blend_config(blend_path)
+    cfg = load_config(paths.configs_dir(comp) / "competition.yaml", args.overrides)
+    out = paths.Paths(comp)
+    folds = read_csv(out.folds_csv, "folds table").astype({"fold": int})
+    targets = encode_targets(folds["label"], cfg.data)
+    experiments: list[Experiment] = []
+    for name in blend.experiments:
+        experiments.append(load_experiment(cfg, name, folds, None if not experiments else test_ids))
+        test_ids = list(read_csv(paths.Paths(comp, name).run / "test.csv", "test probabilities")["id"])
+        if experiments[-1].fold_ids != experiments[0].fold_ids:
+            raise UserError(f"{name} and {experiments[0].name} were trained on different folds; they cannot be blended")
+    stack = np.stack([e.oof for e in experiments])
+    test_stack = np.stack([e.test for e in experiments])
+    equal = np.full(len(experiments), 1.0 / len(experiments))
+    mean_cv = score(cfg.metric, targets, _normalise(combine(stack, equal, "mean"), cfg.data.task))
+    better = (lambda a, b: a > b) if METRICS[cfg.metric].higher_is_better else (lambda a, b: a < b)
+    best = max(experiments, key=lambda e: e.cv if METRICS[cfg.metric].higher_is_better else -e.cv)
+    result: dict = {"metric": cfg.metric, "higher_is_better": METRICS[cfg.metric].higher_is_better,
+                    "experiments": {e.name: e.cv for e in experiments}, "best_single": {"experiment": best.name, "cv": best.cv},
+                    "mean_cv": mean_cv, "method": blend.method}  # fmt: skip
+    method, weights = blend.method, equal
+    if blend.method == "fitted":
+        nested, per_fold = nested_fitted(stack, targets, folds["fold"].to_numpy(), cfg.metric, cfg.data.task)
+        weights = fit_weights(stack, targets, cfg.metric, cfg.data.task)
+        result.update(nested_cv=nested, nested_fold_weights=per_fold)
+        if not better(nested, mean_cv):
+            log.warning("blend: fitted weights score %.4f under nested CV, no better than the mean's %.4f; using the mean",
+                        nested, mean_cv)  # fmt: skip
+            method, weights = "mean", equal
+            result["fell_back_to_mean"] = True
+        else:
+            method = "mean"  # a weighted arithmetic mean with the fitted weights
+            result["fell_back_to_mean"] = False
+    oof_blend = _normalise(combine(stack, weights, method), cfg.data.task)
+    test_blend = _normalise(combine(test_stack, weights, method), cfg.data.task)
+    result.update(weights=dict(zip(blend.experiments, weights.round(6).tolist())),
+                  cv=score(cfg.metric, targets, oof_blend))  # fmt: skip
+    run_dir = out.blend_dir(blend.name)
+    oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)
+    oof_frame.insert(0, "id", folds["id"].to_numpy())
+    test_frame = pd.DataFrame(test_blend, columns=cfg.data.classes)
+    test_frame.insert(0, "id", test_ids)
+    artifacts.write_csv(run_dir / "oof.csv", oof_frame)
+    artifacts.write_csv(run_dir / "test.csv", test_frame)
+    artifacts.write_json(run_dir / "scores.json", result)
+    submission = paths.Paths(comp, blend.name).submission
+    artifacts.write_csv(submission, format_submission(test_frame, cfg.data))
+    honest = f", nested {result['nested_cv']:.4f}" if "nested_cv" in result else ""
+    print(f"blend {blend.name}: CV {cfg.metric} {result['cv']:.4f}{honest} (mean {mean_cv:.4f}, best single "
+          f"{best.name} {best.cv:.4f}); weights {result['weights']} -> {submission}")  # fmt: skip
