@@ -4,23 +4,28 @@ Reads data/runs/<comp>/<exp>/test.csv and the competition's sample_submission.cs
 writes submissions/<comp>/<exp>.csv with exactly sample_submission's ids, row order and columns, in its
 format (data.submission_format): `label` (the most probable class), `probabilities` (one column per
 class), `labels` (space-separated classes above the threshold; multi-label), or `numeric` (the class as
-a number; ordinal targets). The file is checked against sample_submission before it is written.
+a number; ordinal targets). When ensemble wrote thresholds.json, its per-label thresholds (`labels`) or
+ordinal cut points (`label`, `numeric`) decide instead of 0.5/argmax. The file is checked against
+sample_submission before it is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from pipeline import artifacts, paths
+from pipeline.artifacts import read_json
 from pipeline.cli import config_from_args
 from pipeline.config import DataConfig
 from pipeline.data import read_csv
 from pipeline.ensemble import read_probs
 from pipeline.errors import UserError
+from pipeline.recipe import ordinal_classes
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +35,18 @@ def _as_number(name: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def format_submission(probs: pd.DataFrame, data: DataConfig, threshold: float = 0.5) -> pd.DataFrame:
-    """id + the submission's columns, from `probs` (id + one column per class, in submission order)."""
+def format_submission(
+    probs: pd.DataFrame, data: DataConfig, threshold: float | Sequence[float] = 0.5,
+    cut_points: Sequence[float] | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """id + the submission's columns, from `probs` (id + one column per class, in submission order).
+
+    `threshold`: one for every label, or one per label (multi-label). `cut_points`: ordinal classes are
+    then the expected class (sum_k k * p_k) cut at these points instead of the most probable class.
+    """
     classes = np.array(data.classes)
     matrix = probs[data.classes].to_numpy()
+    threshold = np.asarray(threshold, dtype=float)
     frame = pd.DataFrame({data.submission_id_column: probs["id"].to_numpy()})
     fmt = data.submission_format
     if fmt == "probabilities":
@@ -45,6 +58,7 @@ def format_submission(probs: pd.DataFrame, data: DataConfig, threshold: float = 
             frame[column] = probs[column].to_numpy()
         return frame
     column = (data.submission_columns or [data.label_column or "label"])[0]
+    best = ordinal_classes(matrix, list(cut_points)) if cut_points is not None else matrix.argmax(axis=1)
     if fmt == "labels":
         picked = [
             " ".join(classes[row >= threshold]) if (row >= threshold).any() else classes[row.argmax()] for row in matrix
@@ -52,11 +66,11 @@ def format_submission(probs: pd.DataFrame, data: DataConfig, threshold: float = 
         frame[column] = picked
     elif fmt == "numeric":
         try:
-            frame[column] = [_as_number(classes[i]) for i in matrix.argmax(axis=1)]
+            frame[column] = [_as_number(classes[i]) for i in best]
         except ValueError as exc:
             raise UserError("data.submission_format: numeric needs numeric class names; use label instead") from exc
     else:
-        frame[column] = classes[matrix.argmax(axis=1)]
+        frame[column] = classes[best]
     return frame
 
 
@@ -66,11 +80,17 @@ def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
     probs = read_probs(out.test_blend, cfg.data.classes)
-    frame = format_submission(probs, cfg.data)
-    if cfg.data.test_csv and not cfg.sample:
+    found = read_json(out.thresholds) if out.thresholds.exists() else {"kind": "none"}
+    threshold = found["thresholds"] if found["kind"] == "multi_label" else 0.5
+    frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"))
+    if found["kind"] != "none":
+        log.info("submission: %s thresholds from %s", found["kind"], out.thresholds)
+    if cfg.data.test_csv:
         sample_path = paths.raw_dir(cfg.comp) / cfg.data.test_csv
         id_column = read_csv(sample_path, "sample submission").columns[0]  # clear errors for a bad file
         sample = pd.read_csv(sample_path, dtype={id_column: str})  # other columns keep their numeric dtypes
+        if cfg.sample:  # a sample run predicts the first N test rows (pipeline.folds)
+            sample = sample.head(cfg.sample)
         check_submission(frame, sample, where=str(out.submission),
                          probability_columns=cfg.data.submission_format == "probabilities")  # fmt: skip
     artifacts.write_csv(out.submission, frame)

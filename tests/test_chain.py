@@ -127,3 +127,17 @@ def test_submission_formats(fmt: str, task: str, expected: list) -> None:
         assert list(frame["label"]) == [2, 1] and frame["label"].dtype.kind == "i"
     else:
         assert list(frame[column]) == values
+
+
+def test_sample_run_writes_only_its_own_paths(project: Path, capsys: pytest.CaptureFixture) -> None:
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project)
+    run_chain(capsys, config, "--set", "sample=12")
+    sample_folds = pd.read_csv(project / "data/processed/toy/sample12/folds.csv", dtype=str)
+    assert len(sample_folds) == 12 and sample_folds["label"].value_counts().min() >= 2  # stratified subset
+    assert not (project / "data/processed/toy/folds.csv").exists()
+    assert not (project / "data/runs/toy/tiny").exists() and (project / "data/runs/toy/tiny-sample12/scores.json").exists()
+    submission = pd.read_csv(project / "submissions/toy/tiny-sample12.csv", dtype=str)
+    sample = pd.read_csv(project / "data/raw/toy/sample_submission.csv", dtype=str)
+    assert list(submission["id"]) == list(sample["id"].head(len(submission)))
+    assert not (project / "submissions/toy/tiny.csv").exists()
