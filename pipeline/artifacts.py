@@ -7,6 +7,7 @@ path: everything is written to a hidden temp file beside it and renamed into pla
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -15,26 +16,53 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 from pipeline.errors import UserError
 
 
+def _blocking_file(folder: Path) -> Path | None:
+    """The nearest existing ancestor of `folder` that is a file, not a folder (mkdir's FileExistsError/ENOTDIR)."""
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def write_error(path: Path, exc: OSError) -> UserError:
+    """What to tell the user when the file system refuses to let `path` be written (a user error, not a bug)."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and _blocking_file(path.parent) is not None:
+        blocker = _blocking_file(path.parent)
+        return UserError(f"cannot create folder {path.parent}: {blocker} is a file, not a folder; move it away")
+    if isinstance(exc, IsADirectoryError):
+        return UserError(f"cannot write {path}: a folder of that name is in the way; move it away")
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return UserError(f"cannot write {path}: permission denied; make {path.parent} writable or set PIPELINE_ROOT")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"cannot write {path}: no space left on the device; free some space and re-run")
+    return UserError(f"cannot write {path}: {exc.strerror or exc}; check the folder and re-run")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; publish it with os.replace only if the block succeeds."""
+    """Yield a temp path beside `path`; publish it with os.replace only if the block succeeds.
+
+    The file system refusing (permission, a file where a folder belongs, no space) is a UserError naming the path.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except PermissionError as exc:
-        raise UserError(f"cannot create folder {path.parent}: permission denied; choose a writable location") from exc
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
-    except PermissionError as exc:
-        raise UserError(f"cannot write {path}: permission denied; make the folder writable") from exc
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -66,6 +94,13 @@ def save_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None 
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return path
+
+
+def save_figure(path: Path, figure: Figure, dpi: int = 100) -> Path:
+    """A matplotlib figure as PNG (the format is explicit: the temp file's suffix is not .png)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 

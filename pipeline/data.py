@@ -21,7 +21,7 @@ from pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-Image.MAX_IMAGE_PIXELS = 30_000 ** 2  # very large scans are legitimate; PIL's default refuses ~90 MP
+Image.MAX_IMAGE_PIXELS = 30_000**2  # very large scans are legitimate; PIL's default refuses ~90 MP
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not to paper over
 
 
@@ -40,9 +40,11 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
 
 
 def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path, keys: list[str]) -> None:
-    for column, key in zip(columns, keys):
+    for column, key in zip(columns, keys, strict=True):
         if column not in frame.columns:
-            raise UserError(f"{path}: no column {column!r} (set {key} in competition.yaml; columns: {list(frame.columns)})")
+            raise UserError(
+                f"{path}: no column {column!r} (set {key} in competition.yaml; columns: {list(frame.columns)})"
+            )
 
 
 def image_path(folder: str, image_id: str, ext: str) -> str:
@@ -61,9 +63,16 @@ def read_train_table(data: DataConfig, folds: FoldsConfig, raw: Path) -> pd.Data
         table = _from_csv(data, folds, raw)
     if table.empty:
         raise UserError(f"{raw / (data.train_csv or data.train_dir)}: no training rows; check the data folder")
-    dupes = table["id"][table["id"].duplicated()]
-    if len(dupes):
-        raise UserError(f"{raw / (data.train_csv or '')}: duplicate id {dupes.iloc[0]!r} ({len(dupes)} duplicates); ids must be unique")
+    duplicated = table["id"].duplicated().to_numpy()
+    if duplicated.any():
+        position = int(np.flatnonzero(duplicated)[0])
+        value = table["id"].iloc[position]
+        first = int(np.flatnonzero((table["id"] == value).to_numpy())[0])
+        where = _where(data, raw / (data.train_csv or data.train_dir), position, data.id_column)
+        raise UserError(
+            f"{where}: duplicate id {value!r} (first at row {first + 2}; {int(duplicated.sum())} duplicate(s) in all); "
+            "ids must be unique: drop or rename the repeats"
+        )
     _check_labels(table, data, raw / (data.train_csv or data.train_dir))
     _check_files(table, raw, data.train_csv or data.train_dir)
     return table.reset_index(drop=True)
@@ -122,7 +131,9 @@ def _onehot_to_labels(frame: pd.DataFrame, data: DataConfig, path: Path) -> pd.S
         bad = ~values[column].isin(["0", "1", "0.0", "1.0"])
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-            raise UserError(f"{path} row {row}, column {column!r}: expected 0 or 1, got {values[column][bad].iloc[0]!r}")
+            raise UserError(
+                f"{path} row {row}, column {column!r}: expected 0 or 1, got {values[column][bad].iloc[0]!r}"
+            )
     hot = values.astype(float).astype(int).to_numpy()
     names = np.array(data.label_columns)
     return pd.Series([data.label_separator.join(names[row == 1]) for row in hot], index=frame.index)
@@ -132,11 +143,21 @@ def split_labels(label: str, data: DataConfig) -> list[str]:
     return [part for part in label.split(data.label_separator) if part] if data.task == "multi_label" else [label]
 
 
+def _where(data: DataConfig, path: Path, position: int, column: str | None) -> str:
+    """`<file> row N, column 'c'` for a CSV table (the header is row 1, as in editors); else the folder."""
+    if data.train_csv is None:
+        return str(path)
+    return f"{path} row {position + 2}" + (f", column {column!r}" if column else "")
+
+
 def _check_labels(table: pd.DataFrame, data: DataConfig, path: Path) -> None:
+    column = ", ".join(data.label_columns) if data.label_columns else data.label_column
     missing = table["label"].isna()
     if data.task != "multi_label" and missing.any():
         row = int(np.flatnonzero(missing.to_numpy())[0])
-        raise UserError(f"{path}: empty label for id {table['id'].iloc[row]!r}; fill it or drop the row")
+        raise UserError(
+            f"{_where(data, path, row, column)}: empty label for id {table['id'].iloc[row]!r}; fill it or drop the row"
+        )
     if not data.classes:
         return
     known = set(data.classes)
@@ -144,15 +165,25 @@ def _check_labels(table: pd.DataFrame, data: DataConfig, path: Path) -> None:
         for name in split_labels(label, data):
             if name not in known:
                 raise UserError(
-                    f"{path}: id {table['id'].iloc[i]!r} has label {name!r}, which is not in data.classes; "
-                    "re-run init or add it to data.classes"
+                    f"{_where(data, path, i, column)}: id {table['id'].iloc[i]!r} has label {name!r}, which is not in "
+                    "data.classes; fix the row, or re-run init (or add it to data.classes in competition.yaml)"
                 )
 
 
 def _check_files(table: pd.DataFrame, raw: Path, what: str) -> None:
-    for image_id, rel in zip(table["id"], table["image"]):
-        if not (raw / rel).is_file():
-            raise UserError(f"{raw / what}: image for id {image_id!r} not found at {raw / rel}; check data.image_ext and data.*_dir")
+    """Every listed image exists and is not empty (one stat each: cheap even for 100k images)."""
+    for image_id, rel in zip(table["id"], table["image"], strict=True):
+        try:
+            size = (raw / rel).stat().st_size if (raw / rel).is_file() else None
+        except OSError:
+            size = None
+        if size is None:
+            raise UserError(
+                f"{raw / what}: image for id {image_id!r} not found at {raw / rel}; check data.image_ext and data.*_dir"
+            )
+        if size == 0:
+            raise UserError(f"{raw / rel} (id {image_id!r} in {raw / what}) is empty (0 bytes); replace the file "
+                            "(re-run download with --force) or drop its row")  # fmt: skip
 
 
 def read_test_table(data: DataConfig, raw: Path) -> pd.DataFrame:
@@ -208,6 +239,21 @@ def load_image(path: Path) -> np.ndarray:
                 image = Image.alpha_composite(background, image)
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as exc:
-        raise UserError(f"image {path} not found") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"image {path} cannot be decoded ({exc}); replace or remove it") from exc
+        raise UserError(
+            f"image {path} not found; it was listed when folds.csv was made: restore it, or rebuild folds"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        size = path.stat().st_size if path.is_file() else 0
+        what = "is empty (0 bytes)" if size == 0 else "is not an image (no image format recognises its content)"
+        raise UserError(
+            f"image {path} {what}; replace the file, or drop its row and rebuild folds (folds --force)"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"image {path} is too large to decode safely ({exc}); downscale the file") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = "is truncated" if "truncated" in detail.lower() else f"is corrupt ({detail})"
+        raise UserError(
+            f"image {path} {what}; replace the file (re-run download with --force), "
+            "or drop its row and rebuild folds (folds --force)"
+        ) from exc

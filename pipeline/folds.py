@@ -39,9 +39,10 @@ def assign_folds(table: pd.DataFrame, data: DataConfig, folds: FoldsConfig) -> p
         counts = np.bincount(targets, minlength=len(data.classes))
         rare = [data.classes[i] for i, c in enumerate(counts) if 0 < c < n]
         if rare:
+            count = int(counts[data.classes.index(rare[0])])
             raise UserError(
-                f"class {rare[0]!r} has {counts[data.classes.index(rare[0])]} rows, fewer than folds.n_folds={n}; "
-                "lower folds.n_folds or merge rare classes"
+                f"class {rare[0]!r} has {count} row{'s' if count != 1 else ''}, fewer than folds.n_folds={n}; "
+                "lower folds.n_folds in competition.yaml, or merge or drop the rare class"
             )
         if "group" in table.columns:
             splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=folds.seed)

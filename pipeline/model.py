@@ -68,22 +68,44 @@ class _Collect(logging.Handler):
 
 
 @contextlib.contextmanager
-def _timm_log() -> Iterator[list[logging.LogRecord]]:
-    """Hold what timm logs while it loads weights: its key report is checked, and nothing prints before an `error:`.
-
-    Afterwards the records are handed back to logging (a successful load still says where its weights came from).
+def _held_logs(names: tuple[str, ...] = ("timm", "huggingface_hub")) -> Iterator[list[logging.LogRecord]]:
+    """Hold what timm (and the hub client) log while weights load: timm's key report is checked, and nothing prints
+    before an `error:` line. Afterwards the records are handed back to logging (a good load still says its source).
     """
-    logger = logging.getLogger("timm")
-    handler, saved = _Collect(), (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
+    handler, saved = _Collect(), []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
     try:
         yield handler.records
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable(source: bool | str) -> Iterator[None]:
+    """pretrained=true with no route to the hub: look in the local cache only (huggingface_hub's offline mode), so a
+    missing file fails at once instead of after a minute of retries. DESIGN: never hang on a network timeout."""
+    if source is not True:
+        yield
+        return
+    from huggingface_hub import constants
+
+    from pipeline.init import hub_reachable
+
+    saved = constants.HF_HUB_OFFLINE
+    if not saved and not hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def _reported_keys(records: list[logging.LogRecord], kind: str) -> list[str]:
@@ -127,6 +149,8 @@ def _weights_error(exc: BaseException, cfg: ModelConfig, source: bool | str) -> 
         return UserError(
             f"model.pretrained: {source} does not fit {cfg.name} ({first[:160]}); use weights of the same architecture"
         )
+    if source is True and "No pretrained weights exist" in text:
+        return UserError(f"model.pretrained: timm has no pretrained weights for {cfg.name}; set it to false or a file")
     if source is True and isinstance(exc, (OSError, ValueError, RuntimeError)):  # hub unreachable or offline
         return UserError(
             f"model.pretrained: cannot fetch {cfg.name} weights from the hub ({type(exc).__name__}); offline? "
@@ -152,7 +176,7 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | Non
     check_model_name(cfg.name)
     source = cfg.pretrained if pretrained is None else pretrained
     kwargs = pretrained_kwargs(source)
-    with _timm_log() as records:
+    with _held_logs() as records, _offline_unless_reachable(source):
         try:
             outputs = 1 if cfg.head == "regression" else num_classes  # a regression head: the class as a number
             model = timm.create_model(cfg.name, num_classes=outputs, drop_rate=cfg.drop_rate, **kwargs)
