@@ -154,8 +154,11 @@ class Kaggle:
         log.debug("kaggle credentials from %s", self.credentials.source)
 
     @contextlib.contextmanager
-    def errors(self, slug: str, action: str) -> Iterator[None]:
-        """Translate whatever the client raises while doing `action` on competition `slug` into one UserError."""
+    def errors(self, slug: str, action: str, kind: str = "competition") -> Iterator[None]:
+        """Translate whatever the client raises while doing `action` on `kind` `slug` into one UserError.
+
+        `kind` is what `slug` names: a competition, or (kaggle-push) a dataset or kernel ref `owner/slug`.
+        """
         import requests  # dependencies of kaggle, already imported with it
         import urllib3.exceptions
 
@@ -165,16 +168,23 @@ class Kaggle:
             with _client_output(self.credentials):
                 yield
         except failures as exc:
-            message = " ".join(self.explain(exc, slug, action).split())  # one line, whatever the server sent
+            message = " ".join(self.explain(exc, slug, action, kind).split())  # one line, whatever the server sent
             raise UserError(scrub(message, self.credentials)) from exc
 
-    def explain(self, exc: Exception, slug: str, action: str) -> str:
+    def explain(self, exc: Exception, slug: str, action: str, kind: str = "competition") -> str:
         import requests
 
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None)
         server = str(exc).strip() or type(exc).__name__
         who = f" as '{self.credentials.username}'" if self.credentials.username else ""
+        if isinstance(exc, requests.HTTPError) and status in (403, 404) and kind != "competition":
+            if status == 403:
+                return (
+                    f"Kaggle refused to {action} '{slug}'{who} (403: {server}); a {kind} can only be written by its "
+                    "owner: rebuild the bundle for this account (make kaggle-bundle KAGGLE_USER=<your username>)"
+                )
+            return f"Kaggle has no {kind} '{slug}' (404: {server}); check its owner and slug"
         if isinstance(exc, requests.HTTPError) and status is not None:
             if status == 401:
                 return (
@@ -258,6 +268,59 @@ class Kaggle:
     def data_files(self, slug: str) -> list[Any]:
         with self.errors(slug, "list the data files"):
             return list(self.api.competition_list_files(slug).files)
+
+    # datasets and kernels (kaggle-push); `ref` is `owner/slug`
+    def dataset_status(self, ref: str) -> str | None:
+        """The dataset's processing status ('ready', 'blobs_received', ...), or None when it does not exist."""
+        import requests
+
+        with self.errors(ref, "read the status of dataset", kind="dataset"):
+            try:
+                return str(self.api.dataset_status(ref)).lower()
+            except requests.HTTPError as exc:
+                if getattr(exc.response, "status_code", None) == 404:
+                    return None
+                raise
+
+    def create_dataset(self, ref: str, folder: Path, public: bool = False) -> str:
+        """Upload every file in `folder` as the new dataset its dataset-metadata.json names; returns its URL."""
+        quiet = not sys.stderr.isatty()
+        with self.errors(ref, "create dataset", kind="dataset"):
+            answer = self.api.dataset_create_new(str(folder), public=public, quiet=quiet, dir_mode="skip")
+        return self._dataset_answer(ref, answer, "create dataset")
+
+    def create_dataset_version(self, ref: str, folder: Path, notes: str) -> str:
+        """Upload every file in `folder` as a new version of existing dataset `ref`; returns its URL."""
+        quiet = not sys.stderr.isatty()
+        with self.errors(ref, "upload a new version of dataset", kind="dataset"):
+            answer = self.api.dataset_create_version(str(folder), notes, quiet=quiet, dir_mode="skip")
+        return self._dataset_answer(ref, answer, "upload a new version of dataset")
+
+    def _dataset_answer(self, ref: str, answer: Any, action: str) -> str:
+        """kaggle 2.2.4 reports a refused dataset in the answer (status/error), not by raising: check it."""
+        error = str(getattr(answer, "error", None) or "")
+        status = str(getattr(answer, "status", None) or "")
+        if error or (status and status.lower() != "ok"):
+            tags = list(getattr(answer, "invalid_tags", None) or [])
+            detail = scrub(error or status, self.credentials) + (f"; invalid tags {tags}" if tags else "")
+            raise UserError(f"Kaggle did not {action} '{ref}': {detail}")
+        return str(getattr(answer, "url", None) or f"https://www.kaggle.com/datasets/{ref}")
+
+    def push_kernel(self, ref: str, folder: Path) -> Any:
+        """Save a new version of the kernel in `folder` (kernel-metadata.json + its code file); Kaggle then runs it."""
+        with self.errors(ref, "push kernel", kind="kernel"):
+            answer = self.api.kernels_push(str(folder))
+        problems = [str(getattr(answer, "error", None) or "")]
+        for field_name in ("dataset", "competition", "kernel", "model"):
+            invalid = list(getattr(answer, f"invalid_{field_name}_sources", None) or [])
+            if invalid:
+                rules = RULES_URL.format(slug=invalid[0])
+                hint = f" (accept its rules at {rules})" if field_name == "competition" else ""
+                problems.append(f"unknown or inaccessible {field_name} source(s) {invalid}{hint}")
+        problems = [p for p in problems if p]
+        if problems:
+            raise UserError(f"Kaggle did not accept kernel '{ref}': {scrub('; '.join(problems), self.credentials)}")
+        return answer
 
 
 def _is_protocol_error(exc: Exception) -> bool:

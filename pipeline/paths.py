@@ -4,6 +4,7 @@
     data/processed/<comp>/           folds.csv and other derived tables
     data/runs/<comp>/<exp>/          fold<k>/..., scores.json, resolved config
     submissions/<comp>/<exp>.csv
+    data/runs/<comp>/<exp>/kaggle-bundle/{dataset,kernel}/   what kaggle-bundle builds and kaggle-push uploads
 
 Inside a Kaggle Kernel the competition's files are read from /kaggle/input/<comp> and everything
 this pipeline writes goes under /kaggle/working. A sample run (SAMPLE=N) gets its own folders.
@@ -176,6 +177,31 @@ class Paths:
     @property
     def submission(self) -> Path:
         return project_root() / "submissions" / self.comp / f"{self.exp}{self._suffix}.csv"
+
+    # Kaggle Kernel bundle (pipeline.bundle, pipeline.kaggle_push)
+    @property
+    def kaggle_bundle(self) -> Path:
+        """data/runs/<comp>/<exp>/kaggle-bundle/: dataset/ (uploaded as a Kaggle dataset) and kernel/ (pushed)."""
+        return self.run / "kaggle-bundle"
+
+    @property
+    def kaggle_dataset(self) -> Path:
+        """The folder uploaded as a Kaggle dataset: flat (Kaggle skips sub-folders), with bundle.json listing it."""
+        return self.kaggle_bundle / "dataset"
+
+    @property
+    def kaggle_manifest(self) -> Path:
+        return self.kaggle_dataset / "bundle.json"
+
+    @property
+    def kaggle_kernel(self) -> Path:
+        """The inference kernel: kernel.py + kernel-metadata.json."""
+        return self.kaggle_bundle / "kernel"
+
+    @property
+    def kaggle_pushed(self) -> Path:
+        """What kaggle-push last uploaded (dataset ref, file digests): outside the bundle, so a rebuild keeps it."""
+        return self.run / "kaggle-push.json"
 
 
 def for_config(cfg) -> Paths:  # noqa: ANN001 - Config, imported lazily to keep this module light

@@ -8,6 +8,10 @@ requests send those calls here as proxy-style requests (absolute URL on the requ
 Every API call is `POST /api/v1/<service>/<Method>` with camelCase JSON; errors are `{"code": N, "message": ...}`
 with HTTP status N, which is what kagglesdk turns into requests.HTTPError. Blobs (competition zips, submission
 uploads) are served by this server too, under /blobs/ and /uploads/. No pytest import: usable from any script.
+
+Datasets and kernels (kaggle-push): StartBlobUpload hands out an upload URL per file (the file's name is only sent
+here; CreateDataset/CreateDatasetVersion then list the upload tokens), GetDatasetStatus answers 404 for an unknown
+dataset, and SaveKernel reports unknown dataset or competition sources in its answer, as Kaggle does.
 """
 
 from __future__ import annotations
@@ -53,6 +57,19 @@ class Competition:
 
 
 @dataclass
+class Dataset:
+    """A dataset as the fake holds it: `versions[i]` maps file name -> bytes of version i + 1."""
+
+    ref: str
+    title: str
+    license: str
+    is_private: bool
+    versions: list[dict[str, bytes]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    status: str = "READY"  # what GetDatasetStatus answers (kagglesdk's DatabundleVersionStatus name)
+
+
+@dataclass
 class Seen:
     """One request as the server received it (headers lower-cased)."""
 
@@ -75,6 +92,9 @@ class FakeKaggle:
         self.competitions: dict[str, Competition] = {}
         self.seen: list[Seen] = []
         self.uploads: dict[str, bytes] = {}
+        self.blob_names: dict[str, str] = {}  # StartBlobUpload's token -> the file name it announced
+        self.datasets: dict[str, Dataset] = {}  # "owner/slug" -> Dataset
+        self.kernels: dict[str, list[dict[str, Any]]] = {}  # "owner/slug" -> every SaveKernel body, oldest first
         self.upload_status = 200  # what the PUT to createUrl answers; not 200/201 makes the client's upload fail
         self.die_after_bytes: int | None = None  # blob GET: send this many body bytes, then the server dies
         self.dead = False
@@ -166,6 +186,8 @@ class FakeKaggle:
                 if search in slug
             ]
             return 200, {"competitions": found, "nextPageToken": ""}, {}
+        if method in ("StartBlobUpload", "GetDatasetStatus", "CreateDataset", "CreateDatasetVersion", "SaveKernel"):
+            return self.api_datasets_kernels(method, body, host)
         slug = body.get("competitionName", "")
         competition = self.competitions.get(slug)
         if competition is None:
@@ -213,6 +235,57 @@ class FakeKaggle:
             left = max(competition.max_daily - used, 0)
             return 200, {"numToday": used, "numTotal": used, "numAllowedNow": left}, {}
         return _error(404, f"fake Kaggle does not implement {method}")
+
+    def api_datasets_kernels(self, method: str, body: dict[str, Any], host: str) -> tuple[int, Any, dict]:
+        """kaggle-push's calls: blob uploads, dataset create/version/status, kernel save."""
+        if method == "StartBlobUpload":
+            token = f"blob-{len(self.uploads) + 1}"
+            self.uploads[token] = b""
+            self.blob_names[token] = body.get("name", "")
+            return 200, {"token": token, "createUrl": f"http://{host}/uploads/{token}"}, {}
+        if method == "SaveKernel":
+            return self.save_kernel(body)
+        ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug') or body.get('slug') or ''}"
+        dataset = self.datasets.get(ref)
+        if method == "GetDatasetStatus":
+            if dataset is None:
+                return _error(404, f"Dataset '{ref}' not found")
+            return 200, {"status": dataset.status}, {}
+        if body.get("ownerSlug") != self.username:
+            return _error(403, f"'{self.username}' may not write datasets of '{body.get('ownerSlug')}'")
+        new_files = body.get("files") if method == "CreateDataset" else (body.get("body") or {}).get("files")
+        files = {}
+        for entry in new_files or []:
+            token = entry.get("token", "")
+            if token not in self.blob_names:
+                return _error(400, f"Unknown blob token '{token}'")
+            files[self.blob_names[token]] = self.uploads[token]
+        if method == "CreateDataset":
+            if dataset is not None:
+                return 200, {"status": "error", "error": f"The dataset {ref} already exists"}, {}
+            self.datasets[ref] = Dataset(ref, body.get("title", ""), body.get("licenseName", ""),
+                                         bool(body.get("isPrivate")), [files], [""])  # fmt: skip
+        else:  # CreateDatasetVersion
+            if dataset is None:
+                return _error(404, f"Dataset '{ref}' not found")
+            dataset.versions.append(files)
+            dataset.notes.append((body.get("body") or {}).get("versionNotes", ""))
+        return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}, {}
+
+    def save_kernel(self, body: dict[str, Any]) -> tuple[int, Any, dict]:
+        ref = body.get("slug", "")
+        if ref.split("/")[0] != self.username:
+            return _error(403, f"'{self.username}' may not write kernels of '{ref.split('/')[0]}'")
+        self.kernels.setdefault(ref, []).append(body)
+        datasets, competitions = body.get("datasetDataSources", []), body.get("competitionDataSources", [])
+        answer = {
+            "ref": f"/code/{ref}",
+            "url": f"https://www.kaggle.com/code/{ref}",
+            "versionNumber": len(self.kernels[ref]),
+            "invalidDatasetSources": [d for d in datasets if d not in self.datasets],
+            "invalidCompetitionSources": [c for c in competitions if c not in self.competitions],
+        }
+        return 200, answer, {}
 
     def blob(self, path: str) -> bytes | None:
         """The bytes at a /blobs/ path, or None."""
