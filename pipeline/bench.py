@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import artifacts, paths
 from pipeline.augment import to_chw, train_transform
-from pipeline.cache import build_cache, cache_side, ImageCache
+from pipeline.cache import ImageCache, build_cache, cache_side
 from pipeline.config import AugmentConfig, ModelConfig
 from pipeline.loader import EpochSampler, ImageDataset, make_loader
 from pipeline.model import build_model, data_config
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> None:
         keys = list(big.rows)
         ds = ImageDataset(root / "images", keys, np.zeros(len(many), dtype=np.int64), augment, seed=0, cache=big)
         loader = make_loader(ds, BATCH, WORKERS, device, sampler=EpochSampler(len(many), 0))
-        seconds = best_seconds(lambda: drain(loader))
+        seconds = best_seconds(lambda loader=loader: drain(loader))
         tracemalloc.start()
         drain(loader)
         peak = tracemalloc.get_traced_memory()[1]
@@ -179,7 +179,8 @@ def run(args: argparse.Namespace) -> None:
     memory_growth = growth[-1]["peak_mb"] / max(growth[0]["peak_mb"], 1e-6)
 
     result = {
-        "threads": torch.get_num_threads(), "workers": WORKERS, "batch": BATCH, "model": MODEL, "image_size": IMAGE_SIZE,
+        "threads": torch.get_num_threads(), "workers": WORKERS, "batch": BATCH, "model": MODEL,
+        "image_size": IMAGE_SIZE,
         "images": len(images), "cache_build_images_per_s": round(len(images) / cache_build_s, 1),
         "naive_loader_images_per_s": round(naive_ips, 1), "loader_images_per_s": round(ours_ips, 1),
         "loader_ratio": round(ours_ips / naive_ips, 2),

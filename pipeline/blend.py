@@ -23,7 +23,7 @@ from scipy.optimize import minimize
 from scipy.stats import rankdata
 
 from pipeline import artifacts, paths
-from pipeline.config import ConfigError, Config, load_config
+from pipeline.config import Config, ConfigError, load_config
 from pipeline.data import encode_targets, read_csv
 from pipeline.errors import UserError
 from pipeline.metrics import METRICS, score
@@ -43,7 +43,9 @@ class BlendConfig:
 
 def load_blend_config(path: Path) -> BlendConfig:
     if not path.exists():
-        raise UserError(f"{path} not found; write it with `experiments: [exp1, exp2]` and `method: {'|'.join(METHODS)}`")
+        raise UserError(
+            f"{path} not found; write it with `experiments: [exp1, exp2]` and `method: {'|'.join(METHODS)}`"
+        )
     values = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(set(values) - {"name", "experiments", "method"})
     if unknown:
@@ -109,7 +111,9 @@ def load_experiment(cfg: Config, name: str, folds: pd.DataFrame, test_ids: list[
     if list(oof["id"]) != list(folds["id"]):
         raise UserError(f"{oof_path}: its rows are not folds.csv's ids; experiments must share one folds.csv to blend")
     if test_ids is not None and list(test["id"]) != test_ids:
-        raise UserError(f"{test_path}: test ids differ from the first experiment's; re-run predict on the same test set")
+        raise UserError(
+            f"{test_path}: test ids differ from the first experiment's; re-run predict on the same test set"
+        )
     fold_ids = []
     for k in sorted(folds["fold"].unique()):
         part = run / f"fold{k}" / "oof.csv"
@@ -120,7 +124,9 @@ def load_experiment(cfg: Config, name: str, folds: pd.DataFrame, test_ids: list[
                       score(cfg.metric, targets, probs))  # fmt: skip
 
 
-def nested_fitted(stack: np.ndarray, targets: np.ndarray, fold: np.ndarray, metric: str, task: str) -> tuple[float, list]:
+def nested_fitted(
+    stack: np.ndarray, targets: np.ndarray, fold: np.ndarray, metric: str, task: str
+) -> tuple[float, list]:
     """Fit on k-1 folds, predict the held-out fold, for every fold; score the assembled out-of-fold blend."""
     blended = np.zeros(stack.shape[1:])
     per_fold = []
@@ -136,13 +142,18 @@ def run(args: argparse.Namespace) -> None:
     comp = args.comp or (args.config and Path(args.config).resolve().parent.name)
     if not comp:
         raise UserError("blend: COMP=<competition slug> is required")
-    blend_path = Path(args.config) if args.config and args.config.endswith("blend.yaml") else paths.configs_dir(comp) / "blend.yaml"
+    blend_path = (
+        Path(args.config)
+        if args.config and args.config.endswith("blend.yaml")
+        else paths.configs_dir(comp) / "blend.yaml"
+    )
     blend = load_blend_config(blend_path)
     cfg = load_config(paths.configs_dir(comp) / "competition.yaml", args.overrides)
     out = paths.Paths(comp)
     folds = read_csv(out.folds_csv, "folds table").astype({"fold": int})
     targets = encode_targets(folds["label"], cfg.data)
     experiments: list[Experiment] = []
+    test_ids: list[str] = []
     for name in blend.experiments:
         experiments.append(load_experiment(cfg, name, folds, None if not experiments else test_ids))
         test_ids = list(read_csv(paths.Paths(comp, name).run / "test.csv", "test probabilities")["id"])
@@ -154,17 +165,22 @@ def run(args: argparse.Namespace) -> None:
     mean_cv = score(cfg.metric, targets, _normalise(combine(stack, equal, "mean"), cfg.data.task))
     better = (lambda a, b: a > b) if METRICS[cfg.metric].higher_is_better else (lambda a, b: a < b)
     best = max(experiments, key=lambda e: e.cv if METRICS[cfg.metric].higher_is_better else -e.cv)
-    result: dict = {"metric": cfg.metric, "higher_is_better": METRICS[cfg.metric].higher_is_better,
-                    "experiments": {e.name: e.cv for e in experiments}, "best_single": {"experiment": best.name, "cv": best.cv},
-                    "mean_cv": mean_cv, "method": blend.method}  # fmt: skip
+    result: dict = {
+        "metric": cfg.metric,
+        "higher_is_better": METRICS[cfg.metric].higher_is_better,
+        "experiments": {e.name: e.cv for e in experiments},
+        "best_single": {"experiment": best.name, "cv": best.cv},
+        "mean_cv": mean_cv,
+        "method": blend.method,
+    }
     method, weights = blend.method, equal
     if blend.method == "fitted":
         nested, per_fold = nested_fitted(stack, targets, folds["fold"].to_numpy(), cfg.metric, cfg.data.task)
         weights = fit_weights(stack, targets, cfg.metric, cfg.data.task)
         result.update(nested_cv=nested, nested_fold_weights=per_fold)
         if not better(nested, mean_cv):
-            log.warning("blend: fitted weights score %.4f under nested CV, no better than the mean's %.4f; using the mean",
-                        nested, mean_cv)  # fmt: skip
+            log.warning("blend: fitted weights score %.4f under nested CV, no better than the mean's %.4f; "
+                        "using the mean", nested, mean_cv)  # fmt: skip
             method, weights = "mean", equal
             result["fell_back_to_mean"] = True
         else:
@@ -172,7 +188,7 @@ def run(args: argparse.Namespace) -> None:
             result["fell_back_to_mean"] = False
     oof_blend = _normalise(combine(stack, weights, method), cfg.data.task)
     test_blend = _normalise(combine(test_stack, weights, method), cfg.data.task)
-    result.update(weights=dict(zip(blend.experiments, weights.round(6).tolist())),
+    result.update(weights=dict(zip(blend.experiments, weights.round(6).tolist(), strict=True)),
                   cv=score(cfg.metric, targets, oof_blend))  # fmt: skip
     run_dir = out.blend_dir(blend.name)
     oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)

@@ -45,7 +45,9 @@ def resize_square(image: np.ndarray, side: int, interpolation: str = "bilinear")
 
 def _fingerprint(root: Path, images: list[str]) -> pd.DataFrame:
     stats = [os.stat(root / image) for image in images]
-    return pd.DataFrame({"image": images, "bytes": [s.st_size for s in stats], "mtime_ns": [s.st_mtime_ns for s in stats]})
+    return pd.DataFrame(
+        {"image": images, "bytes": [s.st_size for s in stats], "mtime_ns": [s.st_mtime_ns for s in stats]}
+    )
 
 
 class ImageCache:
@@ -55,7 +57,9 @@ class ImageCache:
         index = read_csv(folder / "index.csv", "image cache index")
         self.side = int(folder.name.removesuffix("px"))
         self.rows = {image: i for i, image in enumerate(index["image"])}
-        self.array = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(index), self.side, self.side, 3))
+        self.array = np.memmap(
+            folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(index), self.side, self.side, 3)
+        )
 
     def __contains__(self, image: str) -> bool:
         return image in self.rows
@@ -99,7 +103,9 @@ def build_cache(folder: Path, root: Path, images: list[str], interpolation: str 
     return folder
 
 
-def ensure_cache(processed: Path, root: Path, images: list[str], image_size: int, interpolation: str = "bilinear") -> ImageCache:
+def ensure_cache(
+    processed: Path, root: Path, images: list[str], image_size: int, interpolation: str = "bilinear"
+) -> ImageCache:
     """The cache for `images` at `image_size`, built or rebuilt when missing or stale."""
     folder = cache_folder(processed, image_size)
     if not is_current(folder, root, images):
@@ -113,7 +119,9 @@ def listed_images(out: paths.Paths) -> list[str]:
     for table in (out.folds_csv, out.test_csv):
         if not table.exists():
             raise UserError(f"{table} not found; run `make folds CONFIG=...` first")
-    images = list(read_csv(out.folds_csv, "folds table")["image"]) + list(read_csv(out.test_csv, "test listing")["image"])
+    images = list(read_csv(out.folds_csv, "folds table")["image"]) + list(
+        read_csv(out.test_csv, "test listing")["image"]
+    )
     return list(dict.fromkeys(images))
 
 

@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from PIL import Image
 
 from pipeline import artifacts, paths
@@ -64,7 +63,9 @@ def _find_images(raw: Path, ids: list[str], dirs: list[str], word: str, key: str
         for ext in exts:
             if all((raw / folder / f"{i}{ext}").is_file() for i in probe):
                 return ("" if folder == "." else folder), ext
-    raise UserError(f"{raw}: no folder holds images named after the ids (e.g. {probe[0]!r}); set {key} and data.image_ext")
+    raise UserError(
+        f"{raw}: no folder holds images named after the ids (e.g. {probe[0]!r}); set {key} and data.image_ext"
+    )
 
 
 def _pick_column(columns: list[str], names: tuple[str, ...]) -> str | None:
@@ -111,7 +112,9 @@ def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
         else:
             label = others[0] if len(others) == 1 else _pick_column(others, LABEL_NAMES)
             if label is None:
-                raise UserError(f"{raw / train_name}: can't tell the label column among {others}; set data.label_column")
+                raise UserError(
+                    f"{raw / train_name}: can't tell the label column among {others}; set data.label_column"
+                )
             data.label_column = label
             values = frame[label].dropna().str.strip()
             tokens = {t for v in values for t in v.split(" ") if t}
@@ -125,7 +128,9 @@ def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
             notes.append(f"labels: column {label!r}, {data.task.replace('_', '-')}")
         ids = frame[data.id_column].dropna().astype(str).tolist()
         data.train_dir, data.image_ext = _find_images(raw, ids, list(image_dirs), "train", "data.train_dir")
-        notes.append(f"train: {train_name}, id column {data.id_column!r}, images {data.train_dir or '.'}/<id>{data.image_ext}")
+        notes.append(
+            f"train: {train_name}, id column {data.id_column!r}, images {data.train_dir or '.'}/<id>{data.image_ext}"
+        )
 
     if sample_name:
         sample = read_csv(raw / sample_name, "sample submission")
@@ -134,7 +139,9 @@ def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
         test_dirs = [d for d in image_dirs if d != data.train_dir and not d.startswith(f"{data.train_dir}/")]
         folder, ext = _find_images(raw, sample_ids, test_dirs or list(image_dirs), "test", "data.test_dir")
         if data.train_csv is not None and ext != data.image_ext:
-            raise UserError(f"{raw}: train images end in {data.image_ext!r} but test images in {ext!r}; set data.image_ext")
+            raise UserError(
+                f"{raw}: train images end in {data.image_ext!r} but test images in {ext!r}; set data.image_ext"
+            )
         data.test_dir, data.image_ext = folder, ext
         data.submission_columns = list(sample.columns[1:])
         notes.append(f"test: ids from {sample_name}, images {folder or '.'}/<id>{ext}")
@@ -156,7 +163,9 @@ def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
     else:
         data.submission_format, metric = "label", "accuracy"
     if not data.submission_columns:
-        data.submission_columns = data.classes if data.submission_format == "probabilities" else [data.label_column or "label"]
+        data.submission_columns = (
+            data.classes if data.submission_format == "probabilities" else [data.label_column or "label"]
+        )
     notes.append(f"submission: {data.submission_format} ({', '.join(columns[:4])}{'...' if len(columns) > 4 else ''})")
     notes.append(f"classes: {len(data.classes)}; metric: {metric}")
     if len(data.classes) < 2:
@@ -200,7 +209,8 @@ def choose_weights(model_name: str) -> bool | str:
 
         return _relative(prepare_lite0())
     raise UserError(
-        f"model.pretrained: no network to fetch {model_name} weights and no {paths.weights_dir()}/{model_name}.safetensors; "
+        f"model.pretrained: no network to fetch {model_name} weights and no "
+        f"{paths.weights_dir()}/{model_name}.safetensors; "
         "put a weights file there or set model.pretrained to its path"
     )
 
@@ -213,9 +223,12 @@ def _relative(path: Path) -> str:
 
 
 def baseline(data: DataConfig, image_size: int) -> dict[str, Any]:
+    """The first experiment. The training recipe follows `make bench-recipe` (README, "Training recipe"):
+    ImageNet weights fine-tuned whole at one LR (lr-find suggested 9e-4 there), weight EMA, hflip TTA, 5 folds;
+    freeze-then-unfreeze, discriminative LRs and mixup lost at equal epochs, so they stay off (code defaults)."""
     return {
         "model": {"name": BASELINE_MODEL, "pretrained": choose_weights(BASELINE_MODEL)},
-        "train": {"epochs": 5, "batch_size": 32, "lr": 1.0e-3, "image_size": image_size},
+        "train": {"epochs": 5, "batch_size": 32, "lr": 1.0e-3, "image_size": image_size, "ema": True},
         "augment": {"vflip": 0.5 if image_size >= 128 else 0.0},
         "tta": {"views": ["identity", "hflip"]},
     }

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> None:
     out = paths.for_config(cfg)
     scores = read_json(out.scores)
     folds = scores["folds"]
-    print(f"{cfg.comp}/{out.run.name}: CV {scores['metric']} = {scores['cv']:.4f} "
-          f"(folds {min(folds):.4f}..{max(folds):.4f}, {len(folds)} folds, TTA {'+'.join(scores['tta_views'])})")  # fmt: skip
+    spread = f"folds {min(folds):.4f}..{max(folds):.4f}, {len(folds)} folds, TTA {'+'.join(scores['tta_views'])}"
+    print(f"{cfg.comp}/{out.run.name}: CV {scores['metric']} = {scores['cv']:.4f} ({spread})")
     if scores.get("holdout") is not None:
         print(f"{cfg.comp}/{out.run.name}: held-out test {scores['metric']} = {scores['holdout']:.4f}")
     print(f"submission: {out.submission}")

@@ -64,23 +64,23 @@ def write_competition(raw: Path, layout: str, n_train: int = 40, n_test: int = 1
     test_ids = [f"te{i:03d}" for i in range(n_test)]
     raw.mkdir(parents=True, exist_ok=True)
     if layout == "csv":
-        for i, label in zip(train_ids, labels):
+        for i, label in zip(train_ids, labels, strict=True):
             _save(raw / "train" / f"{i}.png", _image(classes.index(label), rng))
         pd.DataFrame({"id": train_ids, "label": labels}).to_csv(raw / "train.csv", index=False)
         _write_test(raw, "test", test_ids, ".png", rng, {"label": "cat"}, "id")
     elif layout == "csv_ids_with_ext":
         ids = [f"{i}.jpg" for i in train_ids]
-        for i, label in zip(ids, labels):
+        for i, label in zip(ids, labels, strict=True):
             _save(raw / "train_images" / i, _image(classes.index(label), rng))
         pd.DataFrame({"image_id": ids, "label": labels}).to_csv(raw / "train.csv", index=False)
         _write_test(raw, "test_images", [f"{i}.jpg" for i in test_ids], "", rng, {"label": "cat"}, "image_id")
     elif layout == "folder_per_class":
-        for i, label in zip(train_ids, labels):
+        for i, label in zip(train_ids, labels, strict=True):
             _save(raw / "train" / label / f"{i}.png", _image(classes.index(label), rng))
         _write_test(raw, "test", [f"{i}.png" for i in test_ids], "", rng, {"species": "cat"}, "file")
     elif layout == "multilabel_text":
         tags = [" ".join(sorted({labels[k], classes[(k // 3) % 3]})) for k in range(n_train)]
-        for i, tag in zip(train_ids, tags):
+        for i, tag in zip(train_ids, tags, strict=True):
             _save(raw / "train-jpg" / f"{i}.jpg", _image(classes.index(tag.split()[0]), rng))
         pd.DataFrame({"image_name": train_ids, "tags": tags}).to_csv(raw / "train_v2.csv", index=False)
         _write_test(raw, "test-jpg", test_ids, ".jpg", rng, {"tags": "cat dog"}, "image_name")
@@ -90,7 +90,7 @@ def write_competition(raw: Path, layout: str, n_train: int = 40, n_test: int = 1
             frame[c] = [int(label == c) for label in labels]
         if layout == "onehot_multi":
             frame.loc[frame.index % 4 == 0, "fox"] = 1
-        for i, label in zip(train_ids, labels):
+        for i, label in zip(train_ids, labels, strict=True):
             _save(raw / "images" / f"{i}.jpg", _image(classes.index(label), rng))
         frame.to_csv(raw / "train.csv", index=False)
         for i in test_ids:
@@ -98,17 +98,17 @@ def write_competition(raw: Path, layout: str, n_train: int = 40, n_test: int = 1
         sample = pd.DataFrame({"image_id": test_ids, **{c: 0.33 for c in classes}})
         sample.to_csv(raw / "sample_submission.csv", index=False)
     elif layout == "probabilities":
-        for i, label in zip(train_ids, labels):
+        for i, label in zip(train_ids, labels, strict=True):
             _save(raw / "train" / f"{i}.jpg", _image(classes.index(label), rng))
         pd.DataFrame({"id": train_ids, "breed": labels}).to_csv(raw / "labels.csv", index=False)
         _write_test(raw, "test", test_ids, ".jpg", rng, {c: 1 / 3 for c in classes}, "id")
     elif layout == "ordinal":
-        for i, label in zip(train_ids, labels):
+        for i, label in zip(train_ids, labels, strict=True):
             _save(raw / "train_images" / f"{i}.png", _image(int(label), rng))
         pd.DataFrame({"id_code": train_ids, "diagnosis": labels}).to_csv(raw / "train.csv", index=False)
         _write_test(raw, "test_images", test_ids, ".png", rng, {"diagnosis": 0}, "id_code")
     elif layout == "no_sample":
-        for i, label in zip(train_ids, labels):
+        for i, label in zip(train_ids, labels, strict=True):
             _save(raw / "train" / f"{i}.png", _image(classes.index(label), rng))
         pd.DataFrame({"id": train_ids, "label": labels}).to_csv(raw / "train.csv", index=False)
         for i in test_ids:

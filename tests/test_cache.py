@@ -78,6 +78,8 @@ def test_tta_decodes_each_image_once(images, decode_counter) -> None:
     loader = make_loader(dataset, 8, 0, torch.device("cpu"))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
     soft = lambda logits: logits.softmax(dim=1)  # noqa: E731
-    probs = torch.cat([predict_views(model, x.float(), ["identity", "hflip", "vflip", "rot90"], soft) for x, _ in loader])
+    probs = torch.cat(
+        [predict_views(model, x.float(), ["identity", "hflip", "vflip", "rot90"], soft) for x, _ in loader]
+    )
     assert probs.shape == (len(names), 3)
     assert len(decode_counter) == len(names)  # four views, one decode per image

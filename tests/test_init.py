@@ -14,19 +14,79 @@ from pipeline.init import infer_data
 # layout -> (train_csv, id_column, label_column, label_columns?, task, image_ext, train_dir, test_dir, format, metric)
 EXPECTED = {
     "csv": ("train.csv", "id", "label", False, "single_label", ".png", "train", "test", "label", "accuracy"),
-    "csv_ids_with_ext": ("train.csv", "image_id", "label", False, "single_label", "", "train_images", "test_images",
-                         "label", "accuracy"),  # fmt: skip
+    "csv_ids_with_ext": (
+        "train.csv",
+        "image_id",
+        "label",
+        False,
+        "single_label",
+        "",
+        "train_images",
+        "test_images",
+        "label",
+        "accuracy",
+    ),  # fmt: skip
     "folder_per_class": (None, "id", None, False, "single_label", "", "train", "test", "label", "accuracy"),
-    "multilabel_text": ("train_v2.csv", "image_name", "tags", False, "multi_label", ".jpg", "train-jpg", "test-jpg",
-                        "labels", "f1_micro"),  # fmt: skip
-    "onehot_single": ("train.csv", "image_id", None, True, "single_label", ".jpg", "images", "images",
-                      "probabilities", "roc_auc"),  # fmt: skip
-    "onehot_multi": ("train.csv", "image_id", None, True, "multi_label", ".jpg", "images", "images", "probabilities",
-                     "roc_auc"),  # fmt: skip
-    "probabilities": ("labels.csv", "id", "breed", False, "single_label", ".jpg", "train", "test", "probabilities",
-                      "log_loss"),  # fmt: skip
-    "ordinal": ("train.csv", "id_code", "diagnosis", False, "ordinal", ".png", "train_images", "test_images",
-                "numeric", "quadratic_weighted_kappa"),  # fmt: skip
+    "multilabel_text": (
+        "train_v2.csv",
+        "image_name",
+        "tags",
+        False,
+        "multi_label",
+        ".jpg",
+        "train-jpg",
+        "test-jpg",
+        "labels",
+        "f1_micro",
+    ),  # fmt: skip
+    "onehot_single": (
+        "train.csv",
+        "image_id",
+        None,
+        True,
+        "single_label",
+        ".jpg",
+        "images",
+        "images",
+        "probabilities",
+        "roc_auc",
+    ),  # fmt: skip
+    "onehot_multi": (
+        "train.csv",
+        "image_id",
+        None,
+        True,
+        "multi_label",
+        ".jpg",
+        "images",
+        "images",
+        "probabilities",
+        "roc_auc",
+    ),  # fmt: skip
+    "probabilities": (
+        "labels.csv",
+        "id",
+        "breed",
+        False,
+        "single_label",
+        ".jpg",
+        "train",
+        "test",
+        "probabilities",
+        "log_loss",
+    ),  # fmt: skip
+    "ordinal": (
+        "train.csv",
+        "id_code",
+        "diagnosis",
+        False,
+        "ordinal",
+        ".png",
+        "train_images",
+        "test_images",
+        "numeric",
+        "quadratic_weighted_kappa",
+    ),  # fmt: skip
     "no_sample": ("train.csv", "id", "label", False, "single_label", ".png", "train", "test", "label", "accuracy"),
 }
 
