@@ -40,6 +40,15 @@ FOLD_IDS := $(shell seq 0 $$(( $(NFOLDS) - 1 )))
 WEIGHTS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/model.safetensors)
 TEST_PROBS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/test.csv)
 
+# GPUS=N: one fold on N GPUs with torchrun (DDP). FOLD_GPUS=0,1 with make -j2: fold k runs alone on GPU
+# FOLD_GPUS[k mod len], the natural use of Kaggle's 2xT4 for k-fold.
+GPUS ?=
+FOLD_GPUS ?=
+LAUNCH := $(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m pipeline,$(PY) -m pipeline)
+comma := ,
+FOLD_GPU_LIST := $(subst $(comma), ,$(FOLD_GPUS))
+fold_gpu = $(if $(FOLD_GPU_LIST),CUDA_VISIBLE_DEVICES=$(word $(shell echo $$(( $(1) % $(words $(FOLD_GPU_LIST)) + 1 ))),$(FOLD_GPU_LIST)) )
+
 export PIPELINE_MAKE_START ?= $(shell date +%s)
 
 # The virtualenv is a makefile Make includes, so a fresh clone builds it before anything else runs.
@@ -80,13 +89,13 @@ $(LITE0):
 
 train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold: make -j N works)
 $(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(FORCE_IF_SET)
-	$(PY) -m pipeline train $(ARGS) --fold $*
+	$(call fold_gpu,$*)$(LAUNCH) train $(ARGS) --fold $*
 
 predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold
 $(RUN)/fold%/test.csv: $(RUN)/fold%/model.safetensors $(CONFIG) $(FORCE_IF_SET)
-	$(PY) -m pipeline predict $(ARGS) --fold $*
+	$(call fold_gpu,$*)$(LAUNCH) predict $(ARGS) --fold $*
 
-lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: $(RUN)/lr_find.png + a suggested LR (train.lr: auto)
+lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: lr_find.png + a suggested LR (usable as train.lr: auto)
 	$(PY) -m pipeline lr-find $(ARGS)
 
 ensemble: $(RUN)/scores.json ## blend the folds; CV score -> scores.json
@@ -128,6 +137,19 @@ doctor: ## versions, GPUs, Kaggle credentials, Kaggle Kernel or not, free disk
 
 plan: ## will folds x TTA views x test images fit the Kaggle Kernel time limit (LIMIT=9h)?
 	$(PY) -m pipeline plan $(ARGS)$(PLAN_FLAGS)
+
+# Kaggle Kernel: KAGGLE_USER=<name> names the account that will own the dataset and kernel (default: credentials').
+BUNDLE := $(RUN)/kaggle-bundle
+.PHONY: kaggle-bundle kaggle-push
+
+kaggle-bundle: $(RUN)/scores.json ## data/runs/<comp>/<exp>/kaggle-bundle/: fold weights, config, wheels, offline inference kernel
+	$(PY) -m pipeline kaggle-bundle $(ARGS)$(if $(KAGGLE_USER), --user $(KAGGLE_USER))
+
+$(BUNDLE)/dataset/bundle.json: | $(RUN)/scores.json
+	$(PY) -m pipeline kaggle-bundle $(ARGS)$(if $(KAGGLE_USER), --user $(KAGGLE_USER))
+
+kaggle-push: $(BUNDLE)/dataset/bundle.json ## upload the bundle as a private Kaggle dataset (or a new version), push + run its kernel
+	$(PY) -m pipeline kaggle-push $(ARGS)
 
 bench-recipe: ## training-recipe table on Fashion-MNIST (apt-get install dataset-fashion-mnist; ~30 min CPU)
 	$(PY) -m pipeline.benchmarks.fashion

@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiments": ("pipeline.experiments", "a competition's experiments: CV, spread, leaderboard, config diffs"),
     "doctor": ("pipeline.doctor", "versions, GPUs, Kaggle credentials, Kaggle Kernel or not, free disk"),
     "plan": ("pipeline.planner", "will folds x TTA views x test images fit the Kaggle Kernel time limit?"),
+    "kaggle-bundle": ("pipeline.bundle", "data/runs/<comp>/<exp>/kaggle-bundle/: weights, config, wheels, kernel"),
+    "kaggle-push": ("pipeline.kaggle_push", "upload the bundle as a private Kaggle dataset, then push its kernel"),
 }
 
 # Flags only some commands take: command -> [(flag, argparse keyword arguments)].
@@ -47,6 +49,11 @@ _PLAN_FLAGS: list[tuple[str, dict]] = [
     ("--slowdown", {"type": float, "default": None, "help": "kernel GPU X times slower than the logs' (default 1)"}),
 ]
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
+    "kaggle-bundle": [("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"})],
+    "kaggle-push": [
+        ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to process the dataset"}),
+        ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, CV, commit)"}),
+    ],
     "plan": _PLAN_FLAGS,
     "report": [
         *_PLAN_FLAGS,

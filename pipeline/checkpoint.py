@@ -1,8 +1,9 @@
 """Resumable training state: what a fold's work/last.pt holds, and stopping cleanly.
 
 A checkpoint holds everything a run needs to continue exactly where it stopped: model, optimizer,
-scheduler, grad scaler and EMA states, the torch/numpy/python RNG states, the epoch and the step within
-it, the per-epoch history and the config fingerprint it was made under. It is written atomically and
+scheduler, grad scaler and EMA states, the best epoch's weights, probabilities and score with the
+early-stopping counter (pipeline.recipe.BestKeeper), the torch/numpy/python RNG states (mixup draws from
+numpy's), the epoch and the step within it, the per-epoch history and the config fingerprint it was made under. It is written atomically and
 loaded with torch.load(weights_only=True): tensors and plain containers only, never pickled code.
 
 SIGTERM/SIGINT (preemption, Ctrl-C, a notebook's stop button) and `train.time_budget` set a flag the
@@ -12,6 +13,7 @@ training loop checks after every step; it then saves a checkpoint and raises Sto
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import re
 import signal
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline import artifacts
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,19 @@ def save(path: Path, **state: Any) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint at `path`, read with weights_only=True: a file holding pickled code is refused, never run."""
+    start_over = f"delete {path.parent} to start the fold over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path} is not a checkpoint this pipeline wrote (it holds pickled code, refused for safety); "
+                        f"{start_over}") from exc  # fmt: skip
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({detail}); {start_over}") from exc
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise UserError(f"{path} is not a checkpoint this pipeline wrote; {start_over}")
+    return state
 
 
 def parse_budget(value: str | float | None) -> float:

@@ -56,13 +56,14 @@ class ModelConfig:
     name: str = "resnet18"
     pretrained: bool | str = True  # true: timm's hub; false: random init; a path: local weights file
     drop_rate: float = 0.0
+    head: str = "classifier"  # classifier | regression (ordinal targets: one output, MSE, cut points fitted on OOF)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 5
     batch_size: int = 32
-    lr: float = 1.0e-3
+    lr: float | str = 1.0e-3  # a number, or auto: lr-find's suggestion (data/runs/<comp>/<exp>/lr_find.json)
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     min_lr: float = 1.0e-6
@@ -76,6 +77,24 @@ class TrainConfig:
     deterministic: bool = False  # deterministic algorithms: a CPU re-run (or resume) gives identical weights
     time_budget: str | float | None = None  # e.g. 8h30m: stop cleanly (resumable) when reached
     checkpoint_every: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
+    # The recipe (pipeline.recipe). Defaults reproduce plain fine-tuning; init's baseline.yaml sets the measured ones.
+    freeze_epochs: int = 0  # first N of `epochs` train the head only (fastai's fine_tune); norm layers stay trainable
+    backbone_lr_factor: float = 1.0  # backbone LR = lr x this (discriminative LR); the head gets lr
+    layer_decay: float | None = None  # e.g. 0.75: each earlier layer group's LR x this (timm's param groups)
+    ema: bool = False  # a weight EMA (timm ModelEmaV3), scored each epoch; saved unless the raw weights score better
+    ema_decay: float = 0.999  # upper bound; timm's warmup makes short runs average over fewer steps
+    mixup: float = 0.0  # mixup alpha (timm.data.Mixup); 0 disables; soft-target loss when on
+    cutmix: float = 0.0  # cutmix alpha; 0 disables; with both on, each batch picks one at random
+    mix_prob: float = 1.0  # probability that a batch is mixed when mixup or cutmix is on
+    accumulate: int = 1  # gradient accumulation: one optimizer step every N batches
+    clip_grad: float | None = None  # clip the gradient norm to this (timm.utils.dispatch_clip_grad); null: off
+    keep: str = "best"  # best: the epoch with the best validation score is saved; last: the final epoch
+    early_stopping: int = 0  # stop after N epochs without a better validation score; 0: off
+    compile: bool = False  # torch.compile the training forward (first step compiles: tens of seconds)
+    cpu_bf16: bool = False  # bf16 autocast on CPU (on CUDA, `amp` decides)
+    class_weights: str = "none"  # none | balanced: loss weights inverse to class frequency (multi-label: pos_weight)
+    sampler: str = "shuffle"  # shuffle | balanced: draw rows with probability inverse to class frequency
+    progressive_sizes: list[int] = field(default_factory=list)  # e.g. [32, 48]: train sizes, in equal epoch blocks
 
 
 @dataclass
@@ -284,6 +303,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.num_workers: must be 0 or more, got {cfg.train.num_workers}")
     if cfg.train.image_size is not None and cfg.train.image_size < 8:
         raise ConfigError(f"train.image_size: must be at least 8 pixels, got {cfg.train.image_size}")
+    validate_recipe(cfg)
     if cfg.sample < 0:
         raise ConfigError(f"sample: must be 0 (off) or a number of images, got {cfg.sample}")
     from pipeline.metrics import METRICS
@@ -294,6 +314,55 @@ def validate(cfg: Config) -> None:
     for i, view in enumerate(cfg.tta.views):
         if view not in VIEWS:
             raise ConfigError(f"tta.views[{i}]: unknown view {view!r}; known: {', '.join(VIEWS)}")
+
+
+def validate_recipe(cfg: Config) -> None:
+    """The training recipe's keys: ranges, choices, and combinations that cannot work."""
+    t = cfg.train
+    if isinstance(t.lr, str) and t.lr != "auto":
+        raise ConfigError(f"train.lr: expected a number or auto, got {t.lr!r}")
+    if not isinstance(t.lr, str) and t.lr <= 0:
+        raise ConfigError(f"train.lr: must be positive, got {t.lr}")
+    choices = {
+        "train.keep": (t.keep, ("best", "last")),
+        "train.class_weights": (t.class_weights, ("none", "balanced")),
+        "train.sampler": (t.sampler, ("shuffle", "balanced")),
+        "model.head": (cfg.model.head, ("classifier", "regression")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    if not 0 <= t.freeze_epochs < t.epochs:
+        raise ConfigError(
+            f"train.freeze_epochs: must be 0..{t.epochs - 1} (fewer than train.epochs), got {t.freeze_epochs}"
+        )
+    for key in ("backbone_lr_factor", "ema_decay", "mix_prob"):
+        if not 0 <= getattr(t, key) <= 1:
+            raise ConfigError(f"train.{key}: must be between 0 and 1, got {getattr(t, key)}")
+    if t.layer_decay is not None and not 0 < t.layer_decay <= 1:
+        raise ConfigError(f"train.layer_decay: must be in (0, 1] or null, got {t.layer_decay}")
+    for key in ("mixup", "cutmix", "early_stopping"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}: must be 0 (off) or more, got {getattr(t, key)}")
+    if (t.mixup or t.cutmix) and t.batch_size % 2:
+        raise ConfigError(
+            f"train.batch_size: mixup/cutmix mix a batch with its mirror, so it must be even, got {t.batch_size}"
+        )
+    if t.accumulate < 1:
+        raise ConfigError(f"train.accumulate: must be at least 1, got {t.accumulate}")
+    if t.clip_grad is not None and t.clip_grad <= 0:
+        raise ConfigError(f"train.clip_grad: must be positive or null, got {t.clip_grad}")
+    for i, size in enumerate(t.progressive_sizes):
+        if size < 8:
+            raise ConfigError(f"train.progressive_sizes[{i}]: must be at least 8 pixels, got {size}")
+    if cfg.model.head == "regression" and cfg.data.task != "ordinal":
+        raise ConfigError(
+            f"model.head: regression needs data.task ordinal (ordered numeric classes), not {cfg.data.task}"
+        )
+    if t.sampler == "balanced" and cfg.data.task == "multi_label":
+        raise ConfigError("train.sampler: balanced is for single-label data; use train.class_weights for multi-label")
+    if t.class_weights != "none" and cfg.model.head == "regression":
+        raise ConfigError("train.class_weights: a regression head has no class weights; use train.sampler: balanced")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -317,4 +386,4 @@ def fingerprint(cfg: Config, sections: tuple[str, ...]) -> str:
 TRAINING_SECTIONS = ("data", "folds", "model", "train", "augment", "sample")
 # Settings that change how fast work runs, not what it produces: changing them never blocks a resume.
 NOT_FINGERPRINTED = (("train", "num_workers"), ("train", "time_budget"), ("train", "checkpoint_every"),
-                     ("data", "holdout"))  # fmt: skip
+                     ("train", "compile"), ("data", "holdout"))  # fmt: skip

@@ -4,13 +4,18 @@ Reads fold<k>/oof.csv and fold<k>/test.csv of every fold, and folds.csv; writes,
 data/runs/<comp>/<exp>/: oof.csv (every training row once, in folds.csv order), test.csv (the mean of
 the folds' test probabilities) and, last, scores.json: `metric`, `cv` (the metric over all OOF rows),
 `folds` (per-fold scores), `higher_is_better`, `holdout` (when data.holdout gives test labels), and the
-seed, config, git commit and package versions that produced them.
+seed, config, git commit and package versions that produced them. Before scores.json it writes
+thresholds.json: per-label thresholds (multi-label) or cut points on the expected class (ordinal) fitted
+on all OOF rows with the competition metric (pipeline.recipe.fit_thresholds), kept only when they beat
+0.5/argmax there, else {"kind": "none"}; scores.json then also holds `cv_thresholded` and
+`holdout_thresholded` (optimistic for the CV: fitted on the rows it scores).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +27,7 @@ from pipeline.data import encode_targets, read_csv
 from pipeline.errors import UserError
 from pipeline.metrics import METRICS, score
 from pipeline.provenance import git_commit, package_versions
+from pipeline.recipe import fit_thresholds, hard_probs
 from pipeline.train import read_folds
 from pipeline.tta import views_or_identity
 
@@ -61,7 +67,7 @@ def blend_folds(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
     return oof_all, blended, fold_scores
 
 
-def holdout_score(cfg: Config, blended: pd.DataFrame) -> float | None:
+def holdout_score(cfg: Config, blended: pd.DataFrame, thresholds: dict[str, Any] | None = None) -> float | None:
     """Score against held-out test labels when the competition provides them (the demo does)."""
     if not cfg.data.holdout:
         return None
@@ -69,7 +75,21 @@ def holdout_score(cfg: Config, blended: pd.DataFrame) -> float | None:
     labels = read_csv(path, "holdout labels")
     label_column = cfg.data.label_column or "label"
     truth = labels.set_index(labels.columns[0]).loc[blended["id"], label_column]
-    return score(cfg.metric, encode_targets(truth, cfg.data), blended[cfg.data.classes].to_numpy())
+    return score(
+        cfg.metric, encode_targets(truth, cfg.data), hard_probs(blended[cfg.data.classes].to_numpy(), thresholds)
+    )
+
+
+def choose_thresholds(cfg: Config, targets: np.ndarray, probs: np.ndarray, cv: float) -> tuple[dict[str, Any], float]:
+    """Thresholds fitted on all OOF rows, kept only when they beat 0.5/argmax there; (thresholds, thresholded CV)."""
+    fitted = fit_thresholds(cfg.data.task, cfg.metric, targets, probs)
+    if fitted["kind"] == "none":
+        return fitted, cv
+    fitted_cv = score(cfg.metric, targets, hard_probs(probs, fitted))
+    higher = METRICS[cfg.metric].higher_is_better
+    if (fitted_cv > cv) if higher else (fitted_cv < cv):
+        return fitted, fitted_cv
+    return {"kind": "none", "note": f"fitted {fitted['kind']} thresholds did not beat 0.5/argmax on OOF"}, cv
 
 
 def run(args: argparse.Namespace) -> None:
@@ -77,13 +97,18 @@ def run(args: argparse.Namespace) -> None:
     out = paths.for_config(cfg)
     oof, blended, fold_scores = blend_folds(cfg)
     folds = read_folds(out)
-    cv = score(cfg.metric, encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy())
+    targets, probs = encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy()
+    cv = score(cfg.metric, targets, probs)
+    thresholds, cv_thresholded = choose_thresholds(cfg, targets, probs, cv)
     scores = {
         "metric": cfg.metric,
-        "cv": cv,
+        "cv": cv,  # at 0.5 (multi-label) / argmax
+        "cv_thresholded": cv_thresholded,  # with thresholds.json (fitted on these same OOF rows: optimistic)
+        "thresholds": thresholds["kind"],
         "folds": fold_scores,
         "higher_is_better": METRICS[cfg.metric].higher_is_better,
         "holdout": holdout_score(cfg, blended),
+        "holdout_thresholded": holdout_score(cfg, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
         "tta_views": views_or_identity(cfg.tta.views),
         "model": cfg.model.name,
@@ -94,6 +119,10 @@ def run(args: argparse.Namespace) -> None:
     }
     artifacts.write_csv(out.oof_all, oof)
     artifacts.write_csv(out.test_blend, blended)
+    artifacts.write_json(out.thresholds, thresholds)  # submission applies them
     artifacts.write_json(out.scores, scores)  # the stage's output: last
     spread = f" (folds {min(fold_scores):.4f}..{max(fold_scores):.4f})"
     log.info("ensemble: CV %s = %.4f%s -> %s", cfg.metric, cv, spread, out.scores)
+    if thresholds["kind"] != "none":
+        log.info("ensemble: with %s thresholds fitted on OOF: CV %.4f -> %s", thresholds["kind"], cv_thresholded,
+                 out.thresholds)  # fmt: skip

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from pipeline import artifacts, paths
@@ -27,7 +27,7 @@ from pipeline.data import read_csv
 from pipeline.errors import UserError
 from pipeline.loader import ImageDataset, make_loader
 from pipeline.model import build_model, resolve_device
-from pipeline.train import activation_for, amp_settings, read_folds
+from pipeline.train import amp_settings, output_activation, read_folds
 from pipeline.tta import predict_views, views_or_identity
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,29 @@ def load_fold_model(cfg: Config, fold: int, device: torch.device) -> tuple[torch
     weights = paths.for_config(cfg).weights(fold)
     if not weights.exists():
         raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
-    with safe_open(str(weights), framework="pt") as f:
-        meta = f.metadata() or {}
+    retrain = f"delete {weights.parent} and re-run train for fold {fold}"
+    try:  # safetensors: a replaced or damaged file can't run code here, only fail to parse
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{weights} is not a safetensors file this pipeline wrote ({exc}); {retrain}") from exc
     if meta.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
         raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
     model = build_model(cfg.model, cfg.num_classes, pretrained=False)
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape, e.g. another class count
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise UserError(
+            f"{weights} does not fit {cfg.model.name} with {cfg.num_classes} classes ({detail[:160]}); {retrain}"
+        ) from exc
+    if result.missing_keys or result.unexpected_keys:
+        example = (result.missing_keys or result.unexpected_keys)[0]
+        raise UserError(
+            f"{weights} does not fit {cfg.model.name} with {cfg.num_classes} classes ({len(result.missing_keys)} "
+            f"tensors missing, {len(result.unexpected_keys)} unexpected, e.g. {example!r}); {retrain}"
+        )
     model.to(device).eval()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -57,8 +74,8 @@ def predict_table(
     """id + class probabilities for every row of `table` (id, image), averaged over the TTA views."""
     dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg))
     loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, device)
-    activation = activation_for(cfg.data.task)
-    enabled, dtype = amp_settings(device, cfg.train.amp)
+    activation = output_activation(cfg)
+    enabled, dtype = amp_settings(device, cfg.train.amp, cfg.train.cpu_bf16)
     chunks = []
     for images, _ in loader:
         images = images.to(device, non_blocking=True)

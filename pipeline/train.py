@@ -1,11 +1,14 @@
-"""train: fine-tune a timm backbone on one fold (or each fold in turn).
+"""train: fine-tune a timm backbone on one fold (or each fold in turn), with the recipe of pipeline.recipe.
 
 Reads data/processed/<comp>/folds.csv and the images under the competition's raw folder; writes, per
 fold, data/runs/<comp>/<exp>/fold<k>/: log.csv (one row per epoch), oof_plain.csv (validation-row
-probabilities of the final weights, no TTA), and model.safetensors last (the stage's output, with the
-config fingerprint in its metadata). While training, fold<k>/work/last.pt holds everything needed to
-resume (pipeline.checkpoint); re-running the same command resumes from it, and refuses to when the
-config changed. SIGTERM/SIGINT and train.time_budget save a checkpoint and stop (exit 75).
+probabilities of the saved weights, no TTA), and model.safetensors last (the stage's output, with the
+config fingerprint in its metadata). With train.ema on, the EMA weights are scored beside the raw ones
+each epoch and saved unless the raw ones score better; with train.keep: best (the default) the saved
+weights are those of the best-scoring epoch. While training, fold<k>/work/last.pt holds
+everything needed to resume (pipeline.checkpoint); re-running the same command resumes from it, and
+refuses to when the config changed. SIGTERM/SIGINT and train.time_budget save a checkpoint and stop (exit 75).
+`train.lr: auto` takes lr-find's suggestion (pipeline.lr_find), running the range test first if needed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -20,14 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 
-from pipeline import artifacts, checkpoint, paths
+from pipeline import artifacts, checkpoint, paths, recipe
 from pipeline.augment import eval_transform, train_transform
 from pipeline.cli import config_from_args, folds_from_args
 from pipeline.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
@@ -36,6 +39,7 @@ from pipeline.errors import UserError
 from pipeline.loader import EpochSampler, ImageDataset, make_loader
 from pipeline.metrics import score
 from pipeline.model import build_model, data_config, resolve_device
+from pipeline.recipe import two_hot
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +54,22 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def activation_for(task: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def activation_for(task: str, head: str = "classifier", num_classes: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Model outputs -> the probabilities stages exchange (a regression head's number -> a two-hot row)."""
+    if head == "regression":
+        return lambda outputs: two_hot(outputs.squeeze(1), num_classes)
     return torch.sigmoid if task == "multi_label" else (lambda logits: logits.softmax(dim=1))
 
 
-def loss_for(cfg: Config) -> torch.nn.Module:
-    if cfg.data.task == "multi_label":
-        return torch.nn.BCEWithLogitsLoss()
-    return torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+def output_activation(cfg: Config) -> Callable[[torch.Tensor], torch.Tensor]:
+    return activation_for(cfg.data.task, cfg.model.head, cfg.num_classes)
 
 
-def amp_settings(device: torch.device, enabled: bool) -> tuple[bool, torch.dtype]:
-    """AMP only on CUDA: bf16 where the GPU supports it (no scaler needed), else fp16 with a GradScaler."""
+def amp_settings(device: torch.device, enabled: bool, cpu_bf16: bool = False) -> tuple[bool, torch.dtype]:
+    """AMP on CUDA: bf16 where the GPU supports it (no scaler needed), else fp16 with a GradScaler.
+    On CPU only when asked (train.cpu_bf16): bf16 autocast."""
+    if device.type == "cpu" and cpu_bf16:
+        return True, torch.bfloat16
     if not enabled or device.type != "cuda":
         return False, torch.float32
     return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -74,23 +82,28 @@ def read_folds(out: paths.Paths) -> pd.DataFrame:
 
 
 def trained_fingerprint(weights: Path) -> str | None:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(weights), framework="pt") as f:
-        return (f.metadata() or {}).get("fingerprint")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return (f.metadata() or {}).get("fingerprint")
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{weights} is not a safetensors file this pipeline wrote ({exc}); "
+                        f"delete {weights.parent} and re-run train") from exc  # fmt: skip
 
 
 @torch.no_grad()
 def predict_probs(
-    model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, task: str,
-    amp: tuple[bool, torch.dtype],
+    model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+    activation: Callable[[torch.Tensor], torch.Tensor], amp: tuple[bool, torch.dtype],
 ) -> np.ndarray:  # fmt: skip
+    was_training = model.training
     model.eval()
-    activation = activation_for(task)
     outputs = []
     for images, _ in loader:
         with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
             outputs.append(activation(model(images.to(device, non_blocking=True)).float()).cpu())
+    model.train(was_training)
     return torch.cat(outputs).numpy()
 
 
@@ -110,6 +123,8 @@ class Fold:
     sampler: EpochSampler
     valid_rows: pd.DataFrame
     valid_targets: np.ndarray
+    train_targets: np.ndarray
+    train_size: int  # the image size train_loader currently produces (progressive resizing changes it)
 
 
 def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str) -> Fold:
@@ -124,17 +139,41 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str) -> Fold:
     dcfg = data_config(model, cfg.train.image_size)
     raw = paths.raw_dir(cfg.comp)
     valid_targets = encode_targets(valid_rows["label"], cfg.data)
-    train_ds = ImageDataset(raw, train_rows["image"], encode_targets(train_rows["label"], cfg.data),
-                            train_transform(cfg.augment, dcfg), seed=seed)  # fmt: skip
+    train_targets = encode_targets(train_rows["label"], cfg.data)
+    train_ds = ImageDataset(raw, train_rows["image"], train_targets, train_transform(cfg.augment, dcfg), seed=seed)
     valid_ds = ImageDataset(raw, valid_rows["image"], valid_targets, eval_transform(dcfg))
-    sampler = EpochSampler(len(train_ds), seed, drop_last_batch_of=cfg.train.batch_size)
+    if cfg.train.sampler == "balanced":
+        sampler = recipe.BalancedEpochSampler(train_targets, seed, drop_last_batch_of=cfg.train.batch_size)
+    else:
+        sampler = EpochSampler(len(train_ds), seed, drop_last_batch_of=cfg.train.batch_size)
     workers = cfg.train.num_workers
     train_loader = make_loader(train_ds, cfg.train.batch_size, workers, device, sampler=sampler)
     valid_loader = make_loader(valid_ds, cfg.train.batch_size * 2, workers, device)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    return Fold(cfg, fold, device, out, fp, model, dcfg, train_loader, valid_loader, sampler, valid_rows, valid_targets)
+    return Fold(cfg, fold, device, out, fp, model, dcfg, train_loader, valid_loader, sampler, valid_rows,
+                valid_targets, train_targets, dcfg["input_size"][-1])  # fmt: skip
+
+
+def set_train_size(f: Fold, size: int) -> None:
+    """Progressive resizing: the training transform at `size` (a new loader, so persistent workers see it)."""
+    if size == f.train_size:
+        return
+    dataset = f.train_loader.dataset
+    dataset.transform = train_transform(f.cfg.augment, {**f.data_config, "input_size": (3, size, size)})
+    f.train_loader = make_loader(dataset, f.cfg.train.batch_size, f.cfg.train.num_workers, f.device, sampler=f.sampler)
+    f.train_size = size
+    log.info("fold %d: training at %d px", f.fold, size)
+
+
+def resolve_lr(cfg: Config, device: torch.device) -> float:
+    """train.lr, or with `auto` the LR range test's suggestion (run on fold 0 first if it has not been)."""
+    if not isinstance(cfg.train.lr, str):
+        return cfg.train.lr
+    from pipeline import lr_find
+
+    return lr_find.suggested_lr(cfg, device)
 
 
 def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
@@ -151,16 +190,21 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
             f"{weights} was trained under a different config; delete {out.fold_dir(fold)} to retrain, "
             "or save the changed config as a new experiment (configs/<comp>/<new>.yaml)"
         )
+    t = cfg.train
+    lr = resolve_lr(cfg, device)
     f = prepare_fold(cfg, fold, device, fp)
-    optimizer = create_optimizer_v2(f.model, opt=cfg.train.opt, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = len(f.sampler.order()) // cfg.train.batch_size + bool(len(f.sampler.order()) % cfg.train.batch_size)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg.train.sched, num_epochs=cfg.train.epochs, warmup_epochs=cfg.train.warmup_epochs,
-        min_lr=cfg.train.min_lr, warmup_lr=cfg.train.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
-    )  # fmt: skip
-    amp = amp_settings(device, cfg.train.amp)
+    optimizer = recipe.build_optimizer(f.model, t, lr)
+    batches_per_epoch = len(f.sampler.order()) // t.batch_size + bool(len(f.sampler.order()) % t.batch_size)
+    updates_per_epoch = math.ceil(batches_per_epoch / t.accumulate)
+    scheduler = recipe.PhasedScheduler(optimizer, t, lr, updates_per_epoch)
+    amp = amp_settings(device, t.amp, t.cpu_bf16)
     scaler = torch.amp.GradScaler("cuda", enabled=amp[0] and amp[1] == torch.float16)
-    criterion = loss_for(cfg)
+    mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
+    criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None)
+    ema = recipe.build_ema(f.model, t)
+    keeper = recipe.BestKeeper(cfg.metric, t.keep)
+    forward = torch.compile(f.model) if t.compile else f.model  # state dicts always come from f.model
+    activation = output_activation(cfg)
 
     epoch, step, history, partial = 0, 0, [], {"seen": 0, "loss": 0.0, "seconds": 0.0}
     ckpt = out.checkpoint(fold)
@@ -173,6 +217,9 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        keeper.load_state_dict(state["keeper"])
         checkpoint.set_rng_state(state["rng"])
         epoch, step, history = state["epoch"], state["step"], json.loads(state["history"])
         partial = json.loads(state["partial"])
@@ -182,71 +229,99 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
     def save_state(next_epoch: int, next_step: int) -> None:
         checkpoint.save(
             ckpt, model=f.model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), epoch=next_epoch, step=next_step, history=json.dumps(history),
+            scaler=scaler.state_dict(), ema=ema.module.state_dict() if ema is not None else None,
+            keeper=keeper.state_dict(), epoch=next_epoch, step=next_step, history=json.dumps(history),
             partial=json.dumps(partial), fingerprint=fp,
         )  # fmt: skip
 
-    probs = None
-    with checkpoint.StopFlag(checkpoint.parse_budget(cfg.train.time_budget)) as stop:
-        while epoch < cfg.train.epochs:
+    with checkpoint.StopFlag(checkpoint.parse_budget(t.time_budget)) as stop:
+        while epoch < t.epochs and not keeper.patience_ran_out(t.early_stopping):
+            recipe.set_backbone_frozen(f.model, epoch < t.freeze_epochs)
+            set_train_size(f, recipe.progressive_size(t.progressive_sizes, epoch, t.epochs) or f.train_size)
             f.model.train()
-            f.sampler.set_epoch(epoch, skip=step * cfg.train.batch_size)
+            if step == 0:
+                scheduler.step_update(epoch * updates_per_epoch)  # a new phase starts at its own warmup LR
+            f.sampler.set_epoch(epoch, skip=step * t.batch_size)
             started = time.perf_counter()
             for images, targets in f.train_loader:
                 images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
+                if mixer is not None:
+                    images, targets = mixer(images, targets)
                 if device.type == "cuda":
                     images = images.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-                    loss = criterion(f.model(images), targets)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                    loss = criterion(forward(images), targets)
+                scaler.scale(loss / t.accumulate).backward()
                 step += 1
-                scheduler.step_update(epoch * steps_per_epoch + step)
                 partial["seen"] += len(images)
                 partial["loss"] += loss.item() * len(images)
-                every = cfg.train.checkpoint_every
-                if stop.should_stop() or (every and step % every == 0 and step < steps_per_epoch):
+                if step % t.accumulate and step < batches_per_epoch:
+                    continue  # gradients accumulate; stopping and checkpoints wait for the update
+                recipe.clip_and_step(optimizer, scaler, f.model.parameters(), t.clip_grad)
+                updates = epoch * updates_per_epoch + math.ceil(step / t.accumulate)
+                scheduler.step_update(updates)
+                if ema is not None:
+                    ema.update(f.model, step=updates)
+                every = t.checkpoint_every
+                if stop.should_stop() or (every and step % every == 0 and step < batches_per_epoch):
                     partial["seconds"] += time.perf_counter() - started
                     started = time.perf_counter()
                     save_state(epoch, step)
                     if stop.reason:
-                        raise checkpoint.Stopped(f"fold {fold}: stopped ({stop.reason}) at epoch {epoch + 1} step "
-                                                 f"{step}; checkpoint {ckpt}; re-run the same command to resume")  # fmt: skip
+                        where = f"at epoch {epoch + 1} step {step}"
+                        raise checkpoint.Stopped(f"fold {fold}: stopped ({stop.reason}) {where}; checkpoint {ckpt}; "
+                                                 "re-run the same command to resume")  # fmt: skip
             partial["seconds"] += time.perf_counter() - started
-            probs = predict_probs(f.model, f.valid_loader, device, cfg.data.task, amp)
-            valid_score = score(cfg.metric, f.valid_targets, probs)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": partial["loss"] / max(partial["seen"], 1),
-                f"valid_{cfg.metric}": valid_score,
-                "lr": optimizer.param_groups[0]["lr"],
+            row = evaluate_epoch(f, keeper, ema, activation, amp, epoch)
+            row.update({
+                "train_loss": partial["loss"] / max(partial["seen"], 1), "lr": recipe.head_lr(optimizer),
                 "seconds": round(partial["seconds"], 2),
                 "train_images_per_s": round(partial["seen"] / max(partial["seconds"], 1e-9), 1),
-            }
+            })  # fmt: skip
             history.append(row)
-            log.info("fold %d epoch %d/%d: loss %.4f  valid %s %.4f  (%.0f img/s)", fold, epoch + 1,
-                     cfg.train.epochs, row["train_loss"], cfg.metric, valid_score, row["train_images_per_s"])  # fmt: skip
+            log.info("fold %d epoch %d/%d: loss %.4f  valid %s %.4f%s  (%.0f img/s)", fold, epoch + 1, t.epochs,
+                     row["train_loss"], cfg.metric, row[f"valid_{cfg.metric}"],
+                     f"  ema {row[f'valid_{cfg.metric}_ema']:.4f}" if ema is not None else "",
+                     row["train_images_per_s"])  # fmt: skip
             artifacts.write_csv(out.train_log(fold), pd.DataFrame(history))
             epoch, step, partial = epoch + 1, 0, {"seen": 0, "loss": 0.0, "seconds": 0.0}
             save_state(epoch, step)
-            if stop.should_stop() and epoch < cfg.train.epochs:
+            if keeper.patience_ran_out(t.early_stopping) and epoch < t.epochs:
+                log.info("fold %d: early stopping, no better %s for %d epochs (best: epoch %d, %.4f)", fold,
+                         cfg.metric, t.early_stopping, keeper.best_epoch, keeper.best_score)  # fmt: skip
+            if stop.should_stop() and epoch < t.epochs:
                 raise checkpoint.Stopped(f"fold {fold}: stopped ({stop.reason}) after epoch {epoch}; "
                                          f"checkpoint {ckpt}; re-run the same command to resume")  # fmt: skip
-    if probs is None:  # resumed after the last epoch's checkpoint: recompute the validation probabilities
-        probs = predict_probs(f.model, f.valid_loader, device, cfg.data.task, amp)
-    finish_fold(f, probs)
+    finish_fold(f, keeper.probs, keeper.weights, {"lr": lr, "weights": keeper.source, "epoch": keeper.saved_epoch})
     shutil.rmtree(ckpt.parent, ignore_errors=True)
     return weights
 
 
-def finish_fold(f: Fold, probs: np.ndarray) -> None:
+def evaluate_epoch(
+    f: Fold, keeper: recipe.BestKeeper, ema: torch.nn.Module | None, activation: Callable[[torch.Tensor], torch.Tensor],
+    amp: tuple[bool, torch.dtype], epoch: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Score the raw weights and the EMA's; offer the keeper the EMA's unless the raw weights scored better."""
+    metric = f.cfg.metric
+    probs = predict_probs(f.model, f.valid_loader, f.device, activation, amp)
+    row: dict[str, Any] = {"epoch": epoch + 1, f"valid_{metric}": score(metric, f.valid_targets, probs)}
+    candidate, candidate_probs, value, source = f.model, probs, row[f"valid_{metric}"], "raw"
+    if ema is not None:
+        ema_probs = predict_probs(ema.module, f.valid_loader, f.device, activation, amp)
+        row[f"valid_{metric}_ema"] = ema_value = score(metric, f.valid_targets, ema_probs)
+        if not recipe.better(metric, value, ema_value):
+            candidate, candidate_probs, value, source = ema.module, ema_probs, ema_value, "ema"
+        row["candidate"] = source
+    keeper.offer(epoch + 1, value, candidate_probs, candidate.state_dict(), source)
+    return row
+
+
+def finish_fold(f: Fold, probs: np.ndarray, state: dict[str, torch.Tensor], facts: dict[str, Any]) -> None:
     """Write the validation probabilities, then the weights with their provenance (the stage's output, last)."""
     oof = pd.DataFrame(probs, columns=f.cfg.data.classes)
     oof.insert(0, "id", f.valid_rows["id"].to_numpy())
-    artifacts.write_csv(f.out.fold_dir(f.fold) / "oof_plain.csv", oof)
+    artifacts.write_csv(f.out.oof_plain(f.fold), oof)
     metadata = {
         "fingerprint": f.fingerprint,
         "model": f.cfg.model.name,
@@ -255,8 +330,9 @@ def finish_fold(f: Fold, probs: np.ndarray) -> None:
         "data_config": json.dumps(f.data_config),
         "pretrained_cfg": json.dumps(getattr(f.model, "pretrained_cfg", {}), default=str),
         "fold": str(f.fold),
+        "recipe": json.dumps(facts),  # the resolved LR, raw or EMA weights, the epoch they come from
     }
-    artifacts.save_safetensors(f.out.weights(f.fold), f.model.state_dict(), metadata)
+    artifacts.save_safetensors(f.out.weights(f.fold), state, metadata)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -136,7 +136,9 @@ def test_sample_run_writes_only_its_own_paths(project: Path, capsys: pytest.Capt
     sample_folds = pd.read_csv(project / "data/processed/toy/sample12/folds.csv", dtype=str)
     assert len(sample_folds) == 12 and sample_folds["label"].value_counts().min() >= 2  # stratified subset
     assert not (project / "data/processed/toy/folds.csv").exists()
-    assert not (project / "data/runs/toy/tiny").exists() and (project / "data/runs/toy/tiny-sample12/scores.json").exists()
+    assert (
+        not (project / "data/runs/toy/tiny").exists() and (project / "data/runs/toy/tiny-sample12/scores.json").exists()
+    )
     submission = pd.read_csv(project / "submissions/toy/tiny-sample12.csv", dtype=str)
     sample = pd.read_csv(project / "data/raw/toy/sample_submission.csv", dtype=str)
     assert list(submission["id"]) == list(sample["id"].head(len(submission)))

@@ -38,6 +38,8 @@ def test_metrics_by_hand() -> None:
     assert score("log_loss", y, p) == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.3, 0.8])))
     assert score("quadratic_weighted_kappa", y, y[:, None] == np.arange(3)) == pytest.approx(1.0)
     multi = np.array([[1, 0], [0, 1], [1, 1]])
-    assert score("f1_micro", multi, np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])) == pytest.approx(6 / 7)  # TP 3, FP 0, FN 1
+    assert score("f1_micro", multi, np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])) == pytest.approx(
+        6 / 7
+    )  # TP 3, FP 0, FN 1
     assert score("roc_auc", multi, multi * 0.9 + 0.05) == pytest.approx(1.0)
     assert set(METRICS) >= {"accuracy", "error_rate", "log_loss", "f1_macro", "f1_micro", "roc_auc"}
