@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scores": ("pipeline.scores", "leaderboard scores joined to local CV: data/runs/<comp>/leaderboard.csv"),
     "cache": ("pipeline.cache", "decode every image once into a uint8 memory-mapped cache"),
     "bench": ("pipeline.bench", "measure the data path: loader, training efficiency, TTA overhead, growth"),
-    "blend": ("pipeline.blend", "blend experiments of COMP per configs/<comp>/blend.yaml (mean, geometric, rank, fitted)"),
+    "blend": ("pipeline.blend", "blend COMP's experiments per configs/<comp>/blend.yaml (mean/geometric/rank/fitted)"),
     "summary": ("pipeline.summary", "print the experiment's scores and what this run did"),
     "lr-find": ("pipeline.lr_find", "LR range test on fold 0: lr_find.png + a suggested LR (train.lr: auto uses it)"),
     "weights": ("pipeline.weights", "prepare the offline ImageNet Lite0 weights file"),
@@ -86,8 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="configs/<comp>/<exp>.yaml")
         p.add_argument("--comp", help="competition slug (download, init)")
         p.add_argument("--fold", type=int, default=None, help="one fold only (default: every fold)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, dotted key; repeatable, or several separated by spaces")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="config override, dotted key; repeatable, or several separated by spaces",
+        )
         p.add_argument("--force", action="store_true", help="redo the stage even when its output exists")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.add_argument("what", nargs="*", help=argparse.SUPPRESS)
@@ -118,7 +124,8 @@ def one_line(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("PIPELINE_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    level = logging.DEBUG if debug else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     try:
         args = build_parser().parse_args(argv)
         args.overrides = split_overrides(args.overrides)

@@ -136,3 +136,19 @@ def run(args: argparse.Namespace) -> None:
     size = cfg.train.image_size or timm.models.get_pretrained_cfg(cfg.model.name).input_size[-1]
     cache = ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size)
     log.info("cache: %d images at %d px ready", len(cache.rows), cache.side)
+
+
+def cache_for(cfg, data_cfg: dict, build: bool = True) -> ImageCache | None:  # noqa: ANN001 - Config
+    """The experiment's decoded-image cache, or None when train.cache is off. Training builds it on first use
+    (`build`); prediction only reuses a current one, so an inference kernel never decodes the training images."""
+    if not cfg.train.cache:
+        return None
+    out = paths.for_config(cfg)
+    size = max([data_cfg["input_size"][-1], *getattr(cfg.train, "progressive_sizes", [])])
+    if not build:
+        if not (out.folds_csv.exists() and out.test_csv.exists()):
+            return None
+        folder = cache_folder(out.processed, size)
+        return ImageCache(folder) if is_current(folder, paths.raw_dir(cfg.comp), listed_images(out)) else None
+    return ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size,
+                        data_cfg.get("interpolation", "bilinear"))  # fmt: skip

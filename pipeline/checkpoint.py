@@ -3,8 +3,9 @@
 A checkpoint holds everything a run needs to continue exactly where it stopped: model, optimizer,
 scheduler, grad scaler and EMA states, the best epoch's weights, probabilities and score with the
 early-stopping counter (pipeline.recipe.BestKeeper), the torch/numpy/python RNG states (mixup draws from
-numpy's), the epoch and the step within it, the per-epoch history and the config fingerprint it was made under. It is written atomically and
-loaded with torch.load(weights_only=True): tensors and plain containers only, never pickled code.
+numpy's), the epoch and the step within it, the per-epoch history and the config fingerprint it was made
+under. It is written atomically and loaded with torch.load(weights_only=True): tensors and plain
+containers only, never pickled code.
 
 SIGTERM/SIGINT (preemption, Ctrl-C, a notebook's stop button) and `train.time_budget` set a flag the
 training loop checks after every step; it then saves a checkpoint and raises Stopped.

@@ -73,6 +73,8 @@ class TrainConfig:
     image_size: int | None = None  # None: the backbone's pretrained input size
     num_workers: int = 2
     seed: int = 42
+    sync_bn: bool = False  # under torchrun (GPUS=N): BatchNorm statistics over the global batch (CUDA only)
+    cache: bool = True  # decode each image once into data/processed/<comp>/cache/ (pipeline.cache)
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
     deterministic: bool = False  # deterministic algorithms: a CPU re-run (or resume) gives identical weights
     time_budget: str | float | None = None  # e.g. 8h30m: stop cleanly (resumable) when reached
@@ -385,5 +387,11 @@ def fingerprint(cfg: Config, sections: tuple[str, ...]) -> str:
 # What a fold's trained weights depend on; a checkpoint made under another fingerprint is not resumed.
 TRAINING_SECTIONS = ("data", "folds", "model", "train", "augment", "sample")
 # Settings that change how fast work runs, not what it produces: changing them never blocks a resume.
-NOT_FINGERPRINTED = (("train", "num_workers"), ("train", "time_budget"), ("train", "checkpoint_every"),
-                     ("train", "compile"), ("data", "holdout"))  # fmt: skip
+NOT_FINGERPRINTED = (
+    ("train", "num_workers"),
+    ("train", "cache"),
+    ("train", "time_budget"),
+    ("train", "checkpoint_every"),
+    ("train", "compile"),
+    ("data", "holdout"),
+)

@@ -39,6 +39,9 @@ class World:
         return self.size > 1
 
 
+SINGLE = World()  # one process, no process group
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 

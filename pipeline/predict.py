@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from pipeline import artifacts, paths
+from pipeline import artifacts, distributed, paths
 from pipeline.augment import eval_transform
+from pipeline.cache import cache_for
 from pipeline.cli import config_from_args, folds_from_args
 from pipeline.config import TRAINING_SECTIONS, Config, fingerprint
 from pipeline.data import read_csv
+from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.loader import ImageDataset, make_loader
 from pipeline.model import build_model, resolve_device
@@ -72,7 +75,8 @@ def predict_table(
     model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device
 ) -> pd.DataFrame:
     """id + class probabilities for every row of `table` (id, image), averaged over the TTA views."""
-    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg))
+    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg),
+                           cache=cache_for(cfg, dcfg, build=False))  # fmt: skip
     loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, device)
     activation = output_activation(cfg)
     enabled, dtype = amp_settings(device, cfg.train.amp, cfg.train.cpu_bf16)
@@ -87,11 +91,27 @@ def predict_table(
     return frame
 
 
-def predict_fold(cfg: Config, fold: int, device: torch.device) -> None:
+def predict_sharded(
+    model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device, world: World
+) -> pd.DataFrame | None:
+    """predict_table over this process's rows (every world.size-th, no padding), gathered in order on rank 0."""
+    if not world.active:
+        return predict_table(model, cfg, dcfg, table, device)
+    mine = predict_table(model, cfg, dcfg, table.iloc[distributed.shard_rows(len(table), world)], device)
+    probs = distributed.gather_rows(mine[cfg.data.classes].to_numpy(), len(table), world)
+    if probs is None:
+        return None
+    frame = pd.DataFrame(probs, columns=cfg.data.classes)
+    frame.insert(0, "id", table["id"].to_numpy())
+    return frame
+
+
+def predict_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE) -> None:
     out = paths.for_config(cfg)
     stamp = out.fold_dir(fold) / "predict.json"
     identity = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views_or_identity(cfg.tta.views)}
     if out.test_probs(fold).exists() and stamp.exists() and json.loads(stamp.read_text()) == identity:
+        os.utime(out.test_probs(fold))  # tell Make it is up to date with the config it was checked against
         log.info("fold %d: predictions up to date, skipping", fold)
         return
     model, dcfg = load_fold_model(cfg, fold, device)
@@ -99,8 +119,10 @@ def predict_fold(cfg: Config, fold: int, device: torch.device) -> None:
     if not out.test_csv.exists():
         raise UserError(f"{out.test_csv} not found; run `make folds CONFIG=...` first")
     test = read_csv(out.test_csv, "test listing")
-    oof = predict_table(model, cfg, dcfg, folds[folds["fold"] == fold], device)
-    test_probs = predict_table(model, cfg, dcfg, test, device)
+    oof = predict_sharded(model, cfg, dcfg, folds[folds["fold"] == fold], device, world)
+    test_probs = predict_sharded(model, cfg, dcfg, test, device, world)
+    if not world.is_main:  # rank 0 gathered every row and writes the files
+        return
     artifacts.write_csv(out.oof(fold), oof)
     artifacts.write_json(stamp, identity)
     artifacts.write_csv(out.test_probs(fold), test_probs)  # the stage's output: last
@@ -109,6 +131,10 @@ def predict_fold(cfg: Config, fold: int, device: torch.device) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
-    device = resolve_device(cfg.device)
-    for fold in folds_from_args(args, cfg):
-        predict_fold(cfg, fold, device)
+    world, ddp_device = distributed.init_world(cfg.device)
+    device = ddp_device or resolve_device(cfg.device)
+    try:
+        for fold in folds_from_args(args, cfg):
+            predict_fold(cfg, fold, device, world)
+    finally:
+        distributed.shutdown(world)

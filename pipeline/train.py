@@ -30,11 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import artifacts, checkpoint, paths, recipe
+from pipeline import artifacts, checkpoint, distributed, paths, recipe
 from pipeline.augment import eval_transform, train_transform
+from pipeline.cache import cache_for
 from pipeline.cli import config_from_args, folds_from_args
 from pipeline.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 from pipeline.data import encode_targets, read_csv
+from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.loader import EpochSampler, ImageDataset, make_loader
 from pipeline.metrics import score
@@ -125,9 +127,10 @@ class Fold:
     valid_targets: np.ndarray
     train_targets: np.ndarray
     train_size: int  # the image size train_loader currently produces (progressive resizing changes it)
+    world: World = World()
 
 
-def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str) -> Fold:
+def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: World = distributed.SINGLE) -> Fold:
     out = paths.for_config(cfg)
     table = read_folds(out)
     train_rows, valid_rows = table[table["fold"] != fold], table[table["fold"] == fold]
@@ -140,20 +143,27 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str) -> Fold:
     raw = paths.raw_dir(cfg.comp)
     valid_targets = encode_targets(valid_rows["label"], cfg.data)
     train_targets = encode_targets(train_rows["label"], cfg.data)
-    train_ds = ImageDataset(raw, train_rows["image"], train_targets, train_transform(cfg.augment, dcfg), seed=seed)
-    valid_ds = ImageDataset(raw, valid_rows["image"], valid_targets, eval_transform(dcfg))
+    cache = cache_for(cfg, dcfg)
+    train_ds = ImageDataset(raw, train_rows["image"], train_targets, train_transform(cfg.augment, dcfg), seed=seed,
+                            cache=cache)  # fmt: skip
+    valid_ds = ImageDataset(raw, valid_rows["image"], valid_targets, eval_transform(dcfg), cache=cache)
     if cfg.train.sampler == "balanced":
         sampler = recipe.BalancedEpochSampler(train_targets, seed, drop_last_batch_of=cfg.train.batch_size)
     else:
         sampler = EpochSampler(len(train_ds), seed, drop_last_batch_of=cfg.train.batch_size)
     workers = cfg.train.num_workers
-    train_loader = make_loader(train_ds, cfg.train.batch_size, workers, device, sampler=sampler)
+    if world.active:  # every process takes its slice of each global batch
+        sampler = distributed.ShardedSampler(sampler, world, cfg.train.batch_size)
+    local_batch = distributed.per_rank_batch(cfg.train.batch_size, world)
+    train_loader = make_loader(train_ds, local_batch, workers, device, sampler=sampler)
     valid_loader = make_loader(valid_ds, cfg.train.batch_size * 2, workers, device)
+    if world.active and cfg.train.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     return Fold(cfg, fold, device, out, fp, model, dcfg, train_loader, valid_loader, sampler, valid_rows,
-                valid_targets, train_targets, dcfg["input_size"][-1])  # fmt: skip
+                valid_targets, train_targets, dcfg["input_size"][-1], world)  # fmt: skip
 
 
 def set_train_size(f: Fold, size: int) -> None:
@@ -162,7 +172,8 @@ def set_train_size(f: Fold, size: int) -> None:
         return
     dataset = f.train_loader.dataset
     dataset.transform = train_transform(f.cfg.augment, {**f.data_config, "input_size": (3, size, size)})
-    f.train_loader = make_loader(dataset, f.cfg.train.batch_size, f.cfg.train.num_workers, f.device, sampler=f.sampler)
+    local_batch = distributed.per_rank_batch(f.cfg.train.batch_size, f.world)
+    f.train_loader = make_loader(dataset, local_batch, f.cfg.train.num_workers, f.device, sampler=f.sampler)
     f.train_size = size
     log.info("fold %d: training at %d px", f.fold, size)
 
@@ -176,7 +187,7 @@ def resolve_lr(cfg: Config, device: torch.device) -> float:
     return lr_find.suggested_lr(cfg, device)
 
 
-def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
+def train_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE) -> Path:
     """Train fold `fold` to completion (resuming if a checkpoint exists); return the weights path."""
     out = paths.for_config(cfg)
     fp = fingerprint(cfg, TRAINING_SECTIONS)
@@ -192,7 +203,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
         )
     t = cfg.train
     lr = resolve_lr(cfg, device)
-    f = prepare_fold(cfg, fold, device, fp)
+    f = prepare_fold(cfg, fold, device, fp, world)
     optimizer = recipe.build_optimizer(f.model, t, lr)
     batches_per_epoch = len(f.sampler.order()) // t.batch_size + bool(len(f.sampler.order()) % t.batch_size)
     updates_per_epoch = math.ceil(batches_per_epoch / t.accumulate)
@@ -203,7 +214,20 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
     criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None)
     ema = recipe.build_ema(f.model, t)
     keeper = recipe.BestKeeper(cfg.metric, t.keep)
-    forward = torch.compile(f.model) if t.compile else f.model  # state dicts always come from f.model
+    wrapped: dict[bool, torch.nn.Module] = {}
+
+    def forward_for(frozen: bool) -> torch.nn.Module:
+        """What training calls: DDP-wrapped under torchrun (wrapped again when freezing changes which parameters
+        train, as DDP requires), compiled when asked. State dicts always come from f.model."""
+        if frozen not in wrapped:
+            module = f.model
+            if world.active:
+                ids = [device.index] if device.type == "cuda" else None
+                module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+            wrapped.clear()
+            wrapped[frozen] = torch.compile(module) if t.compile else module
+        return wrapped[frozen]
+
     activation = output_activation(cfg)
 
     epoch, step, history, partial = 0, 0, [], {"seen": 0, "loss": 0.0, "seconds": 0.0}
@@ -224,9 +248,12 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
         epoch, step, history = state["epoch"], state["step"], json.loads(state["history"])
         partial = json.loads(state["partial"])
         log.info("fold %d: resuming from epoch %d step %d (%s)", fold, epoch, step, ckpt)
-    artifacts.write_text(out.resolved_config, dump_yaml(to_dict(cfg)))
+    if world.is_main:
+        artifacts.write_text(out.resolved_config, dump_yaml(to_dict(cfg)))
 
     def save_state(next_epoch: int, next_step: int) -> None:
+        if not world.is_main:  # only rank 0 writes artifacts
+            return
         checkpoint.save(
             ckpt, model=f.model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict(), ema=ema.module.state_dict() if ema is not None else None,
@@ -237,13 +264,15 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
     with checkpoint.StopFlag(checkpoint.parse_budget(t.time_budget)) as stop:
         while epoch < t.epochs and not keeper.patience_ran_out(t.early_stopping):
             recipe.set_backbone_frozen(f.model, epoch < t.freeze_epochs)
+            forward = forward_for(epoch < t.freeze_epochs)
             set_train_size(f, recipe.progressive_size(t.progressive_sizes, epoch, t.epochs) or f.train_size)
             f.model.train()
             if step == 0:
                 scheduler.step_update(epoch * updates_per_epoch)  # a new phase starts at its own warmup LR
             f.sampler.set_epoch(epoch, skip=step * t.batch_size)
-            started = time.perf_counter()
+            started = fetch_started = time.perf_counter()
             for images, targets in f.train_loader:
+                partial["data_wait"] = partial.get("data_wait", 0.0) + time.perf_counter() - fetch_started
                 images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 if mixer is not None:
@@ -257,6 +286,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
                 partial["seen"] += len(images)
                 partial["loss"] += loss.item() * len(images)
                 if step % t.accumulate and step < batches_per_epoch:
+                    fetch_started = time.perf_counter()
                     continue  # gradients accumulate; stopping and checkpoints wait for the update
                 recipe.clip_and_step(optimizer, scaler, f.model.parameters(), t.clip_grad)
                 updates = epoch * updates_per_epoch + math.ceil(step / t.accumulate)
@@ -264,7 +294,10 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
                 if ema is not None:
                     ema.update(f.model, step=updates)
                 every = t.checkpoint_every
-                if stop.should_stop() or (every and step % every == 0 and step < batches_per_epoch):
+                stopping = distributed.broadcast_flag(stop.should_stop(), world)  # every rank stops at the same step
+                if stopping and stop.reason is None:
+                    stop.reason = "rank 0 was stopped"
+                if stopping or (every and step % every == 0 and step < batches_per_epoch):
                     partial["seconds"] += time.perf_counter() - started
                     started = time.perf_counter()
                     save_state(epoch, step)
@@ -272,6 +305,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
                         where = f"at epoch {epoch + 1} step {step}"
                         raise checkpoint.Stopped(f"fold {fold}: stopped ({stop.reason}) {where}; checkpoint {ckpt}; "
                                                  "re-run the same command to resume")  # fmt: skip
+                fetch_started = time.perf_counter()
             partial["seconds"] += time.perf_counter() - started
             row = evaluate_epoch(f, keeper, ema, activation, amp, epoch)
             row.update({
@@ -284,17 +318,22 @@ def train_fold(cfg: Config, fold: int, device: torch.device) -> Path:
                      row["train_loss"], cfg.metric, row[f"valid_{cfg.metric}"],
                      f"  ema {row[f'valid_{cfg.metric}_ema']:.4f}" if ema is not None else "",
                      row["train_images_per_s"])  # fmt: skip
-            artifacts.write_csv(out.train_log(fold), pd.DataFrame(history))
+            warn_if_starved(f, row, partial)
+            if world.is_main:
+                artifacts.write_csv(out.train_log(fold), pd.DataFrame(history))
             epoch, step, partial = epoch + 1, 0, {"seen": 0, "loss": 0.0, "seconds": 0.0}
             save_state(epoch, step)
             if keeper.patience_ran_out(t.early_stopping) and epoch < t.epochs:
                 log.info("fold %d: early stopping, no better %s for %d epochs (best: epoch %d, %.4f)", fold,
                          cfg.metric, t.early_stopping, keeper.best_epoch, keeper.best_score)  # fmt: skip
-            if stop.should_stop() and epoch < t.epochs:
+            if distributed.broadcast_flag(stop.should_stop(), world) and epoch < t.epochs:
                 raise checkpoint.Stopped(f"fold {fold}: stopped ({stop.reason}) after epoch {epoch}; "
                                          f"checkpoint {ckpt}; re-run the same command to resume")  # fmt: skip
-    finish_fold(f, keeper.probs, keeper.weights, {"lr": lr, "weights": keeper.source, "epoch": keeper.saved_epoch})
-    shutil.rmtree(ckpt.parent, ignore_errors=True)
+    if world.is_main:
+        facts = {"lr": lr, "weights": keeper.source, "epoch": keeper.saved_epoch}
+        finish_fold(f, keeper.probs, keeper.weights, facts)
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
+    distributed.barrier(world)
     return weights
 
 
@@ -335,8 +374,28 @@ def finish_fold(f: Fold, probs: np.ndarray, state: dict[str, torch.Tensor], fact
     artifacts.save_safetensors(f.out.weights(f.fold), state, metadata)
 
 
+DATA_WAIT_LIMIT = 0.10  # above this share of a step spent waiting for data, the loader is the bottleneck
+
+
+def warn_if_starved(f: Fold, row: dict[str, Any], partial: dict[str, float]) -> None:
+    """Record the share of the epoch spent waiting for batches; warn once per fold when it passes 10%."""
+    share = partial.get("data_wait", 0.0) / max(partial["seconds"], 1e-9)
+    row["data_wait_share"] = round(share, 3)
+    if share > DATA_WAIT_LIMIT and not getattr(f, "warned_starved", False):
+        f.warned_starved = True
+        log.warning(
+            "fold %d: %.0f%% of training time was spent waiting for data (the model is starved): raise "
+            "train.num_workers (now %d), keep train.cache on (decodes each image once), or lower train.image_size",
+            f.fold, 100 * share, f.cfg.train.num_workers,
+        )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
-    device = resolve_device(cfg.device)
-    for fold in folds_from_args(args, cfg):
-        train_fold(cfg, fold, device)
+    world, ddp_device = distributed.init_world(cfg.device)
+    device = ddp_device or resolve_device(cfg.device)
+    try:
+        for fold in folds_from_args(args, cfg):
+            train_fold(cfg, fold, device, world)
+    finally:
+        distributed.shutdown(world)

@@ -82,16 +82,23 @@ def _layer_kind(key: str) -> str:
 def map_by_position(source: dict, target: dict) -> dict:
     """Source tensors renamed to target's keys by position, after checking every pair really corresponds."""
     if len(source) != len(target):
-        raise UserError(f"{DISTRIBUTION}: checkpoint has {len(source)} tensors, timm's {TIMM_NAME} has {len(target)}; "
-                        "this package version is not supported, point model.pretrained at a weights file")
+        raise UserError(
+            f"{DISTRIBUTION}: checkpoint has {len(source)} tensors, timm's {TIMM_NAME} has {len(target)}; "
+            "this package version is not supported, point model.pretrained at a weights file"
+        )
     mapped = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=True):
-        same = (src.shape == dst.shape and src.dtype == dst.dtype
-                and src_key.rsplit(".", 1)[-1] == dst_key.rsplit(".", 1)[-1]
-                and _layer_kind(src_key) == _layer_kind(dst_key))
+        same = (
+            src.shape == dst.shape
+            and src.dtype == dst.dtype
+            and src_key.rsplit(".", 1)[-1] == dst_key.rsplit(".", 1)[-1]
+            and _layer_kind(src_key) == _layer_kind(dst_key)
+        )
         if not same:
-            raise UserError(f"{DISTRIBUTION}: {src_key} {tuple(src.shape)} {src.dtype} does not match timm's {dst_key} "
-                            f"{tuple(dst.shape)} {dst.dtype}; point model.pretrained at a weights file instead")
+            raise UserError(
+                f"{DISTRIBUTION}: {src_key} {tuple(src.shape)} {src.dtype} does not match timm's {dst_key} "
+                f"{tuple(dst.shape)} {dst.dtype}; point model.pretrained at a weights file instead"
+            )
         mapped[dst_key] = src
     return mapped
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from fake_kaggle import FakeKaggle
 
 REPO = Path(__file__).resolve().parent.parent

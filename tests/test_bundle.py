@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
+
 from conftest import tiny_experiment
 from fake_kaggle import FakeKaggle
-from test_chain import STAGES, write_competition_yaml
-
 from pipeline import paths
 from pipeline.__main__ import main
 from pipeline.bundle import kaggle_names, slugify
 from pipeline.config import TRAINING_SECTIONS, fingerprint, load_config
 from pipeline.wheels import _wheel_tag, canonical
+from test_chain import STAGES, write_competition_yaml
 
 pytest_plugins = ["conftest_kaggle"]
 if TYPE_CHECKING:

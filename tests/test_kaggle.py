@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
-from fake_kaggle import FakeKaggle, make_zip
 
 import pipeline as pipeline_package
+from fake_kaggle import FakeKaggle, make_zip
 from pipeline import download
 from pipeline.errors import UserError
 from pipeline.submit import describe, experiment_from_description

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_main, tiny_experiment
 from PIL import Image
-from test_chain import run_chain, write_competition_yaml
 
+from conftest import run_main, tiny_experiment
 from pipeline import interpret, planner, progress, report
 from pipeline.config import Config, FoldsConfig, TTAConfig, load_config
 from pipeline.errors import UserError
+from test_chain import run_chain, write_competition_yaml
 
 PLOTS = ("curves", "confusion", "top_losses", "tta", "plan")
 

@@ -54,8 +54,9 @@ def _load_original() -> dict:
 
 
 def _timm(path: os.PathLike, num_classes: int = 1000) -> torch.nn.Module:
-    return timm.create_model("tf_efficientnet_lite0", pretrained=True, num_classes=num_classes,
-                             pretrained_cfg_overlay=dict(file=str(path))).eval()
+    return timm.create_model(
+        "tf_efficientnet_lite0", pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(file=str(path))
+    ).eval()
 
 
 def _conv_same(x: torch.Tensor, w: torch.Tensor, stride: int, groups: int = 1) -> torch.Tensor:
@@ -72,8 +73,15 @@ def _reference_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
     """The original model's forward on the original key names (efficientnet_lite_pytorch/model.py, lite0)."""
 
     def bn(t: torch.Tensor, name: str) -> torch.Tensor:
-        return F.batch_norm(t, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                            sd[f"{name}.bias"], training=False, eps=1e-3)
+        return F.batch_norm(
+            t,
+            sd[f"{name}.running_mean"],
+            sd[f"{name}.running_var"],
+            sd[f"{name}.weight"],
+            sd[f"{name}.bias"],
+            training=False,
+            eps=1e-3,
+        )
 
     x = F.relu6(bn(_conv_same(x, sd["_conv_stem.weight"], 2), "_bn0"))
     strides = [s if i == 0 else 1 for repeats, s in LITE0_STAGES for i in range(repeats)]
@@ -170,8 +178,9 @@ def test_second_call_does_not_rewrite(converted: tuple) -> None:
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_default_path_and_cli_run(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch,
-                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_default_path_and_cli_run(
+    tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("PIPELINE_WEIGHTS_DIR", str(tmp_path))
     assert weights.lite0_weights_path() == tmp_path / "tf_efficientnet_lite0.safetensors"
     weights.lite0_weights_path().write_bytes(b"already here")  # an existing file is kept as it is
@@ -196,7 +205,7 @@ def test_mismatched_checkpoint_is_refused(source: dict) -> None:
     swapped = dict(source)
     keys = list(swapped)
     i = keys.index("_bn0.weight")
-    reordered = {k: swapped[k] for k in keys[:i] + [keys[i + 1], keys[i]] + keys[i + 2:]}  # weight<->bias, same shape
+    reordered = {k: swapped[k] for k in keys[:i] + [keys[i + 1], keys[i]] + keys[i + 2 :]}  # weight<->bias, same shape
     with pytest.raises(UserError, match="does not match"):
         weights.map_by_position(reordered, target)
     with pytest.raises(UserError, match="295 tensors"):
