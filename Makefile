@@ -7,7 +7,9 @@ SHELL := /bin/bash
 .SECONDARY:
 .DEFAULT_GOAL := help
 
-VENV ?= .venv
+# Absolute paths from the Makefile's own folder, so `make -f <repo>/Makefile` works from any project folder.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV ?= $(ROOT)/.venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
@@ -63,9 +65,9 @@ help: ## one line per target
 
 install: $(INSTALLED) ## create .venv and install the pinned stack (every target does this itself)
 
-$(INSTALLED): pyproject.toml constraints.txt
+$(INSTALLED): $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,demo]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(ROOT)/constraints.txt -e '$(ROOT)[dev,demo]'
 	echo "# installed $$(date -u +%FT%TZ)" > $@
 
 all: $(SUBMISSION) ## the whole chain: download, init, folds, train, predict, ensemble, submission

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -96,7 +97,7 @@ def build_cache(folder: Path, root: Path, images: list[str], interpolation: str 
         for i, image in enumerate(images):
             store[i] = resize_square(load_image(root / image), side, interpolation)
             if progress and (i + 1) % step == 0:
-                log.info("cache: %d/%d images decoded", i + 1, len(images))
+                log.debug("cache: %d/%d images decoded", i + 1, len(images))
         store.flush()
         del store
     artifacts.write_csv(folder / "index.csv", _fingerprint(root, images))
@@ -109,8 +110,10 @@ def ensure_cache(
     """The cache for `images` at `image_size`, built or rebuilt when missing or stale."""
     folder = cache_folder(processed, image_size)
     if not is_current(folder, root, images):
-        log.info("cache: decoding %d images once into %s", len(images), folder)
+        started = time.perf_counter()
         build_cache(folder, root, images, interpolation)
+        seconds = time.perf_counter() - started
+        log.info("cache: %d images decoded once into %s (%.1f s)", len(images), folder, seconds)
     return ImageCache(folder)
 
 

@@ -86,7 +86,10 @@ def predict_each_view(
     from pipeline.loader import ImageDataset, make_loader
     from pipeline.train import amp_settings, output_activation
 
-    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg))
+    from pipeline.cache import cache_for
+
+    cache = cache_for(cfg, dcfg, build=False)  # the pixels predict saw, so per-view scores add up to its OOF
+    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg), cache=cache)
     loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, device)
     activation = output_activation(cfg)
     enabled, dtype = amp_settings(device, cfg.train.amp, cfg.train.cpu_bf16)

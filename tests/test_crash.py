@@ -28,7 +28,7 @@ from pipeline.init import infer_data
 EPOCHS = 2
 TRAIN = {"epochs": EPOCHS, "batch_size": 4, "deterministic": True, "checkpoint_every": 2, "ema": True, "mixup": 0.2}
 # Same between runs: losses and scores. Different: wall-clock columns.
-CLOCK_COLUMNS = ("seconds", "train_images_per_s")
+CLOCK_COLUMNS = ("seconds", "train_images_per_s", "data_wait_share")
 
 
 @pytest.fixture(scope="module")

@@ -75,8 +75,6 @@ def test_ddp_matches_single_process_and_covers_every_row(project: Path) -> None:
 
 
 def test_fold_parallel_make_equals_serial(project: Path) -> None:
-    for name in (".venv", "pyproject.toml", "constraints.txt"):
-        (project / name).symlink_to(REPO / name)
     write_competition_yaml(project, "csv")
     serial = tiny_experiment(project, name="serial", train={"deterministic": True})
     parallel = tiny_experiment(project, name="parallel", train={"deterministic": True})

@@ -546,12 +546,14 @@ def test_bad_input_is_one_clear_line(
 
     elapsed = time.monotonic() - started
     lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
     assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    # one `error:` line, and it is the last thing said (progress lines of work done before it may precede it)
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert errors[0].startswith("error: ")
     assert "Traceback" not in result.stderr
     for fragment in case.expect:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
     assert (output.read_bytes() if output.is_file() else None) == before
     assert before is not None or not output.exists()
     assert not [p for p in project.rglob("*.tmp")], "a temp file was left behind"

@@ -23,8 +23,6 @@ def make(project: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def make_project(project: Path) -> Path:
     """A project folder that shares this checkout's virtualenv (Make's install stamp included)."""
-    for name in (".venv", "pyproject.toml", "constraints.txt"):
-        (project / name).symlink_to(REPO / name)
     return project
 
 
