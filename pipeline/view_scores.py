@@ -83,10 +83,9 @@ def predict_each_view(
     import torch
 
     from pipeline.augment import eval_transform
+    from pipeline.cache import cache_for
     from pipeline.loader import ImageDataset, make_loader
     from pipeline.train import amp_settings, output_activation
-
-    from pipeline.cache import cache_for
 
     cache = cache_for(cfg, dcfg, build=False)  # the pixels predict saw, so per-view scores add up to its OOF
     dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg), cache=cache)

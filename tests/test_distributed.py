@@ -79,10 +79,11 @@ def test_fold_parallel_make_equals_serial(project: Path) -> None:
     serial = tiny_experiment(project, name="serial", train={"deterministic": True})
     parallel = tiny_experiment(project, name="parallel", train={"deterministic": True})
     env = {**os.environ, "PIPELINE_ROOT": str(project)}
-    env.pop("MAKEFLAGS", None)
+    for name in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):  # a make inside `make test`
+        env.pop(name, None)
     for config, extra in ((serial, []), (parallel, ["-j2", "FOLD_GPUS=0,1"])):
         rel = str(config.relative_to(project))
-        done = subprocess.run(["make", "-f", str(REPO / "Makefile"), "train", f"CONFIG={rel}", *extra], cwd=project,
+        done = subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "train", f"CONFIG={rel}", *extra], cwd=project,
                               env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
     assert "CUDA_VISIBLE_DEVICES=1" in done.stdout  # fold 1 got the second GPU

@@ -15,8 +15,9 @@ from test_chain import write_competition_yaml
 
 def make(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PIPELINE_ROOT": str(project)}
-    env.pop("MAKEFLAGS", None)
-    return subprocess.run(["make", "-f", str(REPO / "Makefile"), *args], cwd=project, env=env, capture_output=True,
+    for name in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):  # a make inside `make test`
+        env.pop(name, None)
+    return subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args], cwd=project, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
 
 
