@@ -83,8 +83,8 @@ def test_fold_parallel_make_equals_serial(project: Path) -> None:
         env.pop(name, None)
     for config, extra in ((serial, []), (parallel, ["-j2", "FOLD_GPUS=0,1"])):
         rel = str(config.relative_to(project))
-        done = subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "train", f"CONFIG={rel}", *extra], cwd=project,
-                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        command = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "train", f"CONFIG={rel}", *extra]
+        done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout + done.stderr
     assert "CUDA_VISIBLE_DEVICES=1" in done.stdout  # fold 1 got the second GPU
     for fold in (0, 1):

@@ -17,8 +17,8 @@ def make(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PIPELINE_ROOT": str(project)}
     for name in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):  # a make inside `make test`
         env.pop(name, None)
-    return subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    command = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture
