@@ -131,6 +131,8 @@ def resolved_config(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     competition["data"]["holdout"] = None  # test labels stay at home
     experiment = {key: value for key, value in values.items() if key not in (*COMPETITION_KEYS, "comp", "exp")}
     experiment["device"] = "cpu" if cfg.device == "cpu" else "auto"  # mps at home -> the Kernel's GPU if it has one
+    if cfg.tta.views == "auto":  # the Kernel predicts with the views ensemble chose on OOF
+        experiment["tta"]["views"] = json.loads(paths.for_config(cfg).scores.read_text())["tta_views"]
     return competition, experiment
 
 

@@ -110,7 +110,7 @@ class AugmentConfig:
 
 @dataclass
 class TTAConfig:
-    views: list[str] = field(default_factory=lambda: ["identity", "hflip"])
+    views: list[str] | str = field(default_factory=lambda: ["identity", "hflip"])  # or auto: chosen on OOF
 
 
 @dataclass
@@ -313,7 +313,9 @@ def validate(cfg: Config) -> None:
 
     if cfg.metric not in METRICS:
         raise ConfigError(f"metric: unknown metric {cfg.metric!r}; known: {', '.join(sorted(METRICS))}")
-    for i, view in enumerate(cfg.tta.views):
+    if isinstance(cfg.tta.views, str) and cfg.tta.views != "auto":
+        raise ConfigError(f"tta.views: expected a list of views or auto, got {cfg.tta.views!r}")
+    for i, view in enumerate(cfg.tta.views if isinstance(cfg.tta.views, list) else []):
         if view not in VIEWS:
             raise ConfigError(f"tta.views[{i}]: unknown view {view!r}; known: {', '.join(VIEWS)}")
 

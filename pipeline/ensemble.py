@@ -44,20 +44,50 @@ def read_probs(path, classes: list[str]) -> pd.DataFrame:  # noqa: ANN001 - Path
     return frame.astype({c: float for c in classes})
 
 
-def blend_folds(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
+def fold_probs(cfg: Config, fold: int, views: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A fold's (oof, test) probabilities: predict's files, or with `views` (tta.views: auto) the mean of those
+    views from its per-view files."""
+    out = paths.for_config(cfg)
+    if views is None:
+        return read_probs(out.oof(fold), cfg.data.classes), read_probs(out.test_probs(fold), cfg.data.classes)
+    frames = []
+    for path in (out.oof_by_view(fold), out.test_by_view(fold)):
+        table = read_csv(path, "per-view probabilities").astype({c: float for c in cfg.data.classes})
+        table = table[table["view"].isin(views)]
+        frames.append(table.groupby("id", sort=False)[cfg.data.classes].mean().reset_index())
+    return frames[0], frames[1]
+
+
+def choose_auto_views(cfg: Config) -> dict[str, Any]:
+    """tta.views: auto: every fold's per-view OOF -> the chosen views and their nested-CV gain (pipeline.tta_auto)."""
+    from pipeline.tta_auto import by_view, choose_views
+
+    out = paths.for_config(cfg)
+    folds = read_folds(out)
+    parts = [read_csv(out.oof_by_view(k), "per-view OOF").astype({c: float for c in cfg.data.classes})
+             for k in range(cfg.folds.n_folds)]  # fmt: skip
+    views = by_view(pd.concat(parts, ignore_index=True), cfg.data.classes, list(folds["id"]))
+    choice = choose_views(views, encode_targets(folds["label"], cfg.data), folds["fold"].to_numpy(), cfg.metric)
+    note = "; no gain, so no TTA" if choice["fell_back_to_identity"] else ""
+    log.info("ensemble: tta.views auto chose %s (nested CV %.4f vs identity %.4f)%s", "+".join(choice["chosen"]),
+             choice["nested_cv"], choice["identity_cv"], note)  # fmt: skip
+    return choice
+
+
+def blend_folds(cfg: Config, views: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
     """(oof over all rows in folds.csv order, mean test probabilities, per-fold scores)."""
     out = paths.for_config(cfg)
     classes = cfg.data.classes
     folds = read_folds(out)
     oofs, tests, fold_scores = [], [], []
     for fold in range(cfg.folds.n_folds):
-        oof = read_probs(out.oof(fold), classes)
+        oof, test = fold_probs(cfg, fold, views)
         rows = folds[folds["fold"] == fold]
         if list(oof["id"]) != list(rows["id"]):
             raise UserError(f"{out.oof(fold)}: ids differ from fold {fold} of {out.folds_csv}; re-run predict")
         fold_scores.append(score(cfg.metric, encode_targets(rows["label"], cfg.data), oof[classes].to_numpy()))
         oofs.append(oof)
-        tests.append(read_probs(out.test_probs(fold), classes))
+        tests.append(test)
     oof_all = pd.concat(oofs).set_index("id").loc[folds["id"]].reset_index()
     for fold, test in enumerate(tests[1:], start=1):
         if list(test["id"]) != list(tests[0]["id"]):
@@ -95,7 +125,8 @@ def choose_thresholds(cfg: Config, targets: np.ndarray, probs: np.ndarray, cv: f
 def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
-    oof, blended, fold_scores = blend_folds(cfg)
+    auto = choose_auto_views(cfg) if cfg.tta.views == "auto" else None
+    oof, blended, fold_scores = blend_folds(cfg, auto["chosen"] if auto else None)
     folds = read_folds(out)
     targets, probs = encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy()
     cv = score(cfg.metric, targets, probs)
@@ -110,7 +141,8 @@ def run(args: argparse.Namespace) -> None:
         "holdout": holdout_score(cfg, blended),
         "holdout_thresholded": holdout_score(cfg, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
-        "tta_views": views_or_identity(cfg.tta.views),
+        "tta_views": auto["chosen"] if auto else views_or_identity(cfg.tta.views),
+        "tta_auto": auto,
         "model": cfg.model.name,
         "seed": cfg.train.seed,
         "folds_seed": cfg.folds.seed,

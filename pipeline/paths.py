@@ -106,6 +106,13 @@ class Paths:
     def test_probs(self, fold: int) -> Path:
         return self.fold_dir(fold) / "test.csv"
 
+    def oof_by_view(self, fold: int) -> Path:
+        """tta.views: auto: every candidate view's OOF probabilities (id, view, classes)."""
+        return self.fold_dir(fold) / "oof_by_view.csv"
+
+    def test_by_view(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "test_by_view.csv"
+
     @property
     def resolved_config(self) -> Path:
         return self.run / "config.yaml"

@@ -72,23 +72,31 @@ def load_fold_model(cfg: Config, fold: int, device: torch.device) -> tuple[torch
 
 @torch.no_grad()
 def predict_table(
-    model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device
+    model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device, by_view: bool = False
 ) -> pd.DataFrame:
-    """id + class probabilities for every row of `table` (id, image), averaged over the TTA views."""
+    """id + class probabilities for every row of `table` (id, image), averaged over the TTA views; with
+    `by_view`, one block of rows per view instead (id, view, classes), each image still decoded once."""
     dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg),
                            cache=cache_for(cfg, dcfg, build=False))  # fmt: skip
     loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, device)
     activation = output_activation(cfg)
     enabled, dtype = amp_settings(device, cfg.train.amp, cfg.train.cpu_bf16)
-    chunks = []
+    groups = [[v] for v in views_or_identity(cfg.tta.views)] if by_view else [views_or_identity(cfg.tta.views)]
+    chunks: list[list[np.ndarray]] = [[] for _ in groups]
     for images, _ in loader:
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=enabled):
-            chunks.append(predict_views(model, images, cfg.tta.views, activation).cpu().numpy())
-    probs = np.concatenate(chunks) if chunks else np.zeros((0, cfg.num_classes), dtype=np.float32)
-    frame = pd.DataFrame(probs, columns=cfg.data.classes)
-    frame.insert(0, "id", table["id"].to_numpy())
-    return frame
+            for group, views in zip(chunks, groups, strict=True):
+                group.append(predict_views(model, images, views, activation).cpu().numpy())
+    frames = []
+    for views, parts in zip(groups, chunks, strict=True):
+        probs = np.concatenate(parts) if parts else np.zeros((0, cfg.num_classes), dtype=np.float32)
+        frame = pd.DataFrame(probs, columns=cfg.data.classes)
+        if by_view:
+            frame.insert(0, "view", views[0])
+        frame.insert(0, "id", table["id"].to_numpy())
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if by_view else frames[0]
 
 
 def predict_sharded(
@@ -119,8 +127,19 @@ def predict_fold(cfg: Config, fold: int, device: torch.device, world: World = di
     if not out.test_csv.exists():
         raise UserError(f"{out.test_csv} not found; run `make folds CONFIG=...` first")
     test = read_csv(out.test_csv, "test listing")
-    oof = predict_sharded(model, cfg, dcfg, folds[folds["fold"] == fold], device, world)
-    test_probs = predict_sharded(model, cfg, dcfg, test, device, world)
+    if cfg.tta.views == "auto":  # every candidate view kept apart; ensemble chooses among them on OOF
+        if not world.is_main:  # rank 0 predicts these rows alone
+            return
+        oof_views = predict_table(model, cfg, dcfg, folds[folds["fold"] == fold], device, by_view=True)
+        test_views = predict_table(model, cfg, dcfg, test, device, by_view=True)
+        artifacts.write_csv(out.oof_by_view(fold), oof_views)
+        artifacts.write_csv(out.test_by_view(fold), test_views)
+        classes = cfg.data.classes
+        oof = oof_views.groupby("id", sort=False)[classes].mean().reset_index()
+        test_probs = test_views.groupby("id", sort=False)[classes].mean().reset_index()
+    else:
+        oof = predict_sharded(model, cfg, dcfg, folds[folds["fold"] == fold], device, world)
+        test_probs = predict_sharded(model, cfg, dcfg, test, device, world)
     if not world.is_main:  # rank 0 gathered every row and writes the files
         return
     artifacts.write_csv(out.oof(fold), oof)

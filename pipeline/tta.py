@@ -33,8 +33,13 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def views_or_identity(names: list[str]) -> list[str]:
-    """`[]` means no TTA, which is the identity view alone."""
+AUTO_CANDIDATES = ("identity", "hflip", "vflip", "hvflip")  # what `tta.views: auto` chooses from (pipeline.tta_auto)
+
+
+def views_or_identity(names: list[str] | str) -> list[str]:
+    """`[]` means no TTA, which is the identity view alone; `auto` means every candidate until one is chosen."""
+    if names == "auto":
+        return list(AUTO_CANDIDATES)
     return list(names) or ["identity"]
 
 
