@@ -25,6 +25,7 @@ from pipeline.augment import INTERPOLATIONS
 from pipeline.cli import config_from_args
 from pipeline.data import load_image, read_csv
 from pipeline.errors import UserError
+from pipeline.progress import progress as report
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,8 @@ def build_cache(folder: Path, root: Path, images: list[str], interpolation: str 
     (folder / "index.csv").unlink(missing_ok=True)  # from here on the cache is not current until rebuilt
     with artifacts.atomic_path(folder / "images.u8") as tmp:
         store = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(images), side, side, 3))
-        step = max(1, len(images) // 10)
-        for i, image in enumerate(images):
+        for i, image in enumerate(report(images, total=len(images), desc="cache", enabled=progress)):
             store[i] = resize_square(load_image(root / image), side, interpolation)
-            if progress and (i + 1) % step == 0:
-                log.debug("cache: %d/%d images decoded", i + 1, len(images))
         store.flush()
         del store
     artifacts.write_csv(folder / "index.csv", _fingerprint(root, images))

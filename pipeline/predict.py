@@ -30,6 +30,7 @@ from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.loader import ImageDataset, make_loader
 from pipeline.model import build_model, resolve_device
+from pipeline.progress import len_of_batch, progress
 from pipeline.train import amp_settings, output_activation, read_folds
 from pipeline.tta import predict_views, views_or_identity
 
@@ -83,7 +84,7 @@ def predict_table(
     enabled, dtype = amp_settings(device, cfg.train.amp, cfg.train.cpu_bf16)
     groups = [[v] for v in views_or_identity(cfg.tta.views)] if by_view else [views_or_identity(cfg.tta.views)]
     chunks: list[list[np.ndarray]] = [[] for _ in groups]
-    for images, _ in loader:
+    for images, _ in progress(loader, total=len(dataset), desc="predict", count=len_of_batch):
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=enabled):
             for group, views in zip(chunks, groups, strict=True):

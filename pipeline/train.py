@@ -41,6 +41,7 @@ from pipeline.errors import UserError
 from pipeline.loader import EpochSampler, ImageDataset, make_loader
 from pipeline.metrics import score
 from pipeline.model import build_model, data_config, resolve_device
+from pipeline.progress import len_of_batch, progress
 from pipeline.recipe import two_hot
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,9 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
                 scheduler.step_update(epoch * updates_per_epoch)  # a new phase starts at its own warmup LR
             f.sampler.set_epoch(epoch, skip=step * t.batch_size)
             started = fetch_started = time.perf_counter()
-            for images, targets in f.train_loader:
+            batches = progress(f.train_loader, total=len(f.train_loader.sampler), desc=f"fold {fold} epoch {epoch + 1}",
+                               count=len_of_batch, enabled=world.is_main)  # fmt: skip
+            for images, targets in batches:
                 partial["data_wait"] = partial.get("data_wait", 0.0) + time.perf_counter() - fetch_started
                 images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
