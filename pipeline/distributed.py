@@ -11,10 +11,12 @@ every row is predicted exactly once.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +24,9 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 
 @dataclass(frozen=True)
@@ -133,3 +138,18 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def shutdown(world: World) -> None:
     if world.active and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_folds(args: argparse.Namespace, work: Callable[[Config, int, torch.device, World], object]) -> None:
+    """A per-fold stage's entry point: config from the CLI, the process group when under torchrun, each fold."""
+    from pipeline.cli import config_from_args, folds_from_args
+    from pipeline.model import resolve_device
+
+    cfg = config_from_args(args)
+    world, ddp_device = init_world(cfg.device)
+    device = ddp_device or resolve_device(cfg.device)
+    try:
+        for fold in folds_from_args(args, cfg):
+            work(cfg, fold, device, world)
+    finally:
+        shutdown(world)

@@ -23,13 +23,12 @@ from safetensors.torch import load_file
 from pipeline import artifacts, distributed, paths
 from pipeline.augment import eval_transform
 from pipeline.cache import cache_for
-from pipeline.cli import config_from_args, folds_from_args
 from pipeline.config import TRAINING_SECTIONS, Config, fingerprint
 from pipeline.data import read_csv
 from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.loader import ImageDataset, make_loader
-from pipeline.model import build_model, resolve_device
+from pipeline.model import build_model
 from pipeline.progress import len_of_batch, progress
 from pipeline.train import amp_settings, output_activation, read_folds
 from pipeline.tta import predict_views, views_or_identity
@@ -150,11 +149,4 @@ def predict_fold(cfg: Config, fold: int, device: torch.device, world: World = di
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args)
-    world, ddp_device = distributed.init_world(cfg.device)
-    device = ddp_device or resolve_device(cfg.device)
-    try:
-        for fold in folds_from_args(args, cfg):
-            predict_fold(cfg, fold, device, world)
-    finally:
-        distributed.shutdown(world)
+    distributed.run_folds(args, predict_fold)

@@ -33,14 +33,13 @@ import torch
 from pipeline import artifacts, checkpoint, distributed, paths, recipe
 from pipeline.augment import eval_transform, train_transform
 from pipeline.cache import cache_for
-from pipeline.cli import config_from_args, folds_from_args
 from pipeline.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 from pipeline.data import encode_targets, read_csv
 from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.loader import EpochSampler, ImageDataset, make_loader
 from pipeline.metrics import score
-from pipeline.model import build_model, data_config, resolve_device
+from pipeline.model import build_model, data_config
 from pipeline.progress import len_of_batch, progress
 from pipeline.recipe import two_hot
 
@@ -394,11 +393,4 @@ def warn_if_starved(f: Fold, row: dict[str, Any], partial: dict[str, float]) -> 
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args)
-    world, ddp_device = distributed.init_world(cfg.device)
-    device = ddp_device or resolve_device(cfg.device)
-    try:
-        for fold in folds_from_args(args, cfg):
-            train_fold(cfg, fold, device, world)
-    finally:
-        distributed.shutdown(world)
+    distributed.run_folds(args, train_fold)
