@@ -51,7 +51,11 @@ comma := ,
 FOLD_GPU_LIST := $(subst $(comma), ,$(FOLD_GPUS))
 fold_gpu = $(if $(FOLD_GPU_LIST),CUDA_VISIBLE_DEVICES=$(word $(shell echo $$(( $(1) % $(words $(FOLD_GPU_LIST)) + 1 ))),$(FOLD_GPU_LIST)) )
 
-export PIPELINE_MAKE_START ?= $(shell date +%s)
+# When this make started (simple expansion: evaluated once), so `summary` can tell what this run retrained.
+ifndef PIPELINE_MAKE_START
+PIPELINE_MAKE_START := $(shell date +%s)
+endif
+export PIPELINE_MAKE_START
 
 # The virtualenv is a makefile Make includes, so a fresh clone builds it before anything else runs.
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -83,3 +84,26 @@ def test_tta_decodes_each_image_once(images, decode_counter) -> None:
     )
     assert probs.shape == (len(names), 3)
     assert len(decode_counter) == len(names)  # four views, one decode per image
+
+
+def test_data_wait_warning_fires_when_the_loader_is_slowed(project: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    import time
+
+    from conftest import run_main, tiny_experiment
+    from test_chain import write_competition_yaml
+
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project, train={"cache": False})
+    assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
+
+    def slow(path: Path) -> np.ndarray:
+        time.sleep(0.05)  # a loader far slower than the tiny model's step
+        return load_image(path)
+
+    monkeypatch.setattr(loader_module, "load_image", slow)
+    result = run_main(capsys, "train", "--config", str(config), "--fold", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("waiting for data") == 1  # warned once, naming the fixes
+    assert "train.num_workers" in result.stderr and "train.cache" in result.stderr
+    log = pd.read_csv(project / "data/runs/toy/tiny/fold0/log.csv")
+    assert log["data_wait_share"].iloc[0] > 0.5

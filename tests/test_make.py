@@ -49,6 +49,7 @@ def test_make_all_then_nothing_to_retrain(make_project: Path) -> None:
     first = make(make_project, "all", f"CONFIG={config}")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "pipeline train" in first.stdout and "CV accuracy" in first.stdout
+    assert "this run trained fold(s) 0, 1" in first.stdout
     assert (make_project / "submissions/toy/tiny.csv").is_file()
     second = make(make_project, "all", f"CONFIG={config}")
     assert second.returncode == 0, second.stderr
