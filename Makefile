@@ -53,7 +53,7 @@ fold_gpu = $(if $(FOLD_GPU_LIST),CUDA_VISIBLE_DEVICES=$(word $(shell echo $$(( $
 
 # When this make started (simple expansion: evaluated once), so `summary` can tell what this run retrained.
 ifndef PIPELINE_MAKE_START
-PIPELINE_MAKE_START := $(shell date +%s)
+PIPELINE_MAKE_START := $(shell date +%s.%N)
 endif
 export PIPELINE_MAKE_START
 
