@@ -52,7 +52,7 @@ FOLD_GPU_LIST := $(subst $(comma), ,$(FOLD_GPUS))
 fold_gpu = $(if $(FOLD_GPU_LIST),CUDA_VISIBLE_DEVICES=$(word $(shell echo $$(( $(1) % $(words $(FOLD_GPU_LIST)) + 1 ))),$(FOLD_GPU_LIST)) )
 
 # When this make started (simple expansion: evaluated once), so `summary` can tell what this run retrained.
-ifndef PIPELINE_MAKE_START
+ifeq ($(MAKELEVEL),0)
 PIPELINE_MAKE_START := $(shell date +%s.%N)
 endif
 export PIPELINE_MAKE_START
