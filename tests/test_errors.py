@@ -245,28 +245,21 @@ def empty_train_table(c: Ctx) -> None:
     c.save_table(c.table().iloc[:0])
 
 
-def duplicate_ids(c: Ctx) -> None:
-    frame = c.table()
-    frame.loc[7, "id"] = "tr002"
-    c.save_table(frame)
+def set_cell(row: int, column: str, value: str) -> Callable[[Ctx], None]:
+    """A case that writes `value` into one cell of the train table."""
+
+    def edit(c: Ctx) -> None:
+        frame = c.table()
+        frame.loc[row, column] = value
+        c.save_table(frame)
+
+    return edit
 
 
-def empty_id(c: Ctx) -> None:
-    frame = c.table()
-    frame.loc[4, "id"] = ""
-    c.save_table(frame)
-
-
-def nan_label(c: Ctx) -> None:
-    frame = c.table()
-    frame.loc[5, "label"] = ""
-    c.save_table(frame)
-
-
-def unknown_label(c: Ctx) -> None:
-    frame = c.table()
-    frame.loc[6, "label"] = "wolf"
-    c.save_table(frame)
+duplicate_ids = set_cell(7, "id", "tr002")
+empty_id = set_cell(4, "id", "")
+nan_label = set_cell(5, "label", "")
+unknown_label = set_cell(6, "label", "wolf")
 
 
 def rare_class(c: Ctx) -> None:
