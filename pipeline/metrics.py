@@ -80,3 +80,18 @@ METRICS: dict[str, Metric] = {
 
 def score(name: str, targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
     return METRICS[name].fn(targets, probs, threshold)
+
+
+# One truth for "is a higher score better?": every stage that compares, sorts or picks scores calls these.
+def higher_is_better(name: str) -> bool:
+    return METRICS[name].higher_is_better
+
+
+def is_better(name: str, new: float, old: float, margin: float = 0.0) -> bool:
+    """True when `new` beats `old` by more than `margin` in the metric's own direction."""
+    return new > old + margin if higher_is_better(name) else new < old - margin
+
+
+def goodness(name: str, value: float) -> float:
+    """`value` signed so that larger is always better: a key for max() and sort()."""
+    return value if higher_is_better(name) else -value
