@@ -94,22 +94,23 @@ def images_per_s(loader: DataLoader, n: int) -> float:
 
 def run(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    root = paths.project_root() / "data" / "bench"
     device = torch.device("cpu")
-    images = make_images(root / "images", N_IMAGES)
+    images = make_images(paths.bench_images(), N_IMAGES)
     model = build_model(ModelConfig(name=MODEL, pretrained=False), 10)
     dcfg = data_config(model, IMAGE_SIZE)
     augment = train_transform(AugmentConfig(), dcfg)
-    cache_dir = root / "cache" / f"{cache_side(IMAGE_SIZE)}px"
+    cache_dir = paths.bench_cache(cache_side(IMAGE_SIZE))
     started = time.perf_counter()
-    build_cache(cache_dir, root / "images", images, progress=False)
+    build_cache(cache_dir, paths.bench_images(), images, progress=False)
     cache_build_s = time.perf_counter() - started
     cache = ImageCache(cache_dir)
 
     # a. loader throughput
     naive_tf = A.Compose([*augment.transforms, A.Normalize(mean=dcfg["mean"], std=dcfg["std"])])
-    naive = DataLoader(NaiveDataset(root / "images", images, naive_tf), batch_size=BATCH, num_workers=WORKERS)
-    ours_ds = ImageDataset(root / "images", images, np.zeros(len(images), dtype=np.int64), augment, seed=0, cache=cache)
+    naive = DataLoader(NaiveDataset(paths.bench_images(), images, naive_tf), batch_size=BATCH, num_workers=WORKERS)
+    ours_ds = ImageDataset(
+        paths.bench_images(), images, np.zeros(len(images), dtype=np.int64), augment, seed=0, cache=cache
+    )
     ours = make_loader(ours_ds, BATCH, WORKERS, device, sampler=EpochSampler(len(images), 0))
     naive_ips, ours_ips = images_per_s(naive, len(images)), images_per_s(ours, len(images))
 
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> None:
     model.eval()
     views = ["identity", "hflip", "vflip", "hvflip"]
     soft = lambda logits: logits.softmax(dim=1)  # noqa: E731
-    eval_ds = ImageDataset(root / "images", images, None, eval_transform(dcfg), cache=cache)
+    eval_ds = ImageDataset(paths.bench_images(), images, None, eval_transform(dcfg), cache=cache)
     eval_loader = make_loader(eval_ds, BATCH * 2, WORKERS, device)
     batches = [x for x, _ in eval_loader]
     with torch.no_grad():
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
         big = ImageCache(cache_dir)
         big.rows = {f"{k}:{name}": big.rows[name] for k in range(factor) for name in images}
         keys = list(big.rows)
-        ds = ImageDataset(root / "images", keys, np.zeros(len(many), dtype=np.int64), augment, seed=0, cache=big)
+        ds = ImageDataset(paths.bench_images(), keys, np.zeros(len(many), dtype=np.int64), augment, seed=0, cache=big)
         loader = make_loader(ds, BATCH, WORKERS, device, sampler=EpochSampler(len(many), 0))
         seconds = best_seconds(lambda loader=loader: drain(loader))
         tracemalloc.start()
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> None:
         "peak_memory_ratio_16x": (result["peak_memory_ratio_16x"], "<= 1.5", memory_growth <= 1.5),
     }
     result["targets_met"] = all(ok for _, _, ok in targets.values())
-    artifacts.write_json(root / "bench.json", result)
+    artifacts.write_json(paths.bench_json(), result)
     print(f"{'measure':<24}{'value':>10}  target   ok")
     for name, (value, target, ok) in targets.items():
         print(f"{name:<24}{value:>10}  {target:<8} {'yes' if ok else 'NO'}")

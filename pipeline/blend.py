@@ -26,7 +26,7 @@ from pipeline import artifacts, paths
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.data import encode_targets, read_csv
 from pipeline.errors import UserError
-from pipeline.metrics import METRICS, score
+from pipeline.metrics import goodness, higher_is_better, is_better, score
 from pipeline.submission import format_submission
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _normalise(blended: np.ndarray, task: str) -> np.ndarray:
 
 def fit_weights(stack: np.ndarray, targets: np.ndarray, metric: str, task: str) -> np.ndarray:
     """Non-negative weights summing to 1 that optimise `metric` on these rows (softmax-parametrised search)."""
-    sign = -1.0 if METRICS[metric].higher_is_better else 1.0
+    sign = -1.0 if higher_is_better(metric) else 1.0
     n = len(stack)
 
     def loss(theta: np.ndarray) -> float:
@@ -163,11 +163,11 @@ def run(args: argparse.Namespace) -> None:
     test_stack = np.stack([e.test for e in experiments])
     equal = np.full(len(experiments), 1.0 / len(experiments))
     mean_cv = score(cfg.metric, targets, _normalise(combine(stack, equal, "mean"), cfg.data.task))
-    better = (lambda a, b: a > b) if METRICS[cfg.metric].higher_is_better else (lambda a, b: a < b)
-    best = max(experiments, key=lambda e: e.cv if METRICS[cfg.metric].higher_is_better else -e.cv)
+    better = lambda a, b: is_better(cfg.metric, a, b)  # noqa: E731
+    best = max(experiments, key=lambda e: goodness(cfg.metric, e.cv))
     result: dict = {
         "metric": cfg.metric,
-        "higher_is_better": METRICS[cfg.metric].higher_is_better,
+        "higher_is_better": higher_is_better(cfg.metric),
         "experiments": {e.name: e.cv for e in experiments},
         "best_single": {"experiment": best.name, "cv": best.cv},
         "mean_cv": mean_cv,

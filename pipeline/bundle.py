@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import artifacts, paths, wheels
+from pipeline.checkpoint import trained_fingerprint
 from pipeline.cli import config_from_args
 from pipeline.config import (
     COMPETITION_KEYS,
@@ -47,6 +48,7 @@ from pipeline.config import (
     to_dict,
 )
 from pipeline.errors import UserError
+from pipeline.tta_auto import effective_views
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,6 @@ def kaggle_user(explicit: str | None) -> str:
 
 def check_run(cfg: Config) -> None:
     """Every fold is trained under this config and predicted; UserError naming what is missing otherwise."""
-    from pipeline.train import trained_fingerprint
-
     out = paths.for_config(cfg)
     if cfg.sample:
         raise UserError(f"kaggle-bundle: a sample run (sample={cfg.sample}) predicts only part of the test set and "
@@ -131,8 +131,7 @@ def resolved_config(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     competition["data"]["holdout"] = None  # test labels stay at home
     experiment = {key: value for key, value in values.items() if key not in (*COMPETITION_KEYS, "comp", "exp")}
     experiment["device"] = "cpu" if cfg.device == "cpu" else "auto"  # mps at home -> the Kernel's GPU if it has one
-    if cfg.tta.views == "auto":  # the Kernel predicts with the views ensemble chose on OOF
-        experiment["tta"]["views"] = json.loads(paths.for_config(cfg).scores.read_text())["tta_views"]
+    experiment["tta"]["views"] = effective_views(cfg)  # auto: the views ensemble chose, which the fold OOF holds
     return competition, experiment
 
 

@@ -122,3 +122,14 @@ class StopFlag:
         if self.reason is None and self.budget and time.monotonic() - self.started >= self.budget:
             self.reason = f"time budget of {self.budget:.0f} s reached"
         return self.reason is not None
+
+
+def trained_fingerprint(weights: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return (f.metadata() or {}).get("fingerprint")
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{weights} is not a safetensors file this pipeline wrote ({exc}); "
+                        f"delete {weights.parent} and re-run train") from exc  # fmt: skip

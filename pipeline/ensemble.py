@@ -8,7 +8,9 @@ seed, config, git commit and package versions that produced them. Before scores.
 thresholds.json: per-label thresholds (multi-label) or cut points on the expected class (ordinal) fitted
 on all OOF rows with the competition metric (pipeline.recipe.fit_thresholds), kept only when they beat
 0.5/argmax there, else {"kind": "none"}; scores.json then also holds `cv_thresholded` and
-`holdout_thresholded` (optimistic for the CV: fitted on the rows it scores).
+`holdout_thresholded` (optimistic for the CV: fitted on the rows it scores). With tta.views auto it first chooses
+the views on the per-view OOF (pipeline.tta_auto), rewrites each fold's oof.csv/test.csv as their mean and records
+them in tta_views.json, so every later reader (bundle, Kernel, report, planner) sees the views actually used.
 """
 
 from __future__ import annotations
@@ -20,16 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, paths
+from pipeline import artifacts, paths, tta_auto
 from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.data import encode_targets, read_csv
 from pipeline.errors import UserError
-from pipeline.metrics import METRICS, score
+from pipeline.fold import read_folds
+from pipeline.metrics import higher_is_better, is_better, score
 from pipeline.provenance import git_commit, package_versions
 from pipeline.recipe import fit_thresholds, hard_probs
-from pipeline.train import read_folds
-from pipeline.tta import views_or_identity
 
 log = logging.getLogger(__name__)
 
@@ -41,47 +42,50 @@ def read_probs(path, classes: list[str]) -> pd.DataFrame:  # noqa: ANN001 - Path
     missing = [c for c in ["id", *classes] if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {missing}; re-run predict")
-    return frame.astype({c: float for c in classes})
-
-
-def fold_probs(cfg: Config, fold: int, views: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A fold's (oof, test) probabilities: predict's files, or with `views` (tta.views: auto) the mean of those
-    views from its per-view files."""
-    out = paths.for_config(cfg)
-    if views is None:
-        return read_probs(out.oof(fold), cfg.data.classes), read_probs(out.test_probs(fold), cfg.data.classes)
-    frames = []
-    for path in (out.oof_by_view(fold), out.test_by_view(fold)):
-        table = read_csv(path, "per-view probabilities").astype({c: float for c in cfg.data.classes})
-        table = table[table["view"].isin(views)]
-        frames.append(table.groupby("id", sort=False)[cfg.data.classes].mean().reset_index())
-    return frames[0], frames[1]
+    frame = frame.astype({c: float for c in classes})
+    bad = ~np.isfinite(frame[classes].to_numpy()).all(axis=1)
+    if bad.any():  # never let NaN reach a metric (log_loss/roc_auc would raise, accuracy would lie)
+        raise UserError(f"{path}: {int(bad.sum())} row(s) with empty, NaN or infinite probabilities (e.g. id "
+                        f"{frame['id'].iloc[int(np.argmax(bad))]!r}); re-run predict")  # fmt: skip
+    return frame
 
 
 def choose_auto_views(cfg: Config) -> dict[str, Any]:
     """tta.views: auto: every fold's per-view OOF -> the chosen views and their nested-CV gain (pipeline.tta_auto)."""
-    from pipeline.tta_auto import by_view, choose_views
-
     out = paths.for_config(cfg)
     folds = read_folds(out)
     parts = [read_csv(out.oof_by_view(k), "per-view OOF").astype({c: float for c in cfg.data.classes})
              for k in range(cfg.folds.n_folds)]  # fmt: skip
-    views = by_view(pd.concat(parts, ignore_index=True), cfg.data.classes, list(folds["id"]))
-    choice = choose_views(views, encode_targets(folds["label"], cfg.data), folds["fold"].to_numpy(), cfg.metric)
+    views = tta_auto.by_view(pd.concat(parts, ignore_index=True), cfg.data.classes, list(folds["id"]))
+    views = {view: views[view] for view in tta_auto.candidates(list(views))}  # a report may have measured more
+    choice = tta_auto.choose_views(views, encode_targets(folds["label"], cfg.data), folds["fold"].to_numpy(),
+                                   cfg.metric)  # fmt: skip
     note = "; no gain, so no TTA" if choice["fell_back_to_identity"] else ""
     log.info("ensemble: tta.views auto chose %s (nested CV %.4f vs identity %.4f)%s", "+".join(choice["chosen"]),
              choice["nested_cv"], choice["identity_cv"], note)  # fmt: skip
     return choice
 
 
-def blend_folds(cfg: Config, views: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
+def apply_auto_views(cfg: Config, views: list[str]) -> None:
+    """Rewrite every fold's oof.csv/test.csv as the mean of the chosen views, then record the choice: from here on
+    the fold files hold the views tta_auto.effective_views names (the bundle ships them, the Kernel predicts them)."""
+    out = paths.for_config(cfg)
+    floats = {c: float for c in cfg.data.classes}
+    for fold in range(cfg.folds.n_folds):
+        for source, target in ((out.oof_by_view(fold), out.oof(fold)), (out.test_by_view(fold), out.test_probs(fold))):
+            table = read_csv(source, "per-view probabilities").astype(floats)
+            artifacts.write_csv(target, tta_auto.mean_of_views(table, views, cfg.data.classes))
+    tta_auto.write_choice(cfg, views)
+
+
+def blend_folds(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
     """(oof over all rows in folds.csv order, mean test probabilities, per-fold scores)."""
     out = paths.for_config(cfg)
     classes = cfg.data.classes
     folds = read_folds(out)
     oofs, tests, fold_scores = [], [], []
     for fold in range(cfg.folds.n_folds):
-        oof, test = fold_probs(cfg, fold, views)
+        oof, test = read_probs(out.oof(fold), classes), read_probs(out.test_probs(fold), classes)
         rows = folds[folds["fold"] == fold]
         if list(oof["id"]) != list(rows["id"]):
             raise UserError(f"{out.oof(fold)}: ids differ from fold {fold} of {out.folds_csv}; re-run predict")
@@ -116,8 +120,7 @@ def choose_thresholds(cfg: Config, targets: np.ndarray, probs: np.ndarray, cv: f
     if fitted["kind"] == "none":
         return fitted, cv
     fitted_cv = score(cfg.metric, targets, hard_probs(probs, fitted))
-    higher = METRICS[cfg.metric].higher_is_better
-    if (fitted_cv > cv) if higher else (fitted_cv < cv):
+    if is_better(cfg.metric, fitted_cv, cv):
         return fitted, fitted_cv
     return {"kind": "none", "note": f"fitted {fitted['kind']} thresholds did not beat 0.5/argmax on OOF"}, cv
 
@@ -126,7 +129,9 @@ def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
     auto = choose_auto_views(cfg) if cfg.tta.views == "auto" else None
-    oof, blended, fold_scores = blend_folds(cfg, auto["chosen"] if auto else None)
+    if auto:
+        apply_auto_views(cfg, auto["chosen"])
+    oof, blended, fold_scores = blend_folds(cfg)
     folds = read_folds(out)
     targets, probs = encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy()
     cv = score(cfg.metric, targets, probs)
@@ -137,11 +142,11 @@ def run(args: argparse.Namespace) -> None:
         "cv_thresholded": cv_thresholded,  # with thresholds.json (fitted on these same OOF rows: optimistic)
         "thresholds": thresholds["kind"],
         "folds": fold_scores,
-        "higher_is_better": METRICS[cfg.metric].higher_is_better,
+        "higher_is_better": higher_is_better(cfg.metric),
         "holdout": holdout_score(cfg, blended),
         "holdout_thresholded": holdout_score(cfg, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
-        "tta_views": auto["chosen"] if auto else views_or_identity(cfg.tta.views),
+        "tta_views": tta_auto.effective_views(cfg),
         "tta_auto": auto,
         "model": cfg.model.name,
         "seed": cfg.train.seed,

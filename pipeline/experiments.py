@@ -25,6 +25,7 @@ from pipeline.config import Config, to_dict
 from pipeline.data import read_csv
 from pipeline.download import comp_from_args
 from pipeline.errors import UserError
+from pipeline.metrics import goodness
 from pipeline.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,6 @@ def score_row(run: Path) -> dict[str, Any]:
     row["status"] = "scored"
     if len(folds):
         row.update(fold_mean=folds.mean(), fold_std=folds.std(), fold_min=folds.min(), fold_max=folds.max())
-    row["_higher_is_better"] = bool(scores.get("higher_is_better", True))
     return row
 
 
@@ -125,15 +125,15 @@ def experiment_table(comp: str) -> pd.DataFrame:
     rows = [score_row(run) for run in runs]
     configs = {run.name: read_config(run / "config.yaml") for run in runs}
     diff = differing_keys(configs) if len(configs) > 1 else []
-    table = pd.DataFrame(rows).reindex(columns=[*SCORE_COLUMNS, "_higher_is_better"])
+    table = pd.DataFrame(rows).reindex(columns=SCORE_COLUMNS)
     table = table.merge(leaderboard_scores(out.leaderboard_csv), on="experiment", how="left")
     defaults = flatten(to_dict(Config()))
     for key in diff:
         table[key] = [configs[name].get(key, defaults.get(key)) for name in table["experiment"]]
-    higher = table["_higher_is_better"].dropna()
-    ascending = not bool(higher.iloc[0]) if len(higher) else False
-    table = table.sort_values(["cv", "experiment"], ascending=[ascending, True], na_position="last", kind="stable")
-    return table.drop(columns=["_higher_is_better"]).reset_index(drop=True)
+    table["_best_first"] = [np.nan if pd.isna(cv) else -goodness(metric, cv)
+                            for metric, cv in zip(table["metric"], table["cv"], strict=True)]  # fmt: skip
+    table = table.sort_values(["_best_first", "experiment"], na_position="last", kind="stable")
+    return table.drop(columns=["_best_first"]).reset_index(drop=True)
 
 
 def format_table(table: pd.DataFrame) -> str:

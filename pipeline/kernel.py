@@ -26,6 +26,7 @@ from pipeline.bundle import MANIFEST_FORMAT
 from pipeline.config import Config, load_config
 from pipeline.data import read_csv, read_test_table
 from pipeline.errors import UserError
+from pipeline.tta_auto import effective_views
 
 if TYPE_CHECKING:
     import torch
@@ -82,13 +83,14 @@ def stage_bundle(bundle: Path, manifest: dict) -> Config:
 
 def predict_test(cfg: Config, device: torch.device) -> None:
     """Each fold's test probabilities with TTA (predict's own functions; OOF comes from the bundle)."""
-    from pipeline.predict import load_fold_model, predict_table
+    from pipeline.inference import load_fold_model, predict_table
 
     out = paths.for_config(cfg)
     test = read_csv(out.test_csv, "test listing")
     for fold in range(cfg.folds.n_folds):
         model, data_config = load_fold_model(cfg, fold, device)
-        artifacts.write_csv(out.test_probs(fold), predict_table(model, cfg, data_config, test, device))
+        probs = predict_table(model, cfg, data_config, test, device, effective_views(cfg))
+        artifacts.write_csv(out.test_probs(fold), probs)
         log.info("kernel: fold %d predicted %d test images on %s", fold, len(test), device)
         del model
 

@@ -79,6 +79,8 @@ METRICS: dict[str, Metric] = {
 
 
 def score(name: str, targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
+    if not np.isfinite(probs).all():  # a diverged model: refuse rather than raise in sklearn or score garbage
+        raise ValueError(f"{name}: probabilities hold NaN or infinite values; the model diverged")
     return METRICS[name].fn(targets, probs, threshold)
 
 

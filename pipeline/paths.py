@@ -46,6 +46,23 @@ def weights_dir() -> Path:
     return Path(os.environ.get("PIPELINE_WEIGHTS_DIR") or project_root() / "data" / "weights")
 
 
+def bench_dir() -> Path:
+    """`make bench`: generated images, their cache and bench.json (data/bench/)."""
+    return project_root() / "data" / "bench"
+
+
+def bench_images() -> Path:
+    return bench_dir() / "images"
+
+
+def bench_cache(side: int) -> Path:
+    return bench_dir() / "cache" / f"{side}px"
+
+
+def bench_json() -> Path:
+    return bench_dir() / "bench.json"
+
+
 def configs_dir(comp: str) -> Path:
     return project_root() / "configs" / comp
 
@@ -107,8 +124,17 @@ class Paths:
         return self.fold_dir(fold) / "test.csv"
 
     def oof_by_view(self, fold: int) -> Path:
-        """tta.views: auto: every candidate view's OOF probabilities (id, view, classes)."""
+        """OOF probabilities of single TTA views (id, view, classes): predict's under tta.views auto, report's
+        with TTA=1/all (pipeline.view_scores)."""
         return self.fold_dir(fold) / "oof_by_view.csv"
+
+    def oof_by_view_stamp(self, fold: int) -> Path:
+        """What oof_by_view.csv was computed from (fingerprint, views) and how long it took (images, seconds)."""
+        return self.fold_dir(fold) / "oof_by_view.json"
+
+    def predict_marker(self, fold: int) -> Path:
+        """predict's marker, written last: training fingerprint, views and the digests of the files it vouches for."""
+        return self.fold_dir(fold) / "predict.json"
 
     def test_by_view(self, fold: int) -> Path:
         return self.fold_dir(fold) / "test_by_view.csv"
@@ -130,6 +156,11 @@ class Paths:
         return self.run / "scores.json"
 
     @property
+    def tta_choice(self) -> Path:
+        """tta.views: auto: the views ensemble chose (with the training fingerprint); fold files then hold them."""
+        return self.run / "tta_views.json"
+
+    @property
     def thresholds(self) -> Path:
         """Per-label thresholds (multi-label) or cut points (ordinal) fitted on all OOF rows by ensemble."""
         return self.run / "thresholds.json"
@@ -142,14 +173,6 @@ class Paths:
     def oof_plain(self, fold: int) -> Path:
         """Validation probabilities of the final weights without TTA (written by train)."""
         return self.fold_dir(fold) / "oof_plain.csv"
-
-    def oof_views(self, fold: int) -> Path:
-        """Validation probabilities per single TTA view (long format: id, view, classes...), written by report."""
-        return self.fold_dir(fold) / "oof_views.csv"
-
-    def oof_views_stamp(self, fold: int) -> Path:
-        """What oof_views.csv was computed from (fingerprint, views) and how long it took (images, seconds)."""
-        return self.fold_dir(fold) / "oof_views.json"
 
     @property
     def lr_find_png(self) -> Path:

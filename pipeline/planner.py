@@ -1,6 +1,6 @@
 """plan: will this experiment fit in a Kaggle Kernel's time limit? An estimate from measured throughput.
 
-Reads the experiment's fold<k>/log.csv (train_images_per_s of every epoch), fold<k>/oof_views.json when
+Reads the experiment's fold<k>/log.csv (train_images_per_s of every epoch), fold<k>/oof_by_view.json when
 `make report TTA=1` measured the prediction speed, folds.csv and test.csv. Prints, per scenario, the
 estimated hours of training, per-epoch validation, OOF and test prediction (folds x TTA views x images)
 against the limit, and warns when a scenario leaves less than 10 % of the limit spare (kernel start-up,
@@ -30,7 +30,8 @@ from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.data import read_csv
 from pipeline.errors import UserError
-from pipeline.tta import views_or_identity
+from pipeline.tta import AUTO_CANDIDATES
+from pipeline.tta_auto import effective_views
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Plan:
 
 
 def measure_throughput(cfg: Config) -> Throughput:
-    """Median training images/s over every logged epoch; prediction speed from oof_views.json, else estimated."""
+    """Median training images/s over every logged epoch; prediction speed from oof_by_view.json, else estimated."""
     out = paths.for_config(cfg)
     rates = []
     for fold in range(cfg.folds.n_folds):
@@ -104,7 +105,7 @@ def measure_throughput(cfg: Config) -> Throughput:
     images = seconds = 0.0
     for fold in range(cfg.folds.n_folds):
         try:
-            stamp = json.loads(out.oof_views_stamp(fold).read_text())
+            stamp = json.loads(out.oof_by_view_stamp(fold).read_text())
             images += float(stamp["images"]) * len(stamp["views"])
             seconds += float(stamp["seconds"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -139,7 +140,7 @@ def count_rows(cfg: Config, test_images: int | None) -> tuple[int, int, list[str
 
 def estimate(cfg: Config, rate: Throughput, n_train: int, n_test: int, slowdown: float = 1.0) -> pd.DataFrame:
     """Seconds per part for each scenario, summed over folds."""
-    k, epochs, views = cfg.folds.n_folds, cfg.train.epochs, len(views_or_identity(cfg.tta.views))
+    k, epochs, views = cfg.folds.n_folds, cfg.train.epochs, len(effective_views(cfg, list(AUTO_CANDIDATES)))
     valid_rows = n_train / k
     per_fold = {
         "train": epochs * (n_train - valid_rows) / rate.train_images_per_s,
@@ -161,7 +162,7 @@ def estimate(cfg: Config, rate: Throughput, n_train: int, n_test: int, slowdown:
 
 def suggest(cfg: Config, table: pd.DataFrame, limit_s: float) -> list[str]:
     """What would fit: fewer views or folds for inference; weights trained elsewhere for the full chain."""
-    k, views = cfg.folds.n_folds, len(views_or_identity(cfg.tta.views))
+    k, views = cfg.folds.n_folds, len(effective_views(cfg, list(AUTO_CANDIDATES)))
     budget = limit_s * (1 - MARGIN)
     warnings = []
     for _, row in table.iterrows():

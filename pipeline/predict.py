@@ -2,110 +2,50 @@
 
 Reads fold<k>/model.safetensors, folds.csv and test.csv (data/processed/<comp>/); writes
 fold<k>/oof.csv (the fold's validation rows) and then fold<k>/test.csv (every test row), both
-`id` + one probability column per class. The same TTA views (tta.views) are applied to both, so OOF
-scores measure exactly what the test predictions do. Each image is decoded once; views are built from
-the decoded batch.
+`id` + one probability column per class, and last fold<k>/predict.json: the training fingerprint, the views and
+the sha256 of the files it vouches for (deleted when a run starts, so a killed run is redone, never skipped).
+The same TTA views (tta.views) are applied to both, so OOF scores measure exactly what the test predictions do.
+NaN or infinite probabilities (a diverged model) are refused before any file is written. Each image is decoded
+once; views are built from the decoded batch. With tta.views auto it predicts every candidate view apart
+(fold<k>/oof_by_view.csv + .json, test_by_view.csv) and fills oof.csv/test.csv with the identity view until
+ensemble chooses the views and rewrites them (pipeline.tta_auto.effective_views: the views those two files hold).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
+import time
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
-from pipeline import artifacts, distributed, paths
-from pipeline.augment import eval_transform
-from pipeline.cache import cache_for
+from pipeline import artifacts, distributed, paths, view_scores
 from pipeline.config import TRAINING_SECTIONS, Config, fingerprint
 from pipeline.data import read_csv
 from pipeline.distributed import World
 from pipeline.errors import UserError
-from pipeline.loader import ImageDataset, make_loader
-from pipeline.model import build_model
-from pipeline.progress import len_of_batch, progress
-from pipeline.train import amp_settings, output_activation, read_folds
-from pipeline.tta import predict_views, views_or_identity
+from pipeline.fold import read_folds
+from pipeline.inference import load_fold_model, predict_table
+from pipeline.tta import AUTO_CANDIDATES, views_or_identity
+from pipeline.tta_auto import effective_views, mean_of_views
 
 log = logging.getLogger(__name__)
 
 
-def load_fold_model(cfg: Config, fold: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The fold's trained model (no hub access: architecture from timm, weights from the fold's file)."""
-    weights = paths.for_config(cfg).weights(fold)
-    if not weights.exists():
-        raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
-    retrain = f"delete {weights.parent} and re-run train for fold {fold}"
-    try:  # safetensors: a replaced or damaged file can't run code here, only fail to parse
-        with safe_open(str(weights), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"{weights} is not a safetensors file this pipeline wrote ({exc}); {retrain}") from exc
-    if meta.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
-        raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
-    model = build_model(cfg.model, cfg.num_classes, pretrained=False)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape, e.g. another class count
-        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-        raise UserError(
-            f"{weights} does not fit {cfg.model.name} with {cfg.num_classes} classes ({detail[:160]}); {retrain}"
-        ) from exc
-    if result.missing_keys or result.unexpected_keys:
-        example = (result.missing_keys or result.unexpected_keys)[0]
-        raise UserError(
-            f"{weights} does not fit {cfg.model.name} with {cfg.num_classes} classes ({len(result.missing_keys)} "
-            f"tensors missing, {len(result.unexpected_keys)} unexpected, e.g. {example!r}); {retrain}"
-        )
-    model.to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return model, json.loads(meta["data_config"])
-
-
-@torch.no_grad()
-def predict_table(
-    model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device, by_view: bool = False
-) -> pd.DataFrame:
-    """id + class probabilities for every row of `table` (id, image), averaged over the TTA views; with
-    `by_view`, one block of rows per view instead (id, view, classes), each image still decoded once."""
-    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg),
-                           cache=cache_for(cfg, dcfg, build=False))  # fmt: skip
-    loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, device)
-    activation = output_activation(cfg)
-    enabled, dtype = amp_settings(device, cfg.train.amp, cfg.train.cpu_bf16)
-    groups = [[v] for v in views_or_identity(cfg.tta.views)] if by_view else [views_or_identity(cfg.tta.views)]
-    chunks: list[list[np.ndarray]] = [[] for _ in groups]
-    for images, _ in progress(loader, total=len(dataset), desc="predict", count=len_of_batch):
-        images = images.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=enabled):
-            for group, views in zip(chunks, groups, strict=True):
-                group.append(predict_views(model, images, views, activation).cpu().numpy())
-    frames = []
-    for views, parts in zip(groups, chunks, strict=True):
-        probs = np.concatenate(parts) if parts else np.zeros((0, cfg.num_classes), dtype=np.float32)
-        frame = pd.DataFrame(probs, columns=cfg.data.classes)
-        if by_view:
-            frame.insert(0, "view", views[0])
-        frame.insert(0, "id", table["id"].to_numpy())
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if by_view else frames[0]
-
-
 def predict_sharded(
-    model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device, world: World
-) -> pd.DataFrame | None:
+    model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device, views: list[str],
+    world: World,
+) -> pd.DataFrame | None:  # fmt: skip
     """predict_table over this process's rows (every world.size-th, no padding), gathered in order on rank 0."""
     if not world.active:
-        return predict_table(model, cfg, dcfg, table, device)
-    mine = predict_table(model, cfg, dcfg, table.iloc[distributed.shard_rows(len(table), world)], device)
+        return predict_table(model, cfg, dcfg, table, device, views)
+    mine = predict_table(model, cfg, dcfg, table.iloc[distributed.shard_rows(len(table), world)], device, views)
     probs = distributed.gather_rows(mine[cfg.data.classes].to_numpy(), len(table), world)
     if probs is None:
         return None
@@ -114,11 +54,55 @@ def predict_sharded(
     return frame
 
 
+def vouched_files(cfg: Config, fold: int) -> list[Path]:
+    """The files predict's marker vouches for: its own outputs (under auto the per-view test file; ensemble then
+    rewrites oof.csv/test.csv with the chosen views)."""
+    out = paths.for_config(cfg)
+    return [out.test_by_view(fold)] if cfg.tta.views == "auto" else [out.oof(fold), out.test_probs(fold)]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def up_to_date(cfg: Config, fold: int, identity: dict[str, Any]) -> bool:
+    """The marker matches this config's weights and views, and every file it vouches for is the one it saw."""
+    out = paths.for_config(cfg)
+    marker = out.predict_marker(fold)
+    if not (marker.exists() and out.oof(fold).exists() and out.test_probs(fold).exists()):
+        return False
+    try:
+        recorded = json.loads(marker.read_text())
+    except ValueError:
+        return False
+    if {key: recorded.get(key) for key in identity} != identity:
+        return False
+    if cfg.tta.views == "auto" and not set(AUTO_CANDIDATES) <= set(view_scores.cached_views(cfg, fold)):
+        return False
+    files = recorded.get("digests", {})
+    return all(path.exists() and files.get(path.name) == digest(path) for path in vouched_files(cfg, fold))
+
+
+def predict_auto(
+    model: torch.nn.Module, cfg: Config, dcfg: dict, rows: pd.DataFrame, test: pd.DataFrame, fold: int,
+    device: torch.device,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """tta.views auto: every candidate view kept apart (ensemble chooses among them on OOF); returns (oof, test)
+    as the mean of the views in use: identity until ensemble has chosen."""
+    out, candidates = paths.for_config(cfg), list(AUTO_CANDIDATES)
+    started = time.perf_counter()
+    oof_views = predict_table(model, cfg, dcfg, rows, device, candidates, by_view=True)
+    view_scores.write_view_oof(cfg, fold, oof_views, candidates, time.perf_counter() - started, device)
+    test_views = predict_table(model, cfg, dcfg, test, device, candidates, by_view=True)
+    artifacts.write_csv(out.test_by_view(fold), test_views)
+    views = effective_views(cfg, before_choice=["identity"])
+    return mean_of_views(oof_views, views, cfg.data.classes), mean_of_views(test_views, views, cfg.data.classes)
+
+
 def predict_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE) -> None:
     out = paths.for_config(cfg)
-    stamp = out.fold_dir(fold) / "predict.json"
     identity = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views_or_identity(cfg.tta.views)}
-    if out.test_probs(fold).exists() and stamp.exists() and json.loads(stamp.read_text()) == identity:
+    if up_to_date(cfg, fold, identity):
         os.utime(out.test_probs(fold))  # tell Make it is up to date with the config it was checked against
         log.info("fold %d: predictions up to date, skipping", fold)
         return
@@ -127,24 +111,22 @@ def predict_fold(cfg: Config, fold: int, device: torch.device, world: World = di
     if not out.test_csv.exists():
         raise UserError(f"{out.test_csv} not found; run `make folds CONFIG=...` first")
     test = read_csv(out.test_csv, "test listing")
-    if cfg.tta.views == "auto":  # every candidate view kept apart; ensemble chooses among them on OOF
+    rows = folds[folds["fold"] == fold]
+    if world.is_main:  # a killed run must not leave a marker vouching for a mix of old and new files
+        out.predict_marker(fold).unlink(missing_ok=True)
+    if cfg.tta.views == "auto":
         if not world.is_main:  # rank 0 predicts these rows alone
             return
-        oof_views = predict_table(model, cfg, dcfg, folds[folds["fold"] == fold], device, by_view=True)
-        test_views = predict_table(model, cfg, dcfg, test, device, by_view=True)
-        artifacts.write_csv(out.oof_by_view(fold), oof_views)
-        artifacts.write_csv(out.test_by_view(fold), test_views)
-        classes = cfg.data.classes
-        oof = oof_views.groupby("id", sort=False)[classes].mean().reset_index()
-        test_probs = test_views.groupby("id", sort=False)[classes].mean().reset_index()
+        oof, test_probs = predict_auto(model, cfg, dcfg, rows, test, fold, device)
     else:
-        oof = predict_sharded(model, cfg, dcfg, folds[folds["fold"] == fold], device, world)
-        test_probs = predict_sharded(model, cfg, dcfg, test, device, world)
+        oof = predict_sharded(model, cfg, dcfg, rows, device, identity["views"], world)
+        test_probs = predict_sharded(model, cfg, dcfg, test, device, identity["views"], world)
     if not world.is_main:  # rank 0 gathered every row and writes the files
         return
     artifacts.write_csv(out.oof(fold), oof)
-    artifacts.write_json(stamp, identity)
-    artifacts.write_csv(out.test_probs(fold), test_probs)  # the stage's output: last
+    artifacts.write_csv(out.test_probs(fold), test_probs)
+    marker = {**identity, "digests": {path.name: digest(path) for path in vouched_files(cfg, fold)}}
+    artifacts.write_json(out.predict_marker(fold), marker)  # last: it vouches for the files above
     log.info("fold %d: %d oof + %d test rows, TTA views %s", fold, len(oof), len(test_probs), identity["views"])
 
 

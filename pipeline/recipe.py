@@ -31,7 +31,7 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 
 from pipeline.config import Config, TrainConfig
 from pipeline.loader import EpochSampler
-from pipeline.metrics import METRICS
+from pipeline.metrics import METRICS, is_better
 
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 THRESHOLD_METRICS = ("accuracy", "error_rate", "f1_macro", "f1_micro", "quadratic_weighted_kappa")
@@ -151,7 +151,7 @@ class BestKeeper:
         self.probs = np.zeros((0, 0))
 
     def offer(self, epoch: int, value: float, probs: np.ndarray, state: dict[str, torch.Tensor], source: str) -> None:
-        improved = self.best_score is None or better(self.metric, value, self.best_score)
+        improved = self.best_score is None or is_better(self.metric, value, self.best_score)
         ties = self.best_score is not None and value == self.best_score  # equal: prefer the later, longer-trained
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
         if improved:
@@ -287,11 +287,6 @@ def hard_probs(probs: np.ndarray, thresholds: dict[str, Any] | None) -> np.ndarr
     return np.eye(probs.shape[1])[ordinal_classes(probs, thresholds["cut_points"])]
 
 
-def better(metric: str, new: float, old: float) -> bool:
-    """Whether `new` is a strictly better score than `old` for `metric`."""
-    return new > old if METRICS[metric].higher_is_better else new < old
-
-
 def _score(metric: str, targets: np.ndarray, probs: np.ndarray, thresholds: dict[str, Any]) -> float:
     return METRICS[metric].fn(targets, hard_probs(probs, thresholds))
 
@@ -311,7 +306,7 @@ def fit_thresholds(task: str, metric: str, targets: np.ndarray, probs: np.ndarra
                 for t in grid:
                     trial = {**found, "thresholds": [*found["thresholds"][:j], float(t), *found["thresholds"][j + 1 :]]}
                     value = _score(metric, targets, probs, trial)
-                    if better(metric, value, best):
+                    if is_better(metric, value, best):
                         found, best = trial, value
         return found
     if task == "ordinal" and metric in THRESHOLD_METRICS and probs.shape[1] > 1:
@@ -325,7 +320,7 @@ def fit_thresholds(task: str, metric: str, targets: np.ndarray, probs: np.ndarra
                 for c in np.linspace(low, high, 22)[1:-1]:
                     trial = {**found, "cut_points": [*cuts[:j], round(float(c), 4), *cuts[j + 1 :]]}
                     value = _score(metric, targets, probs, trial)
-                    if better(metric, value, best):
+                    if is_better(metric, value, best):
                         found, best = trial, value
         return found
     return {"kind": "none"}

@@ -2,7 +2,7 @@
 
 Reads, under data/runs/<comp>/<exp>/: fold<k>/log.csv (learning curves), scores.json (CV per fold),
 oof.csv (every training row's OOF probabilities; labels from folds.csv), fold<k>/oof_plain.csv and
-fold<k>/oof_views.csv (TTA gains, see pipeline.view_scores), lr_find.png when `make lr-find` made one;
+fold<k>/oof_by_view.csv (TTA gains, see pipeline.view_scores), lr_find.png when `make lr-find` made one;
 training images from the competition's raw folder (top losses). Writes next to report.html the plots
 report_curves.png, report_confusion.png, report_top_losses.png, report_tta.png, report_plan.png, and
 report.html last. A section whose inputs do not exist yet says which stage makes them.
@@ -29,7 +29,8 @@ from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.data import encode_targets, load_image, read_csv
 from pipeline.errors import UserError
-from pipeline.tta import views_or_identity
+from pipeline.tta import AUTO_CANDIDATES
+from pipeline.tta_auto import effective_views
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +174,19 @@ def tta_section(cfg: Config, out: paths.Paths, oof: tuple | None, report: Report
         return _note(f"no {out.oof_all.name} yet: run `make ensemble`")
     folds, targets, blended = oof
     by_view = view_scores.read_view_oof(cfg, folds)
-    unmeasured = sorted(set(views_or_identity(cfg.tta.views)) - set(by_view or {}))
+    used = effective_views(cfg, before_choice=list(AUTO_CANDIDATES))
+    unmeasured = sorted(set(used) - set(by_view or {}))
     if by_view is not None and unmeasured:  # tta.views changed since the views were measured
         log.info("report: view(s) %s not measured yet; `make report TTA=1` measures them", ", ".join(unmeasured))
         by_view = None
     if by_view is not None:
-        gains = view_scores.view_gains(targets, by_view, cfg.tta.views, cfg.metric)
-        how = "each view alone, measured on the OOF rows (fold<k>/oof_views.csv)"
+        gains = view_scores.view_gains(targets, by_view, used, cfg.metric)
+        how = "each view alone, measured on the OOF rows (fold<k>/oof_by_view.csv)"
     else:
         plain = view_scores.read_plain_oof(cfg, folds)
         if plain is None:
             return _note("no fold<k>/oof_plain.csv from train: re-run with `make report TTA=1` to measure the views")
-        gains = view_scores.blend_gain(targets, plain, blended, cfg.tta.views, cfg.metric)
+        gains = view_scores.blend_gain(targets, plain, blended, used, cfg.metric)
         how = "no TTA (train's oof_plain.csv) against the configured blend; `make report TTA=1` measures each view"
     report.tta = gains
     path = artifacts.save_figure(out.report_png("tta"), plots.tta_views(gains, cfg.metric))
@@ -242,7 +244,7 @@ td,th{padding:.2em .7em;border-bottom:1px solid #eee;text-align:right}th{backgro
 def render(cfg: Config, report: Report) -> str:
     scores = report.scores or {}
     facts = [f"model {cfg.model.name}", f"{cfg.folds.n_folds} folds", f"metric {cfg.metric}",
-             "TTA " + "+".join(cfg.tta.views or ["identity"])]  # fmt: skip
+             "TTA " + "+".join(effective_views(cfg, before_choice=["auto, not chosen yet"]))]  # fmt: skip
     if scores.get("cv") is not None:
         facts.insert(0, f"CV {scores['cv']:.4f}")
     if scores.get("git_commit"):

@@ -14,10 +14,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import write_csv
 from pipeline.download import comp_from_args
+from pipeline.metrics import goodness
 from pipeline.paths import Paths
 from pipeline.submit import experiment_from_description
 
@@ -34,14 +36,6 @@ COLUMNS = [
     "submission_id",
     "description",
 ]
-
-
-def runs_dir(comp: str) -> Path:
-    return Paths(comp).run  # an empty experiment name: the competition's data/runs/<comp>/ folder
-
-
-def leaderboard_csv(comp: str) -> Path:
-    return runs_dir(comp) / "leaderboard.csv"
 
 
 def local_scores(runs: Path) -> pd.DataFrame:
@@ -79,7 +73,9 @@ def submission_table(submissions: list[Any]) -> pd.DataFrame:
 def join_scores(local: pd.DataFrame, remote: pd.DataFrame) -> pd.DataFrame:
     """Submissions (newest first) with their experiment's CV, then experiments never submitted (best CV first)."""
     submitted = remote.merge(local, on="experiment", how="left")
-    unsubmitted = local[~local["experiment"].isin(remote["experiment"])].sort_values("cv", ascending=False)
+    unsubmitted = local[~local["experiment"].isin(remote["experiment"])]
+    best_first = [-goodness(metric, cv) for metric, cv in zip(unsubmitted["metric"], unsubmitted["cv"], strict=True)]
+    unsubmitted = unsubmitted.iloc[np.argsort(best_first, kind="stable")]
     parts = [part for part in (submitted, unsubmitted) if not part.empty]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
     return table.reindex(columns=COLUMNS)
@@ -90,11 +86,12 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.kaggle_api import Kaggle  # imports the client: after the arguments are known to be right
 
     remote = submission_table(Kaggle().submissions(comp))
-    table = join_scores(local_scores(runs_dir(comp)), remote)
-    write_csv(leaderboard_csv(comp), table)
+    out = Paths(comp)
+    table = join_scores(local_scores(out.runs), remote)
+    write_csv(out.leaderboard_csv, table)
     if table.empty:
         print(f"{comp}: no submissions and no scored experiments yet")
     else:
         shown = table.drop(columns=["description"]).fillna("")
         print(shown.to_string(index=False))
-    log.info("wrote %s", leaderboard_csv(comp))
+    log.info("wrote %s", out.leaderboard_csv)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.paths import for_config, raw_dir
+from pipeline.provenance import git_commit
 from pipeline.validate import check_submission
 
 log = logging.getLogger(__name__)
@@ -41,27 +41,6 @@ def experiment_from_description(text: str | None) -> str | None:
     """The experiment name `describe` put in a submission's description, or None for other submissions."""
     match = DESCRIPTION.match(text or "")
     return match.group("exp").strip() if match else None
-
-
-def git_commit(folder: Path | None = None) -> str:
-    """The short commit of the code that made the submission (+ `-dirty` with uncommitted changes), or `unknown`."""
-    folder = folder or Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if head.returncode != 0:
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def read_table(path: Path, what: str) -> pd.DataFrame:
@@ -107,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"sample={cfg.sample}: a SAMPLE run predicts part of the test set only; submit a full run")
     validate_file(cfg, layout.submission)
     metric, cv = cv_score(layout.scores)
-    message = describe(layout.run.name, metric, cv, git_commit())
+    message = describe(layout.run.name, metric, cv, git_commit(Path(__file__).resolve().parent) or "unknown")
     submit(cfg.comp, layout.submission, message)
 
 

@@ -8,7 +8,7 @@ each epoch and saved unless the raw ones score better; with train.keep: best (th
 weights are those of the best-scoring epoch. While training, fold<k>/work/last.pt holds
 everything needed to resume (pipeline.checkpoint); re-running the same command resumes from it, and
 refuses to when the config changed. SIGTERM/SIGINT and train.time_budget save a checkpoint and stop (exit 75).
-`train.lr: auto` takes lr-find's suggestion (pipeline.lr_find), running the range test first if needed.
+`train.lr: auto` takes the LR range test's suggestion (pipeline.lr_range), running the range test first if needed.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,161 +28,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import artifacts, checkpoint, distributed, paths, recipe
-from pipeline.augment import eval_transform, train_transform
-from pipeline.cache import cache_for
+from pipeline import artifacts, checkpoint, distributed, lr_range, paths, recipe
+from pipeline.checkpoint import trained_fingerprint
 from pipeline.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
-from pipeline.data import encode_targets, read_csv
 from pipeline.distributed import World
 from pipeline.errors import UserError
-from pipeline.loader import EpochSampler, ImageDataset, make_loader
-from pipeline.metrics import score
-from pipeline.model import build_model, data_config
+from pipeline.fold import Fold, prepare_fold, set_train_size
+from pipeline.metrics import is_better, score
 from pipeline.progress import len_of_batch, progress
-from pipeline.recipe import two_hot
+from pipeline.runtime import amp_settings, output_activation, predict_probs
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-
-
-def activation_for(task: str, head: str = "classifier", num_classes: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Model outputs -> the probabilities stages exchange (a regression head's number -> a two-hot row)."""
-    if head == "regression":
-        return lambda outputs: two_hot(outputs.squeeze(1), num_classes)
-    return torch.sigmoid if task == "multi_label" else (lambda logits: logits.softmax(dim=1))
-
-
-def output_activation(cfg: Config) -> Callable[[torch.Tensor], torch.Tensor]:
-    return activation_for(cfg.data.task, cfg.model.head, cfg.num_classes)
-
-
-def amp_settings(device: torch.device, enabled: bool, cpu_bf16: bool = False) -> tuple[bool, torch.dtype]:
-    """AMP on CUDA: bf16 where the GPU supports it (no scaler needed), else fp16 with a GradScaler.
-    On CPU only when asked (train.cpu_bf16): bf16 autocast."""
-    if device.type == "cpu" and cpu_bf16:
-        return True, torch.bfloat16
-    if not enabled or device.type != "cuda":
-        return False, torch.float32
-    return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def read_folds(out: paths.Paths) -> pd.DataFrame:
-    if not out.folds_csv.exists():
-        raise UserError(f"{out.folds_csv} not found; run `make folds CONFIG=...` first")
-    return read_csv(out.folds_csv, "folds table").astype({"fold": int})
-
-
-def trained_fingerprint(weights: Path) -> str | None:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            return (f.metadata() or {}).get("fingerprint")
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"{weights} is not a safetensors file this pipeline wrote ({exc}); "
-                        f"delete {weights.parent} and re-run train") from exc  # fmt: skip
-
-
-@torch.no_grad()
-def predict_probs(
-    model: torch.nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-    activation: Callable[[torch.Tensor], torch.Tensor], amp: tuple[bool, torch.dtype],
-) -> np.ndarray:  # fmt: skip
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for images, _ in loader:
-        with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-            outputs.append(activation(model(images.to(device, non_blocking=True)).float()).cpu())
-    model.train(was_training)
-    return torch.cat(outputs).numpy()
-
-
-@dataclass
-class Fold:
-    """Everything one fold's training loop works on."""
-
-    cfg: Config
-    fold: int
-    device: torch.device
-    out: paths.Paths
-    fingerprint: str
-    model: torch.nn.Module
-    data_config: dict
-    train_loader: torch.utils.data.DataLoader
-    valid_loader: torch.utils.data.DataLoader
-    sampler: EpochSampler
-    valid_rows: pd.DataFrame
-    valid_targets: np.ndarray
-    train_targets: np.ndarray
-    train_size: int  # the image size train_loader currently produces (progressive resizing changes it)
-    world: World = World()
-
-
-def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: World = distributed.SINGLE) -> Fold:
-    out = paths.for_config(cfg)
-    table = read_folds(out)
-    train_rows, valid_rows = table[table["fold"] != fold], table[table["fold"] == fold]
-    if train_rows.empty or valid_rows.empty:
-        raise UserError(f"{out.folds_csv}: fold {fold} has no training or no validation rows; rebuild folds")
-    seed = cfg.train.seed + fold
-    seed_everything(seed, cfg.train.deterministic)
-    model = build_model(cfg.model, cfg.num_classes)
-    dcfg = data_config(model, cfg.train.image_size)
-    raw = paths.raw_dir(cfg.comp)
-    valid_targets = encode_targets(valid_rows["label"], cfg.data)
-    train_targets = encode_targets(train_rows["label"], cfg.data)
-    cache = cache_for(cfg, dcfg)
-    train_ds = ImageDataset(raw, train_rows["image"], train_targets, train_transform(cfg.augment, dcfg), seed=seed,
-                            cache=cache)  # fmt: skip
-    valid_ds = ImageDataset(raw, valid_rows["image"], valid_targets, eval_transform(dcfg), cache=cache)
-    if cfg.train.sampler == "balanced":
-        sampler = recipe.BalancedEpochSampler(train_targets, seed, drop_last_batch_of=cfg.train.batch_size)
-    else:
-        sampler = EpochSampler(len(train_ds), seed, drop_last_batch_of=cfg.train.batch_size)
-    workers = cfg.train.num_workers
-    if world.active:  # every process takes its slice of each global batch
-        sampler = distributed.ShardedSampler(sampler, world, cfg.train.batch_size)
-    local_batch = distributed.per_rank_batch(cfg.train.batch_size, world)
-    train_loader = make_loader(train_ds, local_batch, workers, device, sampler=sampler)
-    valid_loader = make_loader(valid_ds, cfg.train.batch_size * 2, workers, device)
-    if world.active and cfg.train.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return Fold(cfg, fold, device, out, fp, model, dcfg, train_loader, valid_loader, sampler, valid_rows,
-                valid_targets, train_targets, dcfg["input_size"][-1], world)  # fmt: skip
-
-
-def set_train_size(f: Fold, size: int) -> None:
-    """Progressive resizing: the training transform at `size` (a new loader, so persistent workers see it)."""
-    if size == f.train_size:
-        return
-    dataset = f.train_loader.dataset
-    dataset.transform = train_transform(f.cfg.augment, {**f.data_config, "input_size": (3, size, size)})
-    local_batch = distributed.per_rank_batch(f.cfg.train.batch_size, f.world)
-    f.train_loader = make_loader(dataset, local_batch, f.cfg.train.num_workers, f.device, sampler=f.sampler)
-    f.train_size = size
-    log.info("fold %d: training at %d px", f.fold, size)
 
 
 def resolve_lr(cfg: Config, device: torch.device) -> float:
     """train.lr, or with `auto` the LR range test's suggestion (run on fold 0 first if it has not been)."""
     if not isinstance(cfg.train.lr, str):
         return cfg.train.lr
-    from pipeline import lr_find
-
-    return lr_find.suggested_lr(cfg, device)
+    return lr_range.suggested_lr(cfg, device)
 
 
 def train_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE) -> Path:
@@ -286,7 +147,10 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
                 scaler.scale(loss / t.accumulate).backward()
                 step += 1
                 partial["seen"] += len(images)
-                partial["loss"] += loss.item() * len(images)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise diverged(f, f"epoch {epoch + 1} step {step} (loss {value})", lr)
+                partial["loss"] += value * len(images)
                 if step % t.accumulate and step < batches_per_epoch:
                     fetch_started = time.perf_counter()
                     continue  # gradients accumulate; stopping and checkpoints wait for the update
@@ -339,6 +203,15 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
     return weights
 
 
+def diverged(f: Fold, where: str, lr: float | None) -> UserError:
+    """The error that stops a fold whose loss or outputs stopped being finite (its last checkpoint stays)."""
+    kept = f.out.checkpoint(f.fold)
+    kept = f"checkpoint {kept} kept for inspection" if kept.exists() else "no checkpoint was saved before it"
+    now = f" (now {lr:g})" if lr is not None else ""
+    return UserError(f"fold {f.fold} diverged at {where}; lower train.lr{now} or set train.clip_grad (e.g. 1.0), "
+                     f"then delete {f.out.fold_dir(f.fold)} and retrain; {kept}")  # fmt: skip
+
+
 def evaluate_epoch(
     f: Fold, keeper: recipe.BestKeeper, ema: torch.nn.Module | None, activation: Callable[[torch.Tensor], torch.Tensor],
     amp: tuple[bool, torch.dtype], epoch: int,
@@ -346,12 +219,16 @@ def evaluate_epoch(
     """Score the raw weights and the EMA's; offer the keeper the EMA's unless the raw weights scored better."""
     metric = f.cfg.metric
     probs = predict_probs(f.model, f.valid_loader, f.device, activation, amp)
+    if not np.isfinite(probs).all():
+        raise diverged(f, f"epoch {epoch + 1} (validation probabilities not finite)", None)
     row: dict[str, Any] = {"epoch": epoch + 1, f"valid_{metric}": score(metric, f.valid_targets, probs)}
     candidate, candidate_probs, value, source = f.model, probs, row[f"valid_{metric}"], "raw"
     if ema is not None:
         ema_probs = predict_probs(ema.module, f.valid_loader, f.device, activation, amp)
+        if not np.isfinite(ema_probs).all():
+            raise diverged(f, f"epoch {epoch + 1} (EMA validation probabilities not finite)", None)
         row[f"valid_{metric}_ema"] = ema_value = score(metric, f.valid_targets, ema_probs)
-        if not recipe.better(metric, value, ema_value):
+        if not is_better(metric, value, ema_value):
             candidate, candidate_probs, value, source = ema.module, ema_probs, ema_value, "ema"
         row["candidate"] = source
     keeper.offer(epoch + 1, value, candidate_probs, candidate.state_dict(), source)

@@ -1,13 +1,14 @@
 """TTA view scores: what each view of tta.views adds, measured on the out-of-fold rows.
 
 Free by default: train writes fold<k>/oof_plain.csv (final weights, identity view) and predict writes
-fold<k>/oof.csv (the configured views averaged), so the gain of the whole TTA blend over no TTA needs no
+fold<k>/oof.csv (the views in use averaged), so the gain of the whole TTA blend over no TTA needs no
 model. The gain of each single view needs the OOF probabilities of every view alone: `compute_view_oof`
-runs each fold's model once over its validation rows (each image decoded once, every view made from the
-decoded batch, as predict does) and writes fold<k>/oof_views.csv (id, view, one column per class) and
-fold<k>/oof_views.json (training fingerprint, views, images, seconds: the planner reads the measured
-prediction speed from it). That costs about one more OOF pass per view, so report runs it only when asked
-(`make report TTA=1`; TTA=all tries every view pipeline.tta knows); later reports reuse the files.
+runs each fold's model once over its validation rows with predict's own pipeline.inference.predict_table
+(by_view) and writes fold<k>/oof_by_view.csv (id, view, one column per class) and fold<k>/oof_by_view.json
+(training fingerprint, views, images, seconds: the planner reads the measured prediction speed from it).
+That costs about one more OOF pass per view, so report runs it only when asked (`make report TTA=1`; TTA=all
+tries every view pipeline.tta knows); later reports reuse the files. Under tta.views auto predict already wrote
+them for the candidate views.
 """
 
 from __future__ import annotations
@@ -15,32 +16,33 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline import artifacts, paths
 from pipeline.config import TRAINING_SECTIONS, Config, fingerprint
 from pipeline.data import read_csv
-from pipeline.metrics import METRICS, score
-from pipeline.tta import VIEWS, views_or_identity
-
-if TYPE_CHECKING:
-    import torch
+from pipeline.fold import read_folds
+from pipeline.inference import load_fold_model, predict_table
+from pipeline.metrics import goodness, score
+from pipeline.model import resolve_device
+from pipeline.tta import AUTO_CANDIDATES, VIEWS, views_or_identity
+from pipeline.tta_auto import effective_views
 
 log = logging.getLogger(__name__)
 
 
 def views_to_measure(cfg: Config, which: str) -> list[str]:
-    """`configured`: identity + tta.views; `all`: every view pipeline.tta knows."""
+    """`configured`: identity + the views in use (under auto: every candidate); `all`: every view pipeline.tta knows."""
     if which == "all":
         return list(VIEWS)
-    return list(dict.fromkeys(["identity", *views_or_identity(cfg.tta.views)]))
+    return list(dict.fromkeys(["identity", *effective_views(cfg, before_choice=list(AUTO_CANDIDATES))]))
 
 
 def _stamp(out: paths.Paths, fold: int) -> dict | None:
-    path = out.oof_views_stamp(fold)
+    path = out.oof_by_view_stamp(fold)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -48,7 +50,7 @@ def _stamp(out: paths.Paths, fold: int) -> dict | None:
 
 
 def cached_views(cfg: Config, fold: int) -> list[str]:
-    """Views whose OOF probabilities fold<k>/oof_views.csv holds for the current weights ([] if none)."""
+    """Views whose OOF probabilities fold<k>/oof_by_view.csv holds for the current weights ([] if none)."""
     stamp = _stamp(paths.for_config(cfg), fold)
     if not stamp or stamp.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
         return []
@@ -62,10 +64,10 @@ def read_view_oof(cfg: Config, folds: pd.DataFrame) -> dict[str, np.ndarray] | N
     frames = []
     for fold in range(cfg.folds.n_folds):
         views = cached_views(cfg, fold)
-        if not views or not out.oof_views(fold).exists():
+        if not views or not out.oof_by_view(fold).exists():
             return None
         common = [v for v in (common if common is not None else views) if v in views]
-        frames.append(read_csv(out.oof_views(fold), "per-view OOF probabilities"))
+        frames.append(read_csv(out.oof_by_view(fold), "per-view OOF probabilities"))
     long = pd.concat(frames, ignore_index=True)
     result = {}
     for view in common or []:
@@ -76,66 +78,37 @@ def read_view_oof(cfg: Config, folds: pd.DataFrame) -> dict[str, np.ndarray] | N
     return result or None
 
 
-def predict_each_view(
-    model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, views: list[str], device: torch.device
-) -> dict[str, np.ndarray]:
-    """view -> (n, C) probabilities of that view alone for the rows of `table` (id, image)."""
-    import torch
-
-    from pipeline.augment import eval_transform
-    from pipeline.cache import cache_for
-    from pipeline.loader import ImageDataset, make_loader
-    from pipeline.train import amp_settings, output_activation
-
-    cache = cache_for(cfg, dcfg, build=False)  # the pixels predict saw, so per-view scores add up to its OOF
-    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg), cache=cache)
-    loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, device)
-    activation = output_activation(cfg)
-    enabled, dtype = amp_settings(device, cfg.train.amp, cfg.train.cpu_bf16)
-    chunks: dict[str, list[np.ndarray]] = {view: [] for view in views}
-    with torch.no_grad():
-        for images, _ in loader:
-            images = images.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=enabled):
-                for view in views:
-                    chunks[view].append(activation(model(VIEWS[view](images)).float()).cpu().numpy())
-    empty = np.zeros((0, cfg.num_classes), dtype=np.float32)
-    return {view: np.concatenate(parts) if parts else empty for view, parts in chunks.items()}
+def write_view_oof(cfg: Config, fold: int, frame: pd.DataFrame, views: list[str], seconds: float,
+                   device: torch.device) -> None:  # fmt: skip
+    """fold<k>/oof_by_view.csv (predict_table's by-view table), then its stamp: what it holds and how fast it came."""
+    out = paths.for_config(cfg)
+    artifacts.write_csv(out.oof_by_view(fold), frame)
+    stamp = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views, "images": len(frame) // len(views),
+             "seconds": round(seconds, 3), "device": str(device)}  # fmt: skip
+    artifacts.write_json(out.oof_by_view_stamp(fold), stamp)
+    log.info("fold %d: OOF of %d views x %d images in %.1f s", fold, len(views), stamp["images"], seconds)
 
 
 def compute_view_oof(cfg: Config, views: list[str]) -> None:
-    """Write fold<k>/oof_views.csv and .json for every fold that lacks one of `views` for its current weights."""
-    from pipeline.model import resolve_device
-    from pipeline.predict import load_fold_model
-    from pipeline.train import read_folds
-
+    """Write fold<k>/oof_by_view.csv and .json for every fold that lacks one of `views` for its current weights
+    (every view measured before is kept, so predict's candidates under tta.views auto stay)."""
     out = paths.for_config(cfg)
     folds = read_folds(out)
     device = resolve_device(cfg.device)
     for fold in range(cfg.folds.n_folds):
-        if set(views) <= set(cached_views(cfg, fold)):
+        cached = cached_views(cfg, fold)
+        if set(views) <= set(cached):
             continue
+        wanted = list(dict.fromkeys([*cached, *views]))
         model, dcfg = load_fold_model(cfg, fold, device)
-        rows = folds[folds["fold"] == fold]
         started = time.perf_counter()
-        probs = predict_each_view(model, cfg, dcfg, rows, views, device)
-        seconds = time.perf_counter() - started
-        parts = []
-        for view, values in probs.items():
-            frame = pd.DataFrame(values, columns=cfg.data.classes)
-            frame.insert(0, "view", view)
-            frame.insert(0, "id", rows["id"].to_numpy())
-            parts.append(frame)
-        artifacts.write_csv(out.oof_views(fold), pd.concat(parts, ignore_index=True))
-        stamp = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views, "images": len(rows),
-                 "seconds": round(seconds, 3), "device": str(device)}  # fmt: skip
-        artifacts.write_json(out.oof_views_stamp(fold), stamp)
-        log.info("fold %d: OOF of %d views x %d images in %.1f s", fold, len(views), len(rows), seconds)
+        frame = predict_table(model, cfg, dcfg, folds[folds["fold"] == fold], device, wanted, by_view=True)
+        write_view_oof(cfg, fold, frame, wanted, time.perf_counter() - started, device)
 
 
 def _gain(value: float, base: float, metric: str) -> float:
     """Positive = better, whichever way the metric points."""
-    return value - base if METRICS[metric].higher_is_better else base - value
+    return goodness(metric, value) - goodness(metric, base)
 
 
 def view_gains(targets: np.ndarray, by_view: dict[str, np.ndarray], configured: list[str], metric: str) -> pd.DataFrame:

@@ -189,7 +189,7 @@ def test_lr_find_suggests_the_valley() -> None:
 
 
 def recipe_suggest(lrs: list[float], losses: list[float]) -> float:
-    from pipeline.lr_find import suggest
+    from pipeline.lr_range import suggest
 
     return suggest(lrs, losses)
 

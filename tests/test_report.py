@@ -64,7 +64,7 @@ def test_report_writes_html_and_plots_of_the_oof_numbers(
         assert (built.confusion[:, 0] == (truth & (probs >= 0.5)).sum(axis=0)).all()
     assert len(built.top_losses) == 16 and built.top_losses["loss"].is_monotonic_decreasing
     # per-view OOF (--tta) averaged over the configured views is what predict wrote to oof.csv
-    views = pd.concat(pd.read_csv(run / f"fold{k}/oof_views.csv", dtype={"id": str}) for k in (0, 1))
+    views = pd.concat(pd.read_csv(run / f"fold{k}/oof_by_view.csv", dtype={"id": str}) for k in (0, 1))
     mean = views.groupby("id")[cfg.data.classes].mean().loc[folds["id"]].to_numpy()
     assert np.allclose(mean, probs, atol=1e-5)
     assert list(built.tta["view"]) == ["identity", "hflip", "blend: identity+hflip"]

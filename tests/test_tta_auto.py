@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import run_main, tiny_experiment
 from pipeline.metrics import score
@@ -60,3 +61,44 @@ def test_auto_through_the_chain(project: Path, capsys: pytest.CaptureFixture) ->
     assert scores["tta_views"] == auto["chosen"] and "gain" in auto and "nested_cv" in auto
     assert (project / "submissions/toy/tiny.csv").is_file()
     assert run_main(capsys, "predict", "--config", str(config), "--set", "tta.views=sideways").returncode == 2
+    # one truth: the fold files hold the chosen views, and every reader names those
+    classes = [c for c in pd.read_csv(run / "fold0/oof.csv").columns if c != "id"]
+    for name in ("oof", "test"):
+        per_view = pd.read_csv(run / f"fold0/{name}_by_view.csv", dtype={"id": str})
+        chosen = per_view[per_view["view"].isin(auto["chosen"])].groupby("id", sort=False)[classes].mean()
+        held = pd.read_csv(run / f"fold0/{name}.csv", dtype={"id": str}).set_index("id")
+        np.testing.assert_allclose(held.loc[chosen.index, classes].to_numpy(), chosen.to_numpy(), atol=1e-6)
+    assert json.loads((run / "tta_views.json").read_text())["views"] == auto["chosen"]
+    assert run_main(capsys, "report", "--config", str(config)).returncode == 0
+    page = (run / "report.html").read_text()
+    assert "TTA " + "+".join(auto["chosen"]) in page and "a+u+t+o" not in page
+
+
+def test_auto_bundle_kernel_scores_the_views_it_predicts(
+    project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Kernel fits CV (and thresholds) on the bundled OOF: those must hold the views its test predictions use."""
+    from pipeline import kernel, paths
+
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project, tta={"views": "auto"})
+    run_chain(capsys, config)
+    home = json.loads((project / "data/runs/toy/tiny/scores.json").read_text())
+    assert run_main(capsys, "kaggle-bundle", "--config", str(config), "--user", "someone").returncode == 0
+    bundled = yaml.safe_load((project / "data/runs/toy/tiny/kaggle-bundle/dataset/tiny.yaml").read_text())
+    assert bundled["tta"]["views"] == home["tta_views"]
+    mounted = project / "kaggle-input"
+    mounted.mkdir()
+    (mounted / "toy").symlink_to(project / "data/raw/toy")
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", mounted)
+    monkeypatch.setattr(paths, "KAGGLE_WORKING", project / "kaggle-working")
+    (project / "kaggle-working").mkdir()
+    monkeypatch.setenv("PIPELINE_ROOT", str(project / "kernel-root"))
+    assert kernel.run_bundle(project / "data/runs/toy/tiny/kaggle-bundle/dataset") == 0
+    inside = json.loads((project / "kernel-root/data/runs/toy/tiny/scores.json").read_text())
+    assert inside["tta_views"] == home["tta_views"]
+    assert inside["cv"] == pytest.approx(home["cv"]) and inside["folds"] == pytest.approx(home["folds"])
+    for fold in range(2):
+        local = pd.read_csv(project / f"data/runs/toy/tiny/fold{fold}/test.csv", dtype={"id": str})
+        kaggle = pd.read_csv(project / f"kernel-root/data/runs/toy/tiny/fold{fold}/test.csv", dtype={"id": str})
+        pd.testing.assert_frame_equal(local, kaggle, atol=2e-3)  # home reads the uint8 cache, the Kernel decodes
