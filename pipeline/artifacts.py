@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,3 +112,13 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} not found; run the stage that writes it first") from exc
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON (line {exc.lineno}); delete it and re-run its stage") from exc
+
+
+def publish(extracted: Path, target: Path) -> None:
+    """Move `extracted` to `target` in one rename; an old `target` (only with --force) goes once the new is there."""
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    extracted.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

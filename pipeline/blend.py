@@ -27,7 +27,7 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.data import encode_targets, read_csv
 from pipeline.errors import UserError
 from pipeline.metrics import goodness, higher_is_better, is_better, score
-from pipeline.submission import format_submission
+from pipeline.predictions import format_submission
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import artifacts, paths, wheels
+from pipeline.bundle_format import MANIFEST_FORMAT
 from pipeline.checkpoint import trained_fingerprint
 from pipeline.cli import config_from_args
 from pipeline.config import (
@@ -52,7 +53,6 @@ from pipeline.tta_auto import effective_views
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1  # bundle.json's layout; pipeline.kernel refuses others
 LICENSE = "CC0-1.0"  # the client's own default; the dataset is private unless you publish it
 SETTINGS_LINE = "SETTINGS: dict[str, str] = {}  # filled in by pipeline.bundle: bundle (dataset slug), comp, exp"
 USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -240,7 +240,7 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path) -> None:
 
 def build_bundle(cfg: Config, user: str) -> Path:
     """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place."""
-    from pipeline.download import publish
+    from pipeline.artifacts import publish
 
     check_run(cfg)
     out = paths.for_config(cfg)

@@ -23,23 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from pipeline import paths
-from pipeline.artifacts import write_json
-from pipeline.config import config_paths
+from pipeline.artifacts import publish, write_json
+from pipeline.cli import SLUG, comp_from_args  # noqa: F401 - re-exported
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
-
-SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-
-
-def comp_from_args(args: argparse.Namespace) -> str:
-    """The competition slug from --comp, else from --config's folder name (configs/<comp>/<exp>.yaml)."""
-    comp = getattr(args, "comp", None) or (config_paths(Path(args.config))[1] if getattr(args, "config", None) else "")
-    if not comp:
-        raise UserError(f"{args.command}: --comp <slug> is required (Make: COMP=<slug>), or --config")
-    if not SLUG.fullmatch(comp):
-        raise UserError(f"--comp {comp!r}: not a competition slug; use the part after /competitions/ in its URL")
-    return comp
 
 
 def run(args: argparse.Namespace) -> None:
@@ -158,16 +146,6 @@ def extract(archive: Path, folder: Path) -> int:
             f"could not extract {archive.name} into {folder}: {exc}; free space or fix it, then re-run"
         ) from exc
     return count
-
-
-def publish(extracted: Path, target: Path) -> None:
-    """Move `extracted` to `target` in one rename; an old `target` (only with --force) goes once the new is there."""
-    old = target.parent / f".{target.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    extracted.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _discard(archive: Path) -> None:

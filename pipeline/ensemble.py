@@ -29,25 +29,11 @@ from pipeline.data import encode_targets, read_csv
 from pipeline.errors import UserError
 from pipeline.fold import read_folds
 from pipeline.metrics import higher_is_better, is_better, score
+from pipeline.predictions import read_probs
 from pipeline.provenance import git_commit, package_versions
 from pipeline.recipe import fit_thresholds, hard_probs
 
 log = logging.getLogger(__name__)
-
-
-def read_probs(path, classes: list[str]) -> pd.DataFrame:  # noqa: ANN001 - Path
-    if not path.exists():
-        raise UserError(f"{path} not found; run `make predict CONFIG=...` first")
-    frame = read_csv(path, "probabilities")
-    missing = [c for c in ["id", *classes] if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {missing}; re-run predict")
-    frame = frame.astype({c: float for c in classes})
-    bad = ~np.isfinite(frame[classes].to_numpy()).all(axis=1)
-    if bad.any():  # never let NaN reach a metric (log_loss/roc_auc would raise, accuracy would lie)
-        raise UserError(f"{path}: {int(bad.sum())} row(s) with empty, NaN or infinite probabilities (e.g. id "
-                        f"{frame['id'].iloc[int(np.argmax(bad))]!r}); re-run predict")  # fmt: skip
-    return frame
 
 
 def choose_auto_views(cfg: Config) -> dict[str, Any]:

@@ -21,9 +21,9 @@ import pandas as pd
 import yaml
 
 from pipeline import artifacts
+from pipeline.cli import comp_from_args
 from pipeline.config import Config, to_dict
 from pipeline.data import read_csv
-from pipeline.download import comp_from_args
 from pipeline.errors import UserError
 from pipeline.metrics import goodness
 from pipeline.paths import Paths

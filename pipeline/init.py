@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import re
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from pipeline import artifacts, paths
 from pipeline.config import DataConfig, dump_yaml, load_config
 from pipeline.data import IMAGE_EXTS, read_csv
 from pipeline.errors import UserError
+from pipeline.weights import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +184,6 @@ def typical_image_size(raw: Path, data: DataConfig) -> int:
             sides.append(min(image.size))
     side = sorted(sides)[len(sides) // 2] if sides else 224
     return int(min(384, max(64, round(side / 32) * 32)))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def choose_weights(model_name: str) -> bool | str:

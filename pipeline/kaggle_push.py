@@ -54,7 +54,7 @@ def read_bundle(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def version_notes(manifest: dict[str, Any]) -> str:
     """The dataset version's notes, in the form `submit` gives submission descriptions."""
-    from pipeline.submit import describe
+    from pipeline.provenance import describe
 
     commit = manifest.get("git_commit") or "unknown"
     return describe(manifest["exp"], manifest.get("metric"), manifest.get("cv"), commit)

@@ -15,14 +15,13 @@ data/runs/<comp>/<exp>/fold<k>/ with the weights (linked, not copied) and the OO
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pipeline import artifacts, paths
-from pipeline.bundle import MANIFEST_FORMAT
+from pipeline import artifacts, cli, paths
+from pipeline.bundle_format import MANIFEST_FORMAT
 from pipeline.config import Config, load_config
 from pipeline.data import read_csv, read_test_table
 from pipeline.errors import UserError
@@ -105,25 +104,26 @@ def publish_submission(cfg: Config) -> Path:
 
 
 def run_bundle(bundle: Path) -> int:
-    """The Kernel's work, with the CLI's contract: 0, or 2 after one `error:` line."""
-    from pipeline.__main__ import main
+    """The Kernel's work under the CLI's own contract (pipeline.cli.run_task): 0, or 2 after one `error:` line.
+    Its stages after predicting are the CLI's commands, run as a user would run them."""
     from pipeline.model import resolve_device
 
+    debug = cli.debugging([])
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    try:
+    staged: dict[str, Any] = {}
+
+    def prepare() -> None:
         manifest = read_manifest(bundle)
-        cfg = stage_bundle(bundle, manifest)
+        staged["cfg"] = cfg = stage_bundle(bundle, manifest)
+        staged["config"] = str(paths.configs_dir(cfg.comp) / manifest["config"]["experiment"])
         predict_test(cfg, resolve_device(cfg.device))
-    except UserError as exc:
-        if os.environ.get("PIPELINE_DEBUG") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    config = str(paths.configs_dir(cfg.comp) / manifest["config"]["experiment"])
+
+    code = cli.run_task(prepare, debug)
     for stage in ("ensemble", "submission"):
-        code = main([stage, "--config", config])
-        if code:
-            return code
+        code = code or cli.main([stage, "--config", staged["config"]])
+    if code:
+        return code
+    cfg = staged["cfg"]
     target = publish_submission(cfg)
     scores = artifacts.read_json(paths.for_config(cfg).scores)
     log.info("kernel: wrote %s (%d rows; bundled CV %s = %.4f)", target, sum(1 for _ in target.open()) - 1,

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
+from pipeline.weights import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ def _offline_unless_reachable(source: bool | str) -> Iterator[None]:
         yield
         return
     from huggingface_hub import constants
-
-    from pipeline.init import hub_reachable
 
     saved = constants.HF_HUB_OFFLINE
     if not saved and not hub_reachable():

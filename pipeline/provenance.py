@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -32,3 +33,19 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+SEPARATOR = " | "
+DESCRIPTION = re.compile(r"^(?P<exp>[^|]+?) \| CV ")  # what `describe` writes first; `scores` reads it back
+
+
+def describe(experiment: str, metric: str | None, cv: float | None, commit: str) -> str:
+    """The submission description: `<exp> | CV <metric> <score> | git <commit>`."""
+    score = f"{metric} {cv:.5f}" if metric and cv is not None else "n/a"
+    return SEPARATOR.join((experiment, f"CV {score}", f"git {commit}"))
+
+
+def experiment_from_description(text: str | None) -> str | None:
+    """The experiment name `describe` put in a submission's description, or None for other submissions."""
+    match = DESCRIPTION.match(text or "")
+    return match.group("exp").strip() if match else None

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import write_csv
-from pipeline.download import comp_from_args
+from pipeline.cli import comp_from_args
 from pipeline.metrics import goodness
 from pipeline.paths import Paths
-from pipeline.submit import experiment_from_description
+from pipeline.provenance import experiment_from_description
 
 log = logging.getLogger(__name__)
 

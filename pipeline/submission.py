@@ -13,65 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
 from pipeline import artifacts, paths
 from pipeline.artifacts import read_json
 from pipeline.cli import config_from_args
-from pipeline.config import DataConfig
 from pipeline.data import read_csv
-from pipeline.ensemble import read_probs
-from pipeline.errors import UserError
-from pipeline.recipe import ordinal_classes
+from pipeline.predictions import format_submission, read_probs  # noqa: F401 - format_submission: re-exported
 
 log = logging.getLogger(__name__)
-
-
-def _as_number(name: str) -> int | float:
-    value = float(name)
-    return int(value) if value.is_integer() else value
-
-
-def format_submission(
-    probs: pd.DataFrame, data: DataConfig, threshold: float | Sequence[float] = 0.5,
-    cut_points: Sequence[float] | None = None,
-) -> pd.DataFrame:  # fmt: skip
-    """id + the submission's columns, from `probs` (id + one column per class, in submission order).
-
-    `threshold`: one for every label, or one per label (multi-label). `cut_points`: ordinal classes are
-    then the expected class (sum_k k * p_k) cut at these points instead of the most probable class.
-    """
-    classes = np.array(data.classes)
-    matrix = probs[data.classes].to_numpy()
-    threshold = np.asarray(threshold, dtype=float)
-    frame = pd.DataFrame({data.submission_id_column: probs["id"].to_numpy()})
-    fmt = data.submission_format
-    if fmt == "probabilities":
-        columns = data.submission_columns or data.classes
-        unknown = [c for c in columns if c not in data.classes]
-        if unknown:
-            raise UserError(f"data.submission_columns: {unknown} are not classes (data.classes); fix competition.yaml")
-        for column in columns:
-            frame[column] = probs[column].to_numpy()
-        return frame
-    column = (data.submission_columns or [data.label_column or "label"])[0]
-    best = ordinal_classes(matrix, list(cut_points)) if cut_points is not None else matrix.argmax(axis=1)
-    if fmt == "labels":
-        picked = [
-            " ".join(classes[row >= threshold]) if (row >= threshold).any() else classes[row.argmax()] for row in matrix
-        ]
-        frame[column] = picked
-    elif fmt == "numeric":
-        try:
-            frame[column] = [_as_number(classes[i]) for i in best]
-        except ValueError as exc:
-            raise UserError("data.submission_format: numeric needs numeric class names; use label instead") from exc
-    else:
-        frame[column] = classes[best]
-    return frame
 
 
 def run(args: argparse.Namespace) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,10 @@ from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.paths import for_config, raw_dir
-from pipeline.provenance import git_commit
+from pipeline.provenance import describe, experiment_from_description, git_commit  # noqa: F401 - re-exported
 from pipeline.validate import check_submission
 
 log = logging.getLogger(__name__)
-
-SEPARATOR = " | "
-DESCRIPTION = re.compile(r"^(?P<exp>[^|]+?) \| CV ")  # what `describe` writes first; `scores` reads it back
-
-
-def describe(experiment: str, metric: str | None, cv: float | None, commit: str) -> str:
-    """The submission description: `<exp> | CV <metric> <score> | git <commit>`."""
-    score = f"{metric} {cv:.5f}" if metric and cv is not None else "n/a"
-    return SEPARATOR.join((experiment, f"CV {score}", f"git {commit}"))
-
-
-def experiment_from_description(text: str | None) -> str | None:
-    """The experiment name `describe` put in a submission's description, or None for other submissions."""
-    match = DESCRIPTION.match(text or "")
-    return match.group("exp").strip() if match else None
 
 
 def read_table(path: Path, what: str) -> pd.DataFrame:

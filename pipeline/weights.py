@@ -25,6 +25,8 @@ import importlib
 import importlib.metadata
 import importlib.resources
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -140,3 +142,13 @@ def run(args: argparse.Namespace) -> None:
     """`python -m pipeline weights`: write the Lite0 weights file (its fields are ignored)."""
     path = prepare_lite0()
     log.info("tf_efficientnet_lite0 ImageNet weights: %s", path)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

@@ -350,7 +350,7 @@ def test_multi_label_chain_writes_thresholds_and_both_cvs(project: Path, capsys:
 
 def test_cpu_bf16_autocast_trains(project: Path, capsys: pytest.CaptureFixture) -> None:
     """The CPU equivalent of the CUDA AMP path: autocast to bf16 around forward and loss."""
-    from pipeline.train import amp_settings
+    from pipeline.runtime import amp_settings
 
     assert amp_settings(torch.device("cpu"), True, cpu_bf16=True) == (True, torch.bfloat16)
     assert amp_settings(torch.device("cpu"), True) == (False, torch.float32)
