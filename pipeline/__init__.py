@@ -1,7 +1,12 @@
 """A Kaggle image-classification pipeline: each stage reads and writes files at fixed paths.
 
-Stages (one module each): download, init, folds, train, predict, ensemble, submission, submit.
-Support modules: config, paths, artifacts, data, model, augment, tta, metrics.
+Stages (one module each, `python -m pipeline <stage>`): download, init, folds, train, predict, ensemble,
+submission, submit, and around them lr_find, report, blend, scores, experiments, bundle, kaggle_push, kernel...
+A stage imports building blocks, never another stage (tests/test_architecture.py checks it):
+config, paths, artifacts, errors, metrics, cli (commands and the one error contract), data, folds table and
+fold data (fold), cache, loader, augment, model, weights, recipe, runtime (AMP, activation, seeding),
+checkpoint, lr_range, inference (fold models, TTA prediction), tta, tta_auto (effective_views), predictions,
+view_scores, planner, provenance.
 """
 
 import os

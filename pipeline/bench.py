@@ -19,7 +19,9 @@ import logging
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -28,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import artifacts, paths
-from pipeline.augment import to_chw, train_transform
+from pipeline.augment import eval_transform, to_chw, train_transform
 from pipeline.cache import ImageCache, build_cache, cache_side
 from pipeline.config import AugmentConfig, ModelConfig
 from pipeline.loader import EpochSampler, ImageDataset, make_loader
@@ -92,29 +94,37 @@ def images_per_s(loader: DataLoader, n: int) -> float:
     return n / best_seconds(lambda: drain(loader))
 
 
-def run(args: argparse.Namespace) -> None:
-    torch.manual_seed(0)
-    device = torch.device("cpu")
-    images = make_images(paths.bench_images(), N_IMAGES)
-    model = build_model(ModelConfig(name=MODEL, pretrained=False), 10)
-    dcfg = data_config(model, IMAGE_SIZE)
-    augment = train_transform(AugmentConfig(), dcfg)
-    cache_dir = paths.bench_cache(cache_side(IMAGE_SIZE))
-    started = time.perf_counter()
-    build_cache(cache_dir, paths.bench_images(), images, progress=False)
-    cache_build_s = time.perf_counter() - started
-    cache = ImageCache(cache_dir)
+@dataclass
+class Bench:
+    """What every measurement shares: the images, their cache, the model and its data config."""
 
-    # a. loader throughput
-    naive_tf = A.Compose([*augment.transforms, A.Normalize(mean=dcfg["mean"], std=dcfg["std"])])
-    naive = DataLoader(NaiveDataset(paths.bench_images(), images, naive_tf), batch_size=BATCH, num_workers=WORKERS)
-    ours_ds = ImageDataset(
-        paths.bench_images(), images, np.zeros(len(images), dtype=np.int64), augment, seed=0, cache=cache
-    )
-    ours = make_loader(ours_ds, BATCH, WORKERS, device, sampler=EpochSampler(len(images), 0))
-    naive_ips, ours_ips = images_per_s(naive, len(images)), images_per_s(ours, len(images))
+    images: list[str]
+    cache_dir: Path
+    cache: ImageCache
+    model: torch.nn.Module
+    dcfg: dict
+    augment: A.Compose
+    device: torch.device = torch.device("cpu")
 
-    # b. end-to-end training vs training steps on tensors already in memory
+    def loader(self) -> DataLoader:
+        """Our cached training loader over the bench images."""
+        labels = np.zeros(len(self.images), dtype=np.int64)
+        dataset = ImageDataset(paths.bench_images(), self.images, labels, self.augment, seed=0, cache=self.cache)
+        return make_loader(dataset, BATCH, WORKERS, self.device, sampler=EpochSampler(len(self.images), 0))
+
+
+def measure_loader(b: Bench) -> dict[str, float]:
+    """a. the cached uint8 loader vs a naive one (PIL + albumentations + normalise per sample)."""
+    naive_tf = A.Compose([*b.augment.transforms, A.Normalize(mean=b.dcfg["mean"], std=b.dcfg["std"])])
+    naive = DataLoader(NaiveDataset(paths.bench_images(), b.images, naive_tf), batch_size=BATCH, num_workers=WORKERS)
+    naive_ips, ours_ips = images_per_s(naive, len(b.images)), images_per_s(b.loader(), len(b.images))
+    return {"naive_loader_images_per_s": round(naive_ips, 1), "loader_images_per_s": round(ours_ips, 1),
+            "loader_ratio": round(ours_ips / naive_ips, 2)}  # fmt: skip
+
+
+def measure_training(b: Bench) -> dict[str, float]:
+    """b. end-to-end training vs training steps on tensors already in memory."""
+    model, loader = b.model, b.loader()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     criterion = torch.nn.CrossEntropyLoss()
     model.train()
@@ -128,47 +138,43 @@ def run(args: argparse.Namespace) -> None:
     synthetic = torch.randint(0, 255, (BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     labels = torch.zeros(BATCH, dtype=torch.long)
     step(synthetic, labels)  # warm-up
-    n_steps = len(images) // BATCH
-
-    def synthetic_epoch() -> None:
-        for _ in range(n_steps):
-            step(synthetic, labels)
-
-    def real_epoch() -> None:
-        for x, y in ours:
-            step(x, y)
-
+    n_steps = len(b.images) // BATCH
     synthetic_s, real_s = [], []
     for _ in range(REPEATS):  # interleaved, so both see the same machine
-        synthetic_s.append(best_seconds(synthetic_epoch, 1))
-        real_s.append(best_seconds(real_epoch, 1))
+        synthetic_s.append(best_seconds(lambda: [step(synthetic, labels) for _ in range(n_steps)], 1))
+        real_s.append(best_seconds(lambda: [step(x, y) for x, y in loader], 1))
     synthetic_ips = n_steps * BATCH / min(synthetic_s)
-    e2e_ips = len(images) / min(real_s)
+    e2e_ips = len(b.images) / min(real_s)
+    return {"train_step_images_per_s": round(synthetic_ips, 1), "end_to_end_images_per_s": round(e2e_ips, 1),
+            "efficiency": round(e2e_ips / synthetic_ips, 3)}  # fmt: skip
 
-    # c. TTA: k views from one decoded batch vs k forward passes over in-memory tensors
-    from pipeline.augment import eval_transform
 
+def measure_tta(b: Bench) -> dict[str, float]:
+    """c. k views from one decoded batch vs k forward passes over in-memory tensors."""
+    model = b.model
     model.eval()
     views = ["identity", "hflip", "vflip", "hvflip"]
     soft = lambda logits: logits.softmax(dim=1)  # noqa: E731
-    eval_ds = ImageDataset(paths.bench_images(), images, None, eval_transform(dcfg), cache=cache)
-    eval_loader = make_loader(eval_ds, BATCH * 2, WORKERS, device)
+    eval_ds = ImageDataset(paths.bench_images(), b.images, None, eval_transform(b.dcfg), cache=b.cache)
+    eval_loader = make_loader(eval_ds, BATCH * 2, WORKERS, b.device)
     batches = [x for x, _ in eval_loader]
     with torch.no_grad():
         model(batches[0])
         one_pass = best_seconds(lambda: [model(x) for x in batches])
         tta_s = best_seconds(lambda: [predict_views(model, x, views, soft) for x, _ in eval_loader])
-    tta_overhead = tta_s / (len(views) * one_pass)
+    return {"tta_views": len(views), "tta_overhead": round(tta_s / (len(views) * one_pass), 3)}
 
-    # d. growth: one cached epoch (decode from cache + augment + collate) at 1x, 4x, 16x the images
+
+def measure_growth(b: Bench) -> dict[str, Any]:
+    """d. one cached epoch (decode from cache + augment + collate) at 1x, 4x, 16x the images: time and peak memory."""
     growth = []
     for factor in (1, 4, 16):
-        many = images * factor
-        big = ImageCache(cache_dir)
-        big.rows = {f"{k}:{name}": big.rows[name] for k in range(factor) for name in images}
-        keys = list(big.rows)
-        ds = ImageDataset(paths.bench_images(), keys, np.zeros(len(many), dtype=np.int64), augment, seed=0, cache=big)
-        loader = make_loader(ds, BATCH, WORKERS, device, sampler=EpochSampler(len(many), 0))
+        many = b.images * factor
+        big = ImageCache(b.cache_dir)
+        big.rows = {f"{k}:{name}": big.rows[name] for k in range(factor) for name in b.images}
+        labels = np.zeros(len(many), dtype=np.int64)
+        ds = ImageDataset(paths.bench_images(), list(big.rows), labels, b.augment, seed=0, cache=big)
+        loader = make_loader(ds, BATCH, WORKERS, b.device, sampler=EpochSampler(len(many), 0))
         seconds = best_seconds(lambda loader=loader: drain(loader))
         tracemalloc.start()
         drain(loader)
@@ -176,32 +182,46 @@ def run(args: argparse.Namespace) -> None:
         tracemalloc.stop()
         growth.append({"images": len(many), "seconds": round(seconds, 3), "peak_mb": round(peak / 2**20, 2)})
     per_image = [g["seconds"] / g["images"] for g in growth]
-    linear = max(per_image) / min(per_image) - 1
-    memory_growth = growth[-1]["peak_mb"] / max(growth[0]["peak_mb"], 1e-6)
+    return {"growth": growth, "time_nonlinearity": round(max(per_image) / min(per_image) - 1, 3),
+            "peak_memory_ratio_16x": round(growth[-1]["peak_mb"] / max(growth[0]["peak_mb"], 1e-6), 2)}  # fmt: skip
 
-    result = {
+
+def prepare() -> tuple[Bench, float]:
+    """The generated images, their cache (and how fast it was built), the model."""
+    torch.manual_seed(0)
+    images = make_images(paths.bench_images(), N_IMAGES)
+    model = build_model(ModelConfig(name=MODEL, pretrained=False), 10)
+    dcfg = data_config(model, IMAGE_SIZE)
+    cache_dir = paths.bench_cache(cache_side(IMAGE_SIZE))
+    started = time.perf_counter()
+    build_cache(cache_dir, paths.bench_images(), images, progress=False)
+    cache_build_s = time.perf_counter() - started
+    bench = Bench(images, cache_dir, ImageCache(cache_dir), model, dcfg, train_transform(AugmentConfig(), dcfg))
+    return bench, cache_build_s
+
+
+def run(args: argparse.Namespace) -> None:
+    bench, cache_build_s = prepare()
+    result: dict[str, Any] = {
         "threads": torch.get_num_threads(), "workers": WORKERS, "batch": BATCH, "model": MODEL,
-        "image_size": IMAGE_SIZE,
-        "images": len(images), "cache_build_images_per_s": round(len(images) / cache_build_s, 1),
-        "naive_loader_images_per_s": round(naive_ips, 1), "loader_images_per_s": round(ours_ips, 1),
-        "loader_ratio": round(ours_ips / naive_ips, 2),
-        "train_step_images_per_s": round(synthetic_ips, 1), "end_to_end_images_per_s": round(e2e_ips, 1),
-        "efficiency": round(e2e_ips / synthetic_ips, 3),
-        "tta_views": len(views), "tta_overhead": round(tta_overhead, 3),
-        "growth": growth, "time_nonlinearity": round(linear, 3), "peak_memory_ratio_16x": round(memory_growth, 2),
+        "image_size": IMAGE_SIZE, "images": len(bench.images),
+        "cache_build_images_per_s": round(len(bench.images) / cache_build_s, 1),
     }  # fmt: skip
+    for measure in (measure_loader, measure_training, measure_tta, measure_growth):
+        result.update(measure(bench))
     targets = {
         "loader_ratio": (result["loader_ratio"], ">= 5", result["loader_ratio"] >= 5),
         "efficiency": (result["efficiency"], ">= 0.95", result["efficiency"] >= 0.95),
         "tta_overhead": (result["tta_overhead"], "<= 1.1", result["tta_overhead"] <= 1.1),
-        "time_nonlinearity": (result["time_nonlinearity"], "<= 0.2", linear <= 0.2),
-        "peak_memory_ratio_16x": (result["peak_memory_ratio_16x"], "<= 1.5", memory_growth <= 1.5),
+        "time_nonlinearity": (result["time_nonlinearity"], "<= 0.2", result["time_nonlinearity"] <= 0.2),
+        "peak_memory_ratio_16x": (result["peak_memory_ratio_16x"], "<= 1.5", result["peak_memory_ratio_16x"] <= 1.5),
     }
     result["targets_met"] = all(ok for _, _, ok in targets.values())
     artifacts.write_json(paths.bench_json(), result)
     print(f"{'measure':<24}{'value':>10}  target   ok")
     for name, (value, target, ok) in targets.items():
         print(f"{name:<24}{value:>10}  {target:<8} {'yes' if ok else 'NO'}")
-    print(f"loader {ours_ips:.0f} img/s vs naive {naive_ips:.0f} img/s; train step {synthetic_ips:.0f} img/s, "
-          f"end to end {e2e_ips:.0f} img/s; growth {growth}")  # fmt: skip
+    print(f"loader {result['loader_images_per_s']:.0f} img/s vs naive {result['naive_loader_images_per_s']:.0f} img/s; "
+          f"train step {result['train_step_images_per_s']:.0f} img/s, end to end "
+          f"{result['end_to_end_images_per_s']:.0f} img/s; growth {result['growth']}")  # fmt: skip
     print(json.dumps(result))

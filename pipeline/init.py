@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from PIL import Image
 
 from pipeline import artifacts, paths
@@ -86,52 +87,78 @@ def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
     image_dirs = _image_dirs(raw)
     notes: list[str] = []
     data = DataConfig(test_csv=sample_name)
-
-    if train_name is None:  # one folder per class
-        parents = Counter(str(Path(d).parent.as_posix()) for d in image_dirs if "/" in d or d != ".")
-        candidates = [p for p, n in parents.items() if n >= 2 and p != "."] or [p for p, n in parents.items() if n >= 2]
-        if not candidates:
-            raise UserError(f"{raw}: no train CSV and no folder-per-class layout found; set data.train_csv")
-        data.train_dir = _prefer(candidates, "train")[0]
-        data.train_csv, data.label_column = None, None
-        data.classes = sorted((Path(d).name for d in image_dirs if Path(d).parent.as_posix() == data.train_dir),
-                              key=_natural_key)  # fmt: skip
-        notes.append(f"train: one folder per class under {data.train_dir}/ ({len(data.classes)} classes)")
+    if train_name is None:
+        infer_class_folders(raw, data, image_dirs, notes)
     else:
-        frame = read_csv(raw / train_name, "train table")
-        data.train_csv = train_name
-        data.id_column = _pick_column(list(frame.columns), ID_NAMES) or frame.columns[0]
-        others = [c for c in frame.columns if c != data.id_column]
-        binary = [c for c in others if frame[c].dropna().isin(["0", "1"]).all() and len(frame[c].dropna())]
-        if len(binary) >= 2 and len(binary) == len(others):
-            data.label_columns, data.label_column = binary, None
-            data.classes = binary
-            one_each = (frame[binary].astype(int).sum(axis=1) == 1).all()
-            data.task = "single_label" if one_each else "multi_label"
-            notes.append(f"labels: one 0/1 column per class {binary} ({data.task.replace('_', '-')})")
-        else:
-            label = others[0] if len(others) == 1 else _pick_column(others, LABEL_NAMES)
-            if label is None:
-                raise UserError(
-                    f"{raw / train_name}: can't tell the label column among {others}; set data.label_column"
-                )
-            data.label_column = label
-            values = frame[label].dropna().str.strip()
-            tokens = {t for v in values for t in v.split(" ") if t}
-            if values.str.contains(" ").any() and len(tokens) < values.nunique():
-                data.task, data.label_separator = "multi_label", " "
-                data.classes = sorted(tokens, key=_natural_key)
-            else:
-                data.classes = sorted(values.unique(), key=_natural_key)
-            if label.lower() in ORDINAL_NAMES and all(_natural_key(c)[0] == 0 for c in data.classes):
-                data.task = "ordinal"
-            notes.append(f"labels: column {label!r}, {data.task.replace('_', '-')}")
-        ids = frame[data.id_column].dropna().astype(str).tolist()
-        data.train_dir, data.image_ext = _find_images(raw, ids, list(image_dirs), "train", "data.train_dir")
-        notes.append(
-            f"train: {train_name}, id column {data.id_column!r}, images {data.train_dir or '.'}/<id>{data.image_ext}"
-        )
+        infer_train_table(raw, train_name, data, image_dirs, notes)
+    infer_test(raw, sample_name, data, image_dirs, notes)
+    metric = infer_submission(data, notes)
+    if len(data.classes) < 2:
+        raise UserError(f"{raw}: found {len(data.classes)} class(es); set data.classes and data.label_column")
+    if (raw / "solution.csv").exists():
+        data.holdout = "solution.csv"
+    return data, metric, notes
 
+
+def infer_class_folders(raw: Path, data: DataConfig, image_dirs: dict[str, list[Path]], notes: list[str]) -> None:
+    """No train CSV: one folder per class."""
+    parents = Counter(str(Path(d).parent.as_posix()) for d in image_dirs if "/" in d or d != ".")
+    candidates = [p for p, n in parents.items() if n >= 2 and p != "."] or [p for p, n in parents.items() if n >= 2]
+    if not candidates:
+        raise UserError(f"{raw}: no train CSV and no folder-per-class layout found; set data.train_csv")
+    data.train_dir = _prefer(candidates, "train")[0]
+    data.train_csv, data.label_column = None, None
+    data.classes = sorted((Path(d).name for d in image_dirs if Path(d).parent.as_posix() == data.train_dir),
+                          key=_natural_key)  # fmt: skip
+    notes.append(f"train: one folder per class under {data.train_dir}/ ({len(data.classes)} classes)")
+
+
+def infer_train_table(
+    raw: Path, train_name: str, data: DataConfig, image_dirs: dict[str, list[Path]], notes: list[str]
+) -> None:
+    """A train CSV: its id column, its labels (infer_labels) and the folder its images are in."""
+    frame = read_csv(raw / train_name, "train table")
+    data.train_csv = train_name
+    data.id_column = _pick_column(list(frame.columns), ID_NAMES) or frame.columns[0]
+    infer_labels(raw / train_name, frame, data, notes)
+    ids = frame[data.id_column].dropna().astype(str).tolist()
+    data.train_dir, data.image_ext = _find_images(raw, ids, list(image_dirs), "train", "data.train_dir")
+    notes.append(
+        f"train: {train_name}, id column {data.id_column!r}, images {data.train_dir or '.'}/<id>{data.image_ext}"
+    )
+
+
+def infer_labels(path: Path, frame: pd.DataFrame, data: DataConfig, notes: list[str]) -> None:
+    """One 0/1 column per class (single- or multi-label), else one label column (single, multi or ordinal)."""
+    others = [c for c in frame.columns if c != data.id_column]
+    binary = [c for c in others if frame[c].dropna().isin(["0", "1"]).all() and len(frame[c].dropna())]
+    if len(binary) >= 2 and len(binary) == len(others):
+        data.label_columns, data.label_column = binary, None
+        data.classes = binary
+        one_each = (frame[binary].astype(int).sum(axis=1) == 1).all()
+        data.task = "single_label" if one_each else "multi_label"
+        notes.append(f"labels: one 0/1 column per class {binary} ({data.task.replace('_', '-')})")
+        return
+    label = others[0] if len(others) == 1 else _pick_column(others, LABEL_NAMES)
+    if label is None:
+        raise UserError(f"{path}: can't tell the label column among {others}; set data.label_column")
+    data.label_column = label
+    values = frame[label].dropna().str.strip()
+    tokens = {t for v in values for t in v.split(" ") if t}
+    if values.str.contains(" ").any() and len(tokens) < values.nunique():
+        data.task, data.label_separator = "multi_label", " "
+        data.classes = sorted(tokens, key=_natural_key)
+    else:
+        data.classes = sorted(values.unique(), key=_natural_key)
+    if label.lower() in ORDINAL_NAMES and all(_natural_key(c)[0] == 0 for c in data.classes):
+        data.task = "ordinal"
+    notes.append(f"labels: column {label!r}, {data.task.replace('_', '-')}")
+
+
+def infer_test(
+    raw: Path, sample_name: str | None, data: DataConfig, image_dirs: dict[str, list[Path]], notes: list[str]
+) -> None:
+    """Test ids and images: from the sample submission, else every image of a test folder."""
     if sample_name:
         sample = read_csv(raw / sample_name, "sample submission")
         data.submission_id_column = sample.columns[0]
@@ -145,13 +172,16 @@ def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
         data.test_dir, data.image_ext = folder, ext
         data.submission_columns = list(sample.columns[1:])
         notes.append(f"test: ids from {sample_name}, images {folder or '.'}/<id>{ext}")
-    else:
-        tests = [d for d in image_dirs if "test" in d.lower()]
-        if not tests:
-            raise UserError(f"{raw}: no sample submission and no test image folder; set data.test_dir")
-        data.test_dir = _prefer(tests, "test")[0]
-        notes.append(f"test: every image in {data.test_dir}/ (no sample submission)")
+        return
+    tests = [d for d in image_dirs if "test" in d.lower()]
+    if not tests:
+        raise UserError(f"{raw}: no sample submission and no test image folder; set data.test_dir")
+    data.test_dir = _prefer(tests, "test")[0]
+    notes.append(f"test: every image in {data.test_dir}/ (no sample submission)")
 
+
+def infer_submission(data: DataConfig, notes: list[str]) -> str:
+    """The submission's format and columns from the sample's columns and the task; returns the default metric."""
     columns = data.submission_columns
     if len(columns) > 1 and set(columns) <= set(data.classes):
         data.submission_format = "probabilities"
@@ -168,11 +198,7 @@ def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
         )
     notes.append(f"submission: {data.submission_format} ({', '.join(columns[:4])}{'...' if len(columns) > 4 else ''})")
     notes.append(f"classes: {len(data.classes)}; metric: {metric}")
-    if len(data.classes) < 2:
-        raise UserError(f"{raw}: found {len(data.classes)} class(es); set data.classes and data.label_column")
-    if (raw / "solution.csv").exists():
-        data.holdout = "solution.csv"
-    return data, metric, notes
+    return metric
 
 
 def typical_image_size(raw: Path, data: DataConfig) -> int:

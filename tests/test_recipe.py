@@ -111,8 +111,8 @@ def test_ema_weights_differ_from_raw_and_are_saved_unless_raw_scores_better(
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"epochs": 2, "ema": True, "ema_decay": 0.9, "keep": "last", "lr": 0.01})
     seen: dict[str, dict[str, torch.Tensor]] = {}
-    original = train_module.evaluate_epoch
-    scores = iter([raw_score, 0.5] * 2)  # evaluate_epoch scores the raw weights first, then the EMA's
+    original = train_module.evaluate
+    scores = iter([raw_score, 0.5] * 2)  # evaluate scores the raw weights first, then the EMA's
     monkeypatch.setattr(train_module, "score", lambda *args: next(scores))
 
     def spy(f, keeper, ema, *args):  # noqa: ANN001, ANN002, ANN202 - passes through train's own arguments
@@ -120,7 +120,7 @@ def test_ema_weights_differ_from_raw_and_are_saved_unless_raw_scores_better(
         seen["ema"] = {k: v.clone() for k, v in ema.module.state_dict().items()}
         return original(f, keeper, ema, *args)
 
-    monkeypatch.setattr(train_module, "evaluate_epoch", spy)
+    monkeypatch.setattr(train_module, "evaluate", spy)
     train(capsys, config)
     weights = load_file(str(project / RUN / "fold0/model.safetensors"))
     floats = [k for k, v in weights.items() if v.is_floating_point()]
