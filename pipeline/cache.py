@@ -78,12 +78,12 @@ def is_current(folder: Path, root: Path, images: list[str]) -> bool:
     index_path = folder / "index.csv"
     if not index_path.exists() or not (folder / "images.u8").exists():
         return False
-    index = pd.read_csv(index_path, dtype={"image": str})
+    index = read_csv(index_path, "image cache index")
     if list(index["image"]) != images:
         return False
     current = _fingerprint(root, images)
-    return bool((index["bytes"].to_numpy() == current["bytes"].to_numpy()).all()
-                and (index["mtime_ns"].to_numpy() == current["mtime_ns"].to_numpy()).all())  # fmt: skip
+    return bool((index["bytes"].astype(np.int64).to_numpy() == current["bytes"].to_numpy()).all()
+                and (index["mtime_ns"].astype(np.int64).to_numpy() == current["mtime_ns"].to_numpy()).all())  # fmt: skip
 
 
 def build_cache(folder: Path, root: Path, images: list[str], interpolation: str = "bilinear",

@@ -26,7 +26,12 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to repor
 
 
 def read_csv(path: Path, what: str) -> pd.DataFrame:
-    """Read a competition CSV with every column as text (ids like 007 keep their zeros)."""
+    """Read a competition CSV with every column as text, verbatim: ids like 007 keep their zeros, and ids or labels
+    such as NA, null, None or nan stay strings (pandas' default NA parsing is off; only a blank cell is missing).
+
+    Every module that reads a competition CSV goes through here (or `read_typed_csv`): tests/test_reliability.py
+    checks that no other module calls pandas' reader on one.
+    """
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except FileNotFoundError as exc:
@@ -36,6 +41,23 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path} is not a readable CSV ({str(exc).splitlines()[0]})") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def read_typed_csv(path: Path, what: str) -> pd.DataFrame:
+    """`read_csv`, then every column after the first (the id) numeric where each non-blank cell is a number.
+
+    How a submission is compared with sample_submission: the ids stay text verbatim, number columns are numbers,
+    and an all-blank target column (some competitions ship one) stays text, so it demands no particular type.
+    """
+    frame = read_csv(path, what)
+    for column in frame.columns[1:]:
+        values = frame[column]
+        if values.isna().all():
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        if (numbers.isna() == values.isna()).all():
+            frame[column] = numbers
     return frame
 
 
