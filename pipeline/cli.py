@@ -7,11 +7,19 @@ import argparse
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 
+# Stages that build or never read folds.csv; every other stage checks it still matches competition.yaml, once, early.
+NOT_READING_FOLDS = ("download", "init", "folds", "weights", "info", "doctor", "submit", "scores", "kaggle-push")
+
 
 def config_from_args(args: argparse.Namespace) -> Config:
     if not args.config:
         raise UserError(f"{args.command}: --config configs/<comp>/<exp>.yaml is required (Make: CONFIG=...)")
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    if getattr(args, "command", None) not in NOT_READING_FOLDS:
+        from pipeline.folds import check_folds_current  # folds imports this module
+
+        check_folds_current(cfg)
+    return cfg
 
 
 def folds_from_args(args: argparse.Namespace, cfg: Config) -> list[int]:

@@ -426,6 +426,21 @@ def output_read_only(c: Ctx) -> None:
     folder.chmod(0o555)
 
 
+def fold_seed_changed_after_training(c: Ctx) -> None:
+    c.trained()
+    c.edit_competition("folds", seed=1)
+
+
+def train_table_changed_after_training(c: Ctx) -> None:
+    c.trained()
+    set_cell(3, "label", "fox")(c)
+
+
+def fold_seed_changed_before_training(c: Ctx) -> None:
+    c.ok("folds")
+    c.edit_competition("folds", seed=1)
+
+
 def init_without_data(c: Ctx) -> None:
     shutil.rmtree(c.raw)
     c.args[:] = ["init", "--comp", COMP]
@@ -502,6 +517,13 @@ CASES: dict[str, Case] = {
                                                ("fold0/model.safetensors", "not a safetensors file", "re-run train")),
     "fold weights from another config": Case("predict", fold_weights_other_config, ("different config",)),
     "predict before train": Case("predict", predict_before_train, ("model.safetensors not found", "make train")),
+    # folds.csv follows competition.yaml and the train table (issue 17.3)
+    "fold settings changed under trained weights": Case("folds", fold_seed_changed_after_training,
+                                                        ("folds.seed 0 -> 1", "fold0/model.safetensors", "delete them")),
+    "train table changed under trained weights": Case("folds", train_table_changed_after_training,
+                                                      ("train table (train.csv) changed", "fold0/model.safetensors")),
+    "stale folds.csv at train": Case("train", fold_seed_changed_before_training,
+                                     ("folds.csv was made under other settings", "folds.seed 0 -> 1", "make folds")),
     # where output goes
     "output folder is a file": Case("folds", output_under_a_file, ("data/processed", "cannot create folder")),
     "output file is a folder": Case("folds", output_is_a_folder, ("test.csv", "cannot write")),

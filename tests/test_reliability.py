@@ -68,3 +68,33 @@ def test_submit_validates_odd_ids_and_a_blank_target_column(tmp_path: Path) -> N
     check_submission(read_table(submission, "x"), read_table(sample, "x"), str(submission))
     frame = read_table(submission, "x")
     assert list(frame["id"]) == ["NA", "null", "007"]
+
+
+# --- folds.csv follows competition.yaml ----------------------------------------------------------------------------
+
+
+def edit_competition(project: Path, section: str, **values: object) -> None:
+    import yaml
+
+    path = project / "configs/toy/competition.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_folds_rebuild_when_their_settings_change_and_no_weights_exist(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project)
+    assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
+    folds_csv = project / "data/processed/toy/folds.csv"
+    before = folds_csv.read_text()
+    edit_competition(project, "folds", n_folds=3)
+    result = run_main(capsys, "folds", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "folds.n_folds 2 -> 3" in result.stderr
+    after = pd.read_csv(folds_csv)
+    assert folds_csv.read_text() != before and sorted(after["fold"].unique()) == [0, 1, 2]
+    again = run_main(capsys, "folds", "--config", str(config))
+    assert again.returncode == 0 and "is current, skipping" in again.stderr
