@@ -441,6 +441,19 @@ def fold_seed_changed_before_training(c: Ctx) -> None:
     c.edit_competition("folds", seed=1)
 
 
+def overrides(*settings: str) -> Callable[[Ctx], None]:
+    """A case that only adds --set overrides (what a user types in SET=...)."""
+
+    def add(c: Ctx) -> None:
+        c.args += ["--set", *settings]
+
+    return add
+
+
+def duplicate_classes(c: Ctx) -> None:
+    c.edit_competition("data", classes=["cat", "dog", "fox", "cat"])
+
+
 def init_without_data(c: Ctx) -> None:
     shutil.rmtree(c.raw)
     c.args[:] = ["init", "--comp", COMP]
@@ -467,6 +480,18 @@ CASES: dict[str, Case] = {
     "cuda without a GPU": Case("train", cuda_missing, ("device: cuda", "device=auto")),
     "one fold": Case("folds", one_fold, ("folds.n_folds", "at least 2")),
     "bad time budget": Case("train", bad_time_budget, ("train.time_budget", "'soon'", "8h")),
+    # values that pass the type check but cannot work: ranges are part of the schema (issue 17.8)
+    "train.lr nan": Case("train", overrides("train.lr=nan"), ("train.lr", "finite number", "'nan'")),
+    "train.lr inf": Case("train", overrides("train.lr=.inf"), ("train.lr", "finite number")),
+    "augment.hflip above 1": Case("train", overrides("augment.hflip=1.5"), ("augment.hflip", "in [0, 1]", "1.5")),
+    "augment.scale_min above 1": Case("train", overrides("augment.scale_min=2"), ("augment.scale_min", "in (0, 1]")),
+    "model.drop_rate above 1": Case("train", overrides("model.drop_rate=1.5"), ("model.drop_rate", "in [0, 1)")),
+    "negative color_jitter": Case("train", overrides("augment.color_jitter=-0.1"),
+                                  ("augment.color_jitter", "at least 0", "-0.1")),
+    "negative warmup_epochs": Case("train", overrides("train.warmup_epochs=-1"), ("train.warmup_epochs", "at least 0")),
+    "unknown optimizer": Case("train", overrides("train.opt=adamx"), ("train.opt", "'adamx'", "timm optimizer", "adamw")),
+    "unknown scheduler": Case("train", overrides("train.sched=cosin"), ("train.sched", "'cosin'", "known: cosine")),
+    "duplicate data.classes": Case("folds", duplicate_classes, ("data.classes", "['cat']", "more than once")),
     # the train table
     "missing train table": Case("folds", missing_train_table, ("train.csv", "not found", "data.")),
     "train table not a CSV": Case("folds", unreadable_train_table, ("train.csv", "not a readable CSV")),
