@@ -15,11 +15,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if not args.config:
         raise UserError(f"{args.command}: --config configs/<comp>/<exp>.yaml is required (Make: CONFIG=...)")
     cfg = load_config(args.config, args.overrides)
+    sweep_temps(cfg)
     if getattr(args, "command", None) not in NOT_READING_FOLDS:
         from pipeline.folds import check_folds_current  # folds imports this module
 
         check_folds_current(cfg)
     return cfg
+
+
+def sweep_temps(cfg: Config) -> None:
+    """Temp files of killed runs of this competition and experiment go when a stage starts (not those of live ones)."""
+    from pipeline import artifacts, paths
+
+    out = paths.for_config(cfg)
+    artifacts.sweep_stale_temps([out.processed, out.run, out.submission.parent])
 
 
 def folds_from_args(args: argparse.Namespace, cfg: Config) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -98,3 +99,110 @@ def test_folds_rebuild_when_their_settings_change_and_no_weights_exist(
     assert folds_csv.read_text() != before and sorted(after["fold"].unique()) == [0, 1, 2]
     again = run_main(capsys, "folds", "--config", str(config))
     assert again.returncode == 0 and "is current, skipping" in again.stderr
+
+
+# --- a full disk ---------------------------------------------------------------------------------------------------
+
+
+def full_disk_temp(path: Path) -> Path:
+    """Plant this process's temp file for `path` as a link to /dev/full: every write to it fails with a real ENOSPC
+    from the kernel (what a full disk returns), while the folder itself stays writable."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.symlink_to("/dev/full")
+    return tmp
+
+
+@pytest.mark.parametrize("kind", ["csv", "torch", "safetensors", "json"])
+def test_a_full_disk_is_one_error_naming_the_file_and_the_space_needed(tmp_path: Path, kind: str) -> None:
+    import torch
+
+    from pipeline import artifacts
+    from pipeline.errors import UserError
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    path = tmp_path / "out" / f"artifact.{kind}"
+    full_disk_temp(path)
+    tensors = {"w": torch.zeros(512, 1024)}  # 2 MB
+    writers = {
+        "csv": lambda: artifacts.write_csv(path, pd.DataFrame({"x": range(300_000)})),
+        "torch": lambda: artifacts.save_torch(path, {"state_dict": tensors}),
+        "safetensors": lambda: artifacts.save_safetensors(path, tensors, {"fingerprint": "x"}),
+        "json": lambda: artifacts.write_json(path, {"a": 1}),
+    }
+    with pytest.raises(UserError) as info:
+        writers[kind]()
+    message = str(info.value)
+    assert message.startswith(f"cannot write {path}: no space left on device (need ~"), message
+    assert kind == "json" or "(need ~2 MB)" in message
+    assert not path.exists() and not list(path.parent.iterdir()), "a temp file (or the link) was left behind"
+
+
+def test_a_file_size_limit_while_building_the_cache_and_training_is_one_line(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A real limit (RLIMIT_FSIZE in the child): writes past it fail with EFBIG, as a full disk fails with ENOSPC.
+    The cache used to be a writable memory map, which dies with SIGBUS there (exit 135, nothing said)."""
+    import resource
+    import subprocess
+    import sys
+
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project)
+    assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+    stages = {
+        "cache/37px/images.u8": ["cache"],
+        "fold0/work/last.pt": ["train", "--fold", "0", "--set", "train.cache=false"],
+    }
+    for written, stage_args in stages.items():
+        result = subprocess.run([sys.executable, "-m", "pipeline", *stage_args, "--config", str(config)], cwd=project,
+                                capture_output=True, text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2, result.stderr
+        assert lines[-1].startswith("error: cannot write ") and "file too large" in lines[-1], result.stderr
+        assert f"{written}: file too large" in lines[-1], lines[-1]
+        assert "(need ~" in lines[-1] and "Traceback" not in result.stderr
+        assert not list(project.rglob("*.tmp")), "a temp file was left behind"
+
+
+def test_not_enough_free_space_for_the_cache_stops_before_decoding(
+    project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import pipeline.cache
+
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project)
+    assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
+    usage = shutil.disk_usage(project)
+    monkeypatch.setattr(pipeline.cache.shutil, "disk_usage", lambda _: usage._replace(free=1000))
+    monkeypatch.setattr(pipeline.cache, "load_image", lambda _: pytest.fail("decoded an image first"))
+    result = run_main(capsys, "cache", "--config", str(config))
+    assert result.returncode == 2
+    assert "images.u8: no space left on device (need ~1 MB" in result.stderr and "train.cache: false" in result.stderr
+    assert not list(project.rglob("*.tmp"))
+
+
+def test_temp_files_of_killed_runs_are_swept_when_a_stage_starts(project: Path, capsys: pytest.CaptureFixture) -> None:
+    import subprocess
+
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project)
+    assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
+    dead = subprocess.run(["true"]).returncode or subprocess.Popen(["true"])
+    dead.wait()  # a pid that has exited: its writer was killed
+    cache = project / "data/processed/toy/cache/37px"
+    cache.mkdir(parents=True)
+    stale = cache / f".images.u8.{dead.pid}.tmp"
+    stale.write_bytes(b"x" * 100)
+    live = cache / f".images.u8.{os.getppid()}.tmp"  # a running process's temp file stays
+    live.write_bytes(b"y")
+    result = run_main(capsys, "predict", "--config", str(config), "--fold", "0")
+    assert result.returncode == 2  # not trained yet: the sweep happened anyway, at the start
+    assert not stale.exists() and live.exists()
