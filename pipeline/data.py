@@ -227,8 +227,18 @@ def read_test_table(data: DataConfig, raw: Path) -> pd.DataFrame:
                 "image": [f.relative_to(raw).as_posix() for f in files],
             }
         )
+    where = raw / (data.test_csv or data.test_dir)
     if table.empty:
-        raise UserError(f"{raw / (data.test_csv or data.test_dir)}: no test images listed")
+        what = "has a header but no rows" if data.test_csv else "holds no images"
+        raise UserError(f"{where} {what}: no test images listed; re-download the competition data")
+    repeated = table["id"][table["id"].duplicated()].unique().tolist()
+    if repeated:
+        shown = ", ".join(repr(i) for i in repeated[:5]) + (
+            f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        )
+        raise UserError(
+            f"{where}: duplicate test id(s) {shown}; each test id must appear once (predictions are matched by id)"
+        )
     _check_files(table, raw, data.test_csv or data.test_dir)
     return table
 
@@ -245,16 +255,34 @@ def encode_targets(labels: pd.Series, data: DataConfig) -> np.ndarray:
     return np.array([index[label] for label in labels], dtype=np.int64)
 
 
+def high_depth_to_uint8(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """One gray channel of a 16-bit, 32-bit integer or float image as uint8, by the mode's fixed scale (not per-image
+    min/max, so every image of a data set keeps the same brightness scale):
+
+    - I;16* (16-bit) and I (32-bit integer, how PIL reads most 16-bit TIFFs/PNGs): 0..65535 -> 0..255 (/257);
+    - F (32-bit float): 0..1 (the usual float convention) -> 0..255 when no value exceeds 1, else read as 0..255.
+    Values these scales cannot hold (NaN/inf, negative, above 65535 or, for floats, above 255) are refused.
+    """
+    finite = np.isfinite(array).all()
+    low, high = (float(array.min()), float(array.max())) if array.size and finite else (0.0, 0.0)
+    limit = 255.0 if mode == "F" else 65535.0
+    if not finite or low < 0 or high > limit:
+        what = "NaN or infinite values" if not finite else f"values {low:g}..{high:g}"
+        raise UserError(
+            f"image {path} (mode {mode}) has {what}, outside the 0..{'1 or 0..255' if mode == 'F' else '65535'} this "
+            "pipeline can scale to 8 bits; convert it (e.g. to an 8-bit PNG), or drop its row and rebuild folds"
+        )
+    scale = (255.0 if high <= 1.0 else 1.0) if mode == "F" else 1 / 257
+    return np.rint(array * scale).clip(0, 255).astype(np.uint8)
+
+
 def load_image(path: Path) -> np.ndarray:
     """Decode any common image as RGB uint8 (H, W, 3): EXIF rotation, gray, RGBA, palette, 16-bit, CMYK."""
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit gray: scale to 8 bits, don't clip
-                array = np.asarray(image, dtype=np.float64)
-                peak = max(array.max(), 1.0)
-                array = (array / (65535.0 if peak > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
-                return np.stack([array] * 3, axis=-1)
+            if image.mode.startswith("I") or image.mode == "F":  # 16-bit, 32-bit integer or float gray
+                return np.stack([high_depth_to_uint8(np.asarray(image, dtype=np.float64), image.mode, path)] * 3, -1)
             if image.mode in ("RGBA", "LA", "P", "PA"):
                 image = image.convert("RGBA")
                 background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -315,6 +315,18 @@ def sample_submission_id_column(c: Ctx) -> None:
     c.save_table(c.table(name).rename(columns={"id": "image"}), name)
 
 
+def duplicate_test_ids(c: Ctx) -> None:
+    name = "sample_submission.csv"
+    frame = c.table(name)
+    frame.loc[4, "id"] = "te001"
+    c.save_table(frame, name)
+
+
+def header_only_sample_submission(c: Ctx) -> None:
+    name = "sample_submission.csv"
+    c.save_table(c.table(name).iloc[:0], name)
+
+
 def missing_test_folder(c: Ctx) -> None:
     c.edit_competition("data", test_csv=None)
     shutil.rmtree(c.raw / "test")
@@ -489,7 +501,7 @@ CASES: dict[str, Case] = {
     "negative color_jitter": Case("train", overrides("augment.color_jitter=-0.1"),
                                   ("augment.color_jitter", "at least 0", "-0.1")),
     "negative warmup_epochs": Case("train", overrides("train.warmup_epochs=-1"), ("train.warmup_epochs", "at least 0")),
-    "unknown optimizer": Case("train", overrides("train.opt=adamx"), ("train.opt", "'adamx'", "timm optimizer", "adamw")),
+    "unknown optimizer": Case("train", overrides("train.opt=adamx"), ("train.opt", "'adamx'", "timm optimizer")),
     "unknown scheduler": Case("train", overrides("train.sched=cosin"), ("train.sched", "'cosin'", "known: cosine")),
     "duplicate data.classes": Case("folds", duplicate_classes, ("data.classes", "['cat']", "more than once")),
     # the train table
@@ -518,6 +530,10 @@ CASES: dict[str, Case] = {
     "sample_submission missing": Case("folds", missing_sample_submission, ("sample_submission.csv", "not found")),
     "sample_submission id column": Case("folds", sample_submission_id_column,
                                         ("sample_submission.csv", "no column 'id'", "data.submission_id_column")),
+    "duplicate test ids": Case("folds", duplicate_test_ids,
+                               ("sample_submission.csv", "duplicate test id(s) 'te001'", "once")),
+    "header-only sample_submission": Case("folds", header_only_sample_submission,
+                                          ("sample_submission.csv", "header but no rows")),
     "test folder missing": Case("folds", missing_test_folder, ("test", "not found", "data.test_dir")),
     "corrupt test image": Case("predict", corrupt_test_image, ("te001.png", "is truncated")),
     # models and weights
@@ -544,7 +560,7 @@ CASES: dict[str, Case] = {
     "predict before train": Case("predict", predict_before_train, ("model.safetensors not found", "make train")),
     # folds.csv follows competition.yaml and the train table (issue 17.3)
     "fold settings changed under trained weights": Case("folds", fold_seed_changed_after_training,
-                                                        ("folds.seed 0 -> 1", "fold0/model.safetensors", "delete them")),
+                                                        ("folds.seed 0 -> 1", "fold0/model.safetensors", "delete")),
     "train table changed under trained weights": Case("folds", train_table_changed_after_training,
                                                       ("train table (train.csv) changed", "fold0/model.safetensors")),
     "stale folds.csv at train": Case("train", fold_seed_changed_before_training,

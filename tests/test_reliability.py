@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -206,3 +207,50 @@ def test_temp_files_of_killed_runs_are_swept_when_a_stage_starts(project: Path, 
     result = run_main(capsys, "predict", "--config", str(config), "--fold", "0")
     assert result.returncode == 2  # not trained yet: the sweep happened anyway, at the start
     assert not stale.exists() and live.exists()
+
+
+# --- float and 16-bit images ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "expected_mode", "pixel"),
+    [
+        (np.float32, 0.5, "F", 128),  # float 0..1: x255
+        (np.float32, 1.0, "F", 255),
+        (np.float32, 200.0, "F", 200),  # float above 1: already 0..255
+        (np.uint16, 65535, "I;16", 255),  # 16-bit: /257
+        (np.uint16, 257 * 100, "I;16", 100),
+        (np.int32, 30000, "I", 117),  # 32-bit integer, read as 16-bit
+    ],
+)
+def test_float_and_16_bit_tiffs_scale_to_8_bits(tmp_path: Path, dtype: type, value: float, expected_mode: str,
+                                                pixel: int) -> None:  # fmt: skip
+    from PIL import Image
+
+    from pipeline.data import load_image
+
+    path = tmp_path / "image.tif"
+    Image.fromarray(np.full((6, 8), value, dtype=dtype)).save(path)
+    assert Image.open(path).mode == expected_mode
+    pixels = load_image(path)
+    assert pixels.shape == (6, 8, 3) and pixels.dtype == np.uint8 and (pixels == pixel).all(), pixels[0, 0]
+
+
+UNSCALABLE = [(np.float32, np.nan, "NaN"), (np.float32, -0.5, "-0.5"), (np.float32, 1000.0, "1000"),
+              (np.int32, 70000, "70000")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("dtype", "value", "said"), UNSCALABLE)
+def test_pixel_values_no_scale_can_hold_are_refused_naming_the_file(tmp_path: Path, dtype: type, value: float,
+                                                                    said: str) -> None:  # fmt: skip
+    from PIL import Image
+
+    from pipeline.data import load_image
+    from pipeline.errors import UserError
+
+    path = tmp_path / "odd.tif"
+    pixels = np.zeros((6, 8), dtype=dtype)
+    pixels[2, 3] = value
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(UserError, match=f"image {path} .*{said}.*convert it"):
+        load_image(path)
