@@ -41,6 +41,13 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path} is not a readable CSV ({str(exc).splitlines()[0]})") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
+    if len(frame.columns) == 1:
+        delimiter = next((d for d in (";", "\t", "|") if d in frame.columns[0]), None)
+        if delimiter is not None:
+            raise UserError(
+                f"{what} {path} is {delimiter!r}-delimited (one column named {frame.columns[0]!r}); "
+                "save it comma-separated (e.g. pandas: read_csv(sep=...).to_csv(index=False))"
+            )
     return frame
 
 

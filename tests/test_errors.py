@@ -241,6 +241,10 @@ def missing_label_column(c: Ctx) -> None:
     c.save_table(c.table().rename(columns={"label": "class"}))
 
 
+def semicolon_train_table(c: Ctx) -> None:
+    c.table().to_csv(c.raw / "train.csv", index=False, sep=";")
+
+
 def empty_train_table(c: Ctx) -> None:
     c.save_table(c.table().iloc[:0])
 
@@ -466,6 +470,18 @@ def duplicate_classes(c: Ctx) -> None:
     c.edit_competition("data", classes=["cat", "dog", "fox", "cat"])
 
 
+def init_onehot_blank_cell(c: Ctx) -> None:
+    set_cell(6, "dog", "")(c)
+    c.args[:] = ["init", "--comp", COMP]
+
+
+def init_empty_train_table_without_folders(c: Ctx) -> None:
+    empty_train_table(c)
+    for folder in ("train", "test"):
+        shutil.rmtree(c.raw / folder)
+    c.args[:] = ["init", "--comp", COMP]
+
+
 def init_without_data(c: Ctx) -> None:
     shutil.rmtree(c.raw)
     c.args[:] = ["init", "--comp", COMP]
@@ -510,6 +526,8 @@ CASES: dict[str, Case] = {
     "zero-byte train table": Case("folds", zero_byte_train_table, ("train.csv", "is empty", "download")),
     "missing id column": Case("folds", missing_id_column, ("train.csv", "no column 'id'", "data.id_column")),
     "missing label column": Case("folds", missing_label_column, ("no column 'label'", "data.label_column")),
+    "semicolon-delimited train table": Case("folds", semicolon_train_table,
+                                            ("train.csv", "';'-delimited", "comma-separated")),
     "empty train table": Case("folds", empty_train_table, ("train.csv", "no training rows")),
     "duplicate ids": Case("folds", duplicate_ids, ("train.csv row 9", "duplicate id 'tr002'", "row 4", "unique")),
     "empty id": Case("folds", empty_id, ("train.csv row 6", "empty id", "'id'")),
@@ -570,6 +588,10 @@ CASES: dict[str, Case] = {
     "output file is a folder": Case("folds", output_is_a_folder, ("test.csv", "cannot write")),
     "output folder read-only": Case("folds", output_read_only, ("data/processed", "permission denied"),
                                     root_can_write=True),
+    "init: one-hot cell blank": Case("init", init_onehot_blank_cell, ("train.csv row 8", "column 'dog'", "blank"),
+                                     layout="onehot_single"),
+    "init: empty train table, no image folders": Case("init", init_empty_train_table_without_folders,
+                                                      ("train.csv", "no rows")),
     "init without raw data": Case("init", init_without_data, ("data/raw/toy", "make download")),
 }  # fmt: skip
 
