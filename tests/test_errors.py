@@ -346,6 +346,11 @@ def unknown_model(c: Ctx) -> None:
     c.edit_experiment("model", name="resnet-18")
 
 
+def fixed_size_model_at_another_size(c: Ctx) -> None:
+    c.ok("folds")
+    c.edit_experiment("model", name="crossvit_tiny_240")  # fixed input size; timm's img_size does not rescale it
+
+
 def hub_unreachable(c: Ctx) -> None:
     """pretrained=true, no network, nothing cached: fail at once (no minute of retries), without HF_HUB_OFFLINE."""
     from huggingface_hub import constants
@@ -556,6 +561,8 @@ CASES: dict[str, Case] = {
     "corrupt test image": Case("predict", corrupt_test_image, ("te001.png", "is truncated")),
     # models and weights
     "unknown timm model": Case("train", unknown_model, ("model.name", "'resnet-18'", "did you mean resnet18")),
+    "fixed-size model at another size": Case("train", fixed_size_model_at_another_size,
+                                             ("train.image_size", "crossvit_tiny_240", "240 px", "32 px")),
     "hub weights with no network": Case("train", hub_unreachable, ("model.pretrained", "offline?", "local weights"),
                                         within=15),
     "pretrained file missing": Case("train", pretrained_missing, ("model.pretrained", "nope.safetensors", "not found")),

@@ -254,3 +254,14 @@ def test_pixel_values_no_scale_can_hold_are_refused_naming_the_file(tmp_path: Pa
     Image.fromarray(pixels).save(path)
     with pytest.raises(UserError, match=f"image {path} .*{said}.*convert it"):
         load_image(path)
+
+
+def test_a_model_built_for_224_px_trains_and_predicts_at_32(project: Path, capsys: pytest.CaptureFixture) -> None:
+    """vit_tiny_patch16_224 has a fixed input size: timm builds it for train.image_size (img_size) instead of
+    failing at the first forward."""
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project, model={"name": "vit_tiny_patch16_224"})
+    for stage in ("folds", "train", "predict"):
+        result = run_main(capsys, stage, "--config", str(config), *(["--fold", "0"] if stage != "folds" else []))
+        assert result.returncode == 0, f"{stage}: {result.stderr}"
+    assert (project / "data/runs/toy/tiny/fold0/test.csv").exists()
