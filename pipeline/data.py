@@ -199,9 +199,23 @@ def _check_labels(table: pd.DataFrame, data: DataConfig, path: Path) -> None:
                 )
 
 
+def _check_inside(image_id: str, rel: str, raw: Path, root: Path, what: str) -> None:
+    """An id must not reach outside the competition folder: no `..` in its path, no symlink resolving elsewhere."""
+    if ".." in Path(rel).parts or Path(rel).is_absolute():
+        raise UserError(f"{raw / what}: id {image_id!r} points outside the competition folder ({rel}); "
+                        "ids name files inside it: fix or drop the row")  # fmt: skip
+    if not (raw / rel).resolve().is_relative_to(root):
+        raise UserError(
+            f"{raw / what}: the image of id {image_id!r} ({raw / rel}) is a link to {(raw / rel).resolve()}, outside "
+            f"the competition folder; copy the file in (or link the whole folder {raw} instead)"
+        )
+
+
 def _check_files(table: pd.DataFrame, raw: Path, what: str) -> None:
-    """Every listed image exists and is not empty (one stat each: cheap even for 100k images)."""
+    """Every listed image is inside the competition folder, exists and is not empty (cheap even for 100k images)."""
+    root = raw.resolve()
     for image_id, rel in zip(table["id"], table["image"], strict=True):
+        _check_inside(image_id, rel, raw, root, what)
         try:
             size = (raw / rel).stat().st_size if (raw / rel).is_file() else None
         except OSError:

@@ -283,6 +283,18 @@ def missing_group_column(c: Ctx) -> None:
     c.edit_competition("folds", group_column="patient")
 
 
+def id_with_dotdot(c: Ctx) -> None:
+    shutil.copy(c.image(), c.project / "data" / "raw" / "secret.png")  # the file exists: refused, not "not found"
+    set_cell(3, "id", "../../secret")(c)
+
+
+def image_linked_outside(c: Ctx) -> None:
+    outside = c.project / "elsewhere.png"
+    shutil.copy(c.image(), outside)
+    c.image().unlink()
+    c.image().symlink_to(outside)
+
+
 def missing_image(c: Ctx) -> None:
     c.image("tr004").unlink()
 
@@ -543,6 +555,9 @@ CASES: dict[str, Case] = {
     "missing group column": Case("folds", missing_group_column, ("no column 'patient'", "folds.group_column")),
     # images
     "image listed but missing": Case("folds", missing_image, ("tr004", "not found", "data.image_ext"), cli=True),
+    "id with ..": Case("folds", id_with_dotdot, ("id '../../secret'", "outside the competition folder")),
+    "image linked outside the competition": Case("folds", image_linked_outside,
+                                                 ("id 'tr003'", "elsewhere.png", "outside the competition folder")),
     "zero-byte image": Case("folds", zero_byte_image, ("tr003.png", "id 'tr003'", "0 bytes", "replace the file")),
     "truncated image": Case("train", truncated_image, ("train/tr0", ".png is truncated", "replace the file")),
     "not an image": Case("train", not_an_image, ("train/tr0", ".png is not an image", "replace the file")),
