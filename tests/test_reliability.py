@@ -265,3 +265,13 @@ def test_a_model_built_for_224_px_trains_and_predicts_at_32(project: Path, capsy
         result = run_main(capsys, stage, "--config", str(config), *(["--fold", "0"] if stage != "folds" else []))
         assert result.returncode == 0, f"{stage}: {result.stderr}"
     assert (project / "data/runs/toy/tiny/fold0/test.csv").exists()
+
+
+@pytest.mark.parametrize(("name", "reason"), [("a:b.txt", None), ("train/x:y.png", None), ("C:/x", "an absolute path"),
+                                              ("c:", "an absolute path"), ("/etc/x", "an absolute path")])  # fmt: skip
+def test_a_colon_in_a_zip_entry_name_is_not_an_absolute_path(name: str, reason: str | None) -> None:
+    import zipfile
+
+    from pipeline import download
+
+    assert download.unsafe_reason(zipfile.ZipInfo(name)) == reason
