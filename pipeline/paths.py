@@ -99,6 +99,10 @@ class Paths:
     def weights(self, fold: int) -> Path:
         return self.fold_dir(fold) / "model.safetensors"
 
+    def fold_lock(self, fold: int) -> Path:
+        """Held by the process working on this fold (pipeline.locks)."""
+        return self.fold_dir(fold) / ".lock"
+
     def checkpoint(self, fold: int) -> Path:
         return self.fold_dir(fold) / "work" / "last.pt"
 

@@ -275,3 +275,30 @@ def test_a_colon_in_a_zip_entry_name_is_not_an_absolute_path(name: str, reason: 
     from pipeline import download
 
     assert download.unsafe_reason(zipfile.ZipInfo(name)) == reason
+
+
+def test_a_second_run_of_the_same_fold_says_who_holds_it(project: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project)
+    assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
+    lock = project / "data/runs/toy/tiny/fold0/.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.locks import fold_lock\n"
+         "with fold_lock(Path(sys.argv[1]), 0, 'train'):\n    print('held', flush=True); time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_main(capsys, "train", "--config", str(config), "--fold", "0")
+        assert result.returncode == 2
+        assert f"fold 0 is busy: `train` holds {lock} (pid {holder.pid} on {socket.gethostname()}" in result.stderr
+        assert not (project / "data/runs/toy/tiny/fold0/model.safetensors").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    done = run_main(capsys, "train", "--config", str(config), "--fold", "0")  # the holder died: the fold is free
+    assert done.returncode == 0, done.stderr
