@@ -4,7 +4,9 @@
 
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
-.SECONDARY:
+# Fold outputs are never deleted as "intermediate"; not .SECONDARY for everything, which would stop Make from
+# rebuilding a deleted file (scores.json) whose dependents (the submission) still exist.
+.PRECIOUS: data/runs/%/model.safetensors data/runs/%/test.csv
 .DEFAULT_GOAL := help
 
 # Absolute paths from the Makefile's own folder, so `make -f <repo>/Makefile` works from any project folder.
@@ -18,6 +20,9 @@ COMP := $(notdir $(patsubst %/,%,$(dir $(CONFIG))))
 else
 COMP ?= demo
 CONFIG := configs/$(COMP)/baseline.yaml
+endif
+ifneq ($(words $(CONFIG)),1)
+$(error error: CONFIG="$(CONFIG)" contains a space, which Make cannot handle in file names; rename the folder or file, or run `python -m pipeline <stage> --config "<path>"` directly)
 endif
 EXP := $(basename $(notdir $(CONFIG)))
 SET ?=
@@ -92,6 +97,11 @@ $(PROC)/folds.csv: $(COMP_YAML) | $(RAW_STAMP)
 
 $(LITE0):
 	$(PY) -m pipeline weights
+
+# A CONFIG that does not exist: our one-line error (what to run), not Make's "No rule to make target". init may
+# write it (the demo's baseline.yaml) while making competition.yaml.
+$(CONFIG): | $(COMP_YAML)
+	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
 train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold: make -j N works)
 $(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(FORCE_IF_SET)

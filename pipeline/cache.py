@@ -6,6 +6,10 @@ data/processed/<comp>/cache/<side>px/images.u8 (N x side x side x 3, uint8, row 
 and then index.csv (image path, source size and mtime) last, so a half-built cache never looks done.
 `side` is the training size plus the margin random crops need. The cache is rebuilt only when the
 image size changes (a different folder) or any source image's size/mtime changes.
+
+Its size is known before it is built (N x side x side x 3 bytes), so free space is checked first; it is written
+with ordinary sequential writes (not through a writable memory map, which dies with SIGBUS when the disk fills),
+so a full disk mid-way is one `cannot write ...: no space left on device (need ~N MB)` error and no temp file.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -78,28 +83,41 @@ def is_current(folder: Path, root: Path, images: list[str]) -> bool:
     index_path = folder / "index.csv"
     if not index_path.exists() or not (folder / "images.u8").exists():
         return False
-    index = pd.read_csv(index_path, dtype={"image": str})
+    index = read_csv(index_path, "image cache index")
     if list(index["image"]) != images:
         return False
     current = _fingerprint(root, images)
-    return bool((index["bytes"].to_numpy() == current["bytes"].to_numpy()).all()
-                and (index["mtime_ns"].to_numpy() == current["mtime_ns"].to_numpy()).all())  # fmt: skip
+    return all(
+        (index[column].astype(np.int64).to_numpy() == current[column].to_numpy()).all()
+        for column in ("bytes", "mtime_ns")
+    )
 
 
 def build_cache(folder: Path, root: Path, images: list[str], interpolation: str = "bilinear",
                 progress: bool = True) -> Path:  # fmt: skip
     """Decode every image once into folder/images.u8; index.csv is written last."""
     side = int(folder.name.removesuffix("px"))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "index.csv").unlink(missing_ok=True)  # from here on the cache is not current until rebuilt
-    with artifacts.atomic_path(folder / "images.u8") as tmp:
-        store = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(images), side, side, 3))
-        for i, image in enumerate(report(images, total=len(images), desc="cache", enabled=progress)):
-            store[i] = resize_square(load_image(root / image), side, interpolation)
-        store.flush()
-        del store
+    need = len(images) * side * side * 3
+    store = folder / "images.u8"
+    with artifacts.atomic_path(store, need) as tmp:  # creates the folder (or names what is in its way)
+        (folder / "index.csv").unlink(missing_ok=True)  # from here on the cache is not current until rebuilt
+        check_free_space(store, need - (store.stat().st_size if store.exists() else 0))
+        with open(tmp, "wb") as handle:
+            for image in report(images, total=len(images), desc="cache", enabled=progress):
+                pixels = resize_square(load_image(root / image), side, interpolation)
+                handle.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
     artifacts.write_csv(folder / "index.csv", _fingerprint(root, images))
     return folder
+
+
+def check_free_space(path: Path, need: int) -> None:
+    """Refuse before decoding anything when the disk cannot hold `need` more bytes (plus 1% slack)."""
+    free = shutil.disk_usage(path.parent).free
+    if need > 0 and free < need * 1.01:
+        raise UserError(
+            f"cannot write {path}: no space left on device (need {artifacts.megabytes(need)}, "
+            f"{artifacts.megabytes(free)} free); free some space, or set train.cache: false to decode images each epoch"
+        )
 
 
 def ensure_cache(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,41 @@ import yaml
 from pipeline.errors import ConfigError
 
 TASKS = ("single_label", "multi_label", "ordinal")
+SEED_MAX = 2**32 - 1  # numpy / sklearn random_state
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number field (each bound inclusive unless marked open); None: unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'more than' if self.low_open else 'at least'} {self.low:g}"
+        if self.low is None:
+            return f"{'less than' if self.high_open else 'at most'} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False, factory: Any = None) -> Any:  # fmt: skip
+    """A dataclass field whose number value (or each number of its list) must lie in the range; `_build` checks it."""
+    metadata = {"range": Range(low, high, low_open, high_open)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 SUBMISSION_FORMATS = ("label", "probabilities", "labels", "numeric")
 
 
@@ -46,8 +83,8 @@ class DataConfig:
 
 @dataclass
 class FoldsConfig:
-    n_folds: int = 5
-    seed: int = 42
+    n_folds: int = ranged(5, 2)
+    seed: int = ranged(42, 0, SEED_MAX)
     group_column: str | None = None
 
 
@@ -55,57 +92,67 @@ class FoldsConfig:
 class ModelConfig:
     name: str = "resnet18"
     pretrained: bool | str = True  # true: timm's hub; false: random init; a path: local weights file
-    drop_rate: float = 0.0
+    drop_rate: float = ranged(0.0, 0, 1, high_open=True)
     head: str = "classifier"  # classifier | regression (ordinal targets: one output, MSE, cut points fitted on OOF)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float | str = 1.0e-3  # a number, or auto: lr-find's suggestion (data/runs/<comp>/<exp>/lr_find.json)
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr: float = 1.0e-6
+    epochs: int = ranged(5, 1)
+    batch_size: int = ranged(32, 1)
+    lr: float | str = ranged(
+        1.0e-3, 0, low_open=True
+    )  # a number, or auto: lr-find's suggestion (data/runs/<comp>/<exp>/lr_find.json)
+    weight_decay: float = ranged(0.05, 0)
+    warmup_epochs: float = ranged(1.0, 0)
+    min_lr: float = ranged(1.0e-6, 0)
     opt: str = "adamw"  # any timm.optim.create_optimizer_v2 name
     sched: str = "cosine"  # any timm.scheduler.create_scheduler_v2 name
-    label_smoothing: float = 0.0
-    image_size: int | None = None  # None: the backbone's pretrained input size
-    num_workers: int = 2
-    seed: int = 42
+    label_smoothing: float = ranged(0.0, 0, 1, high_open=True)
+    image_size: int | None = ranged(None, 8)  # None: the backbone's pretrained input size
+    num_workers: int = ranged(2, 0)
+    seed: int = ranged(42, 0, SEED_MAX)
     sync_bn: bool = False  # under torchrun (GPUS=N): BatchNorm statistics over the global batch (CUDA only)
     cache: bool = True  # decode each image once into data/processed/<comp>/cache/ (pipeline.cache)
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
     deterministic: bool = False  # deterministic algorithms: a CPU re-run (or resume) gives identical weights
-    time_budget: str | float | None = None  # e.g. 8h30m: stop cleanly (resumable) when reached
-    checkpoint_every: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
+    time_budget: str | float | None = ranged(
+        None, 0, low_open=True
+    )  # e.g. 8h30m: stop cleanly (resumable) when reached
+    checkpoint_every: int = ranged(0, 0)  # also checkpoint every N steps within an epoch (0: at epoch ends only)
     # The recipe (pipeline.recipe). Defaults reproduce plain fine-tuning; init's baseline.yaml sets the measured ones.
-    freeze_epochs: int = 0  # first N of `epochs` train the head only (fastai's fine_tune); norm layers stay trainable
-    backbone_lr_factor: float = 1.0  # backbone LR = lr x this (discriminative LR); the head gets lr
-    layer_decay: float | None = None  # e.g. 0.75: each earlier layer group's LR x this (timm's param groups)
+    freeze_epochs: int = ranged(
+        0, 0
+    )  # first N of `epochs` train the head only (fastai's fine_tune); norm layers stay trainable
+    backbone_lr_factor: float = ranged(1.0, 0, 1)  # backbone LR = lr x this (discriminative LR); the head gets lr
+    layer_decay: float | None = ranged(
+        None, 0, 1, low_open=True
+    )  # e.g. 0.75: each earlier layer group's LR x this (timm's param groups)
     ema: bool = False  # a weight EMA (timm ModelEmaV3), scored each epoch; saved unless the raw weights score better
-    ema_decay: float = 0.999  # upper bound; timm's warmup makes short runs average over fewer steps
-    mixup: float = 0.0  # mixup alpha (timm.data.Mixup); 0 disables; soft-target loss when on
-    cutmix: float = 0.0  # cutmix alpha; 0 disables; with both on, each batch picks one at random
-    mix_prob: float = 1.0  # probability that a batch is mixed when mixup or cutmix is on
-    accumulate: int = 1  # gradient accumulation: one optimizer step every N batches
-    clip_grad: float | None = None  # clip the gradient norm to this (timm.utils.dispatch_clip_grad); null: off
+    ema_decay: float = ranged(0.999, 0, 1)  # upper bound; timm's warmup makes short runs average over fewer steps
+    mixup: float = ranged(0.0, 0)  # mixup alpha (timm.data.Mixup); 0 disables; soft-target loss when on
+    cutmix: float = ranged(0.0, 0)  # cutmix alpha; 0 disables; with both on, each batch picks one at random
+    mix_prob: float = ranged(1.0, 0, 1)  # probability that a batch is mixed when mixup or cutmix is on
+    accumulate: int = ranged(1, 1)  # gradient accumulation: one optimizer step every N batches
+    clip_grad: float | None = ranged(
+        None, 0, low_open=True
+    )  # clip the gradient norm to this (timm.utils.dispatch_clip_grad); null: off
     keep: str = "best"  # best: the epoch with the best validation score is saved; last: the final epoch
-    early_stopping: int = 0  # stop after N epochs without a better validation score; 0: off
+    early_stopping: int = ranged(0, 0)  # stop after N epochs without a better validation score; 0: off
     compile: bool = False  # torch.compile the training forward (first step compiles: tens of seconds)
     cpu_bf16: bool = False  # bf16 autocast on CPU (on CUDA, `amp` decides)
     class_weights: str = "none"  # none | balanced: loss weights inverse to class frequency (multi-label: pos_weight)
     sampler: str = "shuffle"  # shuffle | balanced: draw rows with probability inverse to class frequency
-    progressive_sizes: list[int] = field(default_factory=list)  # e.g. [32, 48]: train sizes, in equal epoch blocks
+    progressive_sizes: list[int] = ranged(None, 8, factory=list)  # e.g. [32, 48]: train sizes, in equal epoch blocks
 
 
 @dataclass
 class AugmentConfig:
-    hflip: float = 0.5
-    vflip: float = 0.0
-    scale_min: float = 0.5  # RandomResizedCrop's lower area bound
-    color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
-    rotate: float = 0.0  # max degrees of random rotation; 0 disables
+    hflip: float = ranged(0.5, 0, 1)
+    vflip: float = ranged(0.0, 0, 1)
+    scale_min: float = ranged(0.5, 0, 1, low_open=True)  # RandomResizedCrop's lower area bound
+    color_jitter: float = ranged(0.2, 0)  # brightness/contrast/saturation strength; 0 disables
+    rotate: float = ranged(0.0, 0, 180)  # max degrees of random rotation; 0 disables
 
 
 @dataclass
@@ -125,7 +172,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
     device: str = "auto"  # auto | cpu | cuda | mps
-    sample: int = 0  # >0: a stratified N-image subset with its own output paths
+    sample: int = ranged(0, 0)  # >0: a stratified N-image subset with its own output paths
 
     @property
     def num_classes(self) -> int:
@@ -134,6 +181,10 @@ class Config:
 
 COMPETITION_KEYS = ("data", "metric", "folds")
 EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "device", "sample")
+
+
+class _NotFinite(ConfigError):
+    """nan or inf where a number belongs."""
 
 
 def _check_type(value: Any, annotation: Any, key: str) -> Any:
@@ -149,6 +200,8 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
                 continue
             try:
                 return _check_type(value, option, key)
+            except _NotFinite:
+                raise  # `lr: nan` is a number that cannot work, not a string that might
             except ConfigError as exc:
                 errors.append(str(exc))
         names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
@@ -167,14 +220,19 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise _NotFinite(f"{key}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -194,6 +252,7 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     if unknown:
         where = f"{section}." if section else ""
         raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; known: {', '.join(sorted(known))}")
+    ranges = {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata}
     kwargs = {}
     for name, value in values.items():
         key = f"{section}.{name}" if section else name
@@ -202,7 +261,18 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
             kwargs[name] = _build(annotation, value if value is not None else {}, key)
         else:
             kwargs[name] = _check_type(value, annotation, key)
+            if name in ranges:
+                _check_range(kwargs[name], ranges[name], key)
     return cls(**kwargs)
+
+
+def _check_range(value: Any, allowed: Range, key: str) -> None:
+    """Numbers (or each number of a list) within the field's declared range; strings and null are not numbers."""
+    items = value if isinstance(value, list) else [value]
+    for i, item in enumerate(items):
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and item not in allowed:
+            where = f"{key}[{i}]" if isinstance(value, list) else key
+            raise ConfigError(f"{where}: must be {allowed}, got {item!r}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -294,20 +364,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.submission_format: {cfg.data.submission_format!r} is not one of {', '.join(SUBMISSION_FORMATS)}"
         )
-    if cfg.folds.n_folds < 2:
-        raise ConfigError(f"folds.n_folds: must be at least 2, got {cfg.folds.n_folds}")
     if cfg.device not in ("auto", "cpu", "cuda", "mps"):
         raise ConfigError(f"device: {cfg.device!r} is not one of auto, cpu, cuda, mps")
-    for key in ("epochs", "batch_size"):
-        if getattr(cfg.train, key) < 1:
-            raise ConfigError(f"train.{key}: must be at least 1, got {getattr(cfg.train, key)}")
-    if cfg.train.num_workers < 0:
-        raise ConfigError(f"train.num_workers: must be 0 or more, got {cfg.train.num_workers}")
-    if cfg.train.image_size is not None and cfg.train.image_size < 8:
-        raise ConfigError(f"train.image_size: must be at least 8 pixels, got {cfg.train.image_size}")
+    duplicated = sorted({name for name in cfg.data.classes if cfg.data.classes.count(name) > 1})
+    if duplicated:
+        raise ConfigError(f"data.classes: {duplicated} listed more than once; each class once, in a fixed order")
     validate_recipe(cfg)
-    if cfg.sample < 0:
-        raise ConfigError(f"sample: must be 0 (off) or a number of images, got {cfg.sample}")
+    check_timm_choices(cfg.train)
     from pipeline.metrics import METRICS
     from pipeline.tta import VIEWS
 
@@ -320,13 +383,48 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"tta.views[{i}]: unknown view {view!r}; known: {', '.join(VIEWS)}")
 
 
+# Names seen to work, so the common case costs no timm import (~2 s); anything else is checked against timm itself.
+COMMON_OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "lamb", "lion", "rmsprop", "adan", "nadam")
+COMMON_SCHEDULERS = ("cosine", "step", "multistep", "plateau", "poly", "tanh", "constant")
+
+
+def timm_schedulers() -> list[str]:
+    """The `sched` names timm's create_scheduler_v2 accepts (it has no list: probe each candidate name)."""
+    import torch
+    from timm.scheduler import create_scheduler_v2
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    names = []
+    for name in (*COMMON_SCHEDULERS, "wsd", "rsqrt"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecation notes about a scheduler are not the user's business here
+                create_scheduler_v2(optimizer, sched=name, num_epochs=2)
+            names.append(name)
+        except (ValueError, TypeError):
+            pass
+    return names
+
+
+def check_timm_choices(t: TrainConfig) -> None:
+    """train.opt and train.sched against the names timm accepts, at load time rather than when training starts."""
+    if t.opt.lower() not in COMMON_OPTIMIZERS:
+        import timm.optim
+
+        known = timm.optim.list_optimizers()
+        if t.opt.lower() not in known and t.opt.lower().split("_")[-1] not in known:
+            raise ConfigError(f"train.opt: {t.opt!r} is not a timm optimizer; known: {', '.join(known)}")
+    if t.sched not in COMMON_SCHEDULERS:
+        known = timm_schedulers()
+        if t.sched not in known:
+            raise ConfigError(f"train.sched: {t.sched!r} is not a timm scheduler; known: {', '.join(known)}")
+
+
 def validate_recipe(cfg: Config) -> None:
     """The training recipe's keys: ranges, choices, and combinations that cannot work."""
     t = cfg.train
     if isinstance(t.lr, str) and t.lr != "auto":
         raise ConfigError(f"train.lr: expected a number or auto, got {t.lr!r}")
-    if not isinstance(t.lr, str) and t.lr <= 0:
-        raise ConfigError(f"train.lr: must be positive, got {t.lr}")
     choices = {
         "train.keep": (t.keep, ("best", "last")),
         "train.class_weights": (t.class_weights, ("none", "balanced")),
@@ -340,25 +438,10 @@ def validate_recipe(cfg: Config) -> None:
         raise ConfigError(
             f"train.freeze_epochs: must be 0..{t.epochs - 1} (fewer than train.epochs), got {t.freeze_epochs}"
         )
-    for key in ("backbone_lr_factor", "ema_decay", "mix_prob"):
-        if not 0 <= getattr(t, key) <= 1:
-            raise ConfigError(f"train.{key}: must be between 0 and 1, got {getattr(t, key)}")
-    if t.layer_decay is not None and not 0 < t.layer_decay <= 1:
-        raise ConfigError(f"train.layer_decay: must be in (0, 1] or null, got {t.layer_decay}")
-    for key in ("mixup", "cutmix", "early_stopping"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"train.{key}: must be 0 (off) or more, got {getattr(t, key)}")
     if (t.mixup or t.cutmix) and t.batch_size % 2:
         raise ConfigError(
             f"train.batch_size: mixup/cutmix mix a batch with its mirror, so it must be even, got {t.batch_size}"
         )
-    if t.accumulate < 1:
-        raise ConfigError(f"train.accumulate: must be at least 1, got {t.accumulate}")
-    if t.clip_grad is not None and t.clip_grad <= 0:
-        raise ConfigError(f"train.clip_grad: must be positive or null, got {t.clip_grad}")
-    for i, size in enumerate(t.progressive_sizes):
-        if size < 8:
-            raise ConfigError(f"train.progressive_sizes[{i}]: must be at least 8 pixels, got {size}")
     if cfg.model.head == "regression" and cfg.data.task != "ordinal":
         raise ConfigError(
             f"model.head: regression needs data.task ordinal (ordered numeric classes), not {cfg.data.task}"

@@ -26,7 +26,12 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to repor
 
 
 def read_csv(path: Path, what: str) -> pd.DataFrame:
-    """Read a competition CSV with every column as text (ids like 007 keep their zeros)."""
+    """Read a competition CSV with every column as text, verbatim: ids like 007 keep their zeros, and ids or labels
+    such as NA, null, None or nan stay strings (pandas' default NA parsing is off; only a blank cell is missing).
+
+    Every module that reads a competition CSV goes through here (or `read_typed_csv`): tests/test_reliability.py
+    checks that no other module calls pandas' reader on one.
+    """
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except FileNotFoundError as exc:
@@ -36,6 +41,30 @@ def read_csv(path: Path, what: str) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path} is not a readable CSV ({str(exc).splitlines()[0]})") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
+    if len(frame.columns) == 1:
+        delimiter = next((d for d in (";", "\t", "|") if d in frame.columns[0]), None)
+        if delimiter is not None:
+            raise UserError(
+                f"{what} {path} is {delimiter!r}-delimited (one column named {frame.columns[0]!r}); "
+                "save it comma-separated (e.g. pandas: read_csv(sep=...).to_csv(index=False))"
+            )
+    return frame
+
+
+def read_typed_csv(path: Path, what: str) -> pd.DataFrame:
+    """`read_csv`, then every column after the first (the id) numeric where each non-blank cell is a number.
+
+    How a submission is compared with sample_submission: the ids stay text verbatim, number columns are numbers,
+    and an all-blank target column (some competitions ship one) stays text, so it demands no particular type.
+    """
+    frame = read_csv(path, what)
+    for column in frame.columns[1:]:
+        values = frame[column]
+        if values.isna().all():
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        if (numbers.isna() == values.isna()).all():
+            frame[column] = numbers
     return frame
 
 
@@ -170,9 +199,23 @@ def _check_labels(table: pd.DataFrame, data: DataConfig, path: Path) -> None:
                 )
 
 
+def _check_inside(image_id: str, rel: str, raw: Path, root: Path, what: str) -> None:
+    """An id must not reach outside the competition folder: no `..` in its path, no symlink resolving elsewhere."""
+    if ".." in Path(rel).parts or Path(rel).is_absolute():
+        raise UserError(f"{raw / what}: id {image_id!r} points outside the competition folder ({rel}); "
+                        "ids name files inside it: fix or drop the row")  # fmt: skip
+    if not (raw / rel).resolve().is_relative_to(root):
+        raise UserError(
+            f"{raw / what}: the image of id {image_id!r} ({raw / rel}) is a link to {(raw / rel).resolve()}, outside "
+            f"the competition folder; copy the file in (or link the whole folder {raw} instead)"
+        )
+
+
 def _check_files(table: pd.DataFrame, raw: Path, what: str) -> None:
-    """Every listed image exists and is not empty (one stat each: cheap even for 100k images)."""
+    """Every listed image is inside the competition folder, exists and is not empty (cheap even for 100k images)."""
+    root = raw.resolve()
     for image_id, rel in zip(table["id"], table["image"], strict=True):
+        _check_inside(image_id, rel, raw, root, what)
         try:
             size = (raw / rel).stat().st_size if (raw / rel).is_file() else None
         except OSError:
@@ -205,8 +248,18 @@ def read_test_table(data: DataConfig, raw: Path) -> pd.DataFrame:
                 "image": [f.relative_to(raw).as_posix() for f in files],
             }
         )
+    where = raw / (data.test_csv or data.test_dir)
     if table.empty:
-        raise UserError(f"{raw / (data.test_csv or data.test_dir)}: no test images listed")
+        what = "has a header but no rows" if data.test_csv else "holds no images"
+        raise UserError(f"{where} {what}: no test images listed; re-download the competition data")
+    repeated = table["id"][table["id"].duplicated()].unique().tolist()
+    if repeated:
+        shown = ", ".join(repr(i) for i in repeated[:5]) + (
+            f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        )
+        raise UserError(
+            f"{where}: duplicate test id(s) {shown}; each test id must appear once (predictions are matched by id)"
+        )
     _check_files(table, raw, data.test_csv or data.test_dir)
     return table
 
@@ -223,16 +276,34 @@ def encode_targets(labels: pd.Series, data: DataConfig) -> np.ndarray:
     return np.array([index[label] for label in labels], dtype=np.int64)
 
 
+def high_depth_to_uint8(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """One gray channel of a 16-bit, 32-bit integer or float image as uint8, by the mode's fixed scale (not per-image
+    min/max, so every image of a data set keeps the same brightness scale):
+
+    - I;16* (16-bit) and I (32-bit integer, how PIL reads most 16-bit TIFFs/PNGs): 0..65535 -> 0..255 (/257);
+    - F (32-bit float): 0..1 (the usual float convention) -> 0..255 when no value exceeds 1, else read as 0..255.
+    Values these scales cannot hold (NaN/inf, negative, above 65535 or, for floats, above 255) are refused.
+    """
+    finite = np.isfinite(array).all()
+    low, high = (float(array.min()), float(array.max())) if array.size and finite else (0.0, 0.0)
+    limit = 255.0 if mode == "F" else 65535.0
+    if not finite or low < 0 or high > limit:
+        what = "NaN or infinite values" if not finite else f"values {low:g}..{high:g}"
+        raise UserError(
+            f"image {path} (mode {mode}) has {what}, outside the 0..{'1 or 0..255' if mode == 'F' else '65535'} this "
+            "pipeline can scale to 8 bits; convert it (e.g. to an 8-bit PNG), or drop its row and rebuild folds"
+        )
+    scale = (255.0 if high <= 1.0 else 1.0) if mode == "F" else 1 / 257
+    return np.rint(array * scale).clip(0, 255).astype(np.uint8)
+
+
 def load_image(path: Path) -> np.ndarray:
     """Decode any common image as RGB uint8 (H, W, 3): EXIF rotation, gray, RGBA, palette, 16-bit, CMYK."""
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit gray: scale to 8 bits, don't clip
-                array = np.asarray(image, dtype=np.float64)
-                peak = max(array.max(), 1.0)
-                array = (array / (65535.0 if peak > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
-                return np.stack([array] * 3, axis=-1)
+            if image.mode.startswith("I") or image.mode == "F":  # 16-bit, 32-bit integer or float gray
+                return np.stack([high_depth_to_uint8(np.asarray(image, dtype=np.float64), image.mode, path)] * 3, -1)
             if image.mode in ("RGBA", "LA", "P", "PA"):
                 image = image.convert("RGBA")
                 background = Image.new("RGBA", image.size, (255, 255, 255, 255))

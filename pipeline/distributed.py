@@ -12,6 +12,7 @@ every row is predicted exactly once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterator
@@ -142,7 +143,9 @@ def shutdown(world: World) -> None:
 
 def run_folds(args: argparse.Namespace, work: Callable[[Config, int, torch.device, World], object]) -> None:
     """A per-fold stage's entry point: config from the CLI, the process group when under torchrun, each fold."""
+    from pipeline import paths
     from pipeline.cli import config_from_args, folds_from_args
+    from pipeline.locks import fold_lock
     from pipeline.model import resolve_device
 
     cfg = config_from_args(args)
@@ -150,6 +153,9 @@ def run_folds(args: argparse.Namespace, work: Callable[[Config, int, torch.devic
     device = ddp_device or resolve_device(cfg.device)
     try:
         for fold in folds_from_args(args, cfg):
-            work(cfg, fold, device, world)
+            # one process per fold (under torchrun: rank 0 holds it for all ranks)
+            lock = fold_lock(paths.for_config(cfg).fold_lock(fold), fold, args.command) if world.is_main else None
+            with lock or contextlib.nullcontext():
+                work(cfg, fold, device, world)
     finally:
         shutdown(world)

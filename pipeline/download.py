@@ -83,7 +83,7 @@ def download(comp: str, force: bool = False) -> Path:
 def unsafe_reason(info: zipfile.ZipInfo) -> str | None:
     """Why extracting this entry could write outside the target folder, or None if it is safe."""
     name = info.filename.replace("\\", "/")
-    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+    if name.startswith("/") or re.match(r"[A-Za-z]:(/|$)", name):  # /x or a drive (C:/x); a:b.txt is a name
         return "an absolute path"
     if ".." in PurePosixPath(name).parts:
         return "a '..' path"

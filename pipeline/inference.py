@@ -47,7 +47,7 @@ def load_fold_model(cfg: Config, fold: int, device: torch.device) -> tuple[torch
                         f"training diverged; lower train.lr, then {retrain}")  # fmt: skip
     if meta.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
         raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
-    model = build_model(cfg.model, cfg.num_classes, pretrained=False)
+    model = build_model(cfg.model, cfg.num_classes, pretrained=False, image_size=cfg.train.image_size)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape, e.g. another class count

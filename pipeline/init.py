@@ -74,6 +74,16 @@ def _pick_column(columns: list[str], names: tuple[str, ...]) -> str | None:
     return next((lowered[n] for n in names if n in lowered), None)
 
 
+def _require_filled(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """One-hot label columns need 0 or 1 in every row: name the first blank cell."""
+    for column in columns:
+        blank = frame[column].isna().to_numpy()
+        if blank.any():
+            row = int(blank.argmax()) + 2  # +1 header, +1 one-based
+            raise UserError(f"{path} row {row}, column {column!r} is blank; one-hot label columns need 0 or 1 in every "
+                            "row: fill it or drop the row")  # fmt: skip
+
+
 def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
     """(data layout, default metric, notes) for the competition files under `raw`."""
     if not raw.is_dir():
@@ -118,6 +128,8 @@ def infer_train_table(
 ) -> None:
     """A train CSV: its id column, its labels (infer_labels) and the folder its images are in."""
     frame = read_csv(raw / train_name, "train table")
+    if frame.empty:
+        raise UserError(f"{raw / train_name} has a header but no rows: no training data; re-download the data")
     data.train_csv = train_name
     data.id_column = _pick_column(list(frame.columns), ID_NAMES) or frame.columns[0]
     infer_labels(raw / train_name, frame, data, notes)
@@ -133,6 +145,7 @@ def infer_labels(path: Path, frame: pd.DataFrame, data: DataConfig, notes: list[
     others = [c for c in frame.columns if c != data.id_column]
     binary = [c for c in others if frame[c].dropna().isin(["0", "1"]).all() and len(frame[c].dropna())]
     if len(binary) >= 2 and len(binary) == len(others):
+        _require_filled(frame, binary, path)
         data.label_columns, data.label_column = binary, None
         data.classes = binary
         one_each = (frame[binary].astype(int).sum(axis=1) == 1).all()

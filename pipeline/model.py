@@ -166,24 +166,63 @@ def _weights_error(exc: BaseException, cfg: ModelConfig, source: bool | str) -> 
     return None
 
 
-def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | None = None) -> torch.nn.Module:
+def size_kwargs(name: str, image_size: int | None) -> dict[str, Any]:
+    """`img_size` for a model built for one input size (timm's pretrained_cfg.fixed_input_size: ViTs, Swin, LeViT)
+    when train.image_size asks for another; timm then resizes its position embeddings. Other models take any size."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    if not image_size or pretrained_cfg is None or not getattr(pretrained_cfg, "fixed_input_size", False):
+        return {}
+    return {} if tuple(pretrained_cfg.input_size[-2:]) == (image_size, image_size) else {"img_size": image_size}
+
+
+def _check_size(model: torch.nn.Module | None, name: str, image_size: int, exc: BaseException | None = None) -> None:
+    """A fixed-size model rebuilt for `image_size` must run at it: one dry forward, else an error naming the key."""
+    if exc is None:
+        training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, 3, image_size, image_size))
+            return
+        except Exception as error:  # noqa: BLE001 - any failure here means the size does not fit the architecture
+            exc = error
+        finally:
+            model.train(training)
+    native = timm.models.get_pretrained_cfg(name).input_size[-1]
+    detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+    raise UserError(
+        f"train.image_size: {name} is built for {native} px inputs and does not run at {image_size} px ({detail}); "
+        f"set train.image_size: {native} (or null), or pick a model that takes any size"
+    ) from exc
+
+
+def build_model(
+    cfg: ModelConfig, num_classes: int, pretrained: bool | str | None = None, image_size: int | None = None
+) -> torch.nn.Module:
     """timm.create_model with the configured weights; `pretrained` overrides cfg (False at predict time).
+    `image_size` (train.image_size): models built for one input size are built for this one (`size_kwargs`).
 
     Weights files go through timm's own loader, which reads them with torch.load(weights_only=True) or safetensors:
     a file holding pickled code is refused, never run.
     """
     check_model_name(cfg.name)
     source = cfg.pretrained if pretrained is None else pretrained
-    kwargs = pretrained_kwargs(source)
+    sized = size_kwargs(cfg.name, image_size)
+    kwargs = {**pretrained_kwargs(source), **sized}
     with _held_logs() as records, _offline_unless_reachable(source):
         try:
             outputs = 1 if cfg.head == "regression" else num_classes  # a regression head: the class as a number
             model = timm.create_model(cfg.name, num_classes=outputs, drop_rate=cfg.drop_rate, **kwargs)
+        except TypeError as exc:
+            if sized and "img_size" in str(exc):  # the architecture has no img_size argument
+                _check_size(None, cfg.name, image_size, exc)
+            raise
         except Exception as exc:
             error = _weights_error(exc, cfg, source) if kwargs["pretrained"] else None
             if error is None:
                 raise
             raise error from exc
+    if sized:
+        _check_size(model, cfg.name, image_size)
     if isinstance(source, str):
         _check_loaded(model, cfg, source, records)
     for record in records:  # timm's own lines, now that no error follows them

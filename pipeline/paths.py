@@ -96,6 +96,11 @@ class Paths:
         return self.processed / "folds.csv"
 
     @property
+    def folds_record(self) -> Path:
+        """What produced folds.csv: the fold settings and a digest of the train table (pipeline.folds)."""
+        return self.processed / "folds.json"
+
+    @property
     def test_csv(self) -> Path:
         """The resolved test listing (id, file) that every experiment predicts, in submission order."""
         return self.processed / "test.csv"
@@ -110,6 +115,10 @@ class Paths:
 
     def weights(self, fold: int) -> Path:
         return self.fold_dir(fold) / "model.safetensors"
+
+    def fold_lock(self, fold: int) -> Path:
+        """Held by the process working on this fold (pipeline.locks)."""
+        return self.fold_dir(fold) / ".lock"
 
     def checkpoint(self, fold: int) -> Path:
         return self.fold_dir(fold) / "work" / "last.pt"
@@ -191,6 +200,11 @@ class Paths:
     def runs(self) -> Path:
         """data/runs/<comp>/: one folder per experiment, plus the competition's cross-experiment tables."""
         return project_root() / "data" / "runs" / self.comp
+
+    def all_fold_weights(self) -> list[Path]:
+        """Every experiment's fold weights that were trained on this competition's folds.csv (same sample size)."""
+        found = sorted(self.runs.glob(f"*{self._suffix}/fold*/model.safetensors"))
+        return [p for p in found if self.sample or "-sample" not in p.parent.parent.name]
 
     @property
     def leaderboard_csv(self) -> Path:

@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline import artifacts, paths
 from pipeline.artifacts import read_json
 from pipeline.cli import config_from_args
-from pipeline.data import read_csv
+from pipeline.data import read_typed_csv
 from pipeline.predictions import format_submission, read_probs  # noqa: F401 - format_submission: re-exported
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> None:
         log.info("submission: %s thresholds from %s", found["kind"], out.thresholds)
     if cfg.data.test_csv:
         sample_path = paths.raw_dir(cfg.comp) / cfg.data.test_csv
-        id_column = read_csv(sample_path, "sample submission").columns[0]  # clear errors for a bad file
-        sample = pd.read_csv(sample_path, dtype={id_column: str})  # other columns keep their numeric dtypes
+        sample = read_typed_csv(sample_path, "sample submission")  # ids verbatim; number columns stay numbers
         if cfg.sample:  # a sample run predicts the first N test rows (pipeline.folds)
             sample = sample.head(cfg.sample)
         check_submission(frame, sample, where=str(out.submission),

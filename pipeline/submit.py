@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline.artifacts import read_json
 from pipeline.cli import config_from_args
 from pipeline.config import Config
+from pipeline.data import read_typed_csv
 from pipeline.errors import UserError
 from pipeline.paths import for_config, raw_dir
 from pipeline.provenance import describe, experiment_from_description, git_commit  # noqa: F401 - re-exported
@@ -28,14 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def read_table(path: Path, what: str) -> pd.DataFrame:
-    """A CSV with its first (id) column kept as text, so `007` stays `007`."""
-    try:
-        header = pd.read_csv(path, nrows=0)
-        return pd.read_csv(path, dtype={header.columns[0]: str} if len(header.columns) else None)
-    except FileNotFoundError as exc:
-        raise UserError(f"{path} not found; {what}") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from exc
+    """A CSV with its first (id) column kept as text verbatim (`007`, `NA`), number columns as numbers."""
+    if not Path(path).exists():
+        raise UserError(f"{path} not found; {what}")
+    return read_typed_csv(path, "table")
 
 
 def cv_score(scores_path: Path) -> tuple[str | None, float | None]:

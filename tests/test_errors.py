@@ -241,6 +241,10 @@ def missing_label_column(c: Ctx) -> None:
     c.save_table(c.table().rename(columns={"label": "class"}))
 
 
+def semicolon_train_table(c: Ctx) -> None:
+    c.table().to_csv(c.raw / "train.csv", index=False, sep=";")
+
+
 def empty_train_table(c: Ctx) -> None:
     c.save_table(c.table().iloc[:0])
 
@@ -279,6 +283,18 @@ def missing_group_column(c: Ctx) -> None:
     c.edit_competition("folds", group_column="patient")
 
 
+def id_with_dotdot(c: Ctx) -> None:
+    shutil.copy(c.image(), c.project / "data" / "raw" / "secret.png")  # the file exists: refused, not "not found"
+    set_cell(3, "id", "../../secret")(c)
+
+
+def image_linked_outside(c: Ctx) -> None:
+    outside = c.project / "elsewhere.png"
+    shutil.copy(c.image(), outside)
+    c.image().unlink()
+    c.image().symlink_to(outside)
+
+
 def missing_image(c: Ctx) -> None:
     c.image("tr004").unlink()
 
@@ -315,6 +331,18 @@ def sample_submission_id_column(c: Ctx) -> None:
     c.save_table(c.table(name).rename(columns={"id": "image"}), name)
 
 
+def duplicate_test_ids(c: Ctx) -> None:
+    name = "sample_submission.csv"
+    frame = c.table(name)
+    frame.loc[4, "id"] = "te001"
+    c.save_table(frame, name)
+
+
+def header_only_sample_submission(c: Ctx) -> None:
+    name = "sample_submission.csv"
+    c.save_table(c.table(name).iloc[:0], name)
+
+
 def missing_test_folder(c: Ctx) -> None:
     c.edit_competition("data", test_csv=None)
     shutil.rmtree(c.raw / "test")
@@ -328,6 +356,11 @@ def corrupt_test_image(c: Ctx) -> None:
 def unknown_model(c: Ctx) -> None:
     c.ok("folds")
     c.edit_experiment("model", name="resnet-18")
+
+
+def fixed_size_model_at_another_size(c: Ctx) -> None:
+    c.ok("folds")
+    c.edit_experiment("model", name="crossvit_tiny_240")  # fixed input size; timm's img_size does not rescale it
 
 
 def hub_unreachable(c: Ctx) -> None:
@@ -426,6 +459,46 @@ def output_read_only(c: Ctx) -> None:
     folder.chmod(0o555)
 
 
+def fold_seed_changed_after_training(c: Ctx) -> None:
+    c.trained()
+    c.edit_competition("folds", seed=1)
+
+
+def train_table_changed_after_training(c: Ctx) -> None:
+    c.trained()
+    set_cell(3, "label", "fox")(c)
+
+
+def fold_seed_changed_before_training(c: Ctx) -> None:
+    c.ok("folds")
+    c.edit_competition("folds", seed=1)
+
+
+def overrides(*settings: str) -> Callable[[Ctx], None]:
+    """A case that only adds --set overrides (what a user types in SET=...)."""
+
+    def add(c: Ctx) -> None:
+        c.args += ["--set", *settings]
+
+    return add
+
+
+def duplicate_classes(c: Ctx) -> None:
+    c.edit_competition("data", classes=["cat", "dog", "fox", "cat"])
+
+
+def init_onehot_blank_cell(c: Ctx) -> None:
+    set_cell(6, "dog", "")(c)
+    c.args[:] = ["init", "--comp", COMP]
+
+
+def init_empty_train_table_without_folders(c: Ctx) -> None:
+    empty_train_table(c)
+    for folder in ("train", "test"):
+        shutil.rmtree(c.raw / folder)
+    c.args[:] = ["init", "--comp", COMP]
+
+
 def init_without_data(c: Ctx) -> None:
     shutil.rmtree(c.raw)
     c.args[:] = ["init", "--comp", COMP]
@@ -452,12 +525,26 @@ CASES: dict[str, Case] = {
     "cuda without a GPU": Case("train", cuda_missing, ("device: cuda", "device=auto")),
     "one fold": Case("folds", one_fold, ("folds.n_folds", "at least 2")),
     "bad time budget": Case("train", bad_time_budget, ("train.time_budget", "'soon'", "8h")),
+    # values that pass the type check but cannot work: ranges are part of the schema (issue 17.8)
+    "train.lr nan": Case("train", overrides("train.lr=nan"), ("train.lr", "finite number", "'nan'")),
+    "train.lr inf": Case("train", overrides("train.lr=.inf"), ("train.lr", "finite number")),
+    "augment.hflip above 1": Case("train", overrides("augment.hflip=1.5"), ("augment.hflip", "in [0, 1]", "1.5")),
+    "augment.scale_min above 1": Case("train", overrides("augment.scale_min=2"), ("augment.scale_min", "in (0, 1]")),
+    "model.drop_rate above 1": Case("train", overrides("model.drop_rate=1.5"), ("model.drop_rate", "in [0, 1)")),
+    "negative color_jitter": Case("train", overrides("augment.color_jitter=-0.1"),
+                                  ("augment.color_jitter", "at least 0", "-0.1")),
+    "negative warmup_epochs": Case("train", overrides("train.warmup_epochs=-1"), ("train.warmup_epochs", "at least 0")),
+    "unknown optimizer": Case("train", overrides("train.opt=adamx"), ("train.opt", "'adamx'", "timm optimizer")),
+    "unknown scheduler": Case("train", overrides("train.sched=cosin"), ("train.sched", "'cosin'", "known: cosine")),
+    "duplicate data.classes": Case("folds", duplicate_classes, ("data.classes", "['cat']", "more than once")),
     # the train table
     "missing train table": Case("folds", missing_train_table, ("train.csv", "not found", "data.")),
     "train table not a CSV": Case("folds", unreadable_train_table, ("train.csv", "not a readable CSV")),
     "zero-byte train table": Case("folds", zero_byte_train_table, ("train.csv", "is empty", "download")),
     "missing id column": Case("folds", missing_id_column, ("train.csv", "no column 'id'", "data.id_column")),
     "missing label column": Case("folds", missing_label_column, ("no column 'label'", "data.label_column")),
+    "semicolon-delimited train table": Case("folds", semicolon_train_table,
+                                            ("train.csv", "';'-delimited", "comma-separated")),
     "empty train table": Case("folds", empty_train_table, ("train.csv", "no training rows")),
     "duplicate ids": Case("folds", duplicate_ids, ("train.csv row 9", "duplicate id 'tr002'", "row 4", "unique")),
     "empty id": Case("folds", empty_id, ("train.csv row 6", "empty id", "'id'")),
@@ -468,6 +555,9 @@ CASES: dict[str, Case] = {
     "missing group column": Case("folds", missing_group_column, ("no column 'patient'", "folds.group_column")),
     # images
     "image listed but missing": Case("folds", missing_image, ("tr004", "not found", "data.image_ext"), cli=True),
+    "id with ..": Case("folds", id_with_dotdot, ("id '../../secret'", "outside the competition folder")),
+    "image linked outside the competition": Case("folds", image_linked_outside,
+                                                 ("id 'tr003'", "elsewhere.png", "outside the competition folder")),
     "zero-byte image": Case("folds", zero_byte_image, ("tr003.png", "id 'tr003'", "0 bytes", "replace the file")),
     "truncated image": Case("train", truncated_image, ("train/tr0", ".png is truncated", "replace the file")),
     "not an image": Case("train", not_an_image, ("train/tr0", ".png is not an image", "replace the file")),
@@ -478,10 +568,16 @@ CASES: dict[str, Case] = {
     "sample_submission missing": Case("folds", missing_sample_submission, ("sample_submission.csv", "not found")),
     "sample_submission id column": Case("folds", sample_submission_id_column,
                                         ("sample_submission.csv", "no column 'id'", "data.submission_id_column")),
+    "duplicate test ids": Case("folds", duplicate_test_ids,
+                               ("sample_submission.csv", "duplicate test id(s) 'te001'", "once")),
+    "header-only sample_submission": Case("folds", header_only_sample_submission,
+                                          ("sample_submission.csv", "header but no rows")),
     "test folder missing": Case("folds", missing_test_folder, ("test", "not found", "data.test_dir")),
     "corrupt test image": Case("predict", corrupt_test_image, ("te001.png", "is truncated")),
     # models and weights
     "unknown timm model": Case("train", unknown_model, ("model.name", "'resnet-18'", "did you mean resnet18")),
+    "fixed-size model at another size": Case("train", fixed_size_model_at_another_size,
+                                             ("train.image_size", "crossvit_tiny_240", "240 px", "32 px")),
     "hub weights with no network": Case("train", hub_unreachable, ("model.pretrained", "offline?", "local weights"),
                                         within=15),
     "pretrained file missing": Case("train", pretrained_missing, ("model.pretrained", "nope.safetensors", "not found")),
@@ -502,11 +598,22 @@ CASES: dict[str, Case] = {
                                                ("fold0/model.safetensors", "not a safetensors file", "re-run train")),
     "fold weights from another config": Case("predict", fold_weights_other_config, ("different config",)),
     "predict before train": Case("predict", predict_before_train, ("model.safetensors not found", "make train")),
+    # folds.csv follows competition.yaml and the train table (issue 17.3)
+    "fold settings changed under trained weights": Case("folds", fold_seed_changed_after_training,
+                                                        ("folds.seed 0 -> 1", "fold0/model.safetensors", "delete")),
+    "train table changed under trained weights": Case("folds", train_table_changed_after_training,
+                                                      ("train table (train.csv) changed", "fold0/model.safetensors")),
+    "stale folds.csv at train": Case("train", fold_seed_changed_before_training,
+                                     ("folds.csv was made under other settings", "folds.seed 0 -> 1", "make folds")),
     # where output goes
     "output folder is a file": Case("folds", output_under_a_file, ("data/processed", "cannot create folder")),
     "output file is a folder": Case("folds", output_is_a_folder, ("test.csv", "cannot write")),
     "output folder read-only": Case("folds", output_read_only, ("data/processed", "permission denied"),
                                     root_can_write=True),
+    "init: one-hot cell blank": Case("init", init_onehot_blank_cell, ("train.csv row 8", "column 'dog'", "blank"),
+                                     layout="onehot_single"),
+    "init: empty train table, no image folders": Case("init", init_empty_train_table_without_folders,
+                                                      ("train.csv", "no rows")),
     "init without raw data": Case("init", init_without_data, ("data/raw/toy", "make download")),
 }  # fmt: skip
 

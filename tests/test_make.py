@@ -55,3 +55,18 @@ def test_make_all_then_nothing_to_retrain(make_project: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "pipeline train" not in second.stdout and "pipeline predict" not in second.stdout
     assert "nothing retrained" in second.stdout
+    (make_project / "data/runs/toy/tiny/scores.json").unlink()  # deleted by hand, the submission still there
+    third = make(make_project, "all", f"CONFIG={config}")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "pipeline ensemble" in third.stdout and "pipeline train" not in third.stdout
+
+
+def test_a_missing_config_or_one_with_a_space_is_our_error(make_project: Path) -> None:
+    write_competition_yaml(make_project, "csv")
+    tiny_experiment(make_project)
+    missing = make(make_project, "train", "CONFIG=configs/toy/nope.yaml")
+    assert missing.returncode != 0
+    assert "error: config file configs/toy/nope.yaml not found" in missing.stderr, missing.stderr
+    assert "No rule to make target" not in missing.stderr
+    spaced = make(make_project, "train", "CONFIG=configs/my toy/tiny.yaml")
+    assert spaced.returncode != 0 and "contains a space" in spaced.stderr and "No rule" not in spaced.stderr
