@@ -31,7 +31,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config, args.overrides)
     sweep_temps(cfg)
     if getattr(args, "command", None) not in NOT_READING_FOLDS:
-        from pipeline.folds import check_folds_current  # folds imports this module
+        from pipeline.folds_record import check_folds_current
 
         check_folds_current(cfg)
     return cfg

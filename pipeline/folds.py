@@ -17,11 +17,7 @@ multilabel stratification (iterative-stratification's MultilabelStratifiedKFold)
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,9 +25,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline import artifacts, paths
 from pipeline.cli import config_from_args
-from pipeline.config import Config, DataConfig, FoldsConfig, to_dict
-from pipeline.data import encode_targets, list_images, read_test_table, read_train_table
+from pipeline.config import Config, DataConfig, FoldsConfig
+from pipeline.data import encode_targets, read_test_table, read_train_table
 from pipeline.errors import UserError
+from pipeline.folds_record import describe_change, folds_record, recorded
 
 log = logging.getLogger(__name__)
 
@@ -83,69 +80,6 @@ def build_folds(cfg: Config) -> pd.DataFrame:
         table = stratified_sample(table, cfg.sample, cfg.folds.seed).reset_index(drop=True)
     table["fold"] = assign_folds(table, cfg.data, cfg.folds)
     return table
-
-
-# The data.* keys that decide folds.csv's rows, labels and test listing (the rest only shape the submission).
-TABLE_KEYS = ("train_csv", "id_column", "label_column", "label_columns", "task", "label_separator", "classes",
-              "train_dir", "image_ext", "test_csv", "test_dir", "submission_id_column")  # fmt: skip
-
-
-def table_digest(data: DataConfig, raw: Path) -> str | None:
-    """sha256 of the train table (the CSV's bytes, or the list of images of a folder-per-class layout)."""
-    digest = hashlib.sha256()
-    if data.train_csv is not None:
-        if not (raw / data.train_csv).is_file():
-            return None
-        digest.update((raw / data.train_csv).read_bytes())
-    else:
-        root = raw / data.train_dir
-        for file in list_images(root) if root.is_dir() else []:
-            digest.update(file.relative_to(root).as_posix().encode() + b"\n")
-    return digest.hexdigest()
-
-
-def folds_record(cfg: Config) -> dict[str, Any]:
-    """What folds.csv is made from: every setting that changes it, and the train table's digest."""
-    values = to_dict(cfg)
-    settings: dict[str, Any] = {f"folds.{k}": v for k, v in values["folds"].items()}
-    settings.update({f"data.{k}": values["data"][k] for k in TABLE_KEYS})
-    settings["sample"] = cfg.sample
-    return {"settings": settings, "train_table": table_digest(cfg.data, paths.raw_dir(cfg.comp))}
-
-
-def describe_change(old: dict[str, Any], new: dict[str, Any], data: DataConfig) -> str:
-    """`folds.seed 42 -> 7; the train table (train.csv) changed`: what differs between two records."""
-    before = old.get("settings", {})
-    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in new["settings"].items() if before.get(k) != v]
-    if old.get("train_table") != new["train_table"]:
-        changed.append(f"the train table ({data.train_csv or data.train_dir}) changed")
-    return "; ".join(changed)
-
-
-def recorded(out: paths.Paths) -> dict[str, Any] | None:
-    if not out.folds_record.is_file():
-        return None
-    try:
-        return json.loads(out.folds_record.read_text())
-    except (OSError, ValueError):
-        return {}  # unreadable: differs from every real record, so folds.csv is rebuilt
-
-
-def check_folds_current(cfg: Config) -> None:
-    """Refuse a folds.csv made under other fold settings or another train table (one `error:` line).
-
-    Called by every stage that reads folds.csv. A folds.csv with no record (a Kaggle bundle) is trusted.
-    """
-    out = paths.for_config(cfg)
-    old = recorded(out)
-    if old is None or not out.folds_csv.exists():
-        return
-    change = describe_change(old, folds_record(cfg), cfg.data)
-    if change:
-        raise UserError(
-            f"{out.folds_csv} was made under other settings ({change}); rebuild it with "
-            f"`make folds CONFIG=...` (python -m pipeline folds --config ...), or undo the change"
-        )
 
 
 def refuse_if_trained(out: paths.Paths, table: pd.DataFrame, change: str) -> None:

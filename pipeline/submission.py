@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-import pandas as pd
-
 from pipeline import artifacts, paths
 from pipeline.artifacts import read_json
 from pipeline.cli import config_from_args
