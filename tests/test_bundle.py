@@ -309,3 +309,25 @@ def test_kernel_finds_its_bundle_where_kaggle_mounts_it(tmp_path: Path, monkeypa
     assert kernel_script.find_bundle("toy-tiny-bundle") == tmp_path / "toy-tiny-bundle"
     with pytest.raises(SystemExit, match="error: no bundle 'other-bundle'.*dataset_sources"):
         kernel_script.find_bundle("other-bundle")
+
+
+@pytest.mark.parametrize("mount", ["toy", "competitions/toy"])
+def test_bundled_kernel_reads_the_competition_under_either_mount(
+    project: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount: str
+) -> None:
+    from pipeline.kernel import run_bundle
+
+    kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
+    (kaggle_input / mount).parent.mkdir(parents=True, exist_ok=True)
+    working.mkdir(parents=True)
+    (kaggle_input / mount).symlink_to(project / "data/raw" / COMP)
+    bundle = kaggle_input / "datasets" / USER / "toy-tiny-bundle"  # today's dataset mount
+    bundle.parent.mkdir(parents=True)
+    bundle.symlink_to(dataset)
+    monkeypatch.setenv("PIPELINE_ROOT", str(tmp_path / "kernel-work"))
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", kaggle_input)
+    monkeypatch.setattr(paths, "KAGGLE_WORKING", working)
+
+    assert run_bundle(bundle) == 0
+    submitted = pd.read_csv(working / "submission.csv", dtype=str)
+    pd.testing.assert_frame_equal(submitted, pd.read_csv(project / "submissions/toy/tiny.csv", dtype=str))

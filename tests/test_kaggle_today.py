@@ -1,0 +1,152 @@
+"""Kaggle as it is today: both mount layouts, hand-placed data, token auth, T4 kernels, waiting for scores.
+
+In-process where no client is needed (paths, init, train inside a simulated Kernel); the rest runs the CLI in a
+subprocess whose real kaggle client talks to tests/fake_kaggle.py (tests/conftest_kaggle.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from conftest import run_main, tiny_experiment, write_competition
+from fake_kaggle import FakeKaggle
+from pipeline import paths
+from test_kaggle import FILES, SLUG, assert_ok, assert_user_error, raw
+
+pytest_plugins = ["conftest_kaggle"]
+if TYPE_CHECKING:
+    from conftest_kaggle import Pipeline
+
+# Where a Kernel mounts the competition `toy`: the old flat layout and today's.
+MOUNTS = {"flat": "toy", "competitions": "competitions/toy"}
+
+
+def kernel_input(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make `project` look like a Kaggle Kernel: an input root and a working folder."""
+    root = project / "kaggle" / "input"
+    root.mkdir(parents=True)
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", root)
+    return root
+
+
+# mount layouts -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("present", "expected"),
+    [
+        (["toy"], "toy"),
+        (["competitions/toy"], "competitions/toy"),
+        (["toy", "competitions/toy"], "toy"),  # the flat form first
+        (["datasets/someone/toy"], "datasets/someone/toy"),
+        (["other/toy"], "other/toy"),
+        (["competitions/toy/", "datasets/someone/toy"], "datasets/someone/toy"),  # an empty folder holds nothing
+        ([], None),
+    ],
+)
+def test_mounted_competition_is_the_first_folder_holding_files(
+    project: Path, monkeypatch: pytest.MonkeyPatch, present: list[str], expected: str | None
+) -> None:
+    root = kernel_input(project, monkeypatch)
+    for entry in present:
+        (root / entry).mkdir(parents=True)
+        if not entry.endswith("/"):
+            (root / entry / "train.csv").write_text("id,label\n")
+    bundle = root / "datasets" / "me" / "toy"  # a bundle dataset named like the competition is never it
+    bundle.mkdir(parents=True, exist_ok=True)
+    if not (bundle / "train.csv").exists():
+        (bundle / "bundle.json").write_text("{}")
+    found = paths.mounted_competition("toy")
+    assert found == (root / expected if expected else None)
+    assert paths.raw_dir("toy") == (found or project / "data" / "raw" / "toy")
+
+
+@pytest.mark.parametrize("mount", sorted(MOUNTS))
+def test_download_init_train_use_the_kernels_mount(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, mount: str
+) -> None:
+    root = kernel_input(project, monkeypatch)
+    mounted = write_competition(root / MOUNTS[mount], "csv", n_train=12, n_test=4)
+    (mounted / ".complete").unlink()  # Kaggle's mount has no stamp of ours
+    weights = project / "w"
+    weights.mkdir()
+    (weights / "tf_efficientnet_lite0.safetensors").write_bytes(b"")  # init's baseline names a local file
+    monkeypatch.setenv("PIPELINE_WEIGHTS_DIR", str(weights))
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)  # a Kernel needs no credentials for its own inputs
+
+    result = run_main(capsys, "download", "--comp", "toy")
+    assert result.returncode == 0, result.stderr
+    assert str(mounted) in result.stderr
+    result = run_main(capsys, "init", "--comp", "toy")
+    assert result.returncode == 0, result.stderr
+    assert "train_csv: train.csv" in (project / "configs/toy/competition.yaml").read_text()
+    config = tiny_experiment(project, folds={"n_folds": 2})
+    for stage in (("folds",), ("train", "--fold", "0")):
+        result = run_main(capsys, *stage, "--config", str(config))
+        assert result.returncode == 0, result.stderr
+    assert (project / "data/runs/toy/tiny/fold0/model.safetensors").is_file()
+    assert not (project / "data" / "raw").exists()  # nothing copied, nothing downloaded
+
+
+# hand-placed data ----------------------------------------------------------------------------------------------
+
+
+def test_download_adopts_a_folder_placed_by_hand(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    for name, data in FILES.items():
+        (raw(pipeline.root) / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw(pipeline.root) / name).write_bytes(data)
+    pipeline.without_credentials()  # adopting needs no Kaggle at all
+
+    result = pipeline("download", "--comp", SLUG)
+    assert_ok(result)
+    assert f"adopted data/raw/{SLUG} (placed by hand)" in result.stderr
+    stamp = json.loads((raw(pipeline.root) / ".complete").read_text())
+    assert stamp["source"] == "placed by hand" and stamp["files"] == len(FILES)
+    assert fake_kaggle.seen == []
+    again = pipeline("download", "--comp", SLUG)
+    assert_ok(again)
+    assert "adopted" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("files", "needles"),
+    [
+        ({f"{SLUG}.zip.kaggle-partial": b"PK"}, ("partial download", "delete", "make download")),
+        ({"train.csv": b"id\n", "leaf.zip.crdownload": b"PK"}, ("partial download", "leaf.zip.crdownload")),
+        ({f"{SLUG}.zip": b"PK"}, ("not unzipped", "unzip it")),
+        ({".hidden": b""}, ("is empty",)),
+    ],
+)
+def test_download_refuses_a_partial_download(
+    pipeline: Pipeline, fake_kaggle: FakeKaggle, files: dict[str, bytes], needles: tuple[str, ...]
+) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    raw(pipeline.root).mkdir(parents=True)
+    for name, data in files.items():
+        (raw(pipeline.root) / name).write_bytes(data)
+    assert_user_error(pipeline("download", "--comp", SLUG), str(raw(pipeline.root)), *needles)
+    assert not (raw(pipeline.root) / ".complete").exists()
+    assert fake_kaggle.calls() == []
+    assert_ok(pipeline("download", "--comp", SLUG, "--force"))  # --force replaces it with a real download
+    assert (raw(pipeline.root) / "train.csv").read_bytes() == FILES["train.csv"]
+
+
+def test_init_adopts_a_folder_placed_by_hand(project: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
+    folder = write_competition(project / "data" / "raw" / "toy", "csv", n_train=12, n_test=4)
+    (folder / ".complete").unlink()
+    weights = project / "w"
+    weights.mkdir()
+    (weights / "tf_efficientnet_lite0.safetensors").write_bytes(b"")
+    monkeypatch.setenv("PIPELINE_WEIGHTS_DIR", str(weights))
+
+    result = run_main(capsys, "init", "--comp", "toy")
+    assert result.returncode == 0, result.stderr
+    assert "adopted data/raw/toy (placed by hand)" in result.stderr
+    assert (folder / ".complete").is_file()
+    assert (project / "configs/toy/competition.yaml").is_file()
