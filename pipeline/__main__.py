@@ -49,7 +49,16 @@ _PLAN_FLAGS: list[tuple[str, dict]] = [
     ("--slowdown", {"type": float, "default": None, "help": "kernel GPU X times slower than the logs' (default 1)"}),
 ]
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
-    "kaggle-bundle": [("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"})],
+    "kaggle-bundle": [
+        ("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"}),
+        (
+            "--accelerator",
+            {
+                "default": None,
+                "help": "the kernel's GPU: t4x2 (default), l4, p100 or none (default: $KAGGLE_ACCELERATOR)",
+            },
+        ),  # fmt: skip
+    ],
     "kaggle-push": [
         ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to process the dataset"}),
         ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, CV, commit)"}),

@@ -23,7 +23,7 @@ import shutil
 import stat
 import zipfile
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from pipeline import paths
@@ -86,7 +86,7 @@ def adopt(comp: str) -> bool:
     if len(visible) == 1 and visible[0].name == f"{comp}.zip":
         raise UserError(f"{visible[0]} is not unzipped; unzip it in {target} and delete the zip, then re-run")
     write_json(stamp, {"comp": comp, "source": "placed by hand", "files": len(visible),
-                       "completed": datetime.now(timezone.utc).isoformat(timespec="seconds")})  # fmt: skip
+                       "completed": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
     log.info("adopted data/raw/%s (placed by hand): %d files checked, %s written", comp, len(visible), stamp.name)
     return True
 
@@ -115,7 +115,7 @@ def download(comp: str, force: bool = False) -> Path:
             "archive": archive.name,
             "archive_bytes": archive.stat().st_size,
             "files": count,
-            "completed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "completed": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
     publish(extracted, target)

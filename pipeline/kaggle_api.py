@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 RULES_URL = "https://www.kaggle.com/competitions/{slug}/rules"
 TOKEN_URL = "https://www.kaggle.com/settings/api"
 CREDENTIAL_HELP = (
-    "set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN, or put kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle "
+    "set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle "
     f"(create a token at {TOKEN_URL})"
 )
 # kaggle 2.2.4 returns this message instead of raising when the upload of a submission file fails.
@@ -82,27 +83,53 @@ def _read_token(value: str) -> str:
     return value
 
 
+def _token_file(path: str | None) -> str | None:
+    """The token a file holds, or None (no path, no file, empty file): the client's own reading of token files."""
+    with contextlib.suppress(OSError):
+        if path and Path(path).is_file():
+            return Path(path).read_text().strip() or None
+    return None
+
+
+def token_source() -> tuple[str, str] | None:
+    """(where, token) of the access token the client tries first, or None; the client's order (kagglesdk 0.1.x):
+
+    inside a Kaggle notebook (KAGGLE_KERNEL_RUN_TYPE and KAGGLE_DATA_PROXY_URL set) the file KAGGLE_API_V1_TOKEN
+    names, then KAGGLE_API_TOKEN (the token, or a file holding it), then ~/.kaggle/access_token(.txt).
+    """
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") is not None and os.environ.get("KAGGLE_DATA_PROXY_URL") is not None:
+        token = _token_file(os.environ.get("KAGGLE_API_V1_TOKEN"))
+        if token:
+            return "KAGGLE_API_V1_TOKEN", token
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN", _read_token(os.environ["KAGGLE_API_TOKEN"])
+    for name in ("access_token", "access_token.txt"):
+        token = _token_file(str(Path.home() / ".kaggle" / name))
+        if token:
+            return str(Path.home() / ".kaggle" / name), token
+    return None
+
+
 def check_credentials() -> Credentials:
     """Find Kaggle credentials the way the client will, without importing it; UserError listing the ways if none.
 
-    The client's order: an access token (KAGGLE_API_TOKEN, ~/.kaggle/access_token), then username + key
-    (KAGGLE_USERNAME/KAGGLE_KEY over kaggle.json), then `kaggle auth login`'s ~/.kaggle/credentials.json.
+    The client's order: an access token (`token_source`), then username + key (KAGGLE_USERNAME/KAGGLE_KEY over
+    kaggle.json), then `kaggle auth login`'s ~/.kaggle/credentials.json. kaggle.json is validated only when it is
+    the source used: with a token it may lack a key, as the client does not read it then. A token's username is
+    known only once the client has asked Kaggle about it (`Kaggle.username`).
     """
     user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
     kaggle_json = config_dir() / "kaggle.json"
+    token = token_source()
+    if token:
+        secrets = tuple(s for s in (key, _lenient_key(kaggle_json)) if s)
+        return Credentials(token[0], None, (token[1], *secrets))
     file_user = file_key = None
     if kaggle_json.is_file():
         _warn_if_readable(kaggle_json)
         if not (user and key):  # the client ignores the file when the environment has both
             file_user, file_key = _read_kaggle_json(kaggle_json)
     secrets = tuple(s for s in (key, file_key) if s)
-    token = os.environ.get("KAGGLE_API_TOKEN")
-    if token:
-        return Credentials("KAGGLE_API_TOKEN", user or file_user, (_read_token(token), *secrets))
-    for name in ("access_token", "access_token.txt"):
-        path = Path.home() / ".kaggle" / name
-        if path.is_file() and path.read_text().strip():
-            return Credentials(str(path), user or file_user, (path.read_text().strip(), *secrets))
     source = "KAGGLE_USERNAME/KAGGLE_KEY" if user and key else str(kaggle_json)
     user, key = user or file_user, key or file_key
     if user and key:
@@ -114,6 +141,13 @@ def check_credentials() -> Credentials:
         missing = "KAGGLE_KEY" if user else "KAGGLE_USERNAME"
         raise UserError(f"{missing} is not set (the other one is); {CREDENTIAL_HELP}")
     raise UserError(f"no Kaggle credentials found: {CREDENTIAL_HELP}")
+
+
+def _lenient_key(kaggle_json: Path) -> str | None:
+    """kaggle.json's key when it has one (only so `scrub` hides it); nothing about the file is an error here."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return str(json.loads(kaggle_json.read_text()).get("key") or "") or None
+    return None
 
 
 def scrub(text: str, credentials: Credentials | None) -> str:
@@ -151,7 +185,10 @@ class Kaggle:
         except OSError as exc:  # it creates its config folder at import
             raise UserError(f"the Kaggle client cannot start: {exc}; check KAGGLE_CONFIG_DIR and HOME") from exc
         self.api: Any = kaggle.api
-        log.debug("kaggle credentials from %s", self.credentials.source)
+        # The account the client logged in as: a token's owner comes from Kaggle's answer, not from the environment.
+        username = self.api.get_config_value("username") or self.credentials.username
+        self.credentials = dataclasses.replace(self.credentials, username=username)
+        log.debug("kaggle credentials from %s (user %s)", self.credentials.source, username)
 
     @contextlib.contextmanager
     def errors(self, slug: str, action: str, kind: str = "competition") -> Iterator[None]:

@@ -331,3 +331,58 @@ def test_bundled_kernel_reads_the_competition_under_either_mount(
     assert run_bundle(bundle) == 0
     submitted = pd.read_csv(working / "submission.csv", dtype=str)
     pd.testing.assert_frame_equal(submitted, pd.read_csv(project / "submissions/toy/tiny.csv", dtype=str))
+
+
+def test_token_auth_takes_the_username_from_the_client(
+    project: Path, dataset: Path, fake_kaggle: FakeKaggle, tmp_path: Path
+) -> None:
+    fake_kaggle.add_competition(COMP)
+    fake_kaggle.token = "token-for-tests"
+    push = pusher(project, fake_kaggle, tmp_path)
+    push.env.pop("KAGGLE_KEY")
+    push.env["KAGGLE_USERNAME"] = "someone"  # stale in the environment: the token's owner is what counts
+    push.env["KAGGLE_API_TOKEN"] = fake_kaggle.token
+
+    built = push("kaggle-bundle", "--config", CONFIG)
+    assert built.returncode == 0, built.stderr
+    assert json.loads((dataset / "bundle.json").read_text())["dataset"] == DATASET  # owned by the token's user
+    pushed = push("kaggle-push", "--config", CONFIG, "--wait", "0")
+    assert pushed.returncode == 0, pushed.stderr
+    assert fake_kaggle.calls("IntrospectToken") and KERNEL in fake_kaggle.kernels
+
+
+@pytest.mark.parametrize(
+    ("device", "explicit", "env", "shape"),
+    [
+        ("auto", None, None, "NvidiaTeslaT4"),  # a GPU run asks for a T4 (x2), never whatever Kaggle picks
+        ("cpu", None, None, None),
+        ("auto", None, "l4", "NvidiaL4"),
+        ("auto", "p100", "l4", "NvidiaTeslaP100"),  # the flag wins over the environment
+        ("cuda", "none", None, None),
+        ("cpu", "T4X2", None, "NvidiaTeslaT4"),
+    ],
+)
+def test_kernel_metadata_asks_for_the_chosen_accelerator(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, explicit: str | None,
+    env: str | None, shape: str | None,
+) -> None:  # fmt: skip
+    import dataclasses
+
+    from pipeline.bundle import build_kernel, choose_accelerator
+
+    with in_project(project):
+        cfg = dataclasses.replace(load_config(project / CONFIG), device=device)
+    if env:
+        monkeypatch.setenv("KAGGLE_ACCELERATOR", env)
+    else:
+        monkeypatch.delenv("KAGGLE_ACCELERATOR", raising=False)
+    build_kernel(cfg, kaggle_names(COMP, EXP, USER), tmp_path, choose_accelerator(cfg, explicit))
+    meta = json.loads((tmp_path / "kernel-metadata.json").read_text())
+    assert meta.get("machine_shape") == shape and meta["enable_gpu"] is (shape is not None)
+
+
+def test_an_unknown_accelerator_is_refused(project: Path, capsys: pytest.CaptureFixture) -> None:
+    with in_project(project):
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER, "--accelerator", "a100"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "t4x2, l4, p100, none" in last, last

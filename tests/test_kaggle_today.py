@@ -150,3 +150,48 @@ def test_init_adopts_a_folder_placed_by_hand(project: Path, monkeypatch: pytest.
     assert "adopted data/raw/toy (placed by hand)" in result.stderr
     assert (folder / ".complete").is_file()
     assert (project / "configs/toy/competition.yaml").is_file()
+
+
+# token auth ----------------------------------------------------------------------------------------------------
+
+
+def test_a_token_wins_over_a_kaggle_json_without_key(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    fake_kaggle.token = "token-for-tests"
+    pipeline.without_credentials()
+    pipeline.env["KAGGLE_API_TOKEN"] = fake_kaggle.token
+    config = Path(pipeline.env["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"username": "someone-else"}))  # no key: the client never reads it with a token
+    config.chmod(0o600)
+
+    assert_ok(pipeline("scores", "--comp", SLUG))
+    assert fake_kaggle.calls("ListSubmissions")[0].headers["authorization"] == f"Bearer {fake_kaggle.token}"
+
+
+def test_a_notebooks_v1_token_file_is_used(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    fake_kaggle.token = "notebook-token"
+    pipeline.without_credentials()
+    token_file = pipeline.root / "v1-token"
+    token_file.write_text(fake_kaggle.token + "\n")
+    pipeline.env.update({"KAGGLE_KERNEL_RUN_TYPE": "Interactive", "KAGGLE_DATA_PROXY_URL": "http://127.0.0.1:9",
+                         "KAGGLE_API_V1_TOKEN": str(token_file)})  # fmt: skip
+
+    assert_ok(pipeline("scores", "--comp", SLUG))
+    assert fake_kaggle.calls("ListSubmissions")[0].headers["authorization"] == f"Bearer {fake_kaggle.token}"
+
+
+# python version ------------------------------------------------------------------------------------------------
+
+
+def test_requires_python_is_what_the_kaggle_client_needs() -> None:
+    import importlib.metadata
+    import re
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    ours = re.fullmatch(r">=\s*3\.(\d+)", project["project"]["requires-python"])
+    client = re.fullmatch(r">=\s*3\.(\d+)", importlib.metadata.metadata("kaggle")["Requires-Python"])
+    assert ours and client and int(ours.group(1)) >= int(client.group(1)), (ours, client)
+    assert project["tool"]["ruff"]["target-version"] == f"py3{ours.group(1)}"
