@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import artifacts, paths, wheels
-from pipeline.cli import config_from_args
 from pipeline.config import (
     COMPETITION_KEYS,
     TRAINING_SECTIONS,
@@ -47,6 +46,7 @@ from pipeline.config import (
     to_dict,
 )
 from pipeline.errors import UserError
+from pipeline.run_config import config_of_run
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,6 @@ def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR)
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args)
+    cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
     accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None))
     build_bundle(cfg, kaggle_user(args.user), accelerator)

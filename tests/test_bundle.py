@@ -386,3 +386,27 @@ def test_an_unknown_accelerator_is_refused(project: Path, capsys: pytest.Capture
         assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER, "--accelerator", "a100"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "t4x2, l4, p100, none" in last, last
+
+
+def test_bundle_report_plan_take_what_the_run_trained(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True)
+    experiment = copy / CONFIG
+    values = yaml.safe_load(experiment.read_text())
+    values["train"]["lr"] = 0.5  # the file now says something the run was not trained with (as after SET=...)
+    experiment.write_text(yaml.safe_dump(values))
+    with in_project(copy):
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 0
+        bundled = yaml.safe_load((copy / "data/runs/toy/tiny/kaggle-bundle/dataset/tiny.yaml").read_text())
+        assert bundled["train"]["lr"] != 0.5
+        assert main(["plan", "--config", CONFIG]) == 0
+        capsys.readouterr()
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER, "--set", "train.lr=0.5"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "different config" in last, last
