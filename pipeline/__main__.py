@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("pipeline.planner", "will folds x TTA views x test images fit the Kaggle Kernel time limit?"),
     "kaggle-bundle": ("pipeline.bundle", "data/runs/<comp>/<exp>/kaggle-bundle/: weights, config, wheels, kernel"),
     "kaggle-push": ("pipeline.kaggle_push", "upload the bundle as a private Kaggle dataset, then push its kernel"),
+    "kaggle-submit": ("pipeline.kaggle_submit", "wait for the pushed kernel's run, submit its output, get the score"),
 }
 
 # Flags only some commands take: command -> [(flag, argparse keyword arguments)].
@@ -62,6 +63,13 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
     "kaggle-push": [
         ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to process the dataset"}),
         ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, CV, commit)"}),
+    ],
+    "submit": [("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; "
+                           "0: do not wait)"})],  # fmt: skip
+    "kaggle-submit": [
+        ("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"}),
+        ("--kernel-wait", {"type": float, "default": 10800.0, "help": "seconds to wait for the kernel's run"}),
+        ("--message", {"default": None, "help": "the submission's description (default: experiment, CV, commit)"}),
     ],
     "plan": _PLAN_FLAGS,
     "report": [
