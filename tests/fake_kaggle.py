@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import time
 import io
 import json
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -167,7 +167,7 @@ class FakeKaggle:
     def add_blob_host(self) -> FakeKaggle:
         """A second fake on another port that serves this one's blobs; downloads are redirected there.
 
-        The client must reach it directly: set NO_PROXY=127.0.0.1 (API calls still go to http://localhost/...)."""
+        The client reaches it through this fake, its HTTP proxy, which relays those requests (`_relay`)."""
         other = FakeKaggle(self.username, self.key, self.token)
         other.competitions, other.runs = self.competitions, self.runs
         self.blob_host = other.start()
@@ -541,11 +541,28 @@ def _handler_for(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(status, json.dumps(answer).encode(), {"Content-Type": "application/json", **extra})
 
+        def _relay(self, host: str, path: str) -> None:
+            """As the client's HTTP proxy: pass a GET for another host (the blob host) on to it, answer with its reply."""
+            import http.client
+
+            name, _, port = host.partition(":")
+            connection = http.client.HTTPConnection(name, int(port or 80), timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("range", "if-range", "authorization")}
+            connection.request("GET", path, headers=headers)
+            reply = connection.getresponse()
+            body = reply.read()
+            keep = ("content-type", "content-range", "last-modified", "accept-ranges")
+            self._send(reply.status, body, {k: v for k, v in reply.getheaders() if k.lower() in keep})
+            connection.close()
+
         def do_GET(self) -> None:  # noqa: N802
             if self._gone():
                 return
+            host, path = self._target()
+            if fake.blob_host is not None and host == f"127.0.0.1:{fake.blob_host.port}":
+                self._relay(host, path)  # not recorded here: the blob host records it
+                return
             seen = self._seen(b"")
-            _, path = self._target()
             data = fake.blob(path) if path.startswith("/blobs/") else None
             if data is None:
                 self._send(404, b"no such blob")

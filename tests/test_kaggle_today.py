@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
 import pytest
 
 from conftest import run_main, tiny_experiment, write_competition
 from fake_kaggle import FakeKaggle
 from pipeline import paths
-from test_kaggle import FILES, SLUG, assert_ok, assert_user_error, raw
+from test_kaggle import CONFIG, FILES, SLUG, assert_ok, assert_user_error, raw, write_experiment
 
 pytest_plugins = ["conftest_kaggle"]
 if TYPE_CHECKING:
@@ -195,3 +196,124 @@ def test_requires_python_is_what_the_kaggle_client_needs() -> None:
     client = re.fullmatch(r">=\s*3\.(\d+)", importlib.metadata.metadata("kaggle")["Requires-Python"])
     assert ours and client and int(ours.group(1)) >= int(client.group(1)), (ours, client)
     assert project["tool"]["ruff"]["target-version"] == f"py3{ours.group(1)}"
+
+
+# submit: checks before, the score after ----------------------------------------------------------------------
+
+
+def test_submit_waits_for_the_score_and_prints_it(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    competition = fake_kaggle.add_competition(SLUG, FILES, pending_polls=2, public_score="0.91234")
+    write_experiment(pipeline.root)
+
+    result = pipeline("submit", "--config", CONFIG)
+    assert_ok(result)
+    ref = competition.submissions[0]["ref"]
+    assert f"{SLUG}: submission #{ref} scored 0.91234" in result.stdout
+    assert result.stderr.count(f"submission #{ref}: pending") == 2  # progress while Kaggle scores it
+    assert len(fake_kaggle.calls("ListSubmissions")) == 3
+
+
+def test_submit_wait_0_does_not_wait(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    write_experiment(pipeline.root)
+    result = pipeline("submit", "--config", CONFIG, "--wait", "0")
+    assert_ok(result)
+    assert "scored" not in result.stdout and fake_kaggle.calls("ListSubmissions") == []
+
+
+def test_a_submission_kaggle_cannot_score_is_an_error_with_its_description(
+    pipeline: Pipeline, fake_kaggle: FakeKaggle
+) -> None:
+    fake_kaggle.add_competition(SLUG, FILES, error_description="Submission must have 2 rows")
+    write_experiment(pipeline.root)
+    assert_user_error(pipeline("submit", "--config", CONFIG), "could not score submission #",
+                      "Submission must have 2 rows")  # fmt: skip
+    assert_ok(pipeline("scores", "--comp", SLUG))
+    table = pd.read_csv(pipeline.root / "data" / "runs" / SLUG / "leaderboard.csv")
+    assert table.iloc[0]["status"] == "error" and table.iloc[0]["error"] == "Submission must have 2 rows"
+
+
+@pytest.mark.parametrize(
+    ("setup", "needles"),
+    [
+        ({"code_only": True}, ["code competition", "make kaggle-bundle kaggle-push kaggle-submit"]),
+        ({"submissions_disabled": True}, ["takes no submissions"]),
+        ({"max_daily": 5, "max_total": 1, "used": 1}, ["total limit", "1 submitted"]),
+        ({"max_daily": 1, "used": 1}, ["no submissions left today", "midnight UTC"]),
+    ],
+    ids=["code-only", "closed", "total-limit", "daily-limit"],
+)
+def test_submit_asks_kaggle_before_uploading(
+    pipeline: Pipeline, fake_kaggle: FakeKaggle, setup: dict, needles: list[str]
+) -> None:
+    used = setup.pop("used", 0)
+    competition = fake_kaggle.add_competition(SLUG, FILES, **setup)
+    competition.submissions = [{"ref": i + 1, "description": "earlier", "status": "COMPLETE"} for i in range(used)]
+    write_experiment(pipeline.root)
+    assert_user_error(pipeline("submit", "--config", CONFIG), *needles)
+    assert fake_kaggle.calls("StartSubmissionUpload") == [] and fake_kaggle.uploads == {}
+
+
+@pytest.mark.parametrize(
+    ("setup", "needles"),
+    [
+        ({"rules_accepted": False}, ["403", "rules are not accepted", f"competitions/{SLUG}/rules"]),
+        ({"deadline": "2020-01-01T00:00:00Z"}, ["403", "closed"]),
+        ({"merger_deadline": "2020-01-01T00:00:00Z"}, ["403", "team-merger deadline"]),
+    ],
+    ids=["rules", "closed", "merger"],
+)
+def test_a_403_names_its_likely_cause(pipeline: Pipeline, fake_kaggle: FakeKaggle, setup: dict, needles: list[str]) -> None:
+    fake_kaggle.add_competition(SLUG, FILES, **setup)
+    fake_kaggle.fail("DownloadDataFiles", 403, service="competitions.CompetitionApiService")
+    assert_user_error(pipeline("download", "--comp", SLUG), *needles)
+
+
+# timeouts and retries ------------------------------------------------------------------------------------------
+
+
+def test_reads_retry_5xx_and_429_honouring_retry_after(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    fake_kaggle.fail("ListSubmissions", 503)
+    fake_kaggle.fail("ListSubmissions", 429, retry_after=1)
+
+    result = pipeline("scores", "--comp", SLUG)
+    assert_ok(result)
+    assert "(HTTP 503); retry 1 of 3 in 0 s" in result.stderr
+    assert "(HTTP 429); retry 2 of 3 in 1 s" in result.stderr  # Retry-After, not the backoff
+    assert len(fake_kaggle.calls("ListSubmissions")) == 3
+
+
+def test_a_rate_limited_upload_is_not_retried_and_says_when(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    fake_kaggle.fail("CreateSubmission", 429, retry_after=600)
+    write_experiment(pipeline.root)
+    assert_user_error(pipeline("submit", "--config", CONFIG), "429", "retry after 600 s")
+    assert len(fake_kaggle.calls("CreateSubmission")) == 1
+
+
+def test_a_stalled_call_times_out(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    fake_kaggle.fail("ListSubmissions", 0, times=2, stall=3)
+    pipeline.env.update(PIPELINE_KAGGLE_TIMEOUT="0.5", PIPELINE_KAGGLE_RETRIES="2")
+    assert_user_error(pipeline("scores", "--comp", SLUG, timeout=30), "could not reach Kaggle", "Timeout")
+
+
+def test_the_submission_listing_dedupes_and_stops_on_a_repeated_page(
+    pipeline: Pipeline, fake_kaggle: FakeKaggle
+) -> None:
+    competition = fake_kaggle.add_competition(SLUG, FILES, repeat_pages=True)
+    competition.submissions = [{"ref": i, "description": "x", "status": "COMPLETE"} for i in range(100)]
+    assert_ok(pipeline("scores", "--comp", SLUG))
+    table = pd.read_csv(pipeline.root / "data" / "runs" / SLUG / "leaderboard.csv")
+    assert sorted(table["submission_id"]) == list(range(100))
+    assert len(fake_kaggle.calls("ListSubmissions")) == 2  # page 2 repeated page 1: stop
+
+
+def test_download_follows_a_redirect_to_another_host(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.add_competition(SLUG, FILES)
+    blobs = fake_kaggle.add_blob_host()
+    assert_ok(pipeline("download", "--comp", SLUG))
+    assert (raw(pipeline.root) / "train.csv").read_bytes() == FILES["train.csv"]
+    assert [s.path for s in blobs.seen] == [f"/blobs/{SLUG}.zip"]
+    assert not [s for s in fake_kaggle.seen if s.path.startswith("/blobs/")]
