@@ -143,6 +143,7 @@ class FakeKaggle:
         self.kernel_outcome = "COMPLETE"  # how the next pushed version's run ends: COMPLETE or ERROR
         self.kernel_output = b"id,label\nc,dog\nd,cat\n"  # the submission.csv a completed run leaves
         self.faults: list[Fault] = []
+        self.dataset_version_lag = 0  # GetDataset calls before a new dataset version's number shows
         self.blob_host: FakeKaggle | None = None  # when set, blob downloads are redirected to it
         self.upload_status = 200  # what the PUT to createUrl answers; not 200/201 makes the client's upload fail
         self.die_after_bytes: int | None = None  # blob GET: send this many body bytes, then the server dies
@@ -414,7 +415,8 @@ class FakeKaggle:
                 return 200, {"status": "error", "error": f"The dataset {ref} already exists"}, {}
             self.datasets[ref] = Dataset(ref, body.get("title", ""), body.get("licenseName", ""),
                                          bool(body.get("isPrivate")), [files], [""])  # fmt: skip
-            self.datasets[ref].lag_left = self.datasets[ref].version_lag
+            self.datasets[ref].version_lag = self.dataset_version_lag
+            self.datasets[ref].lag_left = self.dataset_version_lag
         else:  # CreateDatasetVersion
             if dataset is None:
                 return _error(404, f"Dataset '{ref}' not found")

@@ -410,3 +410,47 @@ def test_bundle_report_plan_take_what_the_run_trained(
         assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER, "--set", "train.lr=0.5"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "different config" in last, last
+
+
+def test_push_waits_for_the_new_version_then_kaggle_submit_reaches_a_score(
+    project: Path, fake_kaggle: FakeKaggle, tmp_path: Path
+) -> None:
+    fake_kaggle.add_competition(COMP, code_only=True, public_score="0.77700")
+    fake_kaggle.dataset_version_lag = 2  # status READY, but GetDataset still shows the previous version twice
+    push = pusher(project, fake_kaggle, tmp_path)
+    (project / "data/runs/toy/tiny/kaggle-push.json").unlink(missing_ok=True)
+
+    pushed = push("kaggle-push", "--config", CONFIG)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stderr.count("ready, but at version 0 (waiting for 1)") == 2
+    order = [s.path.rsplit("/", 1)[-1] for s in fake_kaggle.calls() if s.path.endswith(("GetDataset", "SaveKernel"))]
+    assert order[-2:] == ["GetDataset", "SaveKernel"] and order.count("GetDataset") == 3
+    record = json.loads((project / "data/runs/toy/tiny/kaggle-push.json").read_text())
+    assert (record["kernel"], record["kernel_version"], record["version"]) == (KERNEL, 1, 1)
+
+    submitted = push("kaggle-submit", "--config", CONFIG)
+    assert submitted.returncode == 0, submitted.stderr
+    assert "kernel fake-user/toy-tiny-inference: queued" in submitted.stderr
+    assert "kernel fake-user/toy-tiny-inference: running" in submitted.stderr
+    (code,) = fake_kaggle.calls("CreateCodeSubmission")
+    body = code.json()
+    assert (body["kernelOwner"], body["kernelSlug"], body["kernelVersion"], body["fileName"]) == (
+        USER, "toy-tiny-inference", 1, "submission.csv")  # fmt: skip
+    assert body["submissionDescription"].startswith("tiny | CV ")
+    assert "scored 0.77700" in submitted.stdout
+
+
+def test_kaggle_submit_shows_a_failed_runs_log(project: Path, fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    fake_kaggle.add_competition(COMP, code_only=True)
+    fake_kaggle.kernel_outcome = "ERROR"
+    push = pusher(project, fake_kaggle, tmp_path)
+    assert push("kaggle-push", "--config", CONFIG).returncode == 0
+
+    failed = push("kaggle-submit", "--config", CONFIG)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: kernel fake-user/toy-tiny-inference") and "ended error" in last, last
+    assert "Your notebook hit an error" in last and "kaggle-kernel-output" in last
+    assert "  | error: boom" in failed.stderr and "  | log line 29" in failed.stderr  # the log's last lines
+    assert "  | log line 5" not in failed.stderr
+    assert fake_kaggle.calls("ListKernelSessionOutput") and fake_kaggle.calls("CreateCodeSubmission") == []

@@ -263,7 +263,9 @@ def test_submit_asks_kaggle_before_uploading(
     ],
     ids=["rules", "closed", "merger"],
 )
-def test_a_403_names_its_likely_cause(pipeline: Pipeline, fake_kaggle: FakeKaggle, setup: dict, needles: list[str]) -> None:
+def test_a_403_names_its_likely_cause(
+    pipeline: Pipeline, fake_kaggle: FakeKaggle, setup: dict, needles: list[str]
+) -> None:
     fake_kaggle.add_competition(SLUG, FILES, **setup)
     fake_kaggle.fail("DownloadDataFiles", 403, service="competitions.CompetitionApiService")
     assert_user_error(pipeline("download", "--comp", SLUG), *needles)
