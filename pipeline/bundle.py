@@ -196,7 +196,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         + "".join(f"{line}\n" for line in requirements)
     )
     package = wheels.build_package_wheel(folder)
-    extras = [wheels.repack_installed(name, folder).name for name in wheels.bundled_distributions(requirements)]
+    extras = [wheels.bundle_wheel(name, folder).name for name in wheels.bundled_distributions(requirements)]
     scores = artifacts.read_json(out.scores)
     from pipeline.provenance import git_commit
 

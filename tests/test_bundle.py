@@ -454,3 +454,48 @@ def test_kaggle_submit_shows_a_failed_runs_log(project: Path, fake_kaggle: FakeK
     assert "  | error: boom" in failed.stderr and "  | log line 29" in failed.stderr  # the log's last lines
     assert "  | log line 5" not in failed.stderr
     assert fake_kaggle.calls("ListKernelSessionOutput") and fake_kaggle.calls("CreateCodeSubmission") == []
+
+
+def _installed(site: Path, name: str, version: str, tag: str) -> None:
+    """A distribution installed into `site` as pip would leave it (a module, METADATA, WHEEL, RECORD)."""
+    (site / name).mkdir(parents=True)
+    (site / name / "__init__.py").write_text("VALUE = 1\n")
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "WHEEL").write_text(f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n")
+    (info / "RECORD").write_text(f"{name}/__init__.py,,\n{info.name}/METADATA,,\n{info.name}/WHEEL,,\n"
+                                 f"{info.name}/RECORD,,\n")  # fmt: skip
+
+
+def test_only_pure_wheels_are_repacked_compiled_ones_are_fetched_for_kaggle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zipfile
+
+    from pipeline import wheels
+    from pipeline.errors import UserError
+
+    site, dest, index = tmp_path / "site", tmp_path / "dest", tmp_path / "index"
+    for folder in (site, dest, index):
+        folder.mkdir()
+    _installed(site, "purepkg", "1.0", "py3-none-any")
+    _installed(site, "fastpkg", "2.0", "cp311-cp311-linux_x86_64")  # built for this machine
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip's own configuration decides where wheels come from
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+
+    assert wheels.bundle_wheel("purepkg", dest).name == "purepkg-1.0-py3-none-any.whl"
+    with pytest.raises(UserError, match=r"fastpkg 2\.0 is compiled.*pip download .*--platform manylinux2014_x86_64"):
+        wheels.bundle_wheel("fastpkg", dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["purepkg-1.0-py3-none-any.whl"]  # nothing of this machine's
+
+    kaggles = index / "fastpkg-2.0-cp311-cp311-manylinux2014_x86_64.whl"  # what the index holds for Kaggle
+    with zipfile.ZipFile(kaggles, "w") as wheel:
+        wheel.writestr("fastpkg/__init__.py", "VALUE = 2\n")
+        wheel.writestr("fastpkg-2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fastpkg\nVersion: 2.0\n")
+        wheel.writestr("fastpkg-2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
+                       "Tag: cp311-cp311-manylinux2014_x86_64\n")  # fmt: skip
+        wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
+    fetched = wheels.bundle_wheel("fastpkg", dest)
+    assert fetched.name == kaggles.name and fetched.read_bytes() == kaggles.read_bytes()
