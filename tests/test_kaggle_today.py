@@ -319,3 +319,27 @@ def test_download_follows_a_redirect_to_another_host(pipeline: Pipeline, fake_ka
     assert (raw(pipeline.root) / "train.csv").read_bytes() == FILES["train.csv"]
     assert [s.path for s in blobs.seen] == [f"/blobs/{SLUG}.zip"]
     assert not [s for s in fake_kaggle.seen if s.path.startswith("/blobs/")]
+
+
+def test_make_download_adopts_hand_placed_data_once(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    import subprocess
+
+    from conftest import REPO
+
+    for name, data in FILES.items():
+        (raw(pipeline.root) / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw(pipeline.root) / name).write_bytes(data)
+    env = {k: v for k, v in pipeline.env.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        command = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args]
+        done = subprocess.run(command, cwd=pipeline.root, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    first = make("download", f"COMP={SLUG}")
+    assert f"adopted data/raw/{SLUG} (placed by hand)" in first.stderr
+    assert (raw(pipeline.root) / ".complete").is_file()
+    second = make("download", f"COMP={SLUG}")  # the stamp is Make's target: nothing left to do
+    assert "pipeline download" not in second.stdout
+    assert fake_kaggle.seen == []
