@@ -1,7 +1,8 @@
 """download: fetch a competition's files into data/raw/<comp>/ (immutable afterwards).
 
-Reads: the Kaggle API (credentials as pipeline.kaggle_api describes), or /kaggle/input/<comp> inside a Kernel,
-which is used in place (no client, no copy). `--comp demo` materialises the offline demo competition instead.
+Reads: the Kaggle API (credentials as pipeline.kaggle_api describes), or the competition's mount inside a Kernel
+(/kaggle/input/competitions/<comp> or /kaggle/input/<comp>: paths.mounted_competition), used in place (no client,
+no copy). `--comp demo` materialises the offline demo competition instead.
 Writes: data/raw/<comp>/ holding exactly what the competition zip holds, plus the stamp data/raw/<comp>/.complete.
 
 Nothing half-done ever looks complete: the zip lands in data/raw/.<comp>.download/ (the client resumes a partial
