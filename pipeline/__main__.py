@@ -64,8 +64,9 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
         ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to process the dataset"}),
         ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, CV, commit)"}),
     ],
-    "submit": [("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; "
-                           "0: do not wait)"})],  # fmt: skip
+    "submit": [
+        ("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"}),
+    ],
     "kaggle-submit": [
         ("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"}),
         ("--kernel-wait", {"type": float, "default": 10800.0, "help": "seconds to wait for the kernel's run"}),

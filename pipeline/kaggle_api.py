@@ -7,8 +7,8 @@ likely cause (rules not accepted, competition closed, team-merger deadline), unk
 client's own chatter pass through `scrub` first.
 
 Credentials are checked (pipeline.kaggle_auth) before `import kaggle`: importing it authenticates at once, and
-without credentials it prints a page of help text on stdout. The client also reads its environment (KAGGLE_API_ENVIRONMENT, VERBOSE)
-at import time, which is why tests run the stages in a subprocess.
+without credentials it prints a page of help text on stdout. The client also reads its environment
+(KAGGLE_API_ENVIRONMENT, VERBOSE) at import time, which is why tests run the stages in a subprocess.
 """
 
 from __future__ import annotations

@@ -544,7 +544,7 @@ def _handler_for(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 self._send(status, json.dumps(answer).encode(), {"Content-Type": "application/json", **extra})
 
         def _relay(self, host: str, path: str) -> None:
-            """As the client's HTTP proxy: pass a GET for another host (the blob host) on to it, answer with its reply."""
+            """As the client's HTTP proxy: pass a GET for another host (the blob host) on, answer with its reply."""
             import http.client
 
             name, _, port = host.partition(":")
