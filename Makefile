@@ -122,8 +122,12 @@ submission: $(SUBMISSION) ## submissions/<comp>/<exp>.csv in sample_submission's
 $(SUBMISSION): $(RUN)/scores.json
 	$(PY) -m pipeline submission $(ARGS)
 
-submit: $(SUBMISSION) ## validate the submission against sample_submission, then upload it (kaggle client)
-	$(PY) -m pipeline submit $(ARGS)
+# WAIT=<seconds>: how long submit / kaggle-submit wait for the score (default 1800); WAIT=0 does not wait.
+WAIT ?=
+WAIT_FLAG := $(if $(WAIT), --wait $(WAIT))
+
+submit: $(SUBMISSION) ## validate the submission, upload it (kaggle client), wait for its score (WAIT=0: don't)
+	$(PY) -m pipeline submit $(ARGS)$(WAIT_FLAG)
 
 scores: ## leaderboard scores of COMP's submissions joined to local CV -> data/runs/<comp>/leaderboard.csv
 	$(PY) -m pipeline scores --comp $(COMP)
@@ -155,17 +159,22 @@ plan: ## will folds x TTA views x test images fit the Kaggle Kernel time limit (
 	$(PY) -m pipeline plan $(ARGS)$(PLAN_FLAGS)
 
 # Kaggle Kernel: KAGGLE_USER=<name> names the account that will own the dataset and kernel (default: credentials').
+# KAGGLE_ACCELERATOR=t4x2|l4|p100|none picks the kernel's GPU (default t4x2; none when the config's device is cpu).
 BUNDLE := $(RUN)/kaggle-bundle
-.PHONY: kaggle-bundle kaggle-push
+BUNDLE_FLAGS := $(if $(KAGGLE_USER), --user $(KAGGLE_USER))$(if $(KAGGLE_ACCELERATOR), --accelerator $(KAGGLE_ACCELERATOR))
+.PHONY: kaggle-bundle kaggle-push kaggle-submit
 
 kaggle-bundle: $(RUN)/scores.json ## data/runs/<comp>/<exp>/kaggle-bundle/: fold weights, config, wheels, offline inference kernel
-	$(PY) -m pipeline kaggle-bundle $(ARGS)$(if $(KAGGLE_USER), --user $(KAGGLE_USER))
+	$(PY) -m pipeline kaggle-bundle $(ARGS)$(BUNDLE_FLAGS)
 
 $(BUNDLE)/dataset/bundle.json: | $(RUN)/scores.json
-	$(PY) -m pipeline kaggle-bundle $(ARGS)$(if $(KAGGLE_USER), --user $(KAGGLE_USER))
+	$(PY) -m pipeline kaggle-bundle $(ARGS)$(BUNDLE_FLAGS)
 
 kaggle-push: $(BUNDLE)/dataset/bundle.json ## upload the bundle as a private Kaggle dataset (or a new version), push + run its kernel
 	$(PY) -m pipeline kaggle-push $(ARGS)
+
+kaggle-submit: ## code competitions, after kaggle-push: wait for the kernel's run, submit its output, wait for the score
+	$(PY) -m pipeline kaggle-submit $(ARGS)$(WAIT_FLAG)
 
 bench-recipe: ## training-recipe table on Fashion-MNIST (apt-get install dataset-fashion-mnist; ~30 min CPU)
 	$(PY) -m pipeline.benchmarks.fashion

@@ -13,7 +13,7 @@ scores.json; writes data/runs/<comp>/<exp>/kaggle-bundle/:
         dataset-metadata.json         the Kaggle client's dataset metadata (id, title, license)
     kernel/    pushed by kaggle-push as the script kernel <user>/<comp>-<exp>-inference
         kernel.py                     pipeline/kernel_script.py with its SETTINGS filled in
-        kernel-metadata.json          competition + dataset sources, internet off, GPU unless device is cpu
+        kernel-metadata.json          competition + dataset sources, internet off, the accelerator (`ACCELERATORS`)
 
 model.pretrained stays as trained: it is part of the fingerprint that predict checks against the weights, and
 predict builds the model with pretrained=False, so a Kernel never looks for those weights. The bundle is built in a
@@ -38,7 +38,6 @@ from typing import Any
 from pipeline import artifacts, paths, wheels
 from pipeline.bundle_format import MANIFEST_FORMAT
 from pipeline.checkpoint import trained_fingerprint
-from pipeline.cli import config_from_args
 from pipeline.config import (
     COMPETITION_KEYS,
     TRAINING_SECTIONS,
@@ -49,6 +48,7 @@ from pipeline.config import (
     to_dict,
 )
 from pipeline.errors import UserError
+from pipeline.run_config import config_of_run
 from pipeline.tta_auto import effective_views
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,12 @@ log = logging.getLogger(__name__)
 LICENSE = "CC0-1.0"  # the client's own default; the dataset is private unless you publish it
 SETTINGS_LINE = "SETTINGS: dict[str, str] = {}  # filled in by pipeline.bundle: bundle (dataset slug), comp, exp"
 USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# --accelerator / KAGGLE_ACCELERATOR -> kernel-metadata.json's machine_shape. Without one Kaggle may hand out a
+# P100, and today's image (torch for cu128) has no kernels for it: the first CUDA op fails. NvidiaTeslaT4 is the
+# editor's "GPU T4 x2" (a single T4 is not offered).
+ACCELERATORS: dict[str, str | None] = {"t4x2": "NvidiaTeslaT4", "l4": "NvidiaL4", "p100": "NvidiaTeslaP100",
+                                       "none": None}  # fmt: skip
+DEFAULT_ACCELERATOR = "t4x2"
 
 
 @dataclass(frozen=True)
@@ -87,18 +93,24 @@ def kaggle_names(comp: str, exp: str, user: str) -> KaggleNames:
 
 
 def kaggle_user(explicit: str | None) -> str:
-    """The Kaggle account that will own the dataset and the kernel: --user, else the credentials' username."""
+    """The Kaggle account that will own the dataset and the kernel: --user, else the credentials' username.
+
+    With token auth the username is not in the environment: the client logs in (one call) and says whose token it is.
+    """
     user = explicit
     if not user:
-        from pipeline.kaggle_api import check_credentials  # reads files and the environment; no client, no network
+        from pipeline.kaggle_api import Kaggle, check_credentials  # reads files and the environment first
 
         try:
             user = check_credentials().username
-        except UserError:
+            if not user:  # a token: its owner is what Kaggle answers when the client logs in with it
+                user = Kaggle().credentials.username
+        except UserError as exc:
+            log.debug("no Kaggle username from the credentials: %s", exc)
             user = None
     if not user:
         raise UserError("kaggle-bundle: which Kaggle account owns the bundle? pass --user <name> "
-                        "(Make: KAGGLE_USER=<name>), or set KAGGLE_USERNAME")  # fmt: skip
+                        "(Make: KAGGLE_USER=<name>), or set KAGGLE_API_TOKEN or KAGGLE_USERNAME")  # fmt: skip
     if not USER.fullmatch(user):
         raise UserError(f"--user {user!r}: not a Kaggle username (letters, digits, '-' and '_')")
     return user
@@ -183,7 +195,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         + "".join(f"{line}\n" for line in requirements)
     )
     package = wheels.build_package_wheel(folder)
-    extras = [wheels.repack_installed(name, folder).name for name in wheels.bundled_distributions(requirements)]
+    extras = [wheels.bundle_wheel(name, folder).name for name in wheels.bundled_distributions(requirements)]
     scores = artifacts.read_json(out.scores)
     from pipeline.provenance import git_commit
 
@@ -217,7 +229,21 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
     return manifest
 
 
-def build_kernel(cfg: Config, names: KaggleNames, folder: Path) -> None:
+def choose_accelerator(cfg: Config, explicit: str | None) -> str:
+    """--accelerator, else $KAGGLE_ACCELERATOR, else t4x2 (none when the config's device is cpu)."""
+    choice = (explicit or os.environ.get("KAGGLE_ACCELERATOR") or "").strip().lower()
+    if not choice:
+        return "none" if cfg.device == "cpu" else DEFAULT_ACCELERATOR
+    if choice not in ACCELERATORS:
+        raise UserError(f"accelerator {choice!r} (--accelerator / KAGGLE_ACCELERATOR): use one of "
+                        f"{', '.join(ACCELERATORS)}")  # fmt: skip
+    if choice == "p100":
+        log.warning("warning: Kaggle's current image (torch for cu128) has no CUDA kernels for the P100: the kernel "
+                    "may fail at its first GPU operation; t4x2 or l4 work")  # fmt: skip
+    return choice
+
+
+def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str = DEFAULT_ACCELERATOR) -> None:
     settings = {"bundle": names.dataset.split("/", 1)[1], "comp": cfg.comp, "exp": cfg.exp}
     (folder / "kernel.py").write_text(kernel_script(settings))
     metadata = {
@@ -227,7 +253,7 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path) -> None:
         "language": "python",
         "kernel_type": "script",
         "is_private": True,
-        "enable_gpu": cfg.device != "cpu",
+        "enable_gpu": ACCELERATORS[accelerator] is not None,
         "enable_tpu": False,
         "enable_internet": False,  # code competitions require it off; the bundle brings what pip would fetch
         "dataset_sources": [names.dataset],
@@ -235,10 +261,12 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path) -> None:
         "kernel_sources": [],
         "model_sources": [],
     }
+    if ACCELERATORS[accelerator]:
+        metadata["machine_shape"] = ACCELERATORS[accelerator]
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def build_bundle(cfg: Config, user: str) -> Path:
+def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR) -> Path:
     """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place."""
     from pipeline.artifacts import publish
 
@@ -251,7 +279,7 @@ def build_bundle(cfg: Config, user: str) -> Path:
         (staging / "dataset").mkdir(parents=True)
         (staging / "kernel").mkdir()
         manifest = build_dataset(cfg, names, staging / "dataset")
-        build_kernel(cfg, names, staging / "kernel")
+        build_kernel(cfg, names, staging / "kernel", accelerator)
         (staging / "dataset" / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest: last
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -267,5 +295,6 @@ def build_bundle(cfg: Config, user: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args)
-    build_bundle(cfg, kaggle_user(args.user))
+    cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
+    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None))
+    build_bundle(cfg, kaggle_user(args.user), accelerator)

@@ -22,7 +22,18 @@ from pipeline.config import Config, config_paths, load_config
 from pipeline.errors import UserError
 
 # Stages that build or never read folds.csv; every other stage checks it still matches competition.yaml, once, early.
-NOT_READING_FOLDS = ("download", "init", "folds", "weights", "info", "doctor", "submit", "scores", "kaggle-push")
+NOT_READING_FOLDS = (
+    "download",
+    "init",
+    "folds",
+    "weights",
+    "info",
+    "doctor",
+    "submit",
+    "scores",
+    "kaggle-push",
+    "kaggle-submit",
+)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -90,6 +101,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("pipeline.planner", "will folds x TTA views x test images fit the Kaggle Kernel time limit?"),
     "kaggle-bundle": ("pipeline.bundle", "data/runs/<comp>/<exp>/kaggle-bundle/: weights, config, wheels, kernel"),
     "kaggle-push": ("pipeline.kaggle_push", "upload the bundle as a private Kaggle dataset, then push its kernel"),
+    "kaggle-submit": ("pipeline.kaggle_submit", "wait for the pushed kernel's run, submit its output, get the score"),
 }
 
 # Flags only some commands take: command -> [(flag, argparse keyword arguments)].
@@ -99,10 +111,27 @@ _PLAN_FLAGS: list[tuple[str, dict]] = [
     ("--slowdown", {"type": float, "default": None, "help": "kernel GPU X times slower than the logs' (default 1)"}),
 ]
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
-    "kaggle-bundle": [("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"})],
+    "kaggle-bundle": [
+        ("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"}),
+        (
+            "--accelerator",
+            {
+                "default": None,
+                "help": "the kernel's GPU: t4x2 (default), l4, p100 or none (default: $KAGGLE_ACCELERATOR)",
+            },
+        ),
+    ],  # fmt: skip
     "kaggle-push": [
         ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to process the dataset"}),
         ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, CV, commit)"}),
+    ],
+    "submit": [
+        ("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"}),
+    ],
+    "kaggle-submit": [
+        ("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"}),
+        ("--kernel-wait", {"type": float, "default": 10800.0, "help": "seconds to wait for the kernel's run"}),
+        ("--message", {"default": None, "help": "the submission's description (default: experiment, CV, commit)"}),
     ],
     "plan": _PLAN_FLAGS,
     "report": [

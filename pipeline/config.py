@@ -480,3 +480,10 @@ NOT_FINGERPRINTED = (
     ("train", "compile"),
     ("data", "holdout"),
 )
+
+
+def config_from_values(values: dict[str, Any]) -> Config:
+    """A Config from a full mapping such as `to_dict` writes (a run's resolved config.yaml); validated."""
+    cfg = _build(Config, values, "")
+    validate(cfg)
+    return cfg

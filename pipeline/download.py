@@ -1,13 +1,18 @@
 """download: fetch a competition's files into data/raw/<comp>/ (immutable afterwards).
 
-Reads: the Kaggle API (credentials as pipeline.kaggle_api describes), or /kaggle/input/<comp> inside a Kernel,
-which is used in place (no client, no copy). `--comp demo` materialises the offline demo competition instead.
+Reads: the Kaggle API (credentials as pipeline.kaggle_api describes), or the competition's mount inside a Kernel
+(/kaggle/input/competitions/<comp> or /kaggle/input/<comp>: paths.mounted_competition), used in place (no client,
+no copy). `--comp demo` materialises the offline demo competition instead.
 Writes: data/raw/<comp>/ holding exactly what the competition zip holds, plus the stamp data/raw/<comp>/.complete.
 
 Nothing half-done ever looks complete: the zip lands in data/raw/.<comp>.download/ (the client resumes a partial
 file there on the next run), is checked (entry names, symlinks, every CRC) before anything is extracted, then is
 extracted into data/raw/.<comp>.extracting/. The stamp is the last file written there, and one rename of that
 folder publishes data/raw/<comp>/ with its stamp. A re-run with the stamp present does nothing (`--force` redoes).
+
+So a data/raw/<comp>/ without the stamp was not written by a download: its files were placed by hand (the zip from
+the competition's website, unzipped there). `adopt` checks such a folder, says so and writes the stamp; a folder
+that still holds a partial download (the client's or a browser's) is refused instead.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import shutil
 import stat
 import zipfile
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from pipeline import paths
@@ -37,25 +42,53 @@ def run(args: argparse.Namespace) -> None:
 
         demo.materialise(paths.raw_dir("demo"))
         return
-    mounted = paths.KAGGLE_INPUT / comp
-    if mounted.is_dir():
+    mounted = paths.mounted_competition(comp)
+    if mounted is not None:
         log.info("using %s as mounted by the Kaggle Kernel: nothing to download", mounted)
         return
     download(comp, force=bool(getattr(args, "force", False)))
 
 
+# What an unfinished download leaves: the kaggle client's resume marker, Chrome's and Firefox's partial files.
+PARTIAL_SUFFIXES = (".kaggle-partial", ".crdownload", ".part")
+
+
+def adopt(comp: str) -> bool:
+    """Adopt data/raw/<comp>/ placed by hand (no stamp): check it, write the stamp. False when there is no folder.
+
+    UserError when the folder holds a partial download or nothing at all: the fix is named, nothing is stamped.
+    """
+    target = paths.local_raw_dir(comp)
+    stamp = target / ".complete"
+    if stamp.exists() or not target.is_dir():
+        return stamp.exists()
+    files = [p for p in target.rglob("*") if p.is_file()]
+    partial = sorted(str(p.relative_to(target)) for p in files if p.name.endswith(PARTIAL_SUFFIXES))
+    if partial:
+        raise UserError(
+            f"{target} holds a partial download ({', '.join(partial[:3])}); delete {target} and re-run "
+            f"`make download COMP={comp}` (or finish the download and unzip it there)"
+        )
+    visible = [p for p in files if not any(part.startswith(".") for part in p.relative_to(target).parts)]
+    if not visible:
+        raise UserError(f"{target} is empty; unzip the competition's files there, or delete it and `make download`")
+    if len(visible) == 1 and visible[0].name == f"{comp}.zip":
+        raise UserError(f"{visible[0]} is not unzipped; unzip it in {target} and delete the zip, then re-run")
+    write_json(stamp, {"comp": comp, "source": "placed by hand", "files": len(visible),
+                       "completed": datetime.now(UTC).isoformat(timespec="seconds")})  # fmt: skip
+    log.info("adopted data/raw/%s (placed by hand): %d files checked, %s written", comp, len(visible), stamp.name)
+    return True
+
+
 def download(comp: str, force: bool = False) -> Path:
     """Download and extract `comp` into data/raw/<comp>/ unless its stamp says that is done. Returns the folder."""
-    layout = paths.Paths(comp)
-    target = layout.raw
-    if layout.raw_stamp.exists() and not force:
-        log.info("%s is complete (%s exists); nothing to do (--force downloads again)", target, layout.raw_stamp.name)
+    target = paths.local_raw_dir(comp)
+    stamp = target / ".complete"
+    if stamp.exists() and not force:
+        log.info("%s is complete (%s exists); nothing to do (--force downloads again)", target, stamp.name)
         return target
-    if target.exists() and not layout.raw_stamp.exists() and not force:
-        raise UserError(
-            f"{target} exists but has no {layout.raw_stamp.name} stamp, so no finished download wrote it: "
-            f"if it holds the competition's files, `touch {layout.raw_stamp}`; else delete it, or re-run with --force"
-        )
+    if target.exists() and not force and adopt(comp):
+        return target
     from pipeline.kaggle_api import Kaggle  # imports the client: only when the network is really needed
 
     staging = target.parent / f".{comp}.download"
@@ -64,14 +97,14 @@ def download(comp: str, force: bool = False) -> Path:
     extracted = target.parent / f".{comp}.extracting"
     count = extract(archive, extracted)
     write_json(
-        extracted / layout.raw_stamp.name,
+        extracted / stamp.name,
         {
             "comp": comp,
             "source": "kaggle api",
             "archive": archive.name,
             "archive_bytes": archive.stat().st_size,
             "files": count,
-            "completed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "completed": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
     publish(extracted, target)

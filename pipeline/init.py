@@ -275,6 +275,10 @@ def run(args: argparse.Namespace) -> None:
     if competition_path.exists() and baseline_path.exists() and not args.force:
         log.info("init: %s and %s exist, keeping them (--force to re-infer)", competition_path, baseline_path)
         return
+    if paths.mounted_competition(comp) is None:
+        from pipeline.download import adopt
+
+        adopt(comp)  # data/raw/<comp>/ unzipped by hand: checked and stamped, so Make's download step is done
     raw = paths.raw_dir(comp)
     data, metric, notes = infer_data(raw)
     competition = {"data": {k: v for k, v in vars(data).items() if v is not None or k == "train_csv"}, "metric": metric,

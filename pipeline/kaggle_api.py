@@ -1,127 +1,47 @@
-"""Kaggle credentials and thin wrappers around the official client (kaggle 2.2.x, Python API) with error translation.
+"""Thin wrappers around the official Kaggle client (kaggle 2.2.x, Python API) with error translation.
 
-Every failure of the client becomes one UserError line that says what to do: bad credentials (401), rules not
-accepted (403), unknown competition (404), no connection, a broken download. The API key is never printed, logged
-or written: messages and the client's own chatter pass through `scrub` first.
+Every failure of the client becomes one UserError line that says what to do: bad credentials (401), a 403 with its
+likely cause (rules not accepted, competition closed, team-merger deadline), unknown competition (404), rate limits
+(429, with Retry-After), no connection, a broken download. Every call has a timeout and reads are retried
+(pipeline.kaggle_retry); writes are tried once. The API key is never printed, logged or written: messages and the
+client's own chatter pass through `scrub` first.
 
-Why credentials are checked before `import kaggle`: importing it authenticates at once, and without credentials it
-prints a page of help text on stdout. The client also reads its environment (KAGGLE_API_ENVIRONMENT, VERBOSE)
-at import time, which is why tests run the stages in a subprocess.
+Credentials are checked (pipeline.kaggle_auth) before `import kaggle`: importing it authenticates at once, and
+without credentials it prints a page of help text on stdout. The client also reads its environment
+(KAGGLE_API_ENVIRONMENT, VERBOSE) at import time, which is why tests run the stages in a subprocess.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import dataclasses
 import io
 import json
 import logging
 import os
-import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import kaggle_retry
 from pipeline.errors import UserError
+from pipeline.kaggle_auth import (  # noqa: F401 - re-exported: callers import the credentials check from here
+    CREDENTIAL_HELP,
+    TOKEN_URL,
+    Credentials,
+    check_credentials,
+    config_dir,
+    scrub,
+    token_source,
+)
 
 log = logging.getLogger(__name__)
 
 RULES_URL = "https://www.kaggle.com/competitions/{slug}/rules"
-TOKEN_URL = "https://www.kaggle.com/settings/api"
-CREDENTIAL_HELP = (
-    "set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN, or put kaggle.json in $KAGGLE_CONFIG_DIR or ~/.kaggle "
-    f"(create a token at {TOKEN_URL})"
-)
 # kaggle 2.2.4 returns this message instead of raising when the upload of a submission file fails.
 UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Where the credentials come from; `secrets` only feeds `scrub` and never leaves this process."""
-
-    source: str
-    username: str | None = None
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-
-
-def config_dir() -> Path:
-    """The folder the client reads kaggle.json from (kaggle 2.2.4's own rule, mirrored so both agree)."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return Path(os.environ["KAGGLE_CONFIG_DIR"])
-    legacy = Path.home() / ".kaggle"
-    if sys.platform.startswith("linux") and not legacy.exists():
-        return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
-    return legacy
-
-
-def _warn_if_readable(path: Path) -> None:
-    if os.name != "nt" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("warning: %s is readable by other users; run `chmod 600 %s`", path, path)
-
-
-def _read_kaggle_json(path: Path) -> tuple[str, str]:
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"{path}: cannot read it as JSON ({type(exc).__name__}); download a new one at {TOKEN_URL}"
-        ) from exc
-    if not isinstance(values, dict) or not values.get("username") or not values.get("key"):
-        raise UserError(f'{path}: expected {{"username": "...", "key": "..."}}; download a new one at {TOKEN_URL}')
-    return str(values["username"]), str(values["key"])
-
-
-def _read_token(value: str) -> str:
-    """KAGGLE_API_TOKEN holds the token, or (the client accepts both) the path of a file holding it."""
-    with contextlib.suppress(OSError):
-        if Path(value).is_file():
-            return Path(value).read_text().strip()
-    return value
-
-
-def check_credentials() -> Credentials:
-    """Find Kaggle credentials the way the client will, without importing it; UserError listing the ways if none.
-
-    The client's order: an access token (KAGGLE_API_TOKEN, ~/.kaggle/access_token), then username + key
-    (KAGGLE_USERNAME/KAGGLE_KEY over kaggle.json), then `kaggle auth login`'s ~/.kaggle/credentials.json.
-    """
-    user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
-    kaggle_json = config_dir() / "kaggle.json"
-    file_user = file_key = None
-    if kaggle_json.is_file():
-        _warn_if_readable(kaggle_json)
-        if not (user and key):  # the client ignores the file when the environment has both
-            file_user, file_key = _read_kaggle_json(kaggle_json)
-    secrets = tuple(s for s in (key, file_key) if s)
-    token = os.environ.get("KAGGLE_API_TOKEN")
-    if token:
-        return Credentials("KAGGLE_API_TOKEN", user or file_user, (_read_token(token), *secrets))
-    for name in ("access_token", "access_token.txt"):
-        path = Path.home() / ".kaggle" / name
-        if path.is_file() and path.read_text().strip():
-            return Credentials(str(path), user or file_user, (path.read_text().strip(), *secrets))
-    source = "KAGGLE_USERNAME/KAGGLE_KEY" if user and key else str(kaggle_json)
-    user, key = user or file_user, key or file_key
-    if user and key:
-        basic = base64.b64encode(f"{user}:{key}".encode()).decode()  # what an Authorization header carries
-        return Credentials(source, user, (*secrets, basic))
-    if (Path.home() / ".kaggle" / "credentials.json").is_file():  # `kaggle auth login` (OAuth)
-        return Credentials(str(Path.home() / ".kaggle" / "credentials.json"))
-    if user or key:
-        missing = "KAGGLE_KEY" if user else "KAGGLE_USERNAME"
-        raise UserError(f"{missing} is not set (the other one is); {CREDENTIAL_HELP}")
-    raise UserError(f"no Kaggle credentials found: {CREDENTIAL_HELP}")
-
-
-def scrub(text: str, credentials: Credentials | None) -> str:
-    """`text` with every secret replaced, so nothing we print, log or raise can leak the key."""
-    for secret in credentials.secrets if credentials else ():
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 @contextlib.contextmanager
@@ -151,7 +71,11 @@ class Kaggle:
         except OSError as exc:  # it creates its config folder at import
             raise UserError(f"the Kaggle client cannot start: {exc}; check KAGGLE_CONFIG_DIR and HOME") from exc
         self.api: Any = kaggle.api
-        log.debug("kaggle credentials from %s", self.credentials.source)
+        kaggle_retry.install_timeouts()  # the client sends its requests without any timeout
+        # The account the client logged in as: a token's owner comes from Kaggle's answer, not from the environment.
+        username = self.api.get_config_value("username") or self.credentials.username
+        self.credentials = dataclasses.replace(self.credentials, username=username)
+        log.debug("kaggle credentials from %s (user %s)", self.credentials.source, username)
 
     @contextlib.contextmanager
     def errors(self, slug: str, action: str, kind: str = "competition") -> Iterator[None]:
@@ -192,14 +116,13 @@ class Kaggle:
                     f"check them or create a new token at {TOKEN_URL}"
                 )
             if status == 403:
-                return (
-                    f"Kaggle refused to {action} for '{slug}'{who} (403: {server}); accept the competition's rules "
-                    f"at {RULES_URL.format(slug=slug)} with that account, then re-run"
-                )
+                return f"Kaggle refused to {action} for '{slug}'{who} (403: {server}); {self.why_forbidden(slug)}"
             if status == 404:
                 return f"Kaggle has no competition '{slug}' (404: {server}); {self.suggest(slug)}"
             if status == 429:
-                return f"Kaggle is rate-limiting this account (429: {server}); wait a few minutes and re-run"
+                wait = kaggle_retry.retry_after(exc)
+                when = f"retry after {wait:.0f} s" if wait is not None else "wait a few minutes and re-run"
+                return f"Kaggle is rate-limiting this account (429: {server}) while trying to {action}; {when}"
             return f"Kaggle answered {status} while trying to {action} for '{slug}' ({server}); try again later"
         if isinstance(exc, (requests.ConnectionError, requests.Timeout)) or _is_protocol_error(exc):
             return (
@@ -211,6 +134,45 @@ class Kaggle:
         if isinstance(exc, OSError):
             return f"could not {action} for '{slug}': {exc.strerror or server} ({exc.filename or 'file'})"
         return f"the Kaggle client failed to {action} for '{slug}': {type(exc).__name__}: {server}"
+
+    def why_forbidden(self, slug: str) -> str:
+        """The likely cause of a 403 on a competition, from what Kaggle says about it (best effort)."""
+        rules = f"accept the competition's rules at {RULES_URL.format(slug=slug)} with that account, then re-run"
+        try:
+            info = self.competition(slug)
+        except UserError:
+            info = None
+        if info is None:
+            return f"likely causes: rules not accepted ({rules}), the competition is closed, or its team-merger " \
+                   "deadline has passed"  # fmt: skip
+        now = datetime.now(UTC)
+        if not getattr(info, "user_has_entered", True):
+            return f"the rules are not accepted: {rules}"
+        if getattr(info, "submissions_disabled", False) or _passed(getattr(info, "deadline", None), now):
+            return f"the competition is closed (deadline {getattr(info, 'deadline', None)}); it takes no submissions"
+        if _passed(getattr(info, "merger_deadline", None), now):
+            return (f"the team-merger deadline ({info.merger_deadline}) has passed: a new team can no longer "
+                    "join or submit")  # fmt: skip
+        return f"likely causes: rules not accepted ({rules}), or a team restriction on the competition's page"
+
+    def _read(self, slug: str, action: str, fn: Any, kind: str = "competition") -> Any:  # noqa: ANN401
+        """A read (list, status, download): retried on transient failures, errors translated."""
+        with self.errors(slug, action, kind):
+            return kaggle_retry.call(fn, f"{action} ({slug})", read=True)
+
+    def _write(self, slug: str, action: str, fn: Any, kind: str = "competition") -> Any:  # noqa: ANN401
+        """A write (upload, submission, push): tried once, since a repeat could submit twice."""
+        with self.errors(slug, action, kind):
+            return kaggle_retry.call(fn, f"{action} ({slug})", read=False)
+
+    def competition(self, slug: str) -> Any:  # noqa: ANN401
+        """The competition's ApiCompetition (deadline, code-only, rules accepted...), or None when not listed."""
+        found = self._read(slug, "look up the competition",
+                           lambda: self.api.competitions_list(search=slug, category="all"))  # fmt: skip
+        for item in getattr(found, "competitions", found) or []:
+            if str(getattr(item, "ref", "")).rstrip("/").rsplit("/", 1)[-1] == slug:
+                return item
+        return None
 
     def suggest(self, slug: str) -> str:
         """Best effort: competitions whose slug contains the words of `slug`, to catch typos."""
@@ -231,8 +193,11 @@ class Kaggle:
         """Download the competition's zip into `folder`; a partial file there is resumed. Returns the zip's path."""
         folder.mkdir(parents=True, exist_ok=True)
         quiet = not sys.stderr.isatty()  # tqdm's bar helps at a terminal and clutters logs
-        with self.errors(slug, "download the data"):
-            self.api.competition_download_files(slug, path=str(folder), force=force, quiet=quiet)
+        self._read(
+            slug,
+            "download the data",
+            lambda: self.api.competition_download_files(slug, path=str(folder), force=force, quiet=quiet),
+        )
         archive = folder / f"{slug}.zip"  # the client names it <slug>.<extension of the blob URL>
         if not archive.is_file():
             raise UserError(f"Kaggle sent no {archive.name} into {folder}; re-run, or download it from the website")
@@ -240,8 +205,8 @@ class Kaggle:
 
     def submit(self, slug: str, file: Path, message: str) -> tuple[int, str]:
         """Upload `file` as a submission; (submission id, server message). UserError unless the server accepted it."""
-        with self.errors(slug, "submit"):
-            response = self.api.competition_submit(str(file), message, slug, quiet=True)
+        response = self._write(slug, "submit",
+                               lambda: self.api.competition_submit(str(file), message, slug, quiet=True))  # fmt: skip
         text = scrub(str(getattr(response, "message", "") or ""), self.credentials)
         ref = int(getattr(response, "ref", 0) or 0)
         if text == UPLOAD_FAILED_MESSAGE:
@@ -251,49 +216,88 @@ class Kaggle:
         return ref, text
 
     def submissions(self, slug: str, page_size: int = 100, max_pages: int = 20) -> list[Any]:
-        """Every submission of this account to `slug`, newest first (ApiSubmission objects)."""
-        found: list[Any] = []
-        with self.errors(slug, "list submissions"):
-            for page in range(1, max_pages + 1):
-                batch = self.api.competition_submissions(slug, page_number=page, page_size=page_size) or []
-                found.extend(batch)
-                if len(batch) < page_size:
-                    break
-        return found
+        """Every submission of this account to `slug`, newest first (ApiSubmission objects), each once.
+
+        Stops at a short page, and at a page that brings nothing new (a server repeating a page would loop).
+        """
+        found: dict[int, Any] = {}
+        for page in range(1, max_pages + 1):
+            batch = self._read(slug, "list submissions", lambda page=page: self.api.competition_submissions(
+                slug, page_number=page, page_size=page_size)) or []  # fmt: skip
+            new = [item for item in batch if item.ref not in found]
+            found.update((item.ref, item) for item in new)
+            if len(batch) < page_size or not new:
+                break
+        return list(found.values())
+
+    def submission(self, slug: str, ref: int) -> Any:  # noqa: ANN401
+        """Submission `ref` as Kaggle lists it now (status, scores, error_description), or None."""
+        listing = lambda: self.api.competition_submissions(slug, page_number=1, page_size=50)  # noqa: E731
+        batch = self._read(slug, "read the submission's status", listing) or []
+        return next((item for item in batch if item.ref == ref), None)
+
+    def submit_code(self, slug: str, kernel: str, version: int | None, file_name: str, message: str) -> int:
+        """Submit `file_name` from version `version` of kernel `kernel` (code competitions); the submission's id."""
+        answer = self._write(slug, "submit the kernel's output", lambda: self.api.competition_submit_code(
+            file_name, message, slug, kernel=kernel, kernel_version=version, quiet=True))  # fmt: skip
+        ref = int(getattr(answer, "ref", 0) or 0)
+        if not ref:
+            text = scrub(str(getattr(answer, "message", "") or "empty answer"), self.credentials)
+            raise UserError(f"Kaggle did not accept {kernel}'s {file_name} for '{slug}': {text}")
+        return ref
 
     def submission_limits(self, slug: str) -> Any:
-        with self.errors(slug, "read the submission limits"):
-            return self.api.competition_get_submission_limits(slug)
+        return self._read(slug, "read the submission limits", lambda: self.api.competition_get_submission_limits(slug))
 
     def data_files(self, slug: str) -> list[Any]:
-        with self.errors(slug, "list the data files"):
-            return list(self.api.competition_list_files(slug).files)
+        return list(self._read(slug, "list the data files", lambda: self.api.competition_list_files(slug)).files)
 
     # datasets and kernels (kaggle-push); `ref` is `owner/slug`
     def dataset_status(self, ref: str) -> str | None:
         """The dataset's processing status ('ready', 'blobs_received', ...), or None when it does not exist."""
         import requests
 
-        with self.errors(ref, "read the status of dataset", kind="dataset"):
-            try:
-                return str(self.api.dataset_status(ref)).lower()
-            except requests.HTTPError as exc:
-                if getattr(exc.response, "status_code", None) == 404:
-                    return None
-                raise
+        try:
+            status = self._read(ref, "read the status of dataset", lambda: self.api.dataset_status(ref), kind="dataset")
+            return str(status).lower()
+        except UserError as exc:
+            if isinstance(exc.__cause__, requests.HTTPError) and _status_of(exc.__cause__) == 404:
+                return None
+            raise
+
+    def dataset_version(self, ref: str) -> tuple[str, int]:
+        """(status, current version number) of dataset `ref`: the number tells which version is ready."""
+        text = self._read(ref, "read the version of dataset", lambda: self.api.dataset_status(ref, format="json"),
+                          kind="dataset")  # fmt: skip
+        values = json.loads(text)
+        return str(values.get("status", "")).lower(), int(values.get("current_version_number") or 0)
+
+    def kernel_status(self, ref: str) -> tuple[str, str]:
+        """(status name in lower case: queued, running, complete, error, ...; failure message) of kernel `ref`."""
+        answer = self._read(ref, "read the status of kernel", lambda: self.api.kernels_status(ref), kind="kernel")
+        status = getattr(answer, "status", None)
+        return (getattr(status, "name", str(status)).lower(), str(getattr(answer, "failure_message", "") or ""))
+
+    def kernel_output(self, ref: str, folder: Path) -> list[Path]:
+        """Download the latest run's output files and log of kernel `ref` into `folder`; their paths."""
+        folder.mkdir(parents=True, exist_ok=True)
+        files, _ = self._read(ref, "download the output of kernel",
+                              lambda: self.api.kernels_output(ref, str(folder), force=True, quiet=True),
+                              kind="kernel")  # fmt: skip
+        return [Path(f) for f in files]
 
     def create_dataset(self, ref: str, folder: Path, public: bool = False) -> str:
         """Upload every file in `folder` as the new dataset its dataset-metadata.json names; returns its URL."""
         quiet = not sys.stderr.isatty()
-        with self.errors(ref, "create dataset", kind="dataset"):
-            answer = self.api.dataset_create_new(str(folder), public=public, quiet=quiet, dir_mode="skip")
+        answer = self._write(ref, "create dataset", lambda: self.api.dataset_create_new(
+            str(folder), public=public, quiet=quiet, dir_mode="skip"), kind="dataset")  # fmt: skip
         return self._dataset_answer(ref, answer, "create dataset")
 
     def create_dataset_version(self, ref: str, folder: Path, notes: str) -> str:
         """Upload every file in `folder` as a new version of existing dataset `ref`; returns its URL."""
         quiet = not sys.stderr.isatty()
-        with self.errors(ref, "upload a new version of dataset", kind="dataset"):
-            answer = self.api.dataset_create_version(str(folder), notes, quiet=quiet, dir_mode="skip")
+        answer = self._write(ref, "upload a new version of dataset", lambda: self.api.dataset_create_version(
+            str(folder), notes, quiet=quiet, dir_mode="skip"), kind="dataset")  # fmt: skip
         return self._dataset_answer(ref, answer, "upload a new version of dataset")
 
     def _dataset_answer(self, ref: str, answer: Any, action: str) -> str:
@@ -308,8 +312,7 @@ class Kaggle:
 
     def push_kernel(self, ref: str, folder: Path) -> Any:
         """Save a new version of the kernel in `folder` (kernel-metadata.json + its code file); Kaggle then runs it."""
-        with self.errors(ref, "push kernel", kind="kernel"):
-            answer = self.api.kernels_push(str(folder))
+        answer = self._write(ref, "push kernel", lambda: self.api.kernels_push(str(folder)), kind="kernel")
         problems = [str(getattr(answer, "error", None) or "")]
         for field_name in ("dataset", "competition", "kernel", "model"):
             invalid = list(getattr(answer, f"invalid_{field_name}_sources", None) or [])
@@ -321,6 +324,17 @@ class Kaggle:
         if problems:
             raise UserError(f"Kaggle did not accept kernel '{ref}': {scrub('; '.join(problems), self.credentials)}")
         return answer
+
+
+def _status_of(exc: BaseException) -> int | None:
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def _passed(when: Any, now: datetime) -> bool:  # noqa: ANN401 - a datetime, or None
+    """`when` (a datetime the client parsed) is before `now`."""
+    if not isinstance(when, datetime):
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) < now
 
 
 def _is_protocol_error(exc: Exception) -> bool:

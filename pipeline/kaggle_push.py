@@ -5,10 +5,11 @@ Reads data/runs/<comp>/<exp>/kaggle-bundle/ (make kaggle-bundle) and talks to Ka
 data/runs/<comp>/<exp>/kaggle-push.json once the upload is accepted: the dataset ref and the SHA-256 of every file
 it uploaded, so a re-run with an unchanged bundle skips the upload and only pushes the kernel.
 
-The kernel is pushed only once Kaggle has processed the dataset (status `ready`), else its run could mount the
-previous version; kaggle-push waits up to --wait seconds (default 900) for that. Pushing saves a new version of the
-kernel, which Kaggle then runs; its /kaggle/working/submission.csv is submitted from the competition's page, or
-with `kaggle competitions submit <comp> -k <owner>/<kernel> -f submission.csv -v <version> -m <message>`.
+The kernel is pushed only once Kaggle has processed the dataset's new version (status `ready` *and* the dataset's
+current version number is the one just uploaded: the status alone can still describe the previous version), else
+its run could mount the previous version; kaggle-push waits up to --wait seconds (default 900) for that. Pushing
+saves a new version of the kernel, which Kaggle then runs; kaggle-push.json records the kernel and its version, and
+`make kaggle-submit` waits for that run and submits its submission.csv (pipeline.kaggle_submit).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from pipeline import artifacts, paths
 from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.kaggle_wait import poll_seconds
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 10.0
 DONE = "ready"
 BROKEN = ("failed", "deleted")
 
@@ -60,16 +61,19 @@ def version_notes(manifest: dict[str, Any]) -> str:
     return describe(manifest["exp"], manifest.get("metric"), manifest.get("cv"), commit)
 
 
-def upload_dataset(kaggle: Any, cfg: Config, manifest: dict[str, Any], notes: str) -> None:  # noqa: ANN401 - Kaggle
-    """Create the dataset, or add a version to it; skipped when Kaggle already has exactly these files."""
+def upload_dataset(kaggle: Any, cfg: Config, manifest: dict[str, Any], notes: str) -> int:  # noqa: ANN401 - Kaggle
+    """Create the dataset, or add a version to it; skipped when Kaggle already has exactly these files.
+
+    Returns the version number the kernel must see: the new one, or the current one when nothing was uploaded."""
     out = paths.for_config(cfg)
     ref = manifest["dataset"]
     files = digests(out.kaggle_dataset)
     status = kaggle.dataset_status(ref)
+    current = kaggle.dataset_version(ref)[1] if status is not None else 0
     previous = artifacts.read_json(out.kaggle_pushed) if out.kaggle_pushed.is_file() else {}
     if status is not None and previous.get("dataset") == ref and previous.get("files") == files:
         log.info("kaggle-push: dataset %s already holds these %d files; not uploading them again", ref, len(files))
-        return
+        return int(previous.get("version") or current)
     size = sum((out.kaggle_dataset / name).stat().st_size for name in files) / 1e6
     log.info("kaggle-push: uploading %d files (%.1f MB) to %s dataset %s", len(files), size,
              "a new" if status is None else "a new version of", ref)  # fmt: skip
@@ -77,20 +81,25 @@ def upload_dataset(kaggle: Any, cfg: Config, manifest: dict[str, Any], notes: st
         url = kaggle.create_dataset(ref, out.kaggle_dataset)
     else:
         url = kaggle.create_dataset_version(ref, out.kaggle_dataset, notes)
-    artifacts.write_json(out.kaggle_pushed, {"dataset": ref, "url": url, "notes": notes, "files": files})
-    log.info("kaggle-push: dataset %s accepted (%s)", ref, url)
+    version = current + 1
+    artifacts.write_json(out.kaggle_pushed, {"dataset": ref, "url": url, "notes": notes, "files": files,
+                                             "version": version})  # fmt: skip
+    log.info("kaggle-push: dataset %s version %d accepted (%s)", ref, version, url)
+    return version
 
 
-def wait_until_ready(kaggle: Any, ref: str, seconds: float, record: Path) -> None:  # noqa: ANN401 - Kaggle
-    """Poll the dataset's status until Kaggle has processed it; UserError when it fails or takes too long.
+def wait_until_ready(kaggle: Any, ref: str, seconds: float, record: Path, version: int = 0) -> None:  # noqa: ANN401
+    """Poll the dataset until Kaggle has processed version `version`; UserError when it fails or takes too long.
 
     When processing failed, `record` (kaggle-push.json) goes too, so the next run uploads the files again.
     """
     deadline = time.monotonic() + seconds
     while True:
-        status = kaggle.dataset_status(ref)
-        if status == DONE:
+        status, current = kaggle.dataset_version(ref)
+        if status == DONE and current >= version:
             return
+        if status == DONE:
+            status = f"ready, but at version {current} (waiting for {version})"
         if status in BROKEN:
             record.unlink(missing_ok=True)
             raise UserError(f"Kaggle could not process dataset {ref} (status {status}); see "
@@ -102,7 +111,7 @@ def wait_until_ready(kaggle: Any, ref: str, seconds: float, record: Path) -> Non
                 "the new version (the files are not uploaded again)"
             )
         log.info("kaggle-push: dataset %s is %s; waiting", ref, status)
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll_seconds())
 
 
 def push(cfg: Config, wait: float, message: str | None = None) -> None:
@@ -115,15 +124,18 @@ def push(cfg: Config, wait: float, message: str | None = None) -> None:
     if user and user.lower() != owner.lower():
         raise UserError(f"the bundle belongs to Kaggle user '{owner}' but the credentials are '{user}'s; rebuild it: "
                         f"make kaggle-bundle CONFIG=... KAGGLE_USER={user}")  # fmt: skip
-    upload_dataset(kaggle, cfg, manifest, message or version_notes(manifest))
-    wait_until_ready(kaggle, manifest["dataset"], wait, paths.for_config(cfg).kaggle_pushed)
-    answer = kaggle.push_kernel(kernel["id"], paths.for_config(cfg).kaggle_kernel)
+    out = paths.for_config(cfg)
+    dataset_version = upload_dataset(kaggle, cfg, manifest, message or version_notes(manifest))
+    wait_until_ready(kaggle, manifest["dataset"], wait, out.kaggle_pushed, dataset_version)
+    answer = kaggle.push_kernel(kernel["id"], out.kaggle_kernel)
     version = getattr(answer, "version_number", None)
     url = getattr(answer, "url", None) or f"https://www.kaggle.com/code/{kernel['id']}"
+    record = artifacts.read_json(out.kaggle_pushed) if out.kaggle_pushed.is_file() else {}
+    artifacts.write_json(out.kaggle_pushed, {**record, "kernel": kernel["id"], "kernel_version": version})
     log.info("kaggle-push: kernel %s version %s pushed and running: %s", kernel["id"], version or "?", url)
-    log.info("kaggle-push: once it has run, submit its output from the competition page, or: kaggle competitions "
-             "submit %s -k %s -f submission.csv -v %s -m '%s'", cfg.comp, kernel["id"], version or "<version>",
-             version_notes(manifest))  # fmt: skip
+    log.info("kaggle-push: next, `make kaggle-submit CONFIG=%s` waits for that run and submits its submission.csv "
+             "(or: kaggle competitions submit %s -k %s -f submission.csv -v %s -m '%s')", f"configs/{cfg.comp}/"
+             f"{cfg.exp}.yaml", cfg.comp, kernel["id"], version or "<version>", version_notes(manifest))  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:

@@ -6,7 +6,8 @@
     submissions/<comp>/<exp>.csv
     data/runs/<comp>/<exp>/kaggle-bundle/{dataset,kernel}/   what kaggle-bundle builds and kaggle-push uploads
 
-Inside a Kaggle Kernel the competition's files are read from /kaggle/input/<comp> and everything
+Inside a Kaggle Kernel the competition's files are read where Kaggle mounts them (today
+/kaggle/input/competitions/<comp>, formerly /kaggle/input/<comp>: see `mounted_competition`) and everything
 this pipeline writes goes under /kaggle/working. A sample run (SAMPLE=N) gets its own folders.
 """
 
@@ -33,12 +34,37 @@ def project_root() -> Path:
     return Path.cwd()
 
 
-def raw_dir(comp: str) -> Path:
-    """The competition's files: /kaggle/input/<comp> when a Kernel mounts it, else data/raw/<comp>."""
-    mounted = KAGGLE_INPUT / comp
-    if mounted.is_dir():
-        return mounted
+def _holds_files(folder: Path) -> bool:
+    """A mounted competition: a folder with at least one visible entry that is not a kaggle-bundle dataset."""
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except OSError:  # not a folder, or unreadable
+        return False
+    return any(not n.startswith(".") for n in names) and "bundle.json" not in names
+
+
+def mounted_competition(comp: str) -> Path | None:
+    """Where a Kaggle Kernel mounts competition `comp`, or None outside a Kernel / when it is not an input.
+
+    Kaggle mounts competitions at <input>/competitions/<comp> today and at <input>/<comp> in older kernels; other
+    sources sit one or two levels deeper (<input>/datasets/<owner>/<slug>). The first candidate, in that order,
+    that holds files wins.
+    """
+    if not KAGGLE_INPUT.is_dir():
+        return None
+    candidates = [KAGGLE_INPUT / comp, KAGGLE_INPUT / "competitions" / comp]
+    candidates += sorted(KAGGLE_INPUT.glob(f"*/{comp}")) + sorted(KAGGLE_INPUT.glob(f"*/*/{comp}"))
+    return next((folder for folder in dict.fromkeys(candidates) if _holds_files(folder)), None)
+
+
+def local_raw_dir(comp: str) -> Path:
+    """data/raw/<comp> under the project root: where download writes and hand-placed data is adopted."""
     return project_root() / "data" / "raw" / comp
+
+
+def raw_dir(comp: str) -> Path:
+    """The competition's files: the Kernel's mount when there is one (`mounted_competition`), else data/raw/<comp>."""
+    return mounted_competition(comp) or local_raw_dir(comp)
 
 
 def weights_dir() -> Path:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pipeline import paths
-from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.data import read_csv
 from pipeline.errors import UserError
+from pipeline.run_config import config_of_run
 from pipeline.tta import AUTO_CANDIDATES
 from pipeline.tta_auto import effective_views
 
@@ -219,7 +219,7 @@ def plan_from_args(args: argparse.Namespace, cfg: Config) -> Plan:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args)
+    cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
     plan = plan_from_args(args, cfg)
     print(format_plan(plan))
     for warning in plan.warnings:

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import artifacts, interpret, paths, planner, plots, view_scores
-from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.data import encode_targets, load_image, read_csv
 from pipeline.errors import UserError
+from pipeline.run_config import config_of_run
 from pipeline.tta import AUTO_CANDIDATES
 from pipeline.tta_auto import effective_views
 
@@ -261,7 +261,7 @@ def render(cfg: Config, report: Report) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args)
+    cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
     out = paths.for_config(cfg)
     if getattr(args, "tta", None):
         view_scores.compute_view_oof(cfg, view_scores.views_to_measure(cfg, args.tta))

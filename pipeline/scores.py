@@ -32,6 +32,7 @@ COLUMNS = [
     "public_score",
     "private_score",
     "status",
+    "error",
     "date",
     "submission_id",
     "description",
@@ -62,6 +63,7 @@ def submission_table(submissions: list[Any]) -> pd.DataFrame:
                 "public_score": pd.to_numeric(item.public_score or None, errors="coerce"),
                 "private_score": pd.to_numeric(item.private_score or None, errors="coerce"),
                 "status": status.name.lower() if status is not None else "",
+                "error": getattr(item, "error_description", None) or "",  # why Kaggle could not score it
                 "date": date.isoformat(timespec="seconds") if date is not None else "",
                 "submission_id": item.ref,
                 "description": item.description or "",

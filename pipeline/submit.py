@@ -3,8 +3,10 @@
 Reads: submissions/<comp>/<exp>.csv, the competition's sample_submission (data/raw/<comp>/<data.test_csv>), and
 data/runs/<comp>/<exp>/scores.json (metric, cv) for the description. Writes nothing locally: the submission's
 description records the experiment, its CV score and the git commit, which is how `scores` joins the leaderboard
-back to local experiments. kaggle 2.2.4 reports a failed upload only in its return value (its CLI exits 0), so
-the answer is checked here and anything but an accepted submission is an error.
+back to local experiments. Before the upload Kaggle is asked whether it would take it (pipeline.kaggle_wait); after
+it, submit waits for the score (--wait seconds, Make's WAIT; 0 skips) and prints it, or Kaggle's error.
+kaggle 2.2.4 reports a failed upload only in its return value (its CLI exits 0), so the answer is checked here and
+anything but an accepted submission is an error.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import kaggle_wait
 from pipeline.artifacts import read_json
 from pipeline.cli import config_from_args
 from pipeline.config import Config
@@ -65,37 +68,24 @@ def run(args: argparse.Namespace) -> None:
     layout = for_config(cfg)
     if cfg.sample:
         raise UserError(f"sample={cfg.sample}: a SAMPLE run predicts part of the test set only; submit a full run")
+    wait = kaggle_wait.wait_seconds(args)
     validate_file(cfg, layout.submission)
     metric, cv = cv_score(layout.scores)
     message = describe(layout.run.name, metric, cv, git_commit(Path(__file__).resolve().parent) or "unknown")
-    submit(cfg.comp, layout.submission, message)
+    submit(cfg.comp, layout.submission, message, wait)
 
 
-def submit(comp: str, file: Path, message: str) -> int:
-    """Upload `file` with `message`; the submission's id. UserError if Kaggle does not accept it."""
+def submit(comp: str, file: Path, message: str, wait: float = 0.0) -> int:
+    """Upload `file` with `message`, then wait up to `wait` s for its score; the submission's id.
+
+    UserError if Kaggle would refuse it (closed, code-only, no submissions left), does not accept it, or scores it
+    as an error."""
     from pipeline.kaggle_api import Kaggle  # imports the client: only once the file has passed validation
 
     kaggle = Kaggle()
-    limits = _limits(kaggle, comp)
-    if limits is not None and limits.num_today > 0 and limits.num_allowed_now == 0:  # zeros mean "not on a team yet"
-        raise UserError(
-            f"no submissions left today for '{comp}' ({limits.num_today} used); try again after midnight UTC"
-        )
+    kaggle_wait.check_can_submit(kaggle, comp, csv_upload=True)
     ref, answer = kaggle.submit(comp, file, message)
     log.info("submitted %s to %s as #%s: %s", file, comp, ref or "?", answer)
     log.info("description: %s", message)
-    limits = _limits(kaggle, comp)
-    if limits is not None:
-        log.info(
-            "%d submission(s) left today; `make scores COMP=%s` shows the leaderboard", limits.num_allowed_now, comp
-        )
+    kaggle_wait.finish(kaggle, comp, ref, wait)
     return ref
-
-
-def _limits(kaggle: Any, comp: str) -> Any:
-    """Submission limits, or None: a hint only, so it never stops a submission on its own."""
-    try:
-        return kaggle.submission_limits(comp)
-    except UserError as exc:
-        log.debug("submission limits unavailable: %s", exc)
-        return None

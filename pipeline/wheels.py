@@ -8,6 +8,11 @@ pip wrote), so the bundle holds exactly the versions this run used and building 
 Which dependencies: the package's requirements minus the Kaggle client (`kaggle`: download and submit only; a
 Kernel reads /kaggle/input) are what a Kernel needs (runtime_requirements). Those Kaggle's Python image has
 (KAGGLE_IMAGE), and everything those depend on, are never bundled; the rest are, with their own dependencies.
+
+Only pure-Python wheels (`py3-none-any`) are re-packed from this machine's install: a compiled one was built for
+this machine, not for the Kernel's (Linux x86_64, CPython KAGGLE_PYTHON). A compiled dependency is fetched for that
+platform with `pip download --platform ... --only-binary=:all:` (pip's own configuration, index or find-links,
+applies), or refused with the command that would fetch it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ KERNEL_UNUSED = frozenset({"kaggle"})  # the Kaggle client: download/submit/scor
 _INSTALL_ONLY = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "RECORD.jws", "RECORD.p7s"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed times: the same files give the same wheel, byte for byte
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01: what setuptools stamps into the package's own wheel
+# The Kernel's platform (Kaggle's Python image): PIPELINE_KAGGLE_PYTHON overrides the version when Kaggle moves on.
+KAGGLE_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
+KAGGLE_PYTHON = "3.11"
 
 
 def canonical(name: str) -> str:
@@ -152,6 +160,47 @@ def repack_installed(name: str, dest: Path) -> Path:
         record.append(f"{info_dir}/RECORD,,")
         wheel.writestr(zipfile.ZipInfo(f"{info_dir}/RECORD", _ZIP_TIME), "\n".join(record) + "\n")
     return path
+
+
+def is_pure(wheel_metadata: str) -> bool:
+    """Every tag of the wheel is pure Python for Python 3 (`py3-none-any`, `py2.py3-none-any`)."""
+    tags = [line.split(":", 1)[1].strip() for line in wheel_metadata.splitlines() if line.startswith("Tag:")]
+    return (
+        bool(tags)
+        and all(t.split("-")[1:] == ["none", "any"] and t.startswith("py") for t in tags)
+        and any(t.startswith("py3") for t in tags)
+    )
+
+
+def bundle_wheel(name: str, dest: Path) -> Path:
+    """A wheel of installed `name` that installs in the Kernel: re-packed when pure Python, else fetched for it."""
+    dist = _distribution(name)
+    if is_pure(dist.read_text("WHEEL") or ""):
+        return repack_installed(name, dest)
+    return fetch_for_kaggle(canonical(dist.metadata["Name"]), dist.version, dest)
+
+
+def fetch_for_kaggle(name: str, version: str, dest: Path) -> Path:
+    """`pip download` the wheel of `name==version` built for the Kernel's platform into `dest`; UserError if none."""
+    python = os.environ.get("PIPELINE_KAGGLE_PYTHON") or KAGGLE_PYTHON
+    abi = "cp" + python.replace(".", "")
+    platforms = [arg for platform in KAGGLE_PLATFORMS for arg in ("--platform", platform)]
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+               "--only-binary=:all:", "--retries", "0", "--timeout", "30", *platforms, "--python-version", python,
+               "--implementation", "cp", "--abi", abi, "--dest", str(dest), f"{name}=={version}"]  # fmt: skip
+    before = set(dest.glob("*.whl"))
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    fetched = sorted(set(dest.glob("*.whl")) - before)
+    if result.returncode != 0 or len(fetched) != 1:
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        raise UserError(
+            f"{name} {version} is compiled, so this machine's copy may not run in a Kaggle Kernel, and no wheel for "
+            f"Kaggle's platform (Linux x86_64, CPython {python}) could be fetched ({lines[-1].strip()}); run "
+            f"`pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 --python-version {python} "
+            f"--dest {dest} {name}=={version}` where there is internet, then rebuild the bundle"
+        )
+    log.info("fetched %s for Kaggle's platform", fetched[0].name)
+    return fetched[0]
 
 
 def source_checkout() -> Path | None:

@@ -84,6 +84,8 @@ def pipeline_env(root: Path, fake: FakeKaggle) -> dict[str, str]:
             "KAGGLE_INPUT_ROOT": str(root / "kaggle" / "input"),  # absent unless a test makes it: not in a Kernel
             "KAGGLE_WORKING_ROOT": str(root / "kaggle" / "working"),
             "PIPELINE_ROOT": str(root),
+            "PIPELINE_KAGGLE_POLL": "0.05",  # status polls and retry backoff: fast against the fake
+            "PIPELINE_KAGGLE_BACKOFF": "0.01",
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
             "PYTHONDONTWRITEBYTECODE": "1",
         }

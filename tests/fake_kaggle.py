@@ -12,6 +12,14 @@ uploads) are served by this server too, under /blobs/ and /uploads/. No pytest i
 Datasets and kernels (kaggle-push): StartBlobUpload hands out an upload URL per file (the file's name is only sent
 here; CreateDataset/CreateDatasetVersion then list the upload tokens), GetDatasetStatus answers 404 for an unknown
 dataset, and SaveKernel reports unknown dataset or competition sources in its answer, as Kaggle does.
+
+Requests are matched by service and method (`competitions.CompetitionApiService`/`ListSubmissions`). What today's
+Kaggle does that the pipeline waits on is simulated step by step, one step per status call: a submission is PENDING
+for `Competition.pending_polls` listings, then COMPLETE with `public_score` or ERROR with `error_description`; a
+pushed kernel version goes QUEUED -> RUNNING -> COMPLETE or ERROR (`kernel_outcome`), then serves its output file
+and log; a new dataset version is reported by GetDataset only after `Dataset.version_lag` calls. `fail()` queues
+error answers (429 with Retry-After, 5xx) or a stall for a service/method. `blob_host` (a second fake, on another
+port) serves the blobs that downloads are redirected to, as Kaggle's storage host does.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import email.utils
 import io
 import json
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +60,15 @@ class Competition:
     blob: bytes | None = None  # what DownloadDataFiles serves; None: a valid zip of `files`
     submissions: list[dict[str, Any]] = field(default_factory=list)
     max_daily: int = 5
+    max_total: int | None = None  # the competition's limit over all days (GetSubmissionLimits' limited_by_total)
+    code_only: bool = False  # isKernelsSubmissionsOnly: only a kernel's output can be submitted
+    submissions_disabled: bool = False
+    deadline: str = "2099-01-01T00:00:00Z"
+    merger_deadline: str = "2099-01-01T00:00:00Z"
+    pending_polls: int = 1  # listings during which a new submission stays PENDING
+    public_score: str = "0.875"
+    error_description: str | None = None  # set: scoring ends in ERROR with this description
+    repeat_pages: bool = False  # ListSubmissions ignores the page asked for (a server bug the client must survive)
 
     def zip_bytes(self) -> bytes:
         return self.blob if self.blob is not None else make_zip(self.files)
@@ -67,6 +85,32 @@ class Dataset:
     versions: list[dict[str, bytes]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     status: str = "READY"  # what GetDatasetStatus answers (kagglesdk's DatabundleVersionStatus name)
+    version_lag: int = 0  # GetDataset calls after a new version before it reports that version's number
+    reported: int = 0  # the version number GetDataset reports now
+    lag_left: int = 0
+
+
+@dataclass
+class Fault:
+    """An answer queued for the next `times` calls of `method` (of `service`, or any service)."""
+
+    method: str
+    status: int
+    times: int = 1
+    service: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    stall: float = 0.0  # seconds to wait before answering (a stalled network)
+
+
+@dataclass
+class KernelRun:
+    """One pushed kernel version's session: `steps` are the statuses it answers, one per status call."""
+
+    version: int
+    steps: list[str]
+    failure: str = ""
+    output: dict[str, bytes] = field(default_factory=dict)
+    log: str = ""
 
 
 @dataclass
@@ -95,6 +139,12 @@ class FakeKaggle:
         self.blob_names: dict[str, str] = {}  # StartBlobUpload's token -> the file name it announced
         self.datasets: dict[str, Dataset] = {}  # "owner/slug" -> Dataset
         self.kernels: dict[str, list[dict[str, Any]]] = {}  # "owner/slug" -> every SaveKernel body, oldest first
+        self.runs: dict[str, list[KernelRun]] = {}  # "owner/slug" -> its versions' sessions
+        self.kernel_outcome = "COMPLETE"  # how the next pushed version's run ends: COMPLETE or ERROR
+        self.kernel_output = b"id,label\nc,dog\nd,cat\n"  # the submission.csv a completed run leaves
+        self.faults: list[Fault] = []
+        self.dataset_version_lag = 0  # GetDataset calls before a new dataset version's number shows
+        self.blob_host: FakeKaggle | None = None  # when set, blob downloads are redirected to it
         self.upload_status = 200  # what the PUT to createUrl answers; not 200/201 makes the client's upload fail
         self.die_after_bytes: int | None = None  # blob GET: send this many body bytes, then the server dies
         self.dead = False
@@ -108,6 +158,30 @@ class FakeKaggle:
         self.competitions[slug] = competition
         return competition
 
+    def fail(self, method: str, status: int, times: int = 1, service: str | None = None,
+             retry_after: float | None = None, stall: float = 0.0) -> Fault:  # fmt: skip
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+        fault = Fault(method, status, times, service, headers, stall)
+        self.faults.append(fault)
+        return fault
+
+    def add_blob_host(self) -> FakeKaggle:
+        """A second fake on another port that serves this one's blobs; downloads are redirected there.
+
+        The client reaches it through this fake, its HTTP proxy, which relays those requests (`_relay`)."""
+        other = FakeKaggle(self.username, self.key, self.token)
+        other.competitions, other.runs = self.competitions, self.runs
+        self.blob_host = other.start()
+        return other
+
+    def _fault(self, service: str, method: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.method == method and fault.service in (None, service) and fault.times > 0:
+                    fault.times -= 1
+                    return fault
+        return None
+
     # lifecycle
     def start(self) -> FakeKaggle:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -117,6 +191,9 @@ class FakeKaggle:
         return self
 
     def stop(self) -> None:
+        if self.blob_host is not None:
+            self.blob_host.stop()
+            self.blob_host = None
         self.dead = True
         if self._server is not None:
             self._server.shutdown()
@@ -167,8 +244,14 @@ class FakeKaggle:
             return self.token is not None and auth[7:] == self.token
         return False
 
-    def api(self, method: str, body: dict[str, Any], headers: dict[str, str], host: str) -> tuple[int, Any, dict]:
+    def api(self, service: str, method: str, body: dict[str, Any], headers: dict[str, str],
+            host: str) -> tuple[int, Any, dict]:  # fmt: skip
         """Answer one API call: (status, JSON payload, extra headers)."""
+        fault = self._fault(service, method)
+        if fault is not None:
+            time.sleep(fault.stall)
+            if fault.status:
+                return fault.status, {"code": fault.status, "message": f"fake fault {fault.status}"}, fault.headers
         if method == "IntrospectToken":  # the client asks before it trusts a KAGGLE_API_TOKEN
             active = self.token is not None and body.get("token") == self.token
             return 200, {"active": active, "username": self.username if active else ""}, {}
@@ -181,12 +264,20 @@ class FakeKaggle:
                     "ref": f"https://www.kaggle.com/competitions/{slug}",
                     "title": slug,
                     "userHasEntered": c.rules_accepted,
+                    "isKernelsSubmissionsOnly": c.code_only,
+                    "submissionsDisabled": c.submissions_disabled,
+                    "deadline": c.deadline,
+                    "mergerDeadline": c.merger_deadline,
+                    "maxDailySubmissions": c.max_daily,
                 }
                 for slug, c in self.competitions.items()
                 if search in slug
             ]
             return 200, {"competitions": found, "nextPageToken": ""}, {}
-        if method in ("StartBlobUpload", "GetDatasetStatus", "CreateDataset", "CreateDatasetVersion", "SaveKernel"):
+        if service == "kernels.KernelsApiService" and method in ("GetKernelSessionStatus", "ListKernelSessionOutput"):
+            return self.api_kernel_session(method, body)
+        if method in ("StartBlobUpload", "GetDatasetStatus", "CreateDataset", "CreateDatasetVersion", "SaveKernel",
+                      "GetDataset"):  # fmt: skip
             return self.api_datasets_kernels(method, body, host)
         slug = body.get("competitionName", "")
         competition = self.competitions.get(slug)
@@ -202,7 +293,8 @@ class FakeKaggle:
             ]
             return 200, {"files": files, "nextPageToken": ""}, {}
         if method == "DownloadDataFiles":
-            return 302, None, {"Location": f"http://{host}/blobs/{slug}.zip"}
+            blobs = f"127.0.0.1:{self.blob_host.port}" if self.blob_host is not None else host
+            return 302, None, {"Location": f"http://{blobs}/blobs/{slug}.zip"}
         if method == "DownloadDataFile":
             return 302, None, {"Location": f"http://{host}/blobs/{slug}/files/{body.get('fileName', '')}"}
         if method == "StartSubmissionUpload":
@@ -213,28 +305,78 @@ class FakeKaggle:
             token = body.get("blobFileTokens", "")
             if token not in self.uploads:
                 return _error(400, f"Unknown blob token '{token}'")
-            ref = 1000 + sum(len(c.submissions) for c in self.competitions.values()) + 1
-            competition.submissions.append(
-                {
-                    "ref": ref,
-                    "date": "2024-01-02T03:04:05.000Z",
-                    "description": body.get("submissionDescription", ""),
-                    "fileName": "submission.csv",
-                    "status": "PENDING",
-                    "totalBytes": len(self.uploads[token]),
-                }
-            )
+            if competition.code_only:
+                return _error(400, "This competition only accepts submissions from notebooks")
+            ref = self.add_submission(competition, body.get("submissionDescription", ""), self.uploads[token])
             return 200, {"message": f"Successfully submitted to {slug}", "ref": ref}, {}
+        if method == "CreateCodeSubmission":
+            return self.create_code_submission(competition, body)
         if method == "ListSubmissions":
             size = int(body.get("pageSize") or 20)
-            page = int(body.get("page") or 1)
+            page = 1 if competition.repeat_pages else int(body.get("page") or 1)
+            self.score_pending(competition)
             chunk = competition.submissions[(page - 1) * size : page * size]
-            return 200, {"submissions": chunk, "nextPageToken": ""}, {}
+            shown = [{k: v for k, v in item.items() if not k.startswith("_")} for item in chunk]
+            return 200, {"submissions": shown, "nextPageToken": ""}, {}
         if method == "GetSubmissionLimits":
             used = len(competition.submissions)
             left = max(competition.max_daily - used, 0)
-            return 200, {"numToday": used, "numTotal": used, "numAllowedNow": left}, {}
+            by_total = competition.max_total is not None and competition.max_total - used < left
+            if by_total:
+                left = max(competition.max_total - used, 0)
+            answer = {"numToday": used, "numTotal": used, "numAllowedNow": left, "limitedByTotal": by_total}
+            return 200, answer, {}
         return _error(404, f"fake Kaggle does not implement {method}")
+
+    def add_submission(self, competition: Competition, description: str, data: bytes, **extra: Any) -> int:
+        ref = 1000 + sum(len(c.submissions) for c in self.competitions.values()) + 1
+        competition.submissions.insert(0, {  # newest first, as Kaggle lists them
+            "ref": ref, "date": "2024-01-02T03:04:05.000Z", "description": description, "fileName": "submission.csv",
+            "status": "PENDING", "totalBytes": len(data), "_polls": competition.pending_polls, **extra,
+        })  # fmt: skip
+        return ref
+
+    def score_pending(self, competition: Competition) -> None:
+        """One listing's worth of scoring: each PENDING submission gets closer to COMPLETE (or ERROR)."""
+        for item in competition.submissions:
+            if item["status"] != "PENDING":
+                continue
+            item["_polls"] -= 1
+            if item["_polls"] < 0:
+                if competition.error_description:
+                    item.update(status="ERROR", errorDescription=competition.error_description)
+                else:
+                    item.update(status="COMPLETE", publicScore=competition.public_score, privateScore="")
+
+    def create_code_submission(self, competition: Competition, body: dict[str, Any]) -> tuple[int, Any, dict]:
+        ref = f"{body.get('kernelOwner', '')}/{body.get('kernelSlug', '')}"
+        runs = self.runs.get(ref, [])
+        version = int(body.get("kernelVersion") or (runs[-1].version if runs else 0))
+        run = next((r for r in runs if r.version == version), None)
+        if run is None:
+            return _error(404, f"Kernel '{ref}' version {version} not found")
+        if run.steps[0] != "COMPLETE" or body.get("fileName") not in run.output:
+            return _error(400, f"Kernel '{ref}' version {version} has no output '{body.get('fileName')}'")
+        data = run.output[body["fileName"]]
+        number = self.add_submission(competition, body.get("submissionDescription", ""), data,
+                                     _kernel=ref, _version=version)  # fmt: skip
+        return 200, {"message": "Your submission was successfully saved", "ref": number}, {}
+
+    def api_kernel_session(self, method: str, body: dict[str, Any]) -> tuple[int, Any, dict]:
+        ref = f"{body.get('userName', '')}/{body.get('kernelSlug', '')}"
+        runs = self.runs.get(ref)
+        if not runs:
+            return _error(404, f"Kernel '{ref}' not found")
+        run = runs[-1]  # the latest version's session, as the client asks without a version
+        if method == "GetKernelSessionStatus":
+            status = run.steps[0]
+            if len(run.steps) > 1:
+                run.steps.pop(0)
+            return 200, {"status": status, "failureMessage": run.failure if status == "ERROR" else ""}, {}
+        host = f"127.0.0.1:{self.blob_host.port}" if self.blob_host is not None else f"127.0.0.1:{self.port}"
+        files = [{"fileName": name, "url": f"http://{host}/blobs/kernels/{ref}/{run.version}/{name}"}
+                 for name in run.output] if run.steps[0] == "COMPLETE" else []  # fmt: skip
+        return 200, {"files": files, "log": run.log, "nextPageToken": ""}, {}
 
     def api_datasets_kernels(self, method: str, body: dict[str, Any], host: str) -> tuple[int, Any, dict]:
         """kaggle-push's calls: blob uploads, dataset create/version/status, kernel save."""
@@ -251,6 +393,14 @@ class FakeKaggle:
             if dataset is None:
                 return _error(404, f"Dataset '{ref}' not found")
             return 200, {"status": dataset.status}, {}
+        if method == "GetDataset":
+            if dataset is None:
+                return _error(404, f"Dataset '{ref}' not found")
+            if dataset.lag_left > 0:
+                dataset.lag_left -= 1
+            else:
+                dataset.reported = len(dataset.versions)
+            return 200, {"ref": ref, "currentVersionNumber": dataset.reported}, {}
         if body.get("ownerSlug") != self.username:
             return _error(403, f"'{self.username}' may not write datasets of '{body.get('ownerSlug')}'")
         new_files = body.get("files") if method == "CreateDataset" else (body.get("body") or {}).get("files")
@@ -265,11 +415,14 @@ class FakeKaggle:
                 return 200, {"status": "error", "error": f"The dataset {ref} already exists"}, {}
             self.datasets[ref] = Dataset(ref, body.get("title", ""), body.get("licenseName", ""),
                                          bool(body.get("isPrivate")), [files], [""])  # fmt: skip
+            self.datasets[ref].version_lag = self.dataset_version_lag
+            self.datasets[ref].lag_left = self.dataset_version_lag
         else:  # CreateDatasetVersion
             if dataset is None:
                 return _error(404, f"Dataset '{ref}' not found")
             dataset.versions.append(files)
             dataset.notes.append((body.get("body") or {}).get("versionNotes", ""))
+            dataset.lag_left = dataset.version_lag
         return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}, {}
 
     def save_kernel(self, body: dict[str, Any]) -> tuple[int, Any, dict]:
@@ -277,6 +430,14 @@ class FakeKaggle:
         if ref.split("/")[0] != self.username:
             return _error(403, f"'{self.username}' may not write kernels of '{ref.split('/')[0]}'")
         self.kernels.setdefault(ref, []).append(body)
+        version = len(self.kernels[ref])
+        ok = self.kernel_outcome == "COMPLETE"
+        self.runs.setdefault(ref, []).append(KernelRun(
+            version, ["QUEUED", "RUNNING", self.kernel_outcome], "" if ok else "Your notebook hit an error",
+            {"submission.csv": self.kernel_output} if ok else {},
+            json.dumps([{"stream_name": "stderr", "time": 1.0, "data": f"log line {i}\n"} for i in range(30)]
+                       + ([] if ok else [{"stream_name": "stderr", "time": 2.0, "data": "error: boom\n"}])),
+        ))  # fmt: skip
         datasets, competitions = body.get("datasetDataSources", []), body.get("competitionDataSources", [])
         answer = {
             "ref": f"/code/{ref}",
@@ -290,6 +451,11 @@ class FakeKaggle:
     def blob(self, path: str) -> bytes | None:
         """The bytes at a /blobs/ path, or None."""
         rest = path[len("/blobs/") :]
+        if rest.startswith("kernels/"):  # kernels/<owner>/<slug>/<version>/<file>
+            owner, slug, version, name = rest.split("/", 4)[1:]
+            runs = self.runs.get(f"{owner}/{slug}", [])
+            run = next((r for r in runs if str(r.version) == version), None)
+            return run.output.get(name) if run is not None else None
         if rest.endswith(".zip") and rest[:-4] in self.competitions:
             return self.competitions[rest[:-4]].zip_bytes()
         slug, _, name = rest.partition("/files/")
@@ -365,23 +531,40 @@ def _handler_for(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             if not path.startswith(API):
                 self._send(404, b"not found")
                 return
-            method = path.rsplit("/", 1)[-1]
+            service, _, method = path[len(API) :].rpartition("/")
             try:
                 payload = seen.json()
             except ValueError:
                 status, answer, extra = _error(400, "request body is not JSON")
             else:
-                status, answer, extra = fake.api(method, payload, seen.headers, host)
+                status, answer, extra = fake.api(service, method, payload, seen.headers, host)
             if answer is None:
                 self._send(status, b"", extra)
             else:
                 self._send(status, json.dumps(answer).encode(), {"Content-Type": "application/json", **extra})
 
+        def _relay(self, host: str, path: str) -> None:
+            """As the client's HTTP proxy: pass a GET for another host (the blob host) on, answer with its reply."""
+            import http.client
+
+            name, _, port = host.partition(":")
+            connection = http.client.HTTPConnection(name, int(port or 80), timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("range", "if-range", "authorization")}
+            connection.request("GET", path, headers=headers)
+            reply = connection.getresponse()
+            body = reply.read()
+            keep = ("content-type", "content-range", "last-modified", "accept-ranges")
+            self._send(reply.status, body, {k: v for k, v in reply.getheaders() if k.lower() in keep})
+            connection.close()
+
         def do_GET(self) -> None:  # noqa: N802
             if self._gone():
                 return
+            host, path = self._target()
+            if fake.blob_host is not None and host == f"127.0.0.1:{fake.blob_host.port}":
+                self._relay(host, path)  # not recorded here: the blob host records it
+                return
             seen = self._seen(b"")
-            _, path = self._target()
             data = fake.blob(path) if path.startswith("/blobs/") else None
             if data is None:
                 self._send(404, b"no such blob")

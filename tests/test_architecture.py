@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 # blocks, never another stage. __main__ and kernel_script only dispatch to stages.
 STAGES = {
     "download", "init", "folds", "train", "predict", "ensemble", "submission", "submit", "scores", "bench", "blend",
-    "summary", "lr_find", "report", "experiments", "doctor", "bundle", "kaggle_push", "kernel",
+    "summary", "lr_find", "report", "experiments", "doctor", "bundle", "kaggle_push", "kaggle_submit", "kernel",
 }  # fmt: skip
 # Building blocks that also answer a command whose run() only calls the block's own functions and prints: stages
 # may use them like any block (train/predict read the cache, init prepares weights, report draws the plan).

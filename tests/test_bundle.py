@@ -309,3 +309,193 @@ def test_kernel_finds_its_bundle_where_kaggle_mounts_it(tmp_path: Path, monkeypa
     assert kernel_script.find_bundle("toy-tiny-bundle") == tmp_path / "toy-tiny-bundle"
     with pytest.raises(SystemExit, match="error: no bundle 'other-bundle'.*dataset_sources"):
         kernel_script.find_bundle("other-bundle")
+
+
+@pytest.mark.parametrize("mount", ["toy", "competitions/toy"])
+def test_bundled_kernel_reads_the_competition_under_either_mount(
+    project: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount: str
+) -> None:
+    from pipeline.kernel import run_bundle
+
+    kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
+    (kaggle_input / mount).parent.mkdir(parents=True, exist_ok=True)
+    working.mkdir(parents=True)
+    (kaggle_input / mount).symlink_to(project / "data/raw" / COMP)
+    bundle = kaggle_input / "datasets" / USER / "toy-tiny-bundle"  # today's dataset mount
+    bundle.parent.mkdir(parents=True)
+    bundle.symlink_to(dataset)
+    monkeypatch.setenv("PIPELINE_ROOT", str(tmp_path / "kernel-work"))
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", kaggle_input)
+    monkeypatch.setattr(paths, "KAGGLE_WORKING", working)
+
+    assert run_bundle(bundle) == 0
+    submitted = pd.read_csv(working / "submission.csv", dtype=str)
+    pd.testing.assert_frame_equal(submitted, pd.read_csv(project / "submissions/toy/tiny.csv", dtype=str))
+
+
+def test_token_auth_takes_the_username_from_the_client(
+    project: Path, dataset: Path, fake_kaggle: FakeKaggle, tmp_path: Path
+) -> None:
+    fake_kaggle.add_competition(COMP)
+    fake_kaggle.token = "token-for-tests"
+    push = pusher(project, fake_kaggle, tmp_path)
+    push.env.pop("KAGGLE_KEY")
+    push.env["KAGGLE_USERNAME"] = "someone"  # stale in the environment: the token's owner is what counts
+    push.env["KAGGLE_API_TOKEN"] = fake_kaggle.token
+
+    built = push("kaggle-bundle", "--config", CONFIG)
+    assert built.returncode == 0, built.stderr
+    assert json.loads((dataset / "bundle.json").read_text())["dataset"] == DATASET  # owned by the token's user
+    pushed = push("kaggle-push", "--config", CONFIG, "--wait", "0")
+    assert pushed.returncode == 0, pushed.stderr
+    assert fake_kaggle.calls("IntrospectToken") and KERNEL in fake_kaggle.kernels
+
+
+@pytest.mark.parametrize(
+    ("device", "explicit", "env", "shape"),
+    [
+        ("auto", None, None, "NvidiaTeslaT4"),  # a GPU run asks for a T4 (x2), never whatever Kaggle picks
+        ("cpu", None, None, None),
+        ("auto", None, "l4", "NvidiaL4"),
+        ("auto", "p100", "l4", "NvidiaTeslaP100"),  # the flag wins over the environment
+        ("cuda", "none", None, None),
+        ("cpu", "T4X2", None, "NvidiaTeslaT4"),
+    ],
+)
+def test_kernel_metadata_asks_for_the_chosen_accelerator(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, explicit: str | None,
+    env: str | None, shape: str | None,
+) -> None:  # fmt: skip
+    import dataclasses
+
+    from pipeline.bundle import build_kernel, choose_accelerator
+
+    with in_project(project):
+        cfg = dataclasses.replace(load_config(project / CONFIG), device=device)
+    if env:
+        monkeypatch.setenv("KAGGLE_ACCELERATOR", env)
+    else:
+        monkeypatch.delenv("KAGGLE_ACCELERATOR", raising=False)
+    build_kernel(cfg, kaggle_names(COMP, EXP, USER), tmp_path, choose_accelerator(cfg, explicit))
+    meta = json.loads((tmp_path / "kernel-metadata.json").read_text())
+    assert meta.get("machine_shape") == shape and meta["enable_gpu"] is (shape is not None)
+
+
+def test_an_unknown_accelerator_is_refused(project: Path, capsys: pytest.CaptureFixture) -> None:
+    with in_project(project):
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER, "--accelerator", "a100"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "t4x2, l4, p100, none" in last, last
+
+
+def test_bundle_report_plan_take_what_the_run_trained(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True)
+    experiment = copy / CONFIG
+    values = yaml.safe_load(experiment.read_text())
+    values["train"]["lr"] = 0.5  # the file now says something the run was not trained with (as after SET=...)
+    experiment.write_text(yaml.safe_dump(values))
+    with in_project(copy):
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 0
+        bundled = yaml.safe_load((copy / "data/runs/toy/tiny/kaggle-bundle/dataset/tiny.yaml").read_text())
+        assert bundled["train"]["lr"] != 0.5
+        assert main(["plan", "--config", CONFIG]) == 0
+        capsys.readouterr()
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER, "--set", "train.lr=0.5"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "different config" in last, last
+
+
+def test_push_waits_for_the_new_version_then_kaggle_submit_reaches_a_score(
+    project: Path, fake_kaggle: FakeKaggle, tmp_path: Path
+) -> None:
+    fake_kaggle.add_competition(COMP, code_only=True, public_score="0.77700")
+    fake_kaggle.dataset_version_lag = 2  # status READY, but GetDataset still shows the previous version twice
+    push = pusher(project, fake_kaggle, tmp_path)
+    (project / "data/runs/toy/tiny/kaggle-push.json").unlink(missing_ok=True)
+
+    pushed = push("kaggle-push", "--config", CONFIG)
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stderr.count("ready, but at version 0 (waiting for 1)") == 2
+    order = [s.path.rsplit("/", 1)[-1] for s in fake_kaggle.calls() if s.path.endswith(("GetDataset", "SaveKernel"))]
+    assert order[-2:] == ["GetDataset", "SaveKernel"] and order.count("GetDataset") == 3
+    record = json.loads((project / "data/runs/toy/tiny/kaggle-push.json").read_text())
+    assert (record["kernel"], record["kernel_version"], record["version"]) == (KERNEL, 1, 1)
+
+    submitted = push("kaggle-submit", "--config", CONFIG)
+    assert submitted.returncode == 0, submitted.stderr
+    assert "kernel fake-user/toy-tiny-inference: queued" in submitted.stderr
+    assert "kernel fake-user/toy-tiny-inference: running" in submitted.stderr
+    (code,) = fake_kaggle.calls("CreateCodeSubmission")
+    body = code.json()
+    assert (body["kernelOwner"], body["kernelSlug"], body["kernelVersion"], body["fileName"]) == (
+        USER, "toy-tiny-inference", 1, "submission.csv")  # fmt: skip
+    assert body["submissionDescription"].startswith("tiny | CV ")
+    assert "scored 0.77700" in submitted.stdout
+
+
+def test_kaggle_submit_shows_a_failed_runs_log(project: Path, fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    fake_kaggle.add_competition(COMP, code_only=True)
+    fake_kaggle.kernel_outcome = "ERROR"
+    push = pusher(project, fake_kaggle, tmp_path)
+    assert push("kaggle-push", "--config", CONFIG).returncode == 0
+
+    failed = push("kaggle-submit", "--config", CONFIG)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: kernel fake-user/toy-tiny-inference") and "ended error" in last, last
+    assert "Your notebook hit an error" in last and "kaggle-kernel-output" in last
+    assert "  | error: boom" in failed.stderr and "  | log line 29" in failed.stderr  # the log's last lines
+    assert "  | log line 5" not in failed.stderr
+    assert fake_kaggle.calls("ListKernelSessionOutput") and fake_kaggle.calls("CreateCodeSubmission") == []
+
+
+def _installed(site: Path, name: str, version: str, tag: str) -> None:
+    """A distribution installed into `site` as pip would leave it (a module, METADATA, WHEEL, RECORD)."""
+    (site / name).mkdir(parents=True)
+    (site / name / "__init__.py").write_text("VALUE = 1\n")
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "WHEEL").write_text(f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n")
+    (info / "RECORD").write_text(f"{name}/__init__.py,,\n{info.name}/METADATA,,\n{info.name}/WHEEL,,\n"
+                                 f"{info.name}/RECORD,,\n")  # fmt: skip
+
+
+def test_only_pure_wheels_are_repacked_compiled_ones_are_fetched_for_kaggle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zipfile
+
+    from pipeline import wheels
+    from pipeline.errors import UserError
+
+    site, dest, index = tmp_path / "site", tmp_path / "dest", tmp_path / "index"
+    for folder in (site, dest, index):
+        folder.mkdir()
+    _installed(site, "purepkg", "1.0", "py3-none-any")
+    _installed(site, "fastpkg", "2.0", "cp311-cp311-linux_x86_64")  # built for this machine
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip's own configuration decides where wheels come from
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+
+    assert wheels.bundle_wheel("purepkg", dest).name == "purepkg-1.0-py3-none-any.whl"
+    with pytest.raises(UserError, match=r"fastpkg 2\.0 is compiled.*pip download .*--platform manylinux2014_x86_64"):
+        wheels.bundle_wheel("fastpkg", dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["purepkg-1.0-py3-none-any.whl"]  # nothing of this machine's
+
+    kaggles = index / "fastpkg-2.0-cp311-cp311-manylinux2014_x86_64.whl"  # what the index holds for Kaggle
+    with zipfile.ZipFile(kaggles, "w") as wheel:
+        wheel.writestr("fastpkg/__init__.py", "VALUE = 2\n")
+        wheel.writestr("fastpkg-2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fastpkg\nVersion: 2.0\n")
+        wheel.writestr("fastpkg-2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
+                       "Tag: cp311-cp311-manylinux2014_x86_64\n")  # fmt: skip
+        wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
+    fetched = wheels.bundle_wheel("fastpkg", dest)
+    assert fetched.name == kaggles.name and fetched.read_bytes() == kaggles.read_bytes()

@@ -187,22 +187,6 @@ def test_download_uses_a_kernel_input_folder_in_place(pipeline: Pipeline, fake_k
     assert fake_kaggle.seen == []
 
 
-def test_download_refuses_an_unstamped_folder_it_did_not_write(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
-    fake_kaggle.add_competition(SLUG, FILES)
-    (raw(pipeline.root) / "mine.txt").parent.mkdir(parents=True)
-    (raw(pipeline.root) / "mine.txt").write_text("hand-made")
-
-    assert_user_error(pipeline("download", "--comp", SLUG), ".complete", "--force")
-    assert (raw(pipeline.root) / "mine.txt").exists()
-    assert_ok(pipeline("download", "--comp", SLUG, "--force"))
-    assert sorted(p.name for p in raw(pipeline.root).iterdir()) == [
-        ".complete",
-        "sample_submission.csv",
-        "train",
-        "train.csv",
-    ]
-
-
 # credentials --------------------------------------------------------------------------------------------------
 
 

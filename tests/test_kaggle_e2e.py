@@ -37,7 +37,8 @@ def test_download_init_all_submit_through_make(pipeline, fake_kaggle, tmp_path: 
     make("all", f"CONFIG={config}", f"SET={QUICK}")
     submission = pipeline.root / "submissions" / SLUG / "baseline.csv"
     assert submission.is_file()
-    make("submit", f"CONFIG={config}", f"SET={QUICK}")
+    submitted = make("submit", f"CONFIG={config}", f"SET={QUICK}")
     assert list(fake_kaggle.uploads.values()) == [submission.read_bytes()]
+    assert f"{SLUG}: submission #" in submitted.stdout and "scored 0.875" in submitted.stdout  # waited for it
     (create,) = fake_kaggle.calls("CreateSubmission")
     assert create.json()["submissionDescription"].startswith("baseline | CV accuracy")
