@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> None:
         log.info("init: %s and %s exist, keeping them (--force to re-infer)", competition_path, baseline_path)
         return
     if paths.mounted_competition(comp) is None:
-        from pipeline.download import adopt
+        from pipeline.raw_data import adopt
 
         adopt(comp)  # data/raw/<comp>/ unzipped by hand: checked and stamped, so Make's download step is done
     raw = paths.raw_dir(comp)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import artifacts, paths
+from pipeline.bundle_format import read_bundle, version_notes  # noqa: F401 - used here and by kaggle-submit
 from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.errors import UserError
@@ -43,22 +44,6 @@ def digests(folder: Path) -> dict[str, str]:
                 digest.update(chunk)
         found[path.name] = digest.hexdigest()
     return found
-
-
-def read_bundle(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(bundle.json, kernel-metadata.json) of the experiment's bundle; UserError when there is none."""
-    out = paths.for_config(cfg)
-    if not out.kaggle_manifest.is_file():
-        raise UserError(f"{out.kaggle_manifest} not found; run `make kaggle-bundle CONFIG=...` first")
-    return artifacts.read_json(out.kaggle_manifest), artifacts.read_json(out.kaggle_kernel / "kernel-metadata.json")
-
-
-def version_notes(manifest: dict[str, Any]) -> str:
-    """The dataset version's notes, in the form `submit` gives submission descriptions."""
-    from pipeline.provenance import describe
-
-    commit = manifest.get("git_commit") or "unknown"
-    return describe(manifest["exp"], manifest.get("metric"), manifest.get("cv"), commit)
 
 
 def upload_dataset(kaggle: Any, cfg: Config, manifest: dict[str, Any], notes: str) -> int:  # noqa: ANN401 - Kaggle

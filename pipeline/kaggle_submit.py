@@ -48,8 +48,8 @@ def log_tail(files: list[Path], lines: int = LOG_LINES) -> list[str]:
 
 
 def submit_kernel(cfg: Any, kernel_wait: float, wait: float, message: str | None) -> int:  # noqa: ANN401 - Config
+    from pipeline.bundle_format import read_bundle, version_notes
     from pipeline.kaggle_api import Kaggle  # imports the client: only when Kaggle is really called
-    from pipeline.kaggle_push import read_bundle, version_notes
 
     out = paths.for_config(cfg)
     manifest, _ = read_bundle(cfg)
