@@ -65,7 +65,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float | str = 1.0e-3  # a number, or auto: lr-find's suggestion (data/runs/<comp>/<exp>/lr_find.json)
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None  # None: budget-aware, WARMUP_FRACTION of the run (pipeline.recipe.budget)
     min_lr: float = 1.0e-6
     opt: str = "adamw"  # any timm.optim.create_optimizer_v2 name
     sched: str = "cosine"  # any timm.scheduler.create_scheduler_v2 name
@@ -84,13 +84,15 @@ class TrainConfig:
     backbone_lr_factor: float = 1.0  # backbone LR = lr x this (discriminative LR); the head gets lr
     layer_decay: float | None = None  # e.g. 0.75: each earlier layer group's LR x this (timm's param groups)
     ema: bool = False  # a weight EMA (timm ModelEmaV3), scored each epoch; saved unless the raw weights score better
-    ema_decay: float = 0.999  # upper bound; timm's warmup makes short runs average over fewer steps
+    ema_decay: float | None = None  # None: budget-aware, averages over ~EMA_HORIZON of the run's updates
+    head_init_scale: float = 0.0  # the new classifier's weights x this after timm's init (0: zero head)
+    freeze_bn: bool = False  # BatchNorm layers stay in eval mode (running statistics frozen) while training
     mixup: float = 0.0  # mixup alpha (timm.data.Mixup); 0 disables; soft-target loss when on
     cutmix: float = 0.0  # cutmix alpha; 0 disables; with both on, each batch picks one at random
     mix_prob: float = 1.0  # probability that a batch is mixed when mixup or cutmix is on
     accumulate: int = 1  # gradient accumulation: one optimizer step every N batches
     clip_grad: float | None = None  # clip the gradient norm to this (timm.utils.dispatch_clip_grad); null: off
-    keep: str = "best"  # best: the epoch with the best validation score is saved; last: the final epoch
+    keep: str = "last"  # last: the final epoch (honest OOF); best: the best-scoring epoch (optimistic OOF)
     early_stopping: int = 0  # stop after N epochs without a better validation score; 0: off
     compile: bool = False  # torch.compile the training forward (first step compiles: tens of seconds)
     cpu_bf16: bool = False  # bf16 autocast on CPU (on CUDA, `amp` decides)
@@ -103,8 +105,9 @@ class TrainConfig:
 class AugmentConfig:
     hflip: float = 0.5
     vflip: float = 0.0
-    scale_min: float = 0.5  # RandomResizedCrop's lower area bound
-    color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
+    scale_min: float | None = None  # RandomResizedCrop's lower area bound; None: budget-aware (pipeline.recipe)
+    ratio_range: float = 1 / 3  # crop aspect ratio in [1/(1+r), 1+r] (timm's 3/4..4/3); 0: square crops
+    color_jitter: float | None = None  # brightness/contrast/saturation strength; 0 disables; None: budget-aware
     rotate: float = 0.0  # max degrees of random rotation; 0 disables
 
 
@@ -341,7 +344,7 @@ def validate_recipe(cfg: Config) -> None:
             f"train.freeze_epochs: must be 0..{t.epochs - 1} (fewer than train.epochs), got {t.freeze_epochs}"
         )
     for key in ("backbone_lr_factor", "ema_decay", "mix_prob"):
-        if not 0 <= getattr(t, key) <= 1:
+        if getattr(t, key) is not None and not 0 <= getattr(t, key) <= 1:
             raise ConfigError(f"train.{key}: must be between 0 and 1, got {getattr(t, key)}")
     if t.layer_decay is not None and not 0 < t.layer_decay <= 1:
         raise ConfigError(f"train.layer_decay: must be in (0, 1] or null, got {t.layer_decay}")
@@ -352,6 +355,15 @@ def validate_recipe(cfg: Config) -> None:
         raise ConfigError(
             f"train.batch_size: mixup/cutmix mix a batch with its mirror, so it must be even, got {t.batch_size}"
         )
+    if t.warmup_epochs is not None and t.warmup_epochs < 0:
+        raise ConfigError(f"train.warmup_epochs: must be 0 or more (or null: budget-aware), got {t.warmup_epochs}")
+    if t.head_init_scale < 0:
+        raise ConfigError(f"train.head_init_scale: must be 0 or more, got {t.head_init_scale}")
+    a = cfg.augment
+    if a.scale_min is not None and not 0 < a.scale_min <= 1:
+        raise ConfigError(f"augment.scale_min: must be in (0, 1] or null (budget-aware), got {a.scale_min}")
+    if a.ratio_range < 0 or (a.color_jitter is not None and a.color_jitter < 0):
+        raise ConfigError("augment.ratio_range and augment.color_jitter: must be 0 or more")
     if t.accumulate < 1:
         raise ConfigError(f"train.accumulate: must be at least 1, got {t.accumulate}")
     if t.clip_grad is not None and t.clip_grad <= 0:

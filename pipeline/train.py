@@ -138,7 +138,9 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
         raise UserError(f"{out.folds_csv}: fold {fold} has no training or no validation rows; rebuild folds")
     seed = cfg.train.seed + fold
     seed_everything(seed, cfg.train.deterministic)
+    cfg = recipe.resolve_budget(cfg)  # null augmentation strengths -> the budget's (pipeline.recipe)
     model = build_model(cfg.model, cfg.num_classes)
+    recipe.prepare_model(model, cfg.train)  # head init scale, frozen BatchNorm
     dcfg = data_config(model, cfg.train.image_size)
     raw = paths.raw_dir(cfg.comp)
     valid_targets = encode_targets(valid_rows["label"], cfg.data)
@@ -212,7 +214,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
     scaler = torch.amp.GradScaler("cuda", enabled=amp[0] and amp[1] == torch.float16)
     mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
     criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None)
-    ema = recipe.build_ema(f.model, t)
+    ema = recipe.build_ema(f.model, t, updates_per_epoch * t.epochs)
     keeper = recipe.BestKeeper(cfg.metric, t.keep)
     wrapped: dict[bool, torch.nn.Module] = {}
 
@@ -332,7 +334,8 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
                 raise checkpoint.Stopped(f"fold {fold}: stopped ({stop.reason}) after epoch {epoch}; "
                                          f"checkpoint {ckpt}; re-run the same command to resume")  # fmt: skip
     if world.is_main:
-        facts = {"lr": lr, "weights": keeper.source, "epoch": keeper.saved_epoch}
+        facts = {"lr": lr, "weights": keeper.source, "epoch": keeper.saved_epoch, "keep": t.keep,
+                 **recipe.budget_facts(cfg, updates_per_epoch * t.epochs)}  # fmt: skip
         finish_fold(f, keeper.probs, keeper.weights, facts)
         shutil.rmtree(ckpt.parent, ignore_errors=True)
     distributed.barrier(world)
