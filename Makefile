@@ -157,8 +157,8 @@ $(BUNDLE)/dataset/bundle.json: | $(RUN)/scores.json
 kaggle-push: $(BUNDLE)/dataset/bundle.json ## upload the bundle as a private Kaggle dataset (or a new version), push + run its kernel
 	$(PY) -m pipeline kaggle-push $(ARGS)
 
-bench-recipe: ## training-recipe table on Fashion-MNIST (apt-get install dataset-fashion-mnist; ~30 min CPU)
-	$(PY) -m pipeline.benchmarks.fashion
+bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
+	$(PY) -m pipeline.benchmarks.recipe_bench
 
 test: ## run the test suite (CI calls this)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q

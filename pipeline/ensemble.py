@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, paths
+from pipeline import artifacts, paths, recipe
 from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.data import encode_targets, read_csv
@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> None:
         "holdout": holdout_score(cfg, blended),
         "holdout_thresholded": holdout_score(cfg, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
+        "oof_selection": recipe.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
         "tta_views": auto["chosen"] if auto else views_or_identity(cfg.tta.views),
         "tta_auto": auto,
         "model": cfg.model.name,

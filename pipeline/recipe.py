@@ -32,7 +32,7 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 
 from pipeline.config import AugmentConfig, Config, TrainConfig
 from pipeline.loader import EpochSampler
-from pipeline.metrics import METRICS
+from pipeline.metrics import METRICS, goodness
 
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 THRESHOLD_METRICS = ("accuracy", "error_rate", "f1_macro", "f1_micro", "quadratic_weighted_kappa")
@@ -399,3 +399,41 @@ def fit_thresholds(task: str, metric: str, targets: np.ndarray, probs: np.ndarra
                         found, best = trial, value
         return found
     return {"kind": "none"}
+
+
+# --- how the OOF predictions were selected (scores.json) ---------------------------------------------------
+
+
+def oof_selection(cfg: Config) -> dict[str, Any]:
+    """How each fold's saved weights (and so its OOF rows) were chosen, and what choosing on the scored fold bought.
+
+    keep: last saves the final epoch: the epoch is not chosen on the fold the OOF rows score (honest CV). keep: best
+    chooses it there: `selection_gain` (mean over folds of the saved epoch's validation score minus the last epoch's,
+    in the metric's direction) is how optimistic CV is at most from that choice. With EMA, raw vs EMA weights are
+    also chosen on the fold each epoch (`weights`). Reads fold<k>/model.safetensors metadata and fold<k>/log.csv.
+    """
+    import json
+
+    import pandas as pd
+    from safetensors import safe_open
+
+    from pipeline import paths
+
+    out, metric = paths.for_config(cfg), cfg.metric
+    folds: list[dict[str, Any]] = []
+    for k in range(cfg.folds.n_folds):
+        weights, log_csv = out.weights(k), out.train_log(k)
+        if not weights.exists() or not log_csv.exists():
+            continue
+        with safe_open(str(weights), framework="pt") as f:
+            facts = json.loads((f.metadata() or {}).get("recipe", "{}"))
+        history = pd.read_csv(log_csv)
+        columns = [c for c in (f"valid_{metric}", f"valid_{metric}_ema") if c in history]
+        good = (history[columns] * goodness(metric, 1.0)).max(axis=1)  # the better of raw and EMA, larger = better
+        saved = int(facts.get("epoch", len(history)))
+        gain = float(good.iloc[saved - 1] - good.iloc[-1])
+        folds.append({"fold": k, "epoch": saved, "of": len(history), "weights": facts.get("weights", "raw"),
+                      "gain": round(gain, 6)})  # fmt: skip
+    gains = [f["gain"] for f in folds]
+    return {"keep": cfg.train.keep, "ema_chosen_on_fold": bool(cfg.train.ema),
+            "selection_gain": round(float(np.mean(gains)), 6) if gains else None, "folds": folds}  # fmt: skip
