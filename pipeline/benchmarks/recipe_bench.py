@@ -258,9 +258,22 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finished(job: tuple) -> bool:
+    """Whether a job's result is already on disk (a re-run reuses it)."""
+    fn, comp, *rest = job
+    if fn is starter_job:
+        return (paths.Paths(comp, f"starter_e{rest[0]}").run / "bench.json").exists()
+    if fn is five_fold_job:
+        return paths.Paths(comp, f"default_e{rest[0]}").scores.exists()
+    fold = rest[3] if len(rest) > 3 else 0
+    return (paths.Paths(comp, rest[0]).fold_dir(fold) / "bench.json").exists()
+
+
 def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     args.comps = {d: prepare(d, args.n_train, args.n_test) for d in args.datasets}
     jobs = plan(args)
+    if args.finished_only:  # the table of what has run so far, training nothing
+        jobs = [(k, j) for k, j in jobs if finished(j)]
     parallel = [(k, j) for k, j in jobs if j[0] is not five_fold_job]
     with ThreadPoolExecutor(args.jobs) as pool:  # each job is its own process; the pool only waits on them
         results = dict(zip([k for k, _ in parallel], pool.map(lambda kj: kj[1][0](*kj[1][1:]), parallel), strict=True))
@@ -296,6 +309,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=int(env_or("JOBS", "2")), help="processes at once, 1 thread each")
     parser.add_argument("--ablate", nargs="*", default=env_or("ABLATE", "").split(), choices=list(ABLATIONS))
     parser.add_argument("--five-fold", action=argparse.BooleanOptionalAction, default=not quick)
+    parser.add_argument("--finished-only", action="store_true", help="tabulate the finished jobs; train nothing")
     return parser.parse_args(argv)
 
 
