@@ -176,8 +176,8 @@ kaggle-push: $(BUNDLE)/dataset/bundle.json ## upload the bundle as a private Kag
 kaggle-submit: ## code competitions, after kaggle-push: wait for the kernel's run, submit its output, wait for the score
 	$(PY) -m pipeline kaggle-submit $(ARGS)$(WAIT_FLAG)
 
-bench-recipe: ## training-recipe table on Fashion-MNIST (apt-get install dataset-fashion-mnist; ~30 min CPU)
-	$(PY) -m pipeline.benchmarks.fashion
+bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
+	$(PY) -m pipeline.benchmarks.recipe_bench
 
 test: ## run the test suite (CI calls this)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q

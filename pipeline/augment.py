@@ -28,9 +28,16 @@ def _size_and_interp(data_cfg: dict[str, Any]) -> tuple[int, int, int]:
     return height, width, INTERPOLATIONS.get(data_cfg.get("interpolation", "bilinear"), cv2.INTER_LINEAR)
 
 
-def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any]) -> A.Compose:
+def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any], epochs: int = 5) -> A.Compose:
+    """Null (budget-aware) strengths are resolved for `epochs` (pipeline.recipe.budget_augment)."""
+    from pipeline.recipe import budget_augment
+
+    cfg = budget_augment(cfg, epochs)
     height, width, interp = _size_and_interp(data_cfg)
-    steps: list[Any] = [A.RandomResizedCrop(size=(height, width), scale=(cfg.scale_min, 1.0), interpolation=interp)]
+    ratio = (1 / (1 + cfg.ratio_range), 1 + cfg.ratio_range)
+    steps: list[Any] = [
+        A.RandomResizedCrop(size=(height, width), scale=(cfg.scale_min, 1.0), ratio=ratio, interpolation=interp)
+    ]
     if cfg.hflip > 0:
         steps.append(A.HorizontalFlip(p=cfg.hflip))
     if cfg.vflip > 0:

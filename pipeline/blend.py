@@ -1,18 +1,23 @@
 """blend: combine several experiments of one competition on their OOF predictions.
 
-Reads configs/<comp>/blend.yaml (`name`, `experiments`, `method`: mean | geometric | rank | fitted), each
-experiment's data/runs/<comp>/<exp>/oof.csv, test.csv and fold<k>/oof.csv, and folds.csv; writes
+Reads configs/<comp>/blend.yaml (`name`, `experiments`, `method`: mean | geometric | rank | fitted | greedy),
+each experiment's data/runs/<comp>/<exp>/oof.csv, test.csv and fold<k>/oof.csv, and folds.csv; writes
 data/runs/<comp>/blend/<name>/oof.csv, test.csv and scores.json (last), then submissions/<comp>/<name>.csv.
 
-Fitted weights (non-negative, summing to 1, chosen to optimise the competition metric) are scored honestly:
-for every fold, weights are fitted on the other folds' OOF rows and scored on the held-out fold. When that
-nested score does not beat the plain mean, the blend says so and falls back to the mean.
+- fitted: non-negative weights summing to 1 that minimise the log loss of the blended probabilities, a smooth
+  proxy, so the search moves even when the competition metric is a step function such as accuracy;
+- greedy: Caruana's ensemble selection with replacement on the competition metric itself (any metric).
+Fitted and greedy weights are scored honestly: for every fold they are fitted on the other folds' OOF rows and
+scored on the held-out fold (nested CV). The guard then never loses to a member: it keeps the fit only when its
+nested CV beats both the plain mean and the best single experiment, else the mean when that beats the best
+single, else the best single experiment alone. scores.json's `chosen` and `reason` say which and why.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +36,8 @@ from pipeline.predictions import format_submission
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mean", "geometric", "rank", "fitted")
+METHODS = ("mean", "geometric", "rank", "fitted", "greedy")
+GREEDY_ROUNDS = 25  # ensemble-selection steps (members may be picked again: weights are multiples of 1/rounds)
 
 
 @dataclass
@@ -78,18 +84,47 @@ def _normalise(blended: np.ndarray, task: str) -> np.ndarray:
 
 
 def fit_weights(stack: np.ndarray, targets: np.ndarray, metric: str, task: str) -> np.ndarray:
-    """Non-negative weights summing to 1 that optimise `metric` on these rows (softmax-parametrised search)."""
-    sign = -1.0 if higher_is_better(metric) else 1.0
-    n = len(stack)
+    """Non-negative weights summing to 1 minimising the blend's log loss (softmax-parametrised, L-BFGS).
+
+    The log loss is the smooth proxy for every metric: a step-function metric (accuracy) gives the search no slope.
+    `metric` is unused here; it keeps the signature of the other weight fitters.
+    """
+    del metric
 
     def loss(theta: np.ndarray) -> float:
         w = np.exp(theta - theta.max())
         w /= w.sum()
-        return sign * score(metric, targets, _normalise(combine(stack, w, "mean"), task))
+        return score("log_loss", targets, _normalise(combine(stack, w, "mean"), task))
 
-    best = minimize(loss, np.zeros(n), method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 200 * n})
+    best = minimize(loss, np.zeros(len(stack)), method="L-BFGS-B")
     w = np.exp(best.x - best.x.max())
     return w / w.sum()
+
+
+def greedy_weights(stack: np.ndarray, targets: np.ndarray, metric: str, task: str) -> np.ndarray:
+    """Caruana et al.'s ensemble selection with replacement on `metric`: start from the best member, add the member
+    that most improves the running mean, GREEDY_ROUNDS times; keep the best prefix. Weights = pick counts."""
+    counts = np.zeros(len(stack))
+    best_counts, best_value = counts, None
+    for _ in range(GREEDY_ROUNDS):
+        values = []
+        for j in range(len(stack)):
+            trial = counts.copy()
+            trial[j] += 1
+            values.append(score(metric, targets, _normalise(combine(stack, trial / trial.sum(), "mean"), task)))
+        j = max(range(len(stack)), key=lambda i: goodness(metric, values[i]))
+        counts = counts.copy()
+        counts[j] += 1
+        if best_value is None or is_better(metric, values[j], best_value):
+            best_counts, best_value = counts, values[j]
+    return best_counts / best_counts.sum()
+
+
+FITTERS = ("fitted", "greedy")
+
+
+def fitter(method: str) -> Callable[[np.ndarray, np.ndarray, str, str], np.ndarray]:
+    return fit_weights if method == "fitted" else greedy_weights
 
 
 @dataclass
@@ -125,17 +160,60 @@ def load_experiment(cfg: Config, name: str, folds: pd.DataFrame, test_ids: list[
 
 
 def nested_fitted(
-    stack: np.ndarray, targets: np.ndarray, fold: np.ndarray, metric: str, task: str
+    stack: np.ndarray, targets: np.ndarray, fold: np.ndarray, metric: str, task: str, method: str = "fitted"
 ) -> tuple[float, list]:
     """Fit on k-1 folds, predict the held-out fold, for every fold; score the assembled out-of-fold blend."""
     blended = np.zeros(stack.shape[1:])
     per_fold = []
     for k in np.unique(fold):
         held = fold == k
-        w = fit_weights(stack[:, ~held], targets[~held], metric, task)
+        w = fitter(method)(stack[:, ~held], targets[~held], metric, task)
         blended[held] = _normalise(combine(stack[:, held], w, "mean"), task)
         per_fold.append(w.round(4).tolist())
     return score(metric, targets, blended), per_fold
+
+
+def choose_blend(
+    blend: BlendConfig, experiments: list[Experiment], stack: np.ndarray, targets: np.ndarray, fold: np.ndarray,
+    cfg: Config,
+) -> tuple[dict, str, np.ndarray]:  # fmt: skip
+    """(scores.json facts, combine method, weights): the fit, the plain blend or the best single experiment,
+    whichever the guard keeps (see the module docstring)."""
+    metric, task = cfg.metric, cfg.data.task
+    n = len(experiments)
+    equal = np.full(n, 1.0 / n)
+    plain = "mean" if blend.method in FITTERS else blend.method
+    mean_cv = score(metric, targets, _normalise(combine(stack, equal, plain), task))
+    best_i = max(range(n), key=lambda i: goodness(metric, experiments[i].cv))
+    best = experiments[best_i]
+    result: dict = {"metric": metric, "higher_is_better": higher_is_better(metric),
+                    "experiments": {e.name: e.cv for e in experiments},
+                    "best_single": {"experiment": best.name, "cv": best.cv}, "mean_cv": mean_cv,
+                    "method": blend.method}  # fmt: skip
+    candidates = {plain: mean_cv, "best_single": best.cv}
+    chosen, reason = plain, f"the {plain} of all experiments beats the best single experiment"
+    if blend.method in FITTERS:
+        nested, per_fold = nested_fitted(stack, targets, fold, metric, task, blend.method)
+        result.update(nested_cv=nested, nested_fold_weights=per_fold)
+        candidates[blend.method] = nested
+        fitted = fitter(blend.method)(
+            stack, targets, metric, task
+        )  # on every row: the weights, if the guard keeps them
+        result["fitted_weights"] = dict(zip([e.name for e in experiments], fitted.round(6).tolist(), strict=True))
+        if is_better(metric, nested, mean_cv) and is_better(metric, nested, best.cv):
+            chosen, reason = blend.method, f"{blend.method} weights beat the mean and the best single under nested CV"
+    if chosen == plain and not is_better(metric, mean_cv, best.cv):
+        chosen = "best_single"
+        reason = f"neither the fit nor the {plain} beats the best single experiment {best.name}; using it alone"
+    elif chosen == plain and blend.method in FITTERS:
+        reason = f"{blend.method} weights did not beat the mean under nested CV; the mean beats the best single"
+    if chosen != blend.method:
+        log.warning("blend: %s", reason)
+    weights = {"best_single": np.eye(n)[best_i], plain: equal}.get(chosen)
+    if weights is None:
+        weights = fitted
+    result.update(candidates=candidates, chosen=chosen, reason=reason)
+    return result, "mean" if chosen in (*FITTERS, "best_single") else plain, weights
 
 
 def run(args: argparse.Namespace) -> None:
@@ -161,31 +239,8 @@ def run(args: argparse.Namespace) -> None:
             raise UserError(f"{name} and {experiments[0].name} were trained on different folds; they cannot be blended")
     stack = np.stack([e.oof for e in experiments])
     test_stack = np.stack([e.test for e in experiments])
-    equal = np.full(len(experiments), 1.0 / len(experiments))
-    mean_cv = score(cfg.metric, targets, _normalise(combine(stack, equal, "mean"), cfg.data.task))
-    better = lambda a, b: is_better(cfg.metric, a, b)  # noqa: E731
-    best = max(experiments, key=lambda e: goodness(cfg.metric, e.cv))
-    result: dict = {
-        "metric": cfg.metric,
-        "higher_is_better": higher_is_better(cfg.metric),
-        "experiments": {e.name: e.cv for e in experiments},
-        "best_single": {"experiment": best.name, "cv": best.cv},
-        "mean_cv": mean_cv,
-        "method": blend.method,
-    }
-    method, weights = blend.method, equal
-    if blend.method == "fitted":
-        nested, per_fold = nested_fitted(stack, targets, folds["fold"].to_numpy(), cfg.metric, cfg.data.task)
-        weights = fit_weights(stack, targets, cfg.metric, cfg.data.task)
-        result.update(nested_cv=nested, nested_fold_weights=per_fold)
-        if not better(nested, mean_cv):
-            log.warning("blend: fitted weights score %.4f under nested CV, no better than the mean's %.4f; "
-                        "using the mean", nested, mean_cv)  # fmt: skip
-            method, weights = "mean", equal
-            result["fell_back_to_mean"] = True
-        else:
-            method = "mean"  # a weighted arithmetic mean with the fitted weights
-            result["fell_back_to_mean"] = False
+    result, method, weights = choose_blend(blend, experiments, stack, targets, folds["fold"].to_numpy(), cfg)
+    best, mean_cv = result["best_single"], result["mean_cv"]
     oof_blend = _normalise(combine(stack, weights, method), cfg.data.task)
     test_blend = _normalise(combine(test_stack, weights, method), cfg.data.task)
     result.update(weights=dict(zip(blend.experiments, weights.round(6).tolist(), strict=True)),
@@ -201,5 +256,6 @@ def run(args: argparse.Namespace) -> None:
     submission = paths.Paths(comp, blend.name).submission
     artifacts.write_csv(submission, format_submission(test_frame, cfg.data))
     honest = f", nested {result['nested_cv']:.4f}" if "nested_cv" in result else ""
-    print(f"blend {blend.name}: CV {cfg.metric} {result['cv']:.4f}{honest} (mean {mean_cv:.4f}, best single "
-          f"{best.name} {best.cv:.4f}); weights {result['weights']} -> {submission}")  # fmt: skip
+    print(f"blend {blend.name}: {result['chosen']}: CV {cfg.metric} {result['cv']:.4f}{honest} (mean "
+          f"{mean_cv:.4f}, best single {best['experiment']} {best['cv']:.4f}); weights {result['weights']} "
+          f"-> {submission}")  # fmt: skip

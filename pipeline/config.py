@@ -104,7 +104,8 @@ class TrainConfig:
         1.0e-3, 0, low_open=True
     )  # a number, or auto: lr-find's suggestion (data/runs/<comp>/<exp>/lr_find.json)
     weight_decay: float = ranged(0.05, 0)
-    warmup_epochs: float = ranged(1.0, 0)
+    # None: budget-aware, WARMUP_FRACTION of the run (pipeline.recipe.budget)
+    warmup_epochs: float | None = ranged(None, 0)
     min_lr: float = ranged(1.0e-6, 0)
     opt: str = "adamw"  # any timm.optim.create_optimizer_v2 name
     sched: str = "cosine"  # any timm.scheduler.create_scheduler_v2 name
@@ -129,7 +130,10 @@ class TrainConfig:
         None, 0, 1, low_open=True
     )  # e.g. 0.75: each earlier layer group's LR x this (timm's param groups)
     ema: bool = False  # a weight EMA (timm ModelEmaV3), scored each epoch; saved unless the raw weights score better
-    ema_decay: float = ranged(0.999, 0, 1)  # upper bound; timm's warmup makes short runs average over fewer steps
+    # None: budget-aware, averages over ~EMA_HORIZON of the run's updates
+    ema_decay: float | None = ranged(None, 0, 1)
+    head_init_scale: float = ranged(0.0, 0)  # the new classifier's weights x this after timm's init (0: zero head)
+    freeze_bn: bool = False  # BatchNorm layers stay in eval mode (running statistics frozen) while training
     mixup: float = ranged(0.0, 0)  # mixup alpha (timm.data.Mixup); 0 disables; soft-target loss when on
     cutmix: float = ranged(0.0, 0)  # cutmix alpha; 0 disables; with both on, each batch picks one at random
     mix_prob: float = ranged(1.0, 0, 1)  # probability that a batch is mixed when mixup or cutmix is on
@@ -137,7 +141,7 @@ class TrainConfig:
     clip_grad: float | None = ranged(
         None, 0, low_open=True
     )  # clip the gradient norm to this (timm.utils.dispatch_clip_grad); null: off
-    keep: str = "best"  # best: the epoch with the best validation score is saved; last: the final epoch
+    keep: str = "last"  # last: the final epoch (honest OOF); best: the best-scoring epoch (optimistic OOF)
     early_stopping: int = ranged(0, 0)  # stop after N epochs without a better validation score; 0: off
     compile: bool = False  # torch.compile the training forward (first step compiles: tens of seconds)
     cpu_bf16: bool = False  # bf16 autocast on CPU (on CUDA, `amp` decides)
@@ -150,8 +154,11 @@ class TrainConfig:
 class AugmentConfig:
     hflip: float = ranged(0.5, 0, 1)
     vflip: float = ranged(0.0, 0, 1)
-    scale_min: float = ranged(0.5, 0, 1, low_open=True)  # RandomResizedCrop's lower area bound
-    color_jitter: float = ranged(0.2, 0)  # brightness/contrast/saturation strength; 0 disables
+    # RandomResizedCrop's lower area bound; None: budget-aware (pipeline.recipe)
+    scale_min: float | None = ranged(None, 0, 1, low_open=True)
+    ratio_range: float = ranged(1 / 3, 0)  # crop aspect ratio in [1/(1+r), 1+r] (timm's 3/4..4/3); 0: square crops
+    # brightness/contrast/saturation strength; 0 disables; None: budget-aware
+    color_jitter: float | None = ranged(None, 0)
     rotate: float = ranged(0.0, 0, 180)  # max degrees of random rotation; 0 disables
 
 

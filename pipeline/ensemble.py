@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, paths, tta_auto
+from pipeline import artifacts, paths, recipe, tta_auto
 from pipeline.cli import config_from_args
 from pipeline.config import Config
 from pipeline.data import encode_targets, read_csv
@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> None:
         "holdout": holdout_score(cfg, blended),
         "holdout_thresholded": holdout_score(cfg, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
+        "oof_selection": recipe.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
         "tta_views": tta_auto.effective_views(cfg),
         "tta_auto": auto,
         "model": cfg.model.name,

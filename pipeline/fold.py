@@ -62,7 +62,9 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
         raise UserError(f"{out.folds_csv}: fold {fold} has no training or no validation rows; rebuild folds")
     seed = cfg.train.seed + fold
     seed_everything(seed, cfg.train.deterministic)
+    cfg = recipe.resolve_budget(cfg)  # null augmentation strengths -> the budget's (pipeline.recipe)
     model = build_model(cfg.model, cfg.num_classes, image_size=cfg.train.image_size)
+    recipe.prepare_model(model, cfg.train)  # head init scale, frozen BatchNorm
     dcfg = data_config(model, cfg.train.image_size)
     raw = paths.raw_dir(cfg.comp)
     valid_targets = encode_targets(valid_rows["label"], cfg.data)

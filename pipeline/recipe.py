@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -29,12 +30,81 @@ from timm.optim._param_groups import param_groups_layer_decay, param_groups_weig
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 
-from pipeline.config import Config, TrainConfig
+from pipeline.config import AugmentConfig, Config, TrainConfig
 from pipeline.loader import EpochSampler
-from pipeline.metrics import METRICS, is_better
+from pipeline.metrics import METRICS, goodness, is_better
 
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
 THRESHOLD_METRICS = ("accuracy", "error_rate", "f1_macro", "f1_micro", "quadratic_weighted_kappa")
+
+
+# --- budget-aware defaults (measured by `make bench-recipe`, README "Training recipe") ---------------------------
+
+WARMUP_FRACTION = 0.03  # warmup_epochs: null -> this share of the run's epochs, at most MAX_WARMUP_EPOCHS
+MAX_WARMUP_EPOCHS = 1.0
+EMA_HORIZON = 0.1  # ema_decay: null -> the EMA averages over about this share of the run's optimizer updates
+LONG_RUN_EPOCHS = 20  # augmentation reaches its full strength (below) at this many epochs
+CROP_SCALE = (0.9, 0.4)  # augment.scale_min: null -> from the first (1-epoch run) to the second (long run)
+JITTER = (0.1, 0.3)  # augment.color_jitter: null -> likewise
+
+
+def augment_strength(epochs: int) -> float:
+    """0 for a one-epoch run, rising linearly to 1 at LONG_RUN_EPOCHS: short runs can't use strong augmentation."""
+    return min(1.0, max(0.0, (epochs - 1) / (LONG_RUN_EPOCHS - 1)))
+
+
+def budget_augment(cfg: AugmentConfig, epochs: int) -> AugmentConfig:
+    """scale_min and color_jitter left at null get the strength the number of epochs can use."""
+    t = augment_strength(epochs)
+
+    def between(pair: tuple[float, float]) -> float:
+        return round(pair[0] + (pair[1] - pair[0]) * t, 3)
+
+    scale_min = between(CROP_SCALE) if cfg.scale_min is None else cfg.scale_min
+    jitter = between(JITTER) if cfg.color_jitter is None else cfg.color_jitter
+    return dataclasses.replace(cfg, scale_min=scale_min, color_jitter=jitter)
+
+
+def budget_warmup(cfg: TrainConfig, epochs: float) -> float:
+    """warmup_epochs, or with null a small share of the run (3 epochs: 0.09 of an epoch; 30 epochs: 0.9)."""
+    if cfg.warmup_epochs is not None:
+        return min(cfg.warmup_epochs, epochs)
+    return min(MAX_WARMUP_EPOCHS, WARMUP_FRACTION * epochs)
+
+
+def budget_ema_decay(cfg: TrainConfig, total_updates: int) -> float:
+    """ema_decay, or with null 1 - 1/(EMA_HORIZON x updates), within 0.9..0.9999 (timm's warmup still applies)."""
+    if cfg.ema_decay is not None:
+        return cfg.ema_decay
+    return float(np.clip(1.0 - 1.0 / max(EMA_HORIZON * total_updates, 1.0), 0.9, 0.9999))
+
+
+def resolve_budget(cfg: Config) -> Config:
+    """A copy of cfg whose budget-aware augmentation (null keys) is filled in from train.epochs."""
+    return dataclasses.replace(cfg, augment=budget_augment(cfg.augment, cfg.train.epochs))
+
+
+def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Head init (timm's init x head_init_scale; 0 = zero head, so the first loss is ln(classes)) and
+    optionally BatchNorm kept in eval mode (running statistics frozen) whenever the model trains."""
+    if cfg.head_init_scale != 1.0:
+        with torch.no_grad():
+            for p in model.get_classifier().parameters():
+                p.mul_(cfg.head_init_scale)
+    if cfg.freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.train = lambda mode=True, m=module: torch.nn.Module.train(m, False)
+
+
+def budget_facts(cfg: Config, total_updates: int) -> dict[str, Any]:
+    """The values the budget-aware keys resolved to (recorded with the weights)."""
+    augment = budget_augment(cfg.augment, cfg.train.epochs)
+    facts = {"warmup_epochs": budget_warmup(cfg.train, cfg.train.epochs), "scale_min": augment.scale_min,
+             "color_jitter": augment.color_jitter}  # fmt: skip
+    if cfg.train.ema:
+        facts["ema_decay"] = budget_ema_decay(cfg.train, total_updates)
+    return facts
 
 
 # --- parameter groups, freezing, optimizer and schedule ---------------------------------------------------
@@ -98,7 +168,7 @@ class PhasedScheduler:
         self.starts = [sum(phases[:i]) * updates_per_epoch for i in range(len(phases))]
         self.schedulers = [
             create_scheduler_v2(
-                optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=min(cfg.warmup_epochs, epochs),
+                optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=budget_warmup(cfg, epochs),
                 min_lr=cfg.min_lr, warmup_lr=lr * 0.01, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
             )[0]
             for epochs in phases
@@ -128,9 +198,9 @@ def clip_and_step(
     optimizer.zero_grad(set_to_none=True)
 
 
-def build_ema(model: torch.nn.Module, cfg: TrainConfig) -> ModelEmaV3 | None:
-    """timm's EMA with warmup (decay 1 - (1 + step)^-2/3, capped at ema_decay): useful from the first epoch."""
-    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+def build_ema(model: torch.nn.Module, cfg: TrainConfig, total_updates: int = 0) -> ModelEmaV3 | None:
+    """timm's EMA with warmup (decay 1 - (1 + step)^-2/3, capped at the budget's ema_decay)."""
+    return ModelEmaV3(model, decay=budget_ema_decay(cfg, total_updates), use_warmup=True) if cfg.ema else None
 
 
 class BestKeeper:
@@ -324,3 +394,41 @@ def fit_thresholds(task: str, metric: str, targets: np.ndarray, probs: np.ndarra
                         found, best = trial, value
         return found
     return {"kind": "none"}
+
+
+# --- how the OOF predictions were selected (scores.json) ---------------------------------------------------
+
+
+def oof_selection(cfg: Config) -> dict[str, Any]:
+    """How each fold's saved weights (and so its OOF rows) were chosen, and what choosing on the scored fold bought.
+
+    keep: last saves the final epoch: the epoch is not chosen on the fold the OOF rows score (honest CV). keep: best
+    chooses it there: `selection_gain` (mean over folds of the saved epoch's validation score minus the last epoch's,
+    in the metric's direction) is how optimistic CV is at most from that choice. With EMA, raw vs EMA weights are
+    also chosen on the fold each epoch (`weights`). Reads fold<k>/model.safetensors metadata and fold<k>/log.csv.
+    """
+    import json
+
+    import pandas as pd
+    from safetensors import safe_open
+
+    from pipeline import paths
+
+    out, metric = paths.for_config(cfg), cfg.metric
+    folds: list[dict[str, Any]] = []
+    for k in range(cfg.folds.n_folds):
+        weights, log_csv = out.weights(k), out.train_log(k)
+        if not weights.exists() or not log_csv.exists():
+            continue
+        with safe_open(str(weights), framework="pt") as f:
+            facts = json.loads((f.metadata() or {}).get("recipe", "{}"))
+        history = pd.read_csv(log_csv)
+        columns = [c for c in (f"valid_{metric}", f"valid_{metric}_ema") if c in history]
+        good = (history[columns] * goodness(metric, 1.0)).max(axis=1)  # the better of raw and EMA, larger = better
+        saved = int(facts.get("epoch", len(history)))
+        gain = float(good.iloc[saved - 1] - good.iloc[-1])
+        folds.append({"fold": k, "epoch": saved, "of": len(history), "weights": facts.get("weights", "raw"),
+                      "gain": round(gain, 6)})  # fmt: skip
+    gains = [f["gain"] for f in folds]
+    return {"keep": cfg.train.keep, "ema_chosen_on_fold": bool(cfg.train.ema),
+            "selection_gain": round(float(np.mean(gains)), 6) if gains else None, "folds": folds}  # fmt: skip

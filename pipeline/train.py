@@ -135,7 +135,8 @@ def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: Worl
     amp = amp_settings(device, t.amp, t.cpu_bf16)
     state = TrainingState(
         f.model, optimizer, recipe.PhasedScheduler(optimizer, t, lr, updates_per_epoch),
-        torch.amp.GradScaler("cuda", enabled=amp[0] and amp[1] == torch.float16), recipe.build_ema(f.model, t),
+        torch.amp.GradScaler("cuda", enabled=amp[0] and amp[1] == torch.float16),
+        recipe.build_ema(f.model, t, updates_per_epoch * t.epochs),
         recipe.BestKeeper(cfg.metric, t.keep),
     )  # fmt: skip
     mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
@@ -188,7 +189,8 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
             if distributed.broadcast_flag(stop.should_stop(), world) and state.epoch < t.epochs:
                 raise stopped(run, stop.reason, f"after epoch {state.epoch}")
     if world.is_main:
-        facts = {"lr": run.lr, "weights": state.keeper.source, "epoch": state.keeper.saved_epoch}
+        facts = {"lr": run.lr, "weights": state.keeper.source, "epoch": state.keeper.saved_epoch, "keep": t.keep,
+                 **recipe.budget_facts(cfg, run.updates_per_epoch * t.epochs)}  # fmt: skip
         finish_fold(run.f, state.keeper.probs, state.keeper.weights, facts)
         shutil.rmtree(run.checkpoint.parent, ignore_errors=True)
     distributed.barrier(world)

@@ -53,6 +53,11 @@ def test_overrides_apply_with_types(configs: Path) -> None:
         (["folds.n_folds=1"], "folds.n_folds"),
         (["data.task=regression"], "data.task"),
         (["train.batch_size=0"], "train.batch_size"),
+        (["train.warmup_epochs=-1"], "train.warmup_epochs"),
+        (["train.head_init_scale=-0.5"], "train.head_init_scale"),
+        (["train.ema_decay=1.5"], "train.ema_decay"),
+        (["augment.scale_min=0"], "augment.scale_min"),
+        (["augment.ratio_range=-1"], "augment.ratio_range"),
     ],
 )
 def test_bad_values_fail_naming_the_key(configs: Path, overrides: list[str], key: str) -> None:

@@ -390,3 +390,56 @@ def test_bad_recipe_settings_name_their_key(project: Path, override: str, key: s
     config = tiny_experiment(project)
     with pytest.raises(ConfigError, match=f"^{key.replace('[', '.').replace(']', '.')}"):
         load_config(config, override.split())
+
+
+# --- budget-aware defaults (issue 18) -----------------------------------------------------------------------
+
+
+def test_warmup_is_a_small_share_of_the_run_unless_set() -> None:
+    assert recipe.budget_warmup(TrainConfig(epochs=3), 3) == pytest.approx(0.09)  # a few steps, not a third of the run
+    assert recipe.budget_warmup(TrainConfig(epochs=30), 30) == pytest.approx(0.9)
+    assert recipe.budget_warmup(TrainConfig(epochs=100), 100) == recipe.MAX_WARMUP_EPOCHS
+    assert recipe.budget_warmup(TrainConfig(warmup_epochs=2.0), 3) == 2.0  # an explicit value is kept
+
+
+def test_augmentation_strength_grows_with_the_epochs_unless_set() -> None:
+    from pipeline.config import AugmentConfig
+
+    short, long = recipe.budget_augment(AugmentConfig(), 3), recipe.budget_augment(AugmentConfig(), 30)
+    assert short.scale_min > long.scale_min and short.color_jitter < long.color_jitter
+    assert recipe.budget_augment(AugmentConfig(), 1000) == long  # capped at the long-run strength
+    fixed = recipe.budget_augment(AugmentConfig(scale_min=0.3, color_jitter=0.0), 3)
+    assert (fixed.scale_min, fixed.color_jitter) == (0.3, 0.0)
+
+
+def test_ema_decay_suits_the_number_of_updates_unless_set() -> None:
+    short, long = recipe.budget_ema_decay(TrainConfig(), 300), recipe.budget_ema_decay(TrainConfig(), 30_000)
+    assert 0.9 <= short < long <= 0.9999
+    assert recipe.budget_ema_decay(TrainConfig(), 300) == pytest.approx(1 - 1 / 30)  # ~10% of the run averaged
+    assert recipe.budget_ema_decay(TrainConfig(ema_decay=0.5), 300) == 0.5
+
+
+def test_zero_head_starts_at_chance_loss_and_frozen_bn_keeps_its_statistics() -> None:
+    model = tiny_model(num_classes=4)
+    recipe.prepare_model(model, TrainConfig(head_init_scale=0.0, freeze_bn=True))
+    images = torch.rand(6, 3, 32, 32) * 255
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(images), torch.arange(6) % 4)
+    assert loss.item() == pytest.approx(math.log(4), abs=1e-5)  # timm's head init starts well above ln(classes)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    before = bns[0].running_mean.clone()
+    model(images)
+    assert torch.equal(bns[0].running_mean, before)
+
+
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_scores_say_how_oof_was_selected(project: Path, capsys: pytest.CaptureFixture, keep: str) -> None:
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project, train={"epochs": 2, "keep": keep, "lr": 0.01})
+    run_chain(capsys, config)
+    scores = json.loads((project / RUN / "scores.json").read_text())
+    selection = scores["oof_selection"]
+    assert selection["keep"] == keep and len(selection["folds"]) == 2 and selection["selection_gain"] >= 0
+    if keep == "last":
+        assert all(f["epoch"] == f["of"] == 2 and f["gain"] == 0 for f in selection["folds"])
