@@ -12,6 +12,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from pipeline.budget import budget_augment
 from pipeline.config import AugmentConfig
 
 INTERPOLATIONS = {
@@ -29,9 +30,7 @@ def _size_and_interp(data_cfg: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any], epochs: int = 5) -> A.Compose:
-    """Null (budget-aware) strengths are resolved for `epochs` (pipeline.recipe.budget_augment)."""
-    from pipeline.recipe import budget_augment
-
+    """Null (budget-aware) strengths are resolved for `epochs` (pipeline.budget.budget_augment)."""
     cfg = budget_augment(cfg, epochs)
     height, width, interp = _size_and_interp(data_cfg)
     ratio = (1 / (1 + cfg.ratio_range), 1 + cfg.ratio_range)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import distributed, paths, recipe
+from pipeline import budget, distributed, paths, recipe
 from pipeline.augment import eval_transform, train_transform
 from pipeline.cache import cache_for
 from pipeline.config import Config
@@ -62,7 +62,7 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
         raise UserError(f"{out.folds_csv}: fold {fold} has no training or no validation rows; rebuild folds")
     seed = cfg.train.seed + fold
     seed_everything(seed, cfg.train.deterministic)
-    cfg = recipe.resolve_budget(cfg)  # null augmentation strengths -> the budget's (pipeline.recipe)
+    cfg = budget.resolve_budget(cfg)  # null augmentation strengths -> the budget's (pipeline.budget)
     model = build_model(cfg.model, cfg.num_classes, image_size=cfg.train.image_size)
     recipe.prepare_model(model, cfg.train)  # head init scale, frozen BatchNorm
     dcfg = data_config(model, cfg.train.image_size)

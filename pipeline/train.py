@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import artifacts, checkpoint, distributed, lr_range, paths, recipe
+from pipeline import artifacts, budget, checkpoint, distributed, lr_range, paths, recipe
 from pipeline.checkpoint import trained_fingerprint
 from pipeline.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 from pipeline.distributed import World
@@ -190,7 +190,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
                 raise stopped(run, stop.reason, f"after epoch {state.epoch}")
     if world.is_main:
         facts = {"lr": run.lr, "weights": state.keeper.source, "epoch": state.keeper.saved_epoch, "keep": t.keep,
-                 **recipe.budget_facts(cfg, run.updates_per_epoch * t.epochs)}  # fmt: skip
+                 **budget.budget_facts(cfg, run.updates_per_epoch * t.epochs)}  # fmt: skip
         finish_fold(run.f, state.keeper.probs, state.keeper.weights, facts)
         shutil.rmtree(run.checkpoint.parent, ignore_errors=True)
     distributed.barrier(world)

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import TINY_MODEL, run_main, tiny_experiment
-from pipeline import recipe
+from pipeline import budget, recipe
 from pipeline.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
 from pipeline.metrics import f1_micro, quadratic_weighted_kappa
 from pipeline.model import build_model
@@ -396,27 +396,27 @@ def test_bad_recipe_settings_name_their_key(project: Path, override: str, key: s
 
 
 def test_warmup_is_a_small_share_of_the_run_unless_set() -> None:
-    assert recipe.budget_warmup(TrainConfig(epochs=3), 3) == pytest.approx(0.09)  # a few steps, not a third of the run
-    assert recipe.budget_warmup(TrainConfig(epochs=30), 30) == pytest.approx(0.9)
-    assert recipe.budget_warmup(TrainConfig(epochs=100), 100) == recipe.MAX_WARMUP_EPOCHS
-    assert recipe.budget_warmup(TrainConfig(warmup_epochs=2.0), 3) == 2.0  # an explicit value is kept
+    assert budget.budget_warmup(TrainConfig(epochs=3), 3) == pytest.approx(0.09)  # a few steps, not a third of the run
+    assert budget.budget_warmup(TrainConfig(epochs=30), 30) == pytest.approx(0.9)
+    assert budget.budget_warmup(TrainConfig(epochs=100), 100) == budget.MAX_WARMUP_EPOCHS
+    assert budget.budget_warmup(TrainConfig(warmup_epochs=2.0), 3) == 2.0  # an explicit value is kept
 
 
 def test_augmentation_strength_grows_with_the_epochs_unless_set() -> None:
     from pipeline.config import AugmentConfig
 
-    short, long = recipe.budget_augment(AugmentConfig(), 3), recipe.budget_augment(AugmentConfig(), 30)
+    short, long = budget.budget_augment(AugmentConfig(), 3), budget.budget_augment(AugmentConfig(), 30)
     assert short.scale_min > long.scale_min and short.color_jitter < long.color_jitter
-    assert recipe.budget_augment(AugmentConfig(), 1000) == long  # capped at the long-run strength
-    fixed = recipe.budget_augment(AugmentConfig(scale_min=0.3, color_jitter=0.0), 3)
+    assert budget.budget_augment(AugmentConfig(), 1000) == long  # capped at the long-run strength
+    fixed = budget.budget_augment(AugmentConfig(scale_min=0.3, color_jitter=0.0), 3)
     assert (fixed.scale_min, fixed.color_jitter) == (0.3, 0.0)
 
 
 def test_ema_decay_suits_the_number_of_updates_unless_set() -> None:
-    short, long = recipe.budget_ema_decay(TrainConfig(), 300), recipe.budget_ema_decay(TrainConfig(), 30_000)
+    short, long = budget.budget_ema_decay(TrainConfig(), 300), budget.budget_ema_decay(TrainConfig(), 30_000)
     assert 0.9 <= short < long <= 0.9999
-    assert recipe.budget_ema_decay(TrainConfig(), 300) == pytest.approx(1 - 1 / 30)  # ~10% of the run averaged
-    assert recipe.budget_ema_decay(TrainConfig(ema_decay=0.5), 300) == 0.5
+    assert budget.budget_ema_decay(TrainConfig(), 300) == pytest.approx(1 - 1 / 30)  # ~10% of the run averaged
+    assert budget.budget_ema_decay(TrainConfig(ema_decay=0.5), 300) == 0.5
 
 
 def test_zero_head_starts_at_chance_loss_and_frozen_bn_keeps_its_statistics() -> None:
