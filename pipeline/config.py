@@ -281,9 +281,23 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
         if key in values:
             raise ConfigError(f"{path}: key {key!r} is set from the file's location, remove it")
     values["comp"], values["exp"] = comp, exp
+    _custom_metric_folders(path)
+    if "metric" in values:  # a mapping ({name: map, k: 5} or a custom function) becomes the metric's one string
+        from pipeline.metrics import canonical
+
+        values["metric"] = canonical(values["metric"])
     cfg = _build(Config, values, "")
     validate(cfg)
     return cfg
+
+
+def _custom_metric_folders(path: Path) -> None:
+    """A custom metric's module may also live in the competition's configs folder or the configs folder above it."""
+    from pipeline import metrics
+
+    for folder in (path.resolve().parent, path.resolve().parent.parent):
+        if folder not in metrics.SEARCH_DIRS:
+            metrics.SEARCH_DIRS.append(folder)
 
 
 def validate(cfg: Config) -> None:
@@ -308,11 +322,10 @@ def validate(cfg: Config) -> None:
     validate_recipe(cfg)
     if cfg.sample < 0:
         raise ConfigError(f"sample: must be 0 (off) or a number of images, got {cfg.sample}")
-    from pipeline.metrics import METRICS
+    from pipeline.metrics import check_task
     from pipeline.tta import VIEWS
 
-    if cfg.metric not in METRICS:
-        raise ConfigError(f"metric: unknown metric {cfg.metric!r}; known: {', '.join(sorted(METRICS))}")
+    check_task(cfg.metric, cfg.data.task)  # an unknown or malformed metric fails here, naming `metric`
     if isinstance(cfg.tta.views, str) and cfg.tta.views != "auto":
         raise ConfigError(f"tta.views: expected a list of views or auto, got {cfg.tta.views!r}")
     for i, view in enumerate(cfg.tta.views if isinstance(cfg.tta.views, list) else []):

@@ -31,10 +31,9 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 
 from pipeline.config import Config, TrainConfig
 from pipeline.loader import EpochSampler
-from pipeline.metrics import METRICS
+from pipeline.metrics import METRICS, is_better, uses_thresholds
 
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
-THRESHOLD_METRICS = ("accuracy", "error_rate", "f1_macro", "f1_micro", "quadratic_weighted_kappa")
 
 
 # --- parameter groups, freezing, optimizer and schedule ---------------------------------------------------
@@ -289,7 +288,7 @@ def hard_probs(probs: np.ndarray, thresholds: dict[str, Any] | None) -> np.ndarr
 
 def better(metric: str, new: float, old: float) -> bool:
     """Whether `new` is a strictly better score than `old` for `metric`."""
-    return new > old if METRICS[metric].higher_is_better else new < old
+    return is_better(metric, new, old)
 
 
 def _score(metric: str, targets: np.ndarray, probs: np.ndarray, thresholds: dict[str, Any]) -> float:
@@ -303,7 +302,7 @@ def fit_thresholds(task: str, metric: str, targets: np.ndarray, probs: np.ndarra
     Returns {"kind": "none"} where thresholds don't apply (single-label, or a threshold-free metric).
     """
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    if task == "multi_label" and metric in THRESHOLD_METRICS:
+    if task == "multi_label" and uses_thresholds(metric):
         found: dict[str, Any] = {"kind": "multi_label", "thresholds": [0.5] * probs.shape[1]}
         for _ in range(2):
             for j in range(probs.shape[1]):
@@ -314,7 +313,7 @@ def fit_thresholds(task: str, metric: str, targets: np.ndarray, probs: np.ndarra
                     if better(metric, value, best):
                         found, best = trial, value
         return found
-    if task == "ordinal" and metric in THRESHOLD_METRICS and probs.shape[1] > 1:
+    if task == "ordinal" and uses_thresholds(metric) and probs.shape[1] > 1:
         found = {"kind": "ordinal", "cut_points": [k + 0.5 for k in range(probs.shape[1] - 1)]}
         for _ in range(3):
             for j in range(len(found["cut_points"])):

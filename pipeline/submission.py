@@ -5,8 +5,9 @@ writes submissions/<comp>/<exp>.csv with exactly sample_submission's ids, row or
 format (data.submission_format): `label` (the most probable class), `probabilities` (one column per
 class), `labels` (space-separated classes above the threshold; multi-label), or `numeric` (the class as
 a number; ordinal targets). When ensemble wrote thresholds.json, its per-label thresholds (`labels`) or
-ordinal cut points (`label`, `numeric`) decide instead of 0.5/argmax. The file is checked against
-sample_submission before it is written.
+ordinal cut points (`label`, `numeric`) decide instead of 0.5/argmax. A MAP@k competition (metric map@K)
+writes the K most probable classes, space-separated, in the `label`/`labels` column. The file is checked
+against sample_submission before it is written.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pipeline.config import DataConfig
 from pipeline.data import read_csv
 from pipeline.ensemble import read_probs
 from pipeline.errors import UserError
+from pipeline.metrics import submission_top_k
 from pipeline.recipe import ordinal_classes
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,13 @@ def _as_number(name: str) -> int | float:
 
 def format_submission(
     probs: pd.DataFrame, data: DataConfig, threshold: float | Sequence[float] = 0.5,
-    cut_points: Sequence[float] | None = None,
+    cut_points: Sequence[float] | None = None, top_k: int | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """id + the submission's columns, from `probs` (id + one column per class, in submission order).
 
     `threshold`: one for every label, or one per label (multi-label). `cut_points`: ordinal classes are
     then the expected class (sum_k k * p_k) cut at these points instead of the most probable class.
+    `top_k` (MAP@k metrics): the label column lists the k most probable classes, most probable first.
     """
     classes = np.array(data.classes)
     matrix = probs[data.classes].to_numpy()
@@ -58,6 +61,9 @@ def format_submission(
             frame[column] = probs[column].to_numpy()
         return frame
     column = (data.submission_columns or [data.label_column or "label"])[0]
+    if top_k and fmt in ("label", "labels"):
+        frame[column] = [" ".join(classes[np.argsort(-row, kind="stable")[:top_k]]) for row in matrix]
+        return frame
     best = ordinal_classes(matrix, list(cut_points)) if cut_points is not None else matrix.argmax(axis=1)
     if fmt == "labels":
         picked = [
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
     probs = read_probs(out.test_blend, cfg.data.classes)
     found = read_json(out.thresholds) if out.thresholds.exists() else {"kind": "none"}
     threshold = found["thresholds"] if found["kind"] == "multi_label" else 0.5
-    frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"))
+    frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"), top_k=submission_top_k(cfg.metric))
     if found["kind"] != "none":
         log.info("submission: %s thresholds from %s", found["kind"], out.thresholds)
     if cfg.data.test_csv:
