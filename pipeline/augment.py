@@ -30,6 +30,10 @@ def _size_and_interp(data_cfg: dict[str, Any]) -> tuple[int, int, int]:
 
 def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any]) -> A.Compose:
     height, width, interp = _size_and_interp(data_cfg)
+    from pipeline.augment_policies import extra_steps, policy_steps  # augment.policy other than default
+
+    if cfg.policy != "default":
+        return A.Compose(policy_steps(cfg, height, width, interp) + extra_steps(cfg))
     steps: list[Any] = [A.RandomResizedCrop(size=(height, width), scale=(cfg.scale_min, 1.0), interpolation=interp)]
     if cfg.hflip > 0:
         steps.append(A.HorizontalFlip(p=cfg.hflip))
@@ -40,7 +44,7 @@ def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any]) -> A.Compose:
     if cfg.color_jitter > 0:
         j = cfg.color_jitter
         steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
-    return A.Compose(steps)
+    return A.Compose(steps + extra_steps(cfg))
 
 
 def eval_transform(data_cfg: dict[str, Any]) -> A.Compose:

@@ -55,7 +55,8 @@ class FoldsConfig:
 class ModelConfig:
     name: str = "resnet18"
     pretrained: bool | str = True  # true: timm's hub; false: random init; a path: local weights file
-    drop_rate: float = 0.0
+    drop_rate: float = 0.0  # dropout before the classifier (timm's drop_rate)
+    drop_path_rate: float = 0.0  # stochastic depth (timm's drop_path_rate): residual blocks dropped per sample
     head: str = "classifier"  # classifier | regression (ordinal targets: one output, MSE, cut points fitted on OOF)
 
 
@@ -70,6 +71,12 @@ class TrainConfig:
     opt: str = "adamw"  # any timm.optim.create_optimizer_v2 name
     sched: str = "cosine"  # any timm.scheduler.create_scheduler_v2 name
     label_smoothing: float = 0.0
+    loss: str = "auto"  # auto | cross_entropy | bce | focal | asymmetric (pipeline.losses)
+    focal_gamma: float = 2.0  # focal loss focusing strength
+    focal_alpha: float | None = 0.25  # multi-label focal loss positive weight (torchvision); null: off
+    asl_gamma_neg: float = 4.0  # asymmetric loss (timm): focusing on negatives
+    asl_gamma_pos: float = 1.0  # asymmetric loss (timm): focusing on positives
+    asl_clip: float = 0.05  # asymmetric loss, multi-label: probability margin shifted onto negatives
     image_size: int | None = None  # None: the backbone's pretrained input size
     num_workers: int = 2
     seed: int = 42
@@ -106,6 +113,13 @@ class AugmentConfig:
     scale_min: float = 0.5  # RandomResizedCrop's lower area bound
     color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
     rotate: float = 0.0  # max degrees of random rotation; 0 disables
+    # Named policies (pipeline.augment_policies); default is the pipeline above, built from the keys above.
+    policy: str = "default"  # default | light | medium | heavy | randaugment | trivialaugment | custom
+    custom: list[Any] = field(default_factory=list)  # policy custom: [Name, {Name: {argument: value}}, ...]
+    magnitude: float = 9.0  # randaugment: strength 0-10
+    num_ops: int = 2  # randaugment: ops applied per image
+    erasing: float = 0.0  # probability of random erasing (A.Erasing), any policy
+    coarse_dropout: float = 0.0  # probability of coarse dropout (A.CoarseDropout), any policy
 
 
 @dataclass
@@ -138,6 +152,8 @@ EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "device", "sample")
 
 def _check_type(value: Any, annotation: Any, key: str) -> Any:
     """Return `value` converted to `annotation`, or raise ConfigError naming `key`."""
+    if annotation is Any:  # free-form values (augment.custom items) are checked by their own validator
+        return value
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -320,6 +336,15 @@ def validate(cfg: Config) -> None:
     if cfg.train.image_size is not None and cfg.train.image_size < 8:
         raise ConfigError(f"train.image_size: must be at least 8 pixels, got {cfg.train.image_size}")
     validate_recipe(cfg)
+    from pipeline.losses import validate_loss
+
+    validate_loss(cfg)
+    if cfg.augment.policy != "default" or cfg.augment.custom:  # albumentations is imported only when needed
+        from pipeline.augment_policies import validate_augment
+
+        validate_augment(cfg.augment)
+    elif not (0 <= cfg.augment.erasing <= 1 and 0 <= cfg.augment.coarse_dropout <= 1):
+        raise ConfigError("augment.erasing / augment.coarse_dropout: must be probabilities between 0 and 1")
     if cfg.sample < 0:
         raise ConfigError(f"sample: must be 0 (off) or a number of images, got {cfg.sample}")
     from pipeline.metrics import check_task
@@ -353,6 +378,9 @@ def validate_recipe(cfg: Config) -> None:
         raise ConfigError(
             f"train.freeze_epochs: must be 0..{t.epochs - 1} (fewer than train.epochs), got {t.freeze_epochs}"
         )
+    for key in ("drop_rate", "drop_path_rate"):
+        if not 0 <= getattr(cfg.model, key) < 1:
+            raise ConfigError(f"model.{key}: must be in [0, 1), got {getattr(cfg.model, key)}")
     for key in ("backbone_lr_factor", "ema_decay", "mix_prob"):
         if not 0 <= getattr(t, key) <= 1:
             raise ConfigError(f"train.{key}: must be between 0 and 1, got {getattr(t, key)}")

@@ -179,7 +179,13 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool | str | Non
     with _held_logs() as records, _offline_unless_reachable(source):
         try:
             outputs = 1 if cfg.head == "regression" else num_classes  # a regression head: the class as a number
+            if cfg.drop_path_rate:  # stochastic depth; only models with residual blocks take it
+                kwargs = {**kwargs, "drop_path_rate": cfg.drop_path_rate}
             model = timm.create_model(cfg.name, num_classes=outputs, drop_rate=cfg.drop_rate, **kwargs)
+        except TypeError as exc:
+            if "drop_path_rate" not in str(exc):
+                raise
+            raise UserError(f"model.drop_path_rate: {cfg.name} has no stochastic depth; set it to 0") from exc
         except Exception as exc:
             error = _weights_error(exc, cfg, source) if kwargs["pretrained"] else None
             if error is None:
