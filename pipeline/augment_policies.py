@@ -72,8 +72,14 @@ def _medium(cfg: AugmentConfig, interp: int) -> list[Any]:
 
 def _heavy(interp: int) -> list[Any]:
     return [
-        A.OneOf([A.GridDistortion(interpolation=interp), A.ElasticTransform(alpha=30, sigma=6, interpolation=interp),
-                 A.OpticalDistortion(distort_limit=(-0.3, 0.3), interpolation=interp)], p=0.5),  # fmt: skip
+        A.OneOf(
+            [
+                A.GridDistortion(interpolation=interp),
+                A.ElasticTransform(alpha=30, sigma=6, interpolation=interp),
+                A.OpticalDistortion(distort_limit=(-0.3, 0.3), interpolation=interp),
+            ],
+            p=0.5,
+        ),  # fmt: skip
         A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.1))], p=0.3),
         A.CoarseDropout(num_holes_range=(2, 8), hole_height_range=(0.05, 0.2), hole_width_range=(0.05, 0.2), p=0.5),
     ]
