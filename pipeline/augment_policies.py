@@ -61,8 +61,9 @@ def _crop_flips(cfg: AugmentConfig, height: int, width: int, interp: int, scale_
 
 
 def _medium(cfg: AugmentConfig, interp: int) -> list[Any]:
-    steps: list[Any] = [A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1),
-                                 rotate=(-max(cfg.rotate, 15), max(cfg.rotate, 15)), interpolation=interp, p=0.5)]  # fmt: skip
+    limit = max(cfg.rotate, 15)
+    steps: list[Any] = [A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-limit, limit),
+                                 interpolation=interp, p=0.5)]  # fmt: skip
     j = cfg.color_jitter or 0.2
     steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
     steps.append(A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15),
