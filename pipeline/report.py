@@ -5,7 +5,8 @@ oof.csv (every training row's OOF probabilities; labels from folds.csv), fold<k>
 fold<k>/oof_views.csv (TTA gains, see pipeline.view_scores), lr_find.png when `make lr-find` made one;
 training images from the competition's raw folder (top losses, Grad-CAM with each row's fold model). Writes
 next to report.html the plots report_curves.png, report_confusion.png, report_top_losses.png,
-report_gradcam.png (pipeline.gradcam), report_tta.png, report_plan.png, and report.html last. A section whose inputs do not exist yet says which stage makes them.
+report_gradcam.png (pipeline.gradcam), report_tta.png, report_plan.png, and report.html last. A section
+whose inputs do not exist yet says which stage makes them.
 
 `--tta` (Make: TTA=1, or TTA=all for every known view) first measures each TTA view alone on the OOF
 rows, one extra pass over the training images per fold; without it the TTA section compares no TTA with
