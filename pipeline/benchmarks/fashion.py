@@ -32,6 +32,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from pipeline import artifacts, paths
+from pipeline.benchmarks.coverage_variants import COVERAGE_VARIANTS
 from pipeline.data import read_csv
 from pipeline.errors import UserError
 
@@ -64,6 +65,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "chosen": ("init's baseline recipe: reference + EMA + TTA (identity, hflip)",
                {"train": {"ema": True}, "tta": {"views": ["identity", "hflip"]}}),
 }  # fmt: skip
+VARIANTS.update(COVERAGE_VARIANTS)  # augmentation policies and drop-path (pipeline.benchmarks.coverage_variants)
 FIVE_FOLDS = ("reference", "chosen")  # also trained on folds 1-4 for the ensemble rows
 
 
