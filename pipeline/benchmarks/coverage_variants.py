@@ -8,7 +8,7 @@ from typing import Any
 
 COVERAGE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "aug_light": ("+ augment.policy light (crop 0.8-1, flips)", {"augment": {"policy": "light"}}),
-    "aug_medium": ("+ augment.policy medium (affine, colour jitter, coarse dropout)", {"augment": {"policy": "medium"}}),
+    "aug_medium": ("+ augment.policy medium (affine, colour jitter, dropout)", {"augment": {"policy": "medium"}}),
     "aug_heavy": ("+ augment.policy heavy (medium + distortions, blur/noise)", {"augment": {"policy": "heavy"}}),
     "aug_randaugment": ("+ augment.policy randaugment (2 ops, magnitude 9)", {"augment": {"policy": "randaugment"}}),
     "drop_path": ("+ model.drop_path_rate 0.1 (stochastic depth)", {"model": {"drop_path_rate": 0.1}}),
