@@ -511,7 +511,6 @@ CASES: dict[str, Case] = {
 }  # fmt: skip
 
 
-
 # metrics, losses and augmentation policies (issue 15)
 def metric_without_k(c: Ctx) -> None:
     c.edit_competition(None, metric={"name": "map"})
@@ -552,6 +551,7 @@ CASES.update({
     "unknown custom transform": Case("train", unknown_transform, ("augment.custom[1]", "'Blurr'")),
     "unknown transform argument": Case("train", unknown_transform_argument, ("augment.custom[0]", "rotat")),
 })  # fmt: skip
+
 
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_is_one_clear_line(
