@@ -17,17 +17,17 @@ loss on each row's two largest target classes (the mixed pair), as mixup is appl
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from timm.loss import AsymmetricLossMultiLabel, AsymmetricLossSingleLabel
-from torchvision.ops import sigmoid_focal_loss
-
-from pipeline.config import Config
 from pipeline.errors import ConfigError
 
+if TYPE_CHECKING:  # torch, timm and torchvision load when a loss is built, not when a config is checked
+    import torch
+
+    from pipeline.config import Config
+
 LOSSES = ("auto", "cross_entropy", "bce", "focal", "asymmetric")
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Loss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def validate_loss(cfg: Config) -> None:
@@ -55,6 +55,8 @@ def validate_loss(cfg: Config) -> None:
 
 def _soft(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """Class indices -> smoothed one-hot rows; soft targets pass through."""
+    import torch.nn.functional as F
+
     if targets.ndim == 2:
         return targets.float()
     one_hot = F.one_hot(targets.long(), num_classes).float()
@@ -62,6 +64,8 @@ def _soft(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Te
 
 
 def softmax_focal(gamma: float, smoothing: float, weight: torch.Tensor | None) -> Loss:
+    import torch.nn.functional as F
+
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits.float(), dim=-1)
         t = _soft(targets, logits.shape[-1], smoothing)
@@ -72,6 +76,8 @@ def softmax_focal(gamma: float, smoothing: float, weight: torch.Tensor | None) -
 
 
 def sigmoid_focal(gamma: float, alpha: float | None) -> Loss:
+    from torchvision.ops import sigmoid_focal_loss
+
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         a = -1.0 if alpha is None else alpha  # torchvision: alpha < 0 switches the class balance off
         return sigmoid_focal_loss(logits.float(), targets.float(), alpha=a, gamma=gamma, reduction="mean")
@@ -80,6 +86,8 @@ def sigmoid_focal(gamma: float, alpha: float | None) -> Loss:
 
 
 def asymmetric_single(cfg: Config) -> Loss:
+    from timm.loss import AsymmetricLossSingleLabel
+
     t = cfg.train
     asl = AsymmetricLossSingleLabel(gamma_pos=t.asl_gamma_pos, gamma_neg=t.asl_gamma_neg, eps=t.label_smoothing,
                                     reduction="none")  # fmt: skip
@@ -104,6 +112,8 @@ def build_loss(cfg: Config, weight: torch.Tensor | None) -> Loss:
     if t.loss == "asymmetric":
         if not multi:
             return asymmetric_single(cfg)
+        from timm.loss import AsymmetricLossMultiLabel
+
         asl = AsymmetricLossMultiLabel(gamma_neg=t.asl_gamma_neg, gamma_pos=t.asl_gamma_pos, clip=t.asl_clip,
                                        pos_weight=weight)  # fmt: skip
         return lambda logits, targets: asl(logits, targets)
