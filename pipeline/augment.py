@@ -33,6 +33,10 @@ def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any], epochs: int = 
     """Null (budget-aware) strengths are resolved for `epochs` (pipeline.budget.budget_augment)."""
     cfg = budget_augment(cfg, epochs)
     height, width, interp = _size_and_interp(data_cfg)
+    from pipeline.augment_policies import extra_steps, policy_steps  # augment.policy other than default
+
+    if cfg.policy != "default":
+        return A.Compose(policy_steps(cfg, height, width, interp) + extra_steps(cfg))
     ratio = (1 / (1 + cfg.ratio_range), 1 + cfg.ratio_range)
     steps: list[Any] = [
         A.RandomResizedCrop(size=(height, width), scale=(cfg.scale_min, 1.0), ratio=ratio, interpolation=interp)
@@ -46,7 +50,7 @@ def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any], epochs: int = 
     if cfg.color_jitter > 0:
         j = cfg.color_jitter
         steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
-    return A.Compose(steps)
+    return A.Compose(steps + extra_steps(cfg))
 
 
 def eval_transform(data_cfg: dict[str, Any]) -> A.Compose:

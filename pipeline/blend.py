@@ -31,7 +31,7 @@ from pipeline import artifacts, paths
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.data import encode_targets, read_csv
 from pipeline.errors import UserError
-from pipeline.metrics import goodness, higher_is_better, is_better, score
+from pipeline.metrics import goodness, higher_is_better, is_better, score, submission_top_k
 from pipeline.predictions import format_submission
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> None:
     artifacts.write_csv(run_dir / "test.csv", test_frame)
     artifacts.write_json(run_dir / "scores.json", result)
     submission = paths.Paths(comp, blend.name).submission
-    artifacts.write_csv(submission, format_submission(test_frame, cfg.data))
+    artifacts.write_csv(submission, format_submission(test_frame, cfg.data, top_k=submission_top_k(cfg.metric)))
     honest = f", nested {result['nested_cv']:.4f}" if "nested_cv" in result else ""
     print(f"blend {blend.name}: {result['chosen']}: CV {cfg.metric} {result['cv']:.4f}{honest} (mean "
           f"{mean_cv:.4f}, best single {best['experiment']} {best['cv']:.4f}); weights {result['weights']} "

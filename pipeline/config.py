@@ -92,7 +92,9 @@ class FoldsConfig:
 class ModelConfig:
     name: str = "resnet18"
     pretrained: bool | str = True  # true: timm's hub; false: random init; a path: local weights file
-    drop_rate: float = ranged(0.0, 0, 1, high_open=True)
+    drop_rate: float = ranged(0.0, 0, 1, high_open=True)  # dropout before the classifier (timm's drop_rate)
+    # stochastic depth (timm's drop_path_rate): residual blocks dropped per sample
+    drop_path_rate: float = ranged(0.0, 0, 1, high_open=True)
     head: str = "classifier"  # classifier | regression (ordinal targets: one output, MSE, cut points fitted on OOF)
 
 
@@ -110,6 +112,12 @@ class TrainConfig:
     opt: str = "adamw"  # any timm.optim.create_optimizer_v2 name
     sched: str = "cosine"  # any timm.scheduler.create_scheduler_v2 name
     label_smoothing: float = ranged(0.0, 0, 1, high_open=True)
+    loss: str = "auto"  # auto | cross_entropy | bce | focal | asymmetric (pipeline.losses)
+    focal_gamma: float = ranged(2.0, 0)  # focal loss focusing strength
+    focal_alpha: float | None = ranged(0.25, 0, 1)  # multi-label focal loss positive weight (torchvision); null: off
+    asl_gamma_neg: float = ranged(4.0, 0)  # asymmetric loss (timm): focusing on negatives
+    asl_gamma_pos: float = ranged(1.0, 0)  # asymmetric loss (timm): focusing on positives
+    asl_clip: float = ranged(0.05, 0, 1)  # asymmetric loss, multi-label: probability margin shifted onto negatives
     image_size: int | None = ranged(None, 8)  # None: the backbone's pretrained input size
     num_workers: int = ranged(2, 0)
     seed: int = ranged(42, 0, SEED_MAX)
@@ -160,6 +168,13 @@ class AugmentConfig:
     # brightness/contrast/saturation strength; 0 disables; None: budget-aware
     color_jitter: float | None = ranged(None, 0)
     rotate: float = ranged(0.0, 0, 180)  # max degrees of random rotation; 0 disables
+    # Named policies (pipeline.augment_policies); default is the pipeline above, built from the keys above.
+    policy: str = "default"  # default | light | medium | heavy | randaugment | trivialaugment | custom
+    custom: list[Any] = field(default_factory=list)  # policy custom: [Name, {Name: {argument: value}}, ...]
+    magnitude: float = ranged(9.0, 0, 10)  # randaugment: strength 0-10
+    num_ops: int = ranged(2, 1)  # randaugment: ops applied per image
+    erasing: float = ranged(0.0, 0, 1)  # probability of random erasing (A.Erasing), any policy
+    coarse_dropout: float = ranged(0.0, 0, 1)  # probability of coarse dropout (A.CoarseDropout), any policy
 
 
 @dataclass
@@ -196,6 +211,8 @@ class _NotFinite(ConfigError):
 
 def _check_type(value: Any, annotation: Any, key: str) -> Any:
     """Return `value` converted to `annotation`, or raise ConfigError naming `key`."""
+    if annotation is Any:  # free-form values (augment.custom items) are checked by their own validator
+        return value
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -358,9 +375,23 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
         if key in values:
             raise ConfigError(f"{path}: key {key!r} is set from the file's location, remove it")
     values["comp"], values["exp"] = comp, exp
+    _custom_metric_folders(path)
+    if "metric" in values:  # a mapping ({name: map, k: 5} or a custom function) becomes the metric's one string
+        from pipeline.metrics import canonical
+
+        values["metric"] = canonical(values["metric"])
     cfg = _build(Config, values, "")
     validate(cfg)
     return cfg
+
+
+def _custom_metric_folders(path: Path) -> None:
+    """A custom metric's module may also live in the competition's configs folder or the configs folder above it."""
+    from pipeline import metrics
+
+    for folder in (path.resolve().parent, path.resolve().parent.parent):
+        if folder not in metrics.SEARCH_DIRS:
+            metrics.SEARCH_DIRS.append(folder)
 
 
 def validate(cfg: Config) -> None:
@@ -378,11 +409,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.classes: {duplicated} listed more than once; each class once, in a fixed order")
     validate_recipe(cfg)
     check_timm_choices(cfg.train)
-    from pipeline.metrics import METRICS
+    from pipeline.losses import validate_loss
+
+    validate_loss(cfg)
+    if cfg.augment.policy != "default" or cfg.augment.custom:  # albumentations is imported only when needed
+        from pipeline.augment_policies import validate_augment
+
+        validate_augment(cfg.augment)
+    from pipeline.metrics import check_task
     from pipeline.tta import VIEWS
 
-    if cfg.metric not in METRICS:
-        raise ConfigError(f"metric: unknown metric {cfg.metric!r}; known: {', '.join(sorted(METRICS))}")
+    check_task(cfg.metric, cfg.data.task)  # an unknown or malformed metric fails here, naming `metric`
     if isinstance(cfg.tta.views, str) and cfg.tta.views != "auto":
         raise ConfigError(f"tta.views: expected a list of views or auto, got {cfg.tta.views!r}")
     for i, view in enumerate(cfg.tta.views if isinstance(cfg.tta.views, list) else []):

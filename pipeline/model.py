@@ -211,10 +211,14 @@ def build_model(
     with _held_logs() as records, _offline_unless_reachable(source):
         try:
             outputs = 1 if cfg.head == "regression" else num_classes  # a regression head: the class as a number
+            if cfg.drop_path_rate:  # stochastic depth; only models with residual blocks take it
+                kwargs = {**kwargs, "drop_path_rate": cfg.drop_path_rate}
             model = timm.create_model(cfg.name, num_classes=outputs, drop_rate=cfg.drop_rate, **kwargs)
         except TypeError as exc:
             if sized and "img_size" in str(exc):  # the architecture has no img_size argument
                 _check_size(None, cfg.name, image_size, exc)
+            if "drop_path_rate" in str(exc):
+                raise UserError(f"model.drop_path_rate: {cfg.name} has no stochastic depth; set it to 0") from exc
             raise
         except Exception as exc:
             error = _weights_error(exc, cfg, source) if kwargs["pretrained"] else None

@@ -150,3 +150,25 @@ def time_plan(plans: pd.DataFrame, limit_s: float, margin: float) -> Figure:
     ax.set_xlabel("hours (estimated)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
+
+
+def gradcam(
+    rows: pd.DataFrame, images: list[np.ndarray | None], true_maps: np.ndarray, pred_maps: np.ndarray
+) -> Figure:
+    """One line per row: the image, then its Grad-CAM for the true class and for the predicted class."""
+    count = max(len(rows), 1)
+    figure = _figure(9, 3 * count)
+    axes = np.atleast_2d(figure.subplots(count, 3))
+    for line, ((_, row), image) in enumerate(zip(rows.iterrows(), images, strict=False)):
+        for ax in axes[line]:
+            ax.axis("off")
+        if image is None:
+            axes[line][0].text(0.5, 0.5, "image not found", ha="center", va="center", transform=axes[line][0].transAxes)
+            continue
+        axes[line][0].imshow(image)
+        axes[line][0].set_title(f"{row['kind']}: {row['id']}\nloss {row['loss']:.2f}", fontsize=8, loc="left")
+        for ax, maps, what in ((axes[line][1], true_maps, "true"), (axes[line][2], pred_maps, "predicted")):
+            ax.imshow(image)
+            ax.imshow(maps[line], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(f"{what}: {row[what]}", fontsize=8, loc="left")
+    return figure

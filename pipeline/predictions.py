@@ -39,12 +39,13 @@ def _as_number(name: str) -> int | float:
 
 def format_submission(
     probs: pd.DataFrame, data: DataConfig, threshold: float | Sequence[float] = 0.5,
-    cut_points: Sequence[float] | None = None,
+    cut_points: Sequence[float] | None = None, top_k: int | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """id + the submission's columns, from `probs` (id + one column per class, in submission order).
 
     `threshold`: one for every label, or one per label (multi-label). `cut_points`: ordinal classes are
     then the expected class (sum_k k * p_k) cut at these points instead of the most probable class.
+    `top_k` (MAP@k metrics): the label column lists the k most probable classes, most probable first.
     """
     classes = np.array(data.classes)
     matrix = probs[data.classes].to_numpy()
@@ -60,6 +61,9 @@ def format_submission(
             frame[column] = probs[column].to_numpy()
         return frame
     column = (data.submission_columns or [data.label_column or "label"])[0]
+    if top_k and fmt in ("label", "labels"):
+        frame[column] = [" ".join(classes[np.argsort(-row, kind="stable")[:top_k]]) for row in matrix]
+        return frame
     best = ordinal_classes(matrix, list(cut_points)) if cut_points is not None else matrix.argmax(axis=1)
     if fmt == "labels":
         picked = [

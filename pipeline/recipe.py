@@ -32,10 +32,9 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 from pipeline.budget import budget_ema_decay, budget_warmup
 from pipeline.config import Config, TrainConfig
 from pipeline.loader import EpochSampler
-from pipeline.metrics import METRICS, goodness, is_better
+from pipeline.metrics import METRICS, goodness, is_better, uses_thresholds
 
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
-THRESHOLD_METRICS = ("accuracy", "error_rate", "f1_macro", "f1_micro", "quadratic_weighted_kappa")
 
 
 def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> None:
@@ -234,6 +233,10 @@ def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
 def build_criterion(cfg: Config, train_targets: np.ndarray, mixing: bool) -> Callable[..., torch.Tensor]:
     """The loss for the task and head: CE (hard or soft targets), BCE (multi-label) or MSE (regression)."""
     weight = class_weights(train_targets, cfg.num_classes) if cfg.train.class_weights == "balanced" else None
+    if cfg.train.loss in ("focal", "asymmetric"):  # pipeline.losses; auto, cross_entropy and bce are built here
+        from pipeline.losses import build_loss
+
+        return build_loss(cfg, weight)
     if cfg.model.head == "regression":
         return lambda logits, targets: F.mse_loss(logits.squeeze(1).float(), targets.float())
     if cfg.data.task == "multi_label":
@@ -312,7 +315,7 @@ def fit_thresholds(task: str, metric: str, targets: np.ndarray, probs: np.ndarra
     Returns {"kind": "none"} where thresholds don't apply (single-label, or a threshold-free metric).
     """
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    if task == "multi_label" and metric in THRESHOLD_METRICS:
+    if task == "multi_label" and uses_thresholds(metric):
         found: dict[str, Any] = {"kind": "multi_label", "thresholds": [0.5] * probs.shape[1]}
         for _ in range(2):
             for j in range(probs.shape[1]):
@@ -323,7 +326,7 @@ def fit_thresholds(task: str, metric: str, targets: np.ndarray, probs: np.ndarra
                     if is_better(metric, value, best):
                         found, best = trial, value
         return found
-    if task == "ordinal" and metric in THRESHOLD_METRICS and probs.shape[1] > 1:
+    if task == "ordinal" and uses_thresholds(metric) and probs.shape[1] > 1:
         found = {"kind": "ordinal", "cut_points": [k + 0.5 for k in range(probs.shape[1] - 1)]}
         for _ in range(3):
             for j in range(len(found["cut_points"])):

@@ -3,9 +3,10 @@
 Reads, under data/runs/<comp>/<exp>/: fold<k>/log.csv (learning curves), scores.json (CV per fold),
 oof.csv (every training row's OOF probabilities; labels from folds.csv), fold<k>/oof_plain.csv and
 fold<k>/oof_by_view.csv (TTA gains, see pipeline.view_scores), lr_find.png when `make lr-find` made one;
-training images from the competition's raw folder (top losses). Writes next to report.html the plots
-report_curves.png, report_confusion.png, report_top_losses.png, report_tta.png, report_plan.png, and
-report.html last. A section whose inputs do not exist yet says which stage makes them.
+training images from the competition's raw folder (top losses, Grad-CAM with each row's fold model). Writes
+next to report.html the plots report_curves.png, report_confusion.png, report_top_losses.png,
+report_gradcam.png (pipeline.gradcam), report_tta.png, report_plan.png, and report.html last. A section
+whose inputs do not exist yet says which stage makes them.
 
 `--tta` (Make: TTA=1, or TTA=all for every known view) first measures each TTA view alone on the OOF
 rows, one extra pass over the training images per fold; without it the TTA section compares no TTA with
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline import artifacts, interpret, paths, planner, plots, view_scores
 from pipeline.config import Config
@@ -48,6 +50,7 @@ class Report:
     top_losses: pd.DataFrame | None = None
     tta: pd.DataFrame | None = None
     plan: planner.Plan | None = None
+    gradcam: pd.DataFrame | None = None  # the rows the Grad-CAM section explains (pipeline.gradcam.pick_rows)
     written: list[Path] = field(default_factory=list)
 
 
@@ -169,6 +172,26 @@ def top_losses_section(cfg: Config, out: paths.Paths, oof: tuple | None, report:
     return _img(path, "top losses") + note + _table(rows.drop(columns=["image"]), 3)
 
 
+def gradcam_section(cfg: Config, out: paths.Paths, oof: tuple | None, report: Report) -> str:
+    """Grad-CAM overlays (true and predicted class) for the worst OOF rows and a few correct ones."""
+    from pipeline import gradcam
+
+    if oof is None:
+        return _note(f"no {out.oof_all.name} yet: run `make ensemble`")
+    rows = gradcam.pick_rows(oof[0], oof[1], oof[2], cfg.data.classes, cfg.data.task)
+    try:
+        images, true_maps, pred_maps = gradcam.explain_rows(cfg, rows, torch.device("cpu"))
+    except gradcam.Unsupported as exc:
+        return _note(f"Grad-CAM is not supported for {cfg.model.name}: {exc}")
+    except UserError as exc:
+        return _note(f"no Grad-CAM: {exc}")
+    report.gradcam = rows
+    path = artifacts.save_figure(out.report_png("gradcam"), plots.gradcam(rows, images, true_maps, pred_maps))
+    report.written.append(path)
+    explain = "red: where the last feature stage's evidence for that class is strongest (Grad-CAM)"
+    return _img(path, "Grad-CAM") + _note(explain)
+
+
 def tta_section(cfg: Config, out: paths.Paths, oof: tuple | None, report: Report) -> str:
     if oof is None:
         return _note(f"no {out.oof_all.name} yet: run `make ensemble`")
@@ -229,6 +252,7 @@ def build_report(cfg: Config, args: argparse.Namespace) -> Report:
         ("Learning-rate finder", lr_find_section(out)),
         ("Confusion (out-of-fold)", confusion_section(cfg, out, oof, report)),
         (f"Top {TOP_LOSSES} losses (out-of-fold)", top_losses_section(cfg, out, oof, report)),
+        ("Grad-CAM (out-of-fold)", gradcam_section(cfg, out, oof, report)),
         ("TTA views", tta_section(cfg, out, oof, report)),
         ("Kaggle Kernel time plan", plan_section(cfg, out, args, report)),
     ]

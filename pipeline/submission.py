@@ -5,8 +5,9 @@ writes submissions/<comp>/<exp>.csv with exactly sample_submission's ids, row or
 format (data.submission_format): `label` (the most probable class), `probabilities` (one column per
 class), `labels` (space-separated classes above the threshold; multi-label), or `numeric` (the class as
 a number; ordinal targets). When ensemble wrote thresholds.json, its per-label thresholds (`labels`) or
-ordinal cut points (`label`, `numeric`) decide instead of 0.5/argmax. The file is checked against
-sample_submission before it is written.
+ordinal cut points (`label`, `numeric`) decide instead of 0.5/argmax. A MAP@k competition (metric map@K)
+writes the K most probable classes, space-separated, in the `label`/`labels` column. The file is checked
+against sample_submission before it is written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pipeline import artifacts, paths
 from pipeline.artifacts import read_json
 from pipeline.cli import config_from_args
 from pipeline.data import read_typed_csv
+from pipeline.metrics import submission_top_k
 from pipeline.predictions import format_submission, read_probs  # noqa: F401 - format_submission: re-exported
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> None:
     probs = read_probs(out.test_blend, cfg.data.classes)
     found = read_json(out.thresholds) if out.thresholds.exists() else {"kind": "none"}
     threshold = found["thresholds"] if found["kind"] == "multi_label" else 0.5
-    frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"))
+    frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"), top_k=submission_top_k(cfg.metric))
     if found["kind"] != "none":
         log.info("submission: %s thresholds from %s", found["kind"], out.thresholds)
     if cfg.data.test_csv:

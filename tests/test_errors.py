@@ -618,6 +618,48 @@ CASES: dict[str, Case] = {
 }  # fmt: skip
 
 
+# metrics, losses and augmentation policies (issue 15)
+def metric_without_k(c: Ctx) -> None:
+    c.edit_competition(None, metric={"name": "map"})
+
+
+def custom_metric_not_importable(c: Ctx) -> None:
+    c.edit_competition(None, metric={"function": "nomodule:score", "higher_is_better": True})
+
+
+def custom_metric_not_a_number(c: Ctx) -> None:
+    (c.project / "configs" / COMP / "textmetric.py").write_text("def score(y, p):\n    return 'high'\n")
+    c.edit_competition(None, metric={"function": "textmetric:score", "higher_is_better": True})
+    c.ok("folds")
+
+
+def unknown_loss(c: Ctx) -> None:
+    c.edit_experiment("train", loss="hinge")
+
+
+def unknown_policy(c: Ctx) -> None:
+    c.edit_experiment("augment", policy="strong")
+
+
+def unknown_transform(c: Ctx) -> None:
+    c.edit_experiment("augment", policy="custom", custom=["CLAHE", "Blurr"])
+
+
+def unknown_transform_argument(c: Ctx) -> None:
+    c.edit_experiment("augment", policy="custom", custom=[{"Affine": {"rotat": 10}}])
+
+
+CASES.update({
+    "metric parameter missing": Case("folds", metric_without_k, ("metric.k", "missing", "map")),
+    "custom metric not importable": Case("folds", custom_metric_not_importable, ("metric.function", "'nomodule'")),
+    "custom metric not a number": Case("train", custom_metric_not_a_number, ("textmetric:score", "not a number")),
+    "unknown loss": Case("train", unknown_loss, ("train.loss", "'hinge'", "focal")),
+    "unknown augment policy": Case("train", unknown_policy, ("augment.policy", "'strong'", "randaugment")),
+    "unknown custom transform": Case("train", unknown_transform, ("augment.custom[1]", "'Blurr'")),
+    "unknown transform argument": Case("train", unknown_transform_argument, ("augment.custom[0]", "rotat")),
+})  # fmt: skip
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_is_one_clear_line(
     name: str, project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch

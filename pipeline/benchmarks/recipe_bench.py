@@ -36,6 +36,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from pipeline import artifacts, paths
+from pipeline.benchmarks.coverage_variants import COVERAGE_VARIANTS
 from pipeline.benchmarks.fashion import CLASSES as FASHION_CLASSES
 from pipeline.benchmarks.fashion import read_idx
 from pipeline.data import read_csv
@@ -70,6 +71,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "smooth_0.1": ("label smoothing 0.1", {"train": {"label_smoothing": 0.1}}),
     "keep_best": ("keep the best epoch (selected on the scored fold)", {"train": {"keep": "best"}}),
 }  # fmt: skip
+ABLATIONS.update(COVERAGE_VARIANTS)  # augmentation policies and drop-path (pipeline.benchmarks.coverage_variants)
 
 
 def env_or(name: str, default: str) -> str:
