@@ -16,13 +16,15 @@ only from the Compose's generator, so the loader's per-sample seeds make every p
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import albumentations as A
 import numpy as np
 
-from pipeline.config import AugmentConfig
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: config imports this module to validate augment.*
+    from pipeline.config import AugmentConfig
 
 POLICIES = ("default", "light", "medium", "heavy", "randaugment", "trivialaugment", "custom")
 
