@@ -11,3 +11,14 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
+
+# The notebook API (pipeline.api), imported on first use so `import pipeline` stays light (no torch).
+_LAZY = {"Experiment": "pipeline.api", "PipelineError": "pipeline.api", "download": "pipeline.api", "init": "pipeline.api"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

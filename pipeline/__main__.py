@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = split_overrides(args.overrides)
         module = importlib.import_module(COMMANDS[args.command][0])
         module.run(args)
+        from pipeline.tracking import after_stage
+
+        after_stage(args)  # ensemble/report/scores -> the experiment's tracker run (tracking: none does nothing)
     except UserError as exc:
         if debug:
             traceback.print_exc()

@@ -126,6 +126,7 @@ class Config:
     tta: TTAConfig = field(default_factory=TTAConfig)
     device: str = "auto"  # auto | cpu | cuda | mps
     sample: int = 0  # >0: a stratified N-image subset with its own output paths
+    tracking: str = "none"  # none | mlflow | tensorboard | wandb: sync the run's files to a tracker (pipeline.tracking)
 
     @property
     def num_classes(self) -> int:
@@ -133,7 +134,7 @@ class Config:
 
 
 COMPETITION_KEYS = ("data", "metric", "folds")
-EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "device", "sample")
+EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "device", "sample", "tracking")
 
 
 def _check_type(value: Any, annotation: Any, key: str) -> Any:
@@ -306,6 +307,10 @@ def validate(cfg: Config) -> None:
     if cfg.train.image_size is not None and cfg.train.image_size < 8:
         raise ConfigError(f"train.image_size: must be at least 8 pixels, got {cfg.train.image_size}")
     validate_recipe(cfg)
+    from pipeline.tracking import TRACKERS
+
+    if cfg.tracking not in TRACKERS:
+        raise ConfigError(f"tracking: {cfg.tracking!r} is not one of {', '.join(TRACKERS)}")
     if cfg.sample < 0:
         raise ConfigError(f"sample: must be 0 (off) or a number of images, got {cfg.sample}")
     from pipeline.metrics import METRICS

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import artifacts, checkpoint, distributed, paths, recipe
+from pipeline import artifacts, checkpoint, distributed, paths, recipe, tracking
 from pipeline.augment import eval_transform, train_transform
 from pipeline.cache import cache_for
 from pipeline.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
@@ -335,6 +335,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
         facts = {"lr": lr, "weights": keeper.source, "epoch": keeper.saved_epoch}
         finish_fold(f, keeper.probs, keeper.weights, facts)
         shutil.rmtree(ckpt.parent, ignore_errors=True)
+        tracking.sync_fold(cfg, fold)  # log.csv + config -> the tracker (tracking: none does nothing)
     distributed.barrier(world)
     return weights
 
