@@ -22,7 +22,8 @@ endif
 EXP := $(basename $(notdir $(CONFIG)))
 SET ?=
 SAMPLE ?=
-SETS := $(strip $(SET) $(if $(SAMPLE),sample=$(SAMPLE)))
+TRACK ?=
+SETS := $(strip $(SET) $(if $(SAMPLE),sample=$(SAMPLE)) $(if $(TRACK),tracking=$(TRACK)))
 ARGS := --config $(CONFIG)$(if $(SETS), --set "$(SETS)")
 # Overrides are not files, so Make can't see them: with SET, let Python decide what is up to date.
 FORCE_IF_SET := $(if $(strip $(SET)),FORCE)
@@ -156,6 +157,19 @@ $(BUNDLE)/dataset/bundle.json: | $(RUN)/scores.json
 
 kaggle-push: $(BUNDLE)/dataset/bundle.json ## upload the bundle as a private Kaggle dataset (or a new version), push + run its kernel
 	$(PY) -m pipeline kaggle-push $(ARGS)
+
+# Sweeps and tracking. SWEEP=configs/<comp>/sweep.yaml (the default); TRACK=mlflow|tensorboard|wandb on any target.
+SWEEP ?= configs/$(COMP)/sweep.yaml
+.PHONY: sweep sweep-best mlflow-ui
+
+sweep: $(COMP_YAML) $(DEMO_DEPS) | $(RAW_STAMP) ## Optuna sweep per SWEEP=configs/<comp>/sweep.yaml: one fold (or SAMPLE) per trial, resumable
+	$(PY) -m pipeline sweep $(ARGS) --sweep $(SWEEP)
+
+sweep-best: ## write the sweep's best trial as configs/<comp>/<name>-best.yaml (then make all CONFIG=...)
+	$(PY) -m pipeline sweep-best $(ARGS) --sweep $(SWEEP)
+
+mlflow-ui: ## MLflow's UI on 127.0.0.1 over data/mlruns (TRACK=mlflow runs; needs the full mlflow package)
+	$(PY) -m pipeline mlflow-ui$(if $(PORT), --port $(PORT))
 
 bench-recipe: ## training-recipe table on Fashion-MNIST (apt-get install dataset-fashion-mnist; ~30 min CPU)
 	$(PY) -m pipeline.benchmarks.fashion

@@ -40,6 +40,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("pipeline.planner", "will folds x TTA views x test images fit the Kaggle Kernel time limit?"),
     "kaggle-bundle": ("pipeline.bundle", "data/runs/<comp>/<exp>/kaggle-bundle/: weights, config, wheels, kernel"),
     "kaggle-push": ("pipeline.kaggle_push", "upload the bundle as a private Kaggle dataset, then push its kernel"),
+    "sweep": ("pipeline.sweep", "Optuna sweep over config keys (--sweep configs/<comp>/sweep.yaml), one fold a trial"),
+    "sweep-best": ("pipeline.sweep", "write the sweep's best trial as configs/<comp>/<name>-best.yaml"),
+    "mlflow-ui": ("pipeline.tracking", "MLflow's UI on 127.0.0.1 over data/mlruns (needs the full mlflow package)"),
 }
 
 # Flags only some commands take: command -> [(flag, argparse keyword arguments)].
@@ -48,6 +51,7 @@ _PLAN_FLAGS: list[tuple[str, dict]] = [
     ("--test-images", {"type": int, "default": None, "help": "test images the kernel predicts (default: test.csv's)"}),
     ("--slowdown", {"type": float, "default": None, "help": "kernel GPU X times slower than the logs' (default 1)"}),
 ]
+_SWEEP_FLAG = ("--sweep", {"default": None, "help": "the sweep file (default: configs/<comp>/sweep.yaml)"})
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
     "kaggle-bundle": [("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"})],
     "kaggle-push": [
@@ -55,6 +59,9 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
         ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, CV, commit)"}),
     ],
     "plan": _PLAN_FLAGS,
+    "sweep": [_SWEEP_FLAG],
+    "sweep-best": [_SWEEP_FLAG],
+    "mlflow-ui": [("--port", {"type": int, "default": 5000, "help": "port on 127.0.0.1 (default 5000)"})],
     "report": [
         *_PLAN_FLAGS,
         (

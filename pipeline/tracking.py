@@ -376,3 +376,20 @@ def after_stage(args: argparse.Namespace) -> None:
     from pipeline.cli import config_from_args
 
     sync_experiment(config_from_args(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    """`python -m pipeline mlflow-ui`: MLflow's own UI over the local store, on 127.0.0.1 only."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from pipeline.errors import UserError
+
+    if importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("flask") is None:
+        raise UserError("mlflow-ui needs the full MLflow package (its UI server): `.venv/bin/pip install mlflow`; "
+                        "the [track] extra installs mlflow-skinny, which logs and reads runs but has no UI")  # fmt: skip
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", mlflow_uri(), "--host", "127.0.0.1",
+               "--port", str(args.port)]  # fmt: skip
+    log.info("MLflow UI: http://127.0.0.1:%d (Ctrl-C to stop)", args.port)
+    subprocess.run(command, check=False)
