@@ -13,7 +13,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 __version__ = "0.1.0"
 
 # The notebook API (pipeline.api), imported on first use so `import pipeline` stays light (no torch).
-_LAZY = {"Experiment": "pipeline.api", "PipelineError": "pipeline.api", "download": "pipeline.api", "init": "pipeline.api"}
+_LAZY = {
+    "Experiment": "pipeline.api",
+    "PipelineError": "pipeline.api",
+    "download": "pipeline.api",
+    "init": "pipeline.api",
+}
 
 
 def __getattr__(name: str) -> object:

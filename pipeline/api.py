@@ -159,6 +159,15 @@ class Experiment:
         self.submission()
         return scores
 
+    def fold_log(self, fold: int) -> Any:
+        """fold<k>/log.csv as a DataFrame: one row per epoch (loss, validation score, lr, img/s)."""
+        import pandas as pd
+
+        path = self.paths.train_log(fold)
+        if not path.exists():
+            raise PipelineError(f"error: {path} not found; run exp.train(folds=[{fold}]) first")
+        return pd.read_csv(path)
+
     def scores(self) -> dict[str, Any]:
         """scores.json (metric, cv, folds, holdout, TTA views...)."""
         if not self.paths.scores.exists():

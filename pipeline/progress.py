@@ -35,6 +35,8 @@ def choose_mode(stream: IO[str]) -> str:
     forced = os.environ.get("PIPELINE_PROGRESS", "").strip().lower()
     if forced in MODES:
         return forced
+    if "ipykernel" in sys.modules:  # Jupyter / Kaggle notebooks render tqdm's bars (tqdm.auto: a widget if it can)
+        return "bar"
     isatty = getattr(stream, "isatty", None)
     return "bar" if callable(isatty) and isatty() else "plain"
 

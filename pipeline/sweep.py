@@ -20,7 +20,6 @@ import argparse
 import fcntl
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -205,8 +204,10 @@ def open_study(cfg: Config, spec: SweepSpec, args: argparse.Namespace, create: b
     if "identity" not in study.user_attrs:
         study.set_user_attr("identity", identity)
     elif study.user_attrs["identity"] != identity:
-        raise ConfigError(f"{spec.path}: the study in {db} was started with other params, CONFIG, SET, fold or "
-                          f"sample; restore them, set another name: in the sweep file, or delete {db.parent}")  # fmt: skip
+        raise ConfigError(
+            f"{spec.path}: the study in {db} was started with other params, CONFIG, SET, fold or sample; "
+            f"restore them, set another name: in the sweep file, or delete {db.parent}"
+        )
     return study
 
 
@@ -269,11 +270,12 @@ def best_config(cfg: Config, spec: SweepSpec, args: argparse.Namespace) -> Path:
     for key, value in best.params.items():
         _apply_override(values, key.split("."), value, key)
     path = paths.configs_dir(cfg.comp) / f"{spec.name}-best.yaml"
-    header = (f"# Best trial ({best.number}, validation {cfg.metric} {best.value:.4f} on fold {spec.fold}"
-              f"{f', sample {spec.sample}' if spec.sample else ''}) of sweep {spec.path} over {args.config}.\n")  # fmt: skip
+    where = f"fold {spec.fold}" + (f", sample {spec.sample}" if spec.sample else "")
+    header = f"# Best trial ({best.number}, validation {cfg.metric} {best.value:.4f} on {where}) of sweep {spec.path}"
+    header += f" over {args.config}.\n"
     trial_set = study.user_attrs.get("identity", {}).get("set", "")
     if trial_set:
-        header += f"# Every trial also ran with SET=\"{trial_set}\" (not included below).\n"
+        header += f'# Every trial also ran with SET="{trial_set}" (not included below).\n'
     artifacts.write_text(path, header + yaml.safe_dump(values, sort_keys=False))
     return path
 

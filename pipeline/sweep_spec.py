@@ -152,16 +152,20 @@ def load_spec(path: Path | str, default_name: str) -> SweepSpec:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(KEYS)}")
     params = values.get("params")
     if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{where}: params: expected a mapping of config keys to search, e.g. train.lr: {{low: .., high: ..}}")  # noqa: E501
+        raise ConfigError(
+            f"{where}: params: expected a mapping of config keys to search, e.g. train.lr: {{low: .., high: ..}}"
+        )  # noqa: E501
     trials, time_s = _count(values, "trials", where, 1), parse_time(values.get("time"), where)
     if trials is None and time_s is None:
         raise ConfigError(f"{where}: set a budget: trials: N and/or time: 2h")
     name = values.get("name", default_name)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise ConfigError(f"{where}: name: expected a plain folder name, got {name!r}")
-    return SweepSpec(path, name, [parse_param(str(k), v, where) for k, v in params.items()], trials, time_s,
-                     fold=_count(values, "fold", where, 0) or 0, sample=_count(values, "sample", where, 1) or 0,
-                     prune=parse_prune(values.get("prune"), where), seed=_count(values, "seed", where, 0) or 0)  # fmt: skip
+    parsed = [parse_param(str(k), v, where) for k, v in params.items()]
+    fold, sample, seed = (
+        _count(values, key, where, low) or 0 for key, low in (("fold", 0), ("sample", 1), ("seed", 0))
+    )
+    return SweepSpec(path, name, parsed, trials, time_s, fold, sample, parse_prune(values.get("prune"), where), seed)
 
 
 def check_against_config(spec: SweepSpec, config: Path, overrides: list[str]) -> None:

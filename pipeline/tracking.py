@@ -387,8 +387,10 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.errors import UserError
 
     if importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("flask") is None:
-        raise UserError("mlflow-ui needs the full MLflow package (its UI server): `.venv/bin/pip install mlflow`; "
-                        "the [track] extra installs mlflow-skinny, which logs and reads runs but has no UI")  # fmt: skip
+        raise UserError(
+            "mlflow-ui needs the full MLflow package (its UI server): `.venv/bin/pip install mlflow`; "
+            "the [track] extra installs mlflow-skinny, which logs and reads runs but has no UI"
+        )
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", mlflow_uri(), "--host", "127.0.0.1",
                "--port", str(args.port)]  # fmt: skip
     log.info("MLflow UI: http://127.0.0.1:%d (Ctrl-C to stop)", args.port)

@@ -70,7 +70,7 @@ def test_four_trials_write_table_plot_and_best_config(sweep_project: Path, capsy
     assert cfg.exp == "tiny-sweep-best" and cfg.model.name == "test_efficientnet"
     assert cfg.train.lr == pytest.approx(best["train.lr"]) and cfg.train.epochs == best["train.epochs"]
     assert cfg.train.batch_size == 8  # SET is recorded as a comment, not baked into the new experiment
-    assert "SET=\"train.batch_size=4\"" in best_path.read_text()
+    assert 'SET="train.batch_size=4"' in best_path.read_text()
 
     # A finished sweep re-run starts nothing new.
     result = run_main(capsys, "sweep", "--config", str(config), "--sweep", str(sweep), "--set", "train.batch_size=4")
@@ -107,25 +107,30 @@ def test_a_killed_sweep_resumes_its_study(sweep_project: Path, capsys: pytest.Ca
     assert list(pd.read_csv(second_log)["epoch"]) == [1, 2, 3]
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ({"params": {"train.lr": {"low": 0.1, "high": 0.2}}}, "set a budget: trials: N and/or time: 2h"),
-        ({"trials": 2, "params": {"train.lrr": {"low": 0.1, "high": 0.2}}}, "params.train.lrr = 0.1: unknown key(s) train.lrr"),
-        ({"trials": 2, "params": {"train.epochs": {"low": 1.5, "high": 3}}}, "params.train.epochs = 1.5: train.epochs: expected an integer"),
-        ({"trials": 2, "params": {"train.lr": {"low": 0.2, "high": 0.1}}}, "params.train.lr: low (0.2) must be below high (0.1)"),
-        ({"trials": 2, "params": {"train.keep": {"choices": ["best", "worst"]}}}, "params.train.keep = 'worst': train.keep: 'worst' is not one of best, last"),
-        ({"trials": 2, "time": "soon", "params": {"train.lr": {"low": 0.1, "high": 0.2}}}, "time: 'soon' is not a duration"),
-        ({"trials": 0, "params": {"train.lr": {"low": 0.1, "high": 0.2}}}, "trials: expected an integer >= 1, got 0"),
-        ({"trials": 2, "fold": 5, "params": {"train.lr": {"low": 0.1, "high": 0.2}}}, "fold: 5 is not a fold (folds.n_folds is 2)"),
-        ({"trials": 2, "params": {"train.lr": [0.1, 0.2]}}, "params.train.lr: expected {low: .., high: ..} or {choices: [..]}"),
-    ],
-)  # fmt: skip
+LR = {"train.lr": {"low": 0.1, "high": 0.2}}
+SPEC_MISTAKES = [
+    ({"trials": None, "params": LR}, "set a budget: trials: N and/or time: 2h"),
+    ({"params": {"train.lrr": {"low": 0.1, "high": 0.2}}}, "params.train.lrr = 0.1: unknown key(s) train.lrr"),
+    (
+        {"params": {"train.epochs": {"low": 1.5, "high": 3}}},
+        "params.train.epochs = 1.5: train.epochs: expected an integ",
+    ),
+    ({"params": {"train.lr": {"low": 0.2, "high": 0.1}}}, "params.train.lr: low (0.2) must be below high (0.1)"),
+    ({"params": {"train.keep": {"choices": ["best", "worst"]}}}, "params.train.keep = 'worst': train.keep: 'worst' is"),
+    ({"time": "soon", "params": LR}, "time: 'soon' is not a duration"),
+    ({"trials": 0, "params": LR}, "trials: expected an integer >= 1, got 0"),
+    ({"fold": 5, "params": LR}, "fold: 5 is not a fold (folds.n_folds is 2)"),
+    ({"params": {"train.lr": [0.1, 0.2]}}, "params.train.lr: expected {low: .., high: ..} or {choices: [..]}"),
+    ({"params": LR, "epochs": 3}, "unknown key(s) epochs; known: name, trials, time"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), SPEC_MISTAKES)
 def test_sweep_file_mistakes_are_one_error_line(
     sweep_project: Path, capsys: pytest.CaptureFixture, spec: dict, message: str
 ) -> None:
     path = sweep_project / "configs/toy/sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump({"trials": 2, **spec}))
     result = run_main(capsys, "sweep", "--config", str(sweep_project / "configs/toy/tiny.yaml"), "--sweep", str(path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

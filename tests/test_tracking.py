@@ -57,8 +57,9 @@ def test_mlflow_run_per_experiment_child_per_fold(project: Path, capsys: pytest.
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         log = pd.read_csv(run_dir / f"fold{fold}/log.csv")
         history = client.get_metric_history(child.info.run_id, "valid_accuracy")
-        assert [(m.step, m.value) for m in history] == [(int(e), pytest.approx(v)) for e, v in
-                                                        zip(log["epoch"], log["valid_accuracy"], strict=True)]
+        assert [(m.step, m.value) for m in history] == [
+            (int(e), pytest.approx(v)) for e, v in zip(log["epoch"], log["valid_accuracy"], strict=True)
+        ]
         assert {"train_loss", "lr", "train_images_per_s", "data_wait_share"} <= set(child.data.metrics)
 
     # Syncing again (a re-run, or `make report` again) adds no duplicate epochs and no second run.
@@ -84,8 +85,9 @@ def test_tensorboard_event_files_hold_epoch_scalars(project: Path, capsys: pytes
         events.Reload()
         log = pd.read_csv(project / f"data/runs/toy/tiny/fold{fold}/log.csv")
         scalars = events.Scalars("valid_accuracy")
-        assert [(s.step, s.value) for s in scalars] == [(int(e), pytest.approx(v, abs=1e-6)) for e, v in
-                                                        zip(log["epoch"], log["valid_accuracy"], strict=True)]
+        assert [(s.step, s.value) for s in scalars] == [
+            (int(e), pytest.approx(v, abs=1e-6)) for e, v in zip(log["epoch"], log["valid_accuracy"], strict=True)
+        ]
         assert "train_loss" in events.Tags()["scalars"]
     events = EventAccumulator(str(tb / "experiment"))
     events.Reload()
