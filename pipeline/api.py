@@ -103,7 +103,7 @@ class Experiment:
     def __repr__(self) -> str:
         return f"Experiment({str(self.config)!r}, overrides={self.overrides}) -> {self.paths.run}"
 
-    def _args(self, folds: Iterable[int] | None = None) -> list[str]:
+    def _args(self) -> list[str]:
         return ["--config", str(self.config), *(["--set", " ".join(self.overrides)] if self.overrides else [])]
 
     def _per_fold(self, command: str, folds: Iterable[int] | None) -> None:

@@ -163,6 +163,9 @@ def run_trial(trial: Any, cfg: Config, spec: SweepSpec, args: argparse.Namespace
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         try:
             watch(trial, process, out.train_log(spec.fold), trial_cfg.metric)
+        except _optuna().TrialPruned:
+            shutil.rmtree(out.checkpoint(spec.fold).parent, ignore_errors=True)  # never resumed: free the disk
+            raise
         except BaseException:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)  # stops at the next step with a checkpoint: a retry resumes

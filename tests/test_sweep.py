@@ -107,6 +107,28 @@ def test_a_killed_sweep_resumes_its_study(sweep_project: Path, capsys: pytest.Ca
     assert list(pd.read_csv(second_log)["epoch"]) == [1, 2, 3]
 
 
+@pytest.mark.slow
+def test_median_pruner_stops_a_trial_below_earlier_trials(sweep_project: Path, capsys: pytest.CaptureFixture) -> None:
+    """An earlier trial scored 1.0 at every epoch; a trial with a near-zero LR scores less after epoch 1: pruned."""
+    project = sweep_project
+    params = {"train.lr": {"low": 1.0e-7, "high": 2.0e-7}}
+    sweep = write_sweep(project, trials=2, params=params, prune={"startup_trials": 1, "warmup_epochs": 0})
+    storage = f"sqlite:///{project / 'data/runs/toy/sweeps/tiny-sweep/study.db'}"
+    (project / "data/runs/toy/sweeps/tiny-sweep").mkdir(parents=True)
+    study = optuna.create_study(storage=storage, study_name="tiny-sweep", direction="maximize")
+    distribution = optuna.distributions.FloatDistribution(1.0e-7, 2.0e-7)
+    study.add_trial(optuna.trial.create_trial(params={"train.lr": 1.5e-7}, distributions={"train.lr": distribution},
+                                              value=1.0, intermediate_values={k: 1.0 for k in range(1, 7)}))  # fmt: skip
+    config = project / "configs/toy/tiny.yaml"
+    result = run_main(capsys, "sweep", "--config", str(config), "--sweep", str(sweep), "--set", "train.epochs=6")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(project / "data/runs/toy/sweeps/tiny-sweep/trials.csv")
+    assert list(table["state"]) == ["complete", "pruned"] and table.loc[1, "last_epoch"] == 1
+    fold = project / "data/runs/toy/tiny-sweep-t001/fold0"
+    assert len(pd.read_csv(fold / "log.csv")) < 6  # SIGTERM stopped it (polled every 0.5 s) before the end
+    assert not (fold / "model.safetensors").exists() and not (fold / "work").exists()
+
+
 LR = {"train.lr": {"low": 0.1, "high": 0.2}}
 SPEC_MISTAKES = [
     ({"trials": None, "params": LR}, "set a budget: trials: N and/or time: 2h"),

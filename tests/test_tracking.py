@@ -7,6 +7,7 @@ per-fold scores, the report's files. A tracker that is missing or broken costs o
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -70,6 +71,14 @@ def test_mlflow_run_per_experiment_child_per_fold(project: Path, capsys: pytest.
     tracking.sync_fold(load_config(config), 0)
     assert len(client.search_runs([experiment.experiment_id])) == 3
     assert len(client.get_metric_history(children["fold0"].info.run_id, "valid_accuracy")) == 2
+
+    # `make scores` wrote leaderboard.csv (newest submission first): its hook adds the leaderboard scores.
+    pd.DataFrame({"experiment": ["tiny", "tiny"], "public_score": [0.91, 0.5], "private_score": [0.89, 0.4]}).to_csv(
+        project / "data/runs/toy/leaderboard.csv", index=False
+    )
+    tracking.after_stage(argparse.Namespace(command="scores", comp="toy", config=None, overrides=[]))
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert metrics["public_score"] == pytest.approx(0.91) and metrics["private_score"] == pytest.approx(0.89)
 
 
 def test_tensorboard_event_files_hold_epoch_scalars(project: Path, capsys: pytest.CaptureFixture) -> None:
