@@ -140,9 +140,13 @@ class MlflowSink:
     a child run per fold. Epoch rows already logged (tag pipeline.epochs) are not logged twice."""
 
     def __init__(self, cfg: Config) -> None:
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # the store's schema set-up is not news
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
         from mlflow import MlflowClient
+
+        for name in (
+            "mlflow",
+            "alembic",
+        ):  # after mlflow's import, which sets its own levels: schema set-up is not news
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         from pipeline import paths
         from pipeline.config import TRAINING_SECTIONS, fingerprint
