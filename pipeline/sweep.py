@@ -75,16 +75,19 @@ def trial_values(base_config: Path, overrides: list[str], spec: SweepSpec, param
     return values
 
 
-def write_trial_config(cfg: Config, spec: SweepSpec, run_name: str, values: dict[str, Any]) -> Path:
+def write_trial_config(
+    cfg: Config, spec: SweepSpec, base_config: Path, run_name: str, values: dict[str, Any]
+) -> Path:  # fmt: skip
     out = paths.for_config(cfg)
     path = out.sweep_trial_config(spec.name, run_name)
-    link = path.parent / "competition.yaml"
+    link, competition = path.parent / "competition.yaml", config_paths(base_config)[0].resolve()
     if not link.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)  # a dangling link (the competition's folder moved)
         try:  # one truth: the trial reads the competition's own file
-            link.symlink_to(config_paths(Path(spec.path))[0].resolve())
+            link.symlink_to(competition)
         except OSError:
-            shutil.copyfile(paths.configs_dir(cfg.comp) / "competition.yaml", link)
+            shutil.copyfile(competition, link)
     return artifacts.write_text(path, dump_yaml(values))
 
 
@@ -152,7 +155,8 @@ def run_trial(trial: Any, cfg: Config, spec: SweepSpec, args: argparse.Namespace
     params = {p.key: suggest(trial, p) for p in spec.params}
     run_name = trial.user_attrs.get("run") or f"{spec.name}-t{trial.number:03d}"
     trial.set_user_attr("run", run_name)
-    trial_yaml = write_trial_config(cfg, spec, run_name, trial_values(Path(args.config), args.overrides, spec, params))
+    values = trial_values(Path(args.config), args.overrides, spec, params)
+    trial_yaml = write_trial_config(cfg, spec, Path(args.config), run_name, values)
     trial_cfg = load_config(trial_yaml)
     out = paths.for_config(trial_cfg)
     log_file = out.sweep_dir(spec.name) / "logs" / f"{run_name}.log"

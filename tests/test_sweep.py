@@ -24,11 +24,12 @@ from conftest import REPO, run_main, tiny_experiment, write_competition_config
 optuna = pytest.importorskip("optuna")
 
 
-def write_sweep(project: Path, **values: object) -> Path:
+def write_sweep(project: Path, folder: str = "configs/toy", **values: object) -> Path:
     spec = {"trials": 4, "params": {"train.lr": {"low": 1.0e-3, "high": 1.0e-1, "log": True},
                                     "train.epochs": {"low": 1, "high": 2}}}  # fmt: skip
     spec.update(values)
-    path = project / "configs" / "toy" / "sweep.yaml"
+    path = project / folder / "sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -44,7 +45,7 @@ def sweep_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.slow
 def test_four_trials_write_table_plot_and_best_config(sweep_project: Path, capsys: pytest.CaptureFixture) -> None:
     project = sweep_project
-    sweep = write_sweep(project)
+    sweep = write_sweep(project, folder="elsewhere")  # a sweep file outside configs/<comp>/ works too
     config = project / "configs/toy/tiny.yaml"
     result = run_main(capsys, "sweep", "--config", str(config), "--sweep", str(sweep), "--set", "train.batch_size=4")
     assert result.returncode == 0, result.stderr
@@ -117,8 +118,9 @@ def test_median_pruner_stops_a_trial_below_earlier_trials(sweep_project: Path, c
     (project / "data/runs/toy/sweeps/tiny-sweep").mkdir(parents=True)
     study = optuna.create_study(storage=storage, study_name="tiny-sweep", direction="maximize")
     distribution = optuna.distributions.FloatDistribution(1.0e-7, 2.0e-7)
+    perfect = {k: 1.0 for k in range(1, 7)}
     study.add_trial(optuna.trial.create_trial(params={"train.lr": 1.5e-7}, distributions={"train.lr": distribution},
-                                              value=1.0, intermediate_values={k: 1.0 for k in range(1, 7)}))  # fmt: skip
+                                              value=1.0, intermediate_values=perfect))  # fmt: skip
     config = project / "configs/toy/tiny.yaml"
     result = run_main(capsys, "sweep", "--config", str(config), "--sweep", str(sweep), "--set", "train.epochs=6")
     assert result.returncode == 0, result.stderr
