@@ -18,13 +18,15 @@ def trials_table(study: Any) -> Any:
     rows = []
     for t in study.get_trials(deepcopy=False):
         steps = sorted(t.intermediate_values)
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
+        value = t.value if t.state.name == "COMPLETE" else None  # Optuna gives pruned trials their last score
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": value,
                      "last_epoch": steps[-1] if steps else None,
                      "last_epoch_score": t.intermediate_values[steps[-1]] if steps else None,
                      **{k: v for k, v in t.params.items()},
                      "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
                      "run": t.user_attrs.get("run", "")})  # fmt: skip
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.astype({"last_epoch": "Int64"}) if "last_epoch" in table else table
 
 
 def plot_trials(table: Any, metric: str, higher: bool) -> Any:

@@ -85,6 +85,7 @@ def test_a_missing_config_is_one_error(project: Path) -> None:
         Experiment("configs/toy/nope.yaml")
 
 
+@pytest.mark.slow  # 23-35 s: a Jupyter kernel start plus the tiny demo
 def test_quickstart_notebook_runs(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
