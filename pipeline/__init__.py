@@ -12,12 +12,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 
+# download() and init() stay in pipeline.api: here they would shadow the pipeline.download/init modules.
 # The notebook API (pipeline.api), imported on first use so `import pipeline` stays light (no torch).
 _LAZY = {
     "Experiment": "pipeline.api",
     "PipelineError": "pipeline.api",
-    "download": "pipeline.api",
-    "init": "pipeline.api",
 }
 
 
