@@ -27,7 +27,8 @@ endif
 EXP := $(basename $(notdir $(CONFIG)))
 SET ?=
 SAMPLE ?=
-SETS := $(strip $(SET) $(if $(SAMPLE),sample=$(SAMPLE)))
+TRACK ?=
+SETS := $(strip $(SET) $(if $(SAMPLE),sample=$(SAMPLE)) $(if $(TRACK),tracking=$(TRACK)))
 ARGS := --config $(CONFIG)$(if $(SETS), --set "$(SETS)")
 # Overrides are not files, so Make can't see them: with SET, let Python decide what is up to date.
 FORCE_IF_SET := $(if $(strip $(SET)),FORCE)
@@ -178,6 +179,19 @@ kaggle-submit: ## code competitions, after kaggle-push: wait for the kernel's ru
 
 bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
 	$(PY) -m pipeline.benchmarks.recipe_bench
+
+# Sweeps and tracking. SWEEP=configs/<comp>/sweep.yaml (the default); TRACK=mlflow|tensorboard|wandb on any target.
+SWEEP ?= configs/$(COMP)/sweep.yaml
+.PHONY: sweep sweep-best mlflow-ui
+
+sweep: $(COMP_YAML) $(DEMO_DEPS) | $(RAW_STAMP) ## Optuna sweep per SWEEP=configs/<comp>/sweep.yaml: one fold (or SAMPLE) per trial, resumable
+	$(PY) -m pipeline sweep $(ARGS) --sweep $(SWEEP)
+
+sweep-best: ## write the sweep's best trial as configs/<comp>/<name>-best.yaml (then make all CONFIG=...)
+	$(PY) -m pipeline sweep-best $(ARGS) --sweep $(SWEEP)
+
+mlflow-ui: ## MLflow's UI on 127.0.0.1 over data/mlruns (TRACK=mlflow runs; needs the full mlflow package)
+	$(PY) -m pipeline mlflow-ui$(if $(PORT), --port $(PORT))
 
 test: ## run the test suite (CI calls this)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -16,3 +16,18 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
+
+# download() and init() stay in pipeline.api: here they would shadow the pipeline.download/init modules.
+# The notebook API (pipeline.api), imported on first use so `import pipeline` stays light (no torch).
+_LAZY = {
+    "Experiment": "pipeline.api",
+    "PipelineError": "pipeline.api",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

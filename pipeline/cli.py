@@ -102,6 +102,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kaggle-bundle": ("pipeline.bundle", "data/runs/<comp>/<exp>/kaggle-bundle/: weights, config, wheels, kernel"),
     "kaggle-push": ("pipeline.kaggle_push", "upload the bundle as a private Kaggle dataset, then push its kernel"),
     "kaggle-submit": ("pipeline.kaggle_submit", "wait for the pushed kernel's run, submit its output, get the score"),
+    "sweep": ("pipeline.sweep", "Optuna sweep over config keys (--sweep configs/<comp>/sweep.yaml), one fold a trial"),
+    "sweep-best": ("pipeline.sweep", "write the sweep's best trial as configs/<comp>/<name>-best.yaml"),
+    "mlflow-ui": ("pipeline.tracking", "MLflow's UI on 127.0.0.1 over data/mlruns (needs the full mlflow package)"),
 }
 
 # Flags only some commands take: command -> [(flag, argparse keyword arguments)].
@@ -110,6 +113,7 @@ _PLAN_FLAGS: list[tuple[str, dict]] = [
     ("--test-images", {"type": int, "default": None, "help": "test images the kernel predicts (default: test.csv's)"}),
     ("--slowdown", {"type": float, "default": None, "help": "kernel GPU X times slower than the logs' (default 1)"}),
 ]
+_SWEEP_FLAG = ("--sweep", {"default": None, "help": "the sweep file (default: configs/<comp>/sweep.yaml)"})
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
     "kaggle-bundle": [
         ("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"}),
@@ -134,6 +138,9 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
         ("--message", {"default": None, "help": "the submission's description (default: experiment, CV, commit)"}),
     ],
     "plan": _PLAN_FLAGS,
+    "sweep": [_SWEEP_FLAG],
+    "sweep-best": [_SWEEP_FLAG],
+    "mlflow-ui": [("--port", {"type": int, "default": 5000, "help": "port on 127.0.0.1 (default 5000)"})],
     "report": [
         *_PLAN_FLAGS,
         (
@@ -237,5 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.overrides = split_overrides(args.overrides)
         importlib.import_module(COMMANDS[args.command][0]).run(args)
+        from pipeline.tracking import after_stage
+
+        after_stage(args)  # ensemble/report/scores -> the experiment's tracker run (tracking: none does nothing)
 
     return run_task(task, debug)

@@ -195,14 +195,16 @@ class Config:
     tta: TTAConfig = field(default_factory=TTAConfig)
     device: str = "auto"  # auto | cpu | cuda | mps
     sample: int = ranged(0, 0)  # >0: a stratified N-image subset with its own output paths
+    tracking: str = "none"  # none | mlflow | tensorboard | wandb: sync the run's files to a tracker (pipeline.tracking)
 
     @property
     def num_classes(self) -> int:
         return len(self.data.classes)
 
 
+TRACKERS = ("none", "mlflow", "tensorboard", "wandb")  # tracking: where pipeline.tracking syncs a run's files
 COMPETITION_KEYS = ("data", "metric", "folds")
-EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "device", "sample")
+EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "device", "sample", "tracking")
 
 
 class _NotFinite(ConfigError):
@@ -416,6 +418,8 @@ def validate(cfg: Config) -> None:
         from pipeline.augment_policies import validate_augment
 
         validate_augment(cfg.augment)
+    if cfg.tracking not in TRACKERS:
+        raise ConfigError(f"tracking: {cfg.tracking!r} is not one of {', '.join(TRACKERS)}")
     from pipeline.metrics import check_task
     from pipeline.tta import VIEWS
 

@@ -221,6 +221,11 @@ class Paths:
         """The report's plots sit next to report.html, so the folder can be opened or copied as is."""
         return self.run / f"report_{name}.png"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files synced from this run's files (tracking: tensorboard): fold<k>/, experiment/."""
+        return self.run / "tb"
+
     # competition level, across experiments
     @property
     def runs(self) -> Path:
@@ -243,6 +248,25 @@ class Paths:
     def blend_dir(self, name: str) -> Path:
         """A blend of several experiments: data/runs/<comp>/blend/<name>/."""
         return project_root() / "data" / "runs" / self.comp / "blend" / name
+
+    # sweeps (pipeline.sweep): data/runs/<comp>/sweeps/<name>/
+    def sweep_dir(self, name: str) -> Path:
+        return self.runs / "sweeps" / name
+
+    def sweep_study(self, name: str) -> Path:
+        """The Optuna study (SQLite): every trial's parameters, per-epoch scores and state; a re-run resumes it."""
+        return self.sweep_dir(name) / "study.db"
+
+    def sweep_table(self, name: str) -> Path:
+        return self.sweep_dir(name) / "trials.csv"
+
+    def sweep_plot(self, name: str) -> Path:
+        return self.sweep_dir(name) / "trials.png"
+
+    def sweep_trial_config(self, name: str, run_name: str) -> Path:
+        """A trial's experiment yaml. It sits in a folder named after the competition, beside a link to
+        competition.yaml, so the trial loads like any experiment and gets its own run folder (runs/<comp>/<run>)."""
+        return self.sweep_dir(name) / "configs" / self.comp / f"{run_name}.yaml"
 
     @property
     def submission(self) -> Path:
@@ -272,6 +296,11 @@ class Paths:
     def kaggle_pushed(self) -> Path:
         """What kaggle-push last uploaded (dataset ref, file digests): outside the bundle, so a rebuild keeps it."""
         return self.run / "kaggle-push.json"
+
+
+def mlflow_dir() -> Path:
+    """MLflow's local store (tracking: mlflow): data/mlruns/mlflow.db (SQLite) and data/mlruns/artifacts/."""
+    return project_root() / "data" / "mlruns"
 
 
 def for_config(cfg) -> Paths:  # noqa: ANN001 - Config, imported lazily to keep this module light

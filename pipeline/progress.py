@@ -31,10 +31,19 @@ def len_of_batch(batch: object) -> int:
     return len(first)  # type: ignore[arg-type]
 
 
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (its shell is ZMQInteractiveShell), not merely when IPython is importable."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def choose_mode(stream: IO[str]) -> str:
     forced = os.environ.get("PIPELINE_PROGRESS", "").strip().lower()
     if forced in MODES:
         return forced
+    if _in_notebook():  # Jupyter / Kaggle notebooks render tqdm's bars (tqdm.auto: a widget if it can)
+        return "bar"
     isatty = getattr(stream, "isatty", None)
     return "bar" if callable(isatty) and isatty() else "plain"
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import artifacts, budget, checkpoint, distributed, lr_range, paths, recipe
+from pipeline import artifacts, budget, checkpoint, distributed, lr_range, paths, recipe, tracking
 from pipeline.checkpoint import trained_fingerprint
 from pipeline.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 from pipeline.distributed import World
@@ -193,6 +193,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
                  **budget.budget_facts(cfg, run.updates_per_epoch * t.epochs)}  # fmt: skip
         finish_fold(run.f, state.keeper.probs, state.keeper.weights, facts)
         shutil.rmtree(run.checkpoint.parent, ignore_errors=True)
+        tracking.sync_fold(cfg, fold)  # log.csv + config -> the tracker (tracking: none does nothing)
     distributed.barrier(world)
     return weights
 

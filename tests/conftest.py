@@ -176,3 +176,19 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
+
+
+def write_competition_config(project: Path, layout: str = "csv", comp: str = "toy", n_train: int = 30,
+                             n_test: int = 6, n_folds: int = 2) -> Path:  # fmt: skip
+    """data/raw/<comp>/ with a tiny competition and configs/<comp>/competition.yaml as init infers it."""
+    import yaml
+
+    from pipeline.init import infer_data
+
+    raw = write_competition(project / "data" / "raw" / comp, layout, n_train=n_train, n_test=n_test)
+    data, metric, _ = infer_data(raw)
+    folder = project / "configs" / comp
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {"data": vars(data), "metric": metric, "folds": {"n_folds": n_folds, "seed": 0}}
+    (folder / "competition.yaml").write_text(yaml.safe_dump(values))
+    return folder / "competition.yaml"
