@@ -22,7 +22,7 @@ import yaml
 
 from pipeline import artifacts
 from pipeline.cli import comp_from_args
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, flatten, to_dict
 from pipeline.data import read_csv
 from pipeline.errors import UserError
 from pipeline.metrics import goodness
@@ -34,20 +34,6 @@ SCORE_COLUMNS = ["experiment", "status", "metric", "cv", "fold_mean", "fold_std"
                  "holdout"]  # fmt: skip
 LEADERBOARD_COLUMNS = ["public_score", "private_score"]
 IGNORED_KEYS = ("comp", "exp")  # the run's own location, different by definition
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}; lists become compact JSON so they compare and print."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, list):
-            flat[name] = json.dumps(value)
-        else:
-            flat[name] = value
-    return flat
 
 
 def read_config(path: Path) -> dict[str, Any]:

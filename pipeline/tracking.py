@@ -113,8 +113,7 @@ def leaderboard_metrics(runs: Path, experiment: str) -> dict[str, float]:
 
 
 def config_params(cfg: Config) -> dict[str, str]:
-    from pipeline.config import to_dict
-    from pipeline.experiments import flatten
+    from pipeline.config import flatten, to_dict
 
     return {k: str(v) for k, v in flatten(to_dict(cfg)).items()}
 
