@@ -301,6 +301,18 @@ def _check_range(value: Any, allowed: Range, key: str) -> None:
             raise ConfigError(f"{where}: must be {allowed}, got {item!r}")
 
 
+def check_ranges(obj: Any, section: str = "") -> None:
+    """Every ranged field of a built config (and its sections) within its range: configs made in code, not read
+    from YAML (the notebook API, sweeps), get the same one-line errors as `_build` gives a file."""
+    for f in dataclasses.fields(obj):
+        key = f"{section}.{f.name}" if section else f.name
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key)
+        elif "range" in f.metadata:
+            _check_range(value, f.metadata["range"], key)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
@@ -397,7 +409,8 @@ def _custom_metric_folders(path: Path) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Cross-field checks that types alone cannot express (and the declared ranges, for configs built in code)."""
+    check_ranges(cfg)
     if cfg.data.task not in TASKS:
         raise ConfigError(f"data.task: {cfg.data.task!r} is not one of {', '.join(TASKS)}")
     if cfg.data.submission_format not in SUBMISSION_FORMATS:
