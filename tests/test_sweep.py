@@ -118,16 +118,17 @@ def test_median_pruner_stops_a_trial_below_earlier_trials(sweep_project: Path, c
     (project / "data/runs/toy/sweeps/tiny-sweep").mkdir(parents=True)
     study = optuna.create_study(storage=storage, study_name="tiny-sweep", direction="maximize")
     distribution = optuna.distributions.FloatDistribution(1.0e-7, 2.0e-7)
-    perfect = {k: 1.0 for k in range(1, 7)}
+    perfect = {k: 1.0 for k in range(1, 41)}
     study.add_trial(optuna.trial.create_trial(params={"train.lr": 1.5e-7}, distributions={"train.lr": distribution},
                                               value=1.0, intermediate_values=perfect))  # fmt: skip
     config = project / "configs/toy/tiny.yaml"
-    result = run_main(capsys, "sweep", "--config", str(config), "--sweep", str(sweep), "--set", "train.epochs=6")
+    result = run_main(capsys, "sweep", "--config", str(config), "--sweep", str(sweep), "--set", "train.epochs=40")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(project / "data/runs/toy/sweeps/tiny-sweep/trials.csv")
     assert list(table["state"]) == ["complete", "pruned"] and table.loc[1, "last_epoch"] == 1
     fold = project / "data/runs/toy/tiny-sweep-t001/fold0"
-    assert len(pd.read_csv(fold / "log.csv")) < 6  # SIGTERM stopped it (polled every 0.5 s) before the end
+    # SIGTERM stopped it (polled every 0.5 s) long before the end, even on a loaded machine
+    assert len(pd.read_csv(fold / "log.csv")) < 40
     assert not (fold / "model.safetensors").exists() and not (fold / "work").exists()
 
 
