@@ -33,7 +33,7 @@ ARGS := --config $(CONFIG)$(if $(SETS), --set "$(SETS)")
 # Overrides are not files, so Make can't see them: with SET, let Python decide what is up to date.
 FORCE_IF_SET := $(if $(strip $(SET)),FORCE)
 
-# Paths mirror pipeline/paths.py (tests/test_make.py checks they agree).
+# Paths mirror pipeline/core/paths.py (tests/test_make.py checks they agree).
 SUFFIX := $(if $(SAMPLE),-sample$(SAMPLE))
 RAW_STAMP := data/raw/$(COMP)/.complete
 COMP_YAML := configs/$(COMP)/competition.yaml

@@ -1,12 +1,24 @@
 """A Kaggle image-classification pipeline: each stage reads and writes files at fixed paths.
 
-Stages (one module each, `python -m pipeline <stage>`): download, init, folds, train, predict, ensemble,
-submission, submit, and around them lr_find, report, blend, scores, experiments, bundle, kaggle_push, kernel...
-A stage imports building blocks, never another stage (tests/test_architecture.py checks it):
-config, paths, artifacts, errors, metrics, cli (commands and the one error contract), data, folds table and
-fold data (fold), cache, loader, augment, model, weights, recipe, runtime (AMP, activation, seeding),
-checkpoint, lr_range, inference (fold models, TTA prediction), tta, tta_auto (effective_views), predictions,
-view_scores, planner, provenance.
+`python -m pipeline <command>` (pipeline.core.cli holds the command table and the one error contract; every make
+target calls it). Packages by concern; a stage imports building blocks, never another stage, and nothing imports in
+a cycle (tests/test_architecture.py checks both):
+
+    core/       config, paths (the only place artifact paths are built), artifacts (the only writer, atomic),
+                errors, metrics (and "is higher better"), progress, provenance, cli, locks, run_config; no torch
+    data/       tables (CSV readers, image decoding), init (layout inference), folds, folds_record, cache, loader,
+                augment, augment_policies, demo, raw_data (hand-placed competition files)
+    training/   model, recipe, budget (budget-aware defaults), losses, train, lr_find, lr_range, checkpoint,
+                distributed, weights, fold (one fold's data and model), runtime (AMP, seeding, activation)
+    inference/  tta, tta_auto (effective_views: the TTA views actually used), predict, fold_model, predictions,
+                ensemble, blend, submission, validate, view_scores
+    kaggle/     client, auth, retry, wait, download, submit, submit_kernel (kaggle-submit), leaderboard (scores),
+                bundle, bundle_format, push (kaggle-push), wheels, kernel_predict (runs inside the Kernel), kernel
+                (the script shipped as kernel.py)
+    reporting/  report, plots, interpret, gradcam, experiments, planner, doctor, summary, tracking
+    tuning/     sweep, sweep_spec, sweep_results (Optuna sweeps)
+    benchmarks/ data_path (make bench), recipe_bench and starter (make bench-recipe), fashion, coverage_variants
+    api.py      Experiment: the same stages from a notebook
 """
 
 import os
@@ -17,7 +29,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 
-# download() and init() stay in pipeline.api: here they would shadow the pipeline.download/init modules.
+# download() and init() stay in pipeline.api: here they would shadow the pipeline.kaggle.download/init modules.
 # The notebook API (pipeline.api), imported on first use so `import pipeline` stays light (no torch).
 _LAZY = {
     "Experiment": "pipeline.api",

@@ -8,7 +8,7 @@
 Every method runs the same stage function as `python -m pipeline <stage>` with the same arguments, so it
 reads and writes the same files at the same paths. A user mistake raises `PipelineError`, whose message is
 exactly the CLI's `error:` line; a stopped training (time budget, Ctrl-C, the notebook's stop button)
-raises `pipeline.checkpoint.Stopped`: run the same cell again to resume.
+raises `pipeline.training.checkpoint.Stopped`: run the same cell again to resume.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,14 @@ def run_stage(command: str, argv: list[str]) -> None:
     """Run one stage as `python -m pipeline <command> <argv>` would, in this process; errors as PipelineError."""
     import importlib
 
-    from pipeline.cli import COMMANDS, build_parser, one_line, split_overrides
+    from pipeline.core.cli import COMMANDS, build_parser, one_line, split_overrides
 
     _ensure_logging()
     try:
         args = build_parser().parse_args([command, *argv])
         args.overrides = split_overrides(args.overrides)
         importlib.import_module(COMMANDS[command][0]).run(args)
-        from pipeline.tracking import after_stage
+        from pipeline.reporting.tracking import after_stage
 
         after_stage(args)
     except PipelineError:
@@ -70,7 +70,7 @@ def run_stage(command: str, argv: list[str]) -> None:
 
 def download(comp: str) -> Path:
     """`make download COMP=<comp>` (`demo`: the embedded offline demo); returns data/raw/<comp>/."""
-    from pipeline import paths
+    from pipeline.core import paths
 
     run_stage("download", ["--comp", comp])
     return paths.raw_dir(comp)
@@ -78,7 +78,7 @@ def download(comp: str) -> Path:
 
 def init(comp: str, force: bool = False) -> Path:
     """`make init COMP=<comp>`: infer configs/<comp>/competition.yaml and baseline.yaml; returns baseline.yaml."""
-    from pipeline import paths
+    from pipeline.core import paths
 
     run_stage("init", ["--comp", comp, *(["--force"] if force else [])])
     return paths.configs_dir(comp) / "baseline.yaml"
@@ -90,13 +90,13 @@ class Experiment:
     def __init__(self, config: str | Path, set: Mapping[str, Any] | Iterable[str] | None = None, sample: int = 0):  # noqa: A002
         self.config = Path(config)
         self.overrides = _overrides(set) + ([f"sample={sample}"] if sample else [])
-        from pipeline.config import load_config
+        from pipeline.core.config import load_config
 
         try:
             self.cfg = load_config(self.config, self.overrides)
         except UserError as exc:
             raise PipelineError(f"error: {exc}") from None
-        from pipeline import paths
+        from pipeline.core import paths
 
         self.paths = paths.for_config(self.cfg)
 
@@ -181,7 +181,7 @@ class Experiment:
 
     def track(self) -> None:
         """Sync this experiment's files to the tracker its config names (`tracking:`), as the stages do."""
-        from pipeline import tracking
+        from pipeline.reporting import tracking
 
         tracking.sync_experiment(self.cfg)
 

@@ -14,12 +14,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 # The modules behind `python -m pipeline <command>` (and the Kernel's entry point): each may import building
 # blocks, never another stage. __main__ and kernel_script only dispatch to stages.
 STAGES = {
-    "download", "init", "folds", "train", "predict", "ensemble", "submission", "submit", "scores", "bench", "blend",
-    "summary", "lr_find", "report", "experiments", "doctor", "bundle", "kaggle_push", "kaggle_submit", "kernel",
+    "kaggle.download", "data.init", "data.folds", "training.train", "inference.predict", "inference.ensemble",
+    "inference.submission", "kaggle.submit", "kaggle.leaderboard", "benchmarks.data_path", "inference.blend",
+    "reporting.summary", "training.lr_find", "reporting.report", "reporting.experiments", "reporting.doctor",
+    "kaggle.bundle", "kaggle.push", "kaggle.submit_kernel", "kaggle.kernel_predict", "tuning.sweep",
 }  # fmt: skip
 # Building blocks that also answer a command whose run() only calls the block's own functions and prints: stages
 # may use them like any block (train/predict read the cache, init prepares weights, report draws the plan).
-BLOCKS_WITH_A_COMMAND = {"cache", "weights", "planner"}
+BLOCKS_WITH_A_COMMAND = {"data.cache", "training.weights", "reporting.planner", "reporting.tracking"}
+# pipeline/ itself holds only entry modules; everything else lives in a sub-package by concern.
+ENTRY_MODULES = {"__init__", "__main__", "api"}
 MAX_LINES = 80
 
 
@@ -96,3 +100,19 @@ def test_functions_fit_in_a_head(name: str) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_LINES
     ]
     assert not long, f"pipeline/{name}.py: {long}"
+
+
+def test_pipeline_holds_only_entry_modules_beside_its_packages() -> None:
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    assert top == ENTRY_MODULES, sorted(top - ENTRY_MODULES)
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert packages == {"core", "data", "training", "inference", "kaggle", "reporting", "tuning", "benchmarks"}
+
+
+def test_every_command_is_a_known_stage_or_block() -> None:
+    from pipeline.core.cli import COMMANDS
+
+    modules_of_commands = {module.removeprefix("pipeline.") for module, _ in COMMANDS.values()}
+    assert modules_of_commands <= STAGES | BLOCKS_WITH_A_COMMAND, sorted(
+        modules_of_commands - STAGES - BLOCKS_WITH_A_COMMAND
+    )

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_cli, run_main, tiny_experiment, write_competition
-from pipeline.config import DataConfig
-from pipeline.submission import format_submission
+from helpers.builders import run_cli, run_main, tiny_experiment, write_competition
+from pipeline.core.config import DataConfig
+from pipeline.inference.submission import format_submission
 
 STAGES = ("folds", "train", "predict", "ensemble", "submission")
 
@@ -20,7 +20,7 @@ def write_competition_yaml(project: Path, layout: str, comp: str = "toy") -> Non
     """competition.yaml as init infers it (without baseline.yaml, which needs weights)."""
     import yaml
 
-    from pipeline.init import infer_data
+    from pipeline.data.init import infer_data
 
     raw = write_competition(project / "data" / "raw" / comp, layout, n_train=30, n_test=6)
     data, metric, _ = infer_data(raw)

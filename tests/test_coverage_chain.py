@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import tiny_experiment
+from helpers.builders import tiny_experiment
 from test_chain import run_chain, write_competition_yaml
 
 CASES = [  # layout, metric, train, augment, model

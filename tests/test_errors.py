@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import TINY_MODEL, run_cli, run_main, tiny_experiment
+from helpers.builders import TINY_MODEL, run_cli, run_main, tiny_experiment
 from test_chain import write_competition_yaml
 
 COMP = "toy"
@@ -367,11 +367,11 @@ def hub_unreachable(c: Ctx) -> None:
     """pretrained=true, no network, nothing cached: fail at once (no minute of retries), without HF_HUB_OFFLINE."""
     from huggingface_hub import constants
 
-    import pipeline.init
+    import pipeline.data.init
 
     c.ok("folds")
     c.edit_experiment("model", pretrained=True)
-    c.monkeypatch.setattr(pipeline.init, "hub_reachable", lambda timeout=3.0: False)
+    c.monkeypatch.setattr(pipeline.data.init, "hub_reachable", lambda timeout=3.0: False)
     c.monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     c.monkeypatch.setattr(constants, "HF_HUB_CACHE", str(c.project / "empty-hf-cache"))
 
@@ -720,8 +720,8 @@ def test_pretrained_file_with_another_head_just_works(tmp_path: Path, head: int,
     """Fine-tuning: a backbone's weights with any class count load, and only the classifier starts fresh."""
     import timm
 
-    from pipeline.config import ModelConfig
-    from pipeline.model import build_model
+    from pipeline.core.config import ModelConfig
+    from pipeline.training.model import build_model
 
     source = timm.create_model(TINY_MODEL, pretrained=False, num_classes=head)
     path = tmp_path / f"weights{suffix}"
@@ -742,7 +742,7 @@ def test_one_line_unwraps_a_dataloader_worker_error_and_joins_others() -> None:
     wrapped = (
         "Caught UserError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 3, in load\n    raise UserError(...)\n'
-        "pipeline.errors.UserError: image a.png is truncated; replace the file\n"
+        "pipeline.core.errors.UserError: image a.png is truncated; replace the file\n"
     )
     assert one_line(wrapped) == "image a.png is truncated; replace the file"
     assert one_line("first part\n  second part\n") == "first part second part"

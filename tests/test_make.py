@@ -1,4 +1,4 @@
-"""Make owns the graph: its paths agree with pipeline/paths.py, and a second `make all` does no work."""
+"""Make owns the graph: its paths agree with pipeline/core/paths.py, and a second `make all` does no work."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_experiment
-from pipeline.paths import Paths
+from helpers.builders import REPO, tiny_experiment
+from pipeline.core.paths import Paths
 from test_chain import write_competition_yaml
 
 

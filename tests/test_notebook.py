@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_MODEL, run_main, tiny_experiment, write_competition_config
+from helpers.builders import REPO, TINY_MODEL, run_main, tiny_experiment, write_competition_config
 
 TINY = {"model.name": TINY_MODEL, "model.pretrained": False, "train.epochs": 1, "train.image_size": 32,
         "train.batch_size": 8, "train.warmup_epochs": 0, "folds.n_folds": 2, "tta.views": ["identity"],

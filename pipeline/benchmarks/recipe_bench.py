@@ -35,12 +35,12 @@ import yaml
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from pipeline import artifacts, paths
 from pipeline.benchmarks.coverage_variants import COVERAGE_VARIANTS
 from pipeline.benchmarks.fashion import CLASSES as FASHION_CLASSES
 from pipeline.benchmarks.fashion import read_idx
-from pipeline.data import read_csv
-from pipeline.errors import UserError
+from pipeline.core import artifacts, paths
+from pipeline.core.errors import UserError
+from pipeline.data.tables import read_csv
 
 log = logging.getLogger(__name__)
 

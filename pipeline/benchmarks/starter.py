@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from pipeline import artifacts, paths
     from pipeline.benchmarks.recipe_bench import holdout_accuracy
-    from pipeline.config import load_config
-    from pipeline.data import read_csv
+    from pipeline.core import artifacts, paths
+    from pipeline.core.config import load_config
+    from pipeline.data.tables import read_csv
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.benchmarks.starter")
     parser.add_argument("--comp", required=True)

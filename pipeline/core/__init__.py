@@ -1,0 +1,1 @@
+"""core: see pipeline/__init__.py for the map."""

@@ -1,0 +1,1 @@
+"""data: see pipeline/__init__.py for the map."""

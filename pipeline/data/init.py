@@ -1,0 +1,295 @@
+"""init: inspect a competition's raw files and write its configs.
+
+Reads data/raw/<comp>/ (or /kaggle/input/<comp>); writes configs/<comp>/competition.yaml (the data
+layout, metric and folds it inferred) and configs/<comp>/baseline.yaml (a first experiment that runs
+here, offline included), and prints what it inferred. Where it can't decide it stops with `error:`
+naming the key to set by hand. Existing configs are never overwritten (--force to redo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from pipeline.core import artifacts, paths
+from pipeline.core.config import DataConfig, dump_yaml, load_config
+from pipeline.core.errors import UserError
+from pipeline.data.tables import IMAGE_EXTS, read_csv
+from pipeline.training.weights import hub_reachable
+
+log = logging.getLogger(__name__)
+
+ID_NAMES = ("id", "image_id", "id_code", "image", "image_name", "img", "filename", "file", "name", "fname", "path")
+LABEL_NAMES = ("label", "labels", "tags", "class", "target", "category", "diagnosis", "breed", "species", "y")
+ORDINAL_NAMES = ("diagnosis", "grade", "level", "severity", "score", "rating")
+BASELINE_MODEL = "tf_efficientnet_lite0"
+
+
+def _natural_key(name: str) -> tuple:
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def _image_dirs(raw: Path) -> dict[str, list[Path]]:
+    """Folders (relative posix path -> images directly inside) up to three levels deep."""
+    found: dict[str, list[Path]] = {}
+    for root, dirs, files in os.walk(raw):
+        depth = len(Path(root).relative_to(raw).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < 3 else []
+        images = [Path(root) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTS]
+        if images:
+            found[Path(root).relative_to(raw).as_posix()] = images
+    return found
+
+
+def _prefer(names: list[str], word: str) -> list[str]:
+    return sorted(names, key=lambda n: (word not in n.lower(), len(n), n))
+
+
+def _find_images(raw: Path, ids: list[str], dirs: list[str], word: str, key: str) -> tuple[str, str]:
+    """(folder, extension) under which every sampled id names an image file."""
+    probe = ids[:50]
+    exts = ["", *IMAGE_EXTS, *(e.upper() for e in IMAGE_EXTS)]
+    for folder in _prefer(dirs, word):
+        for ext in exts:
+            if all((raw / folder / f"{i}{ext}").is_file() for i in probe):
+                return ("" if folder == "." else folder), ext
+    raise UserError(
+        f"{raw}: no folder holds images named after the ids (e.g. {probe[0]!r}); set {key} and data.image_ext"
+    )
+
+
+def _pick_column(columns: list[str], names: tuple[str, ...]) -> str | None:
+    lowered = {c.lower(): c for c in columns}
+    return next((lowered[n] for n in names if n in lowered), None)
+
+
+def _require_filled(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """One-hot label columns need 0 or 1 in every row: name the first blank cell."""
+    for column in columns:
+        blank = frame[column].isna().to_numpy()
+        if blank.any():
+            row = int(blank.argmax()) + 2  # +1 header, +1 one-based
+            raise UserError(f"{path} row {row}, column {column!r} is blank; one-hot label columns need 0 or 1 in every "
+                            "row: fill it or drop the row")  # fmt: skip
+
+
+def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
+    """(data layout, default metric, notes) for the competition files under `raw`."""
+    if not raw.is_dir():
+        raise UserError(f"{raw} not found; run `make download COMP={raw.name}` first")
+    csvs = sorted(p.name for p in raw.glob("*.csv"))
+    sample_name = next((c for c in csvs if "sample" in c.lower()), None)
+    skip = {sample_name, "solution.csv", "test.csv"}
+    train_csvs = [c for c in csvs if c not in skip and ("train" in c.lower() or "label" in c.lower())]
+    train_name = next((c for c in ("train.csv", "train_labels.csv", "labels.csv") if c in train_csvs), None)
+    train_name = train_name or (train_csvs[0] if train_csvs else None)
+    image_dirs = _image_dirs(raw)
+    notes: list[str] = []
+    data = DataConfig(test_csv=sample_name)
+    if train_name is None:
+        infer_class_folders(raw, data, image_dirs, notes)
+    else:
+        infer_train_table(raw, train_name, data, image_dirs, notes)
+    infer_test(raw, sample_name, data, image_dirs, notes)
+    metric = infer_submission(data, notes)
+    if len(data.classes) < 2:
+        raise UserError(f"{raw}: found {len(data.classes)} class(es); set data.classes and data.label_column")
+    if (raw / "solution.csv").exists():
+        data.holdout = "solution.csv"
+    return data, metric, notes
+
+
+def infer_class_folders(raw: Path, data: DataConfig, image_dirs: dict[str, list[Path]], notes: list[str]) -> None:
+    """No train CSV: one folder per class."""
+    parents = Counter(str(Path(d).parent.as_posix()) for d in image_dirs if "/" in d or d != ".")
+    candidates = [p for p, n in parents.items() if n >= 2 and p != "."] or [p for p, n in parents.items() if n >= 2]
+    if not candidates:
+        raise UserError(f"{raw}: no train CSV and no folder-per-class layout found; set data.train_csv")
+    data.train_dir = _prefer(candidates, "train")[0]
+    data.train_csv, data.label_column = None, None
+    data.classes = sorted((Path(d).name for d in image_dirs if Path(d).parent.as_posix() == data.train_dir),
+                          key=_natural_key)  # fmt: skip
+    notes.append(f"train: one folder per class under {data.train_dir}/ ({len(data.classes)} classes)")
+
+
+def infer_train_table(
+    raw: Path, train_name: str, data: DataConfig, image_dirs: dict[str, list[Path]], notes: list[str]
+) -> None:
+    """A train CSV: its id column, its labels (infer_labels) and the folder its images are in."""
+    frame = read_csv(raw / train_name, "train table")
+    if frame.empty:
+        raise UserError(f"{raw / train_name} has a header but no rows: no training data; re-download the data")
+    data.train_csv = train_name
+    data.id_column = _pick_column(list(frame.columns), ID_NAMES) or frame.columns[0]
+    infer_labels(raw / train_name, frame, data, notes)
+    ids = frame[data.id_column].dropna().astype(str).tolist()
+    data.train_dir, data.image_ext = _find_images(raw, ids, list(image_dirs), "train", "data.train_dir")
+    notes.append(
+        f"train: {train_name}, id column {data.id_column!r}, images {data.train_dir or '.'}/<id>{data.image_ext}"
+    )
+
+
+def infer_labels(path: Path, frame: pd.DataFrame, data: DataConfig, notes: list[str]) -> None:
+    """One 0/1 column per class (single- or multi-label), else one label column (single, multi or ordinal)."""
+    others = [c for c in frame.columns if c != data.id_column]
+    binary = [c for c in others if frame[c].dropna().isin(["0", "1"]).all() and len(frame[c].dropna())]
+    if len(binary) >= 2 and len(binary) == len(others):
+        _require_filled(frame, binary, path)
+        data.label_columns, data.label_column = binary, None
+        data.classes = binary
+        one_each = (frame[binary].astype(int).sum(axis=1) == 1).all()
+        data.task = "single_label" if one_each else "multi_label"
+        notes.append(f"labels: one 0/1 column per class {binary} ({data.task.replace('_', '-')})")
+        return
+    label = others[0] if len(others) == 1 else _pick_column(others, LABEL_NAMES)
+    if label is None:
+        raise UserError(f"{path}: can't tell the label column among {others}; set data.label_column")
+    data.label_column = label
+    values = frame[label].dropna().str.strip()
+    tokens = {t for v in values for t in v.split(" ") if t}
+    if values.str.contains(" ").any() and len(tokens) < values.nunique():
+        data.task, data.label_separator = "multi_label", " "
+        data.classes = sorted(tokens, key=_natural_key)
+    else:
+        data.classes = sorted(values.unique(), key=_natural_key)
+    if label.lower() in ORDINAL_NAMES and all(_natural_key(c)[0] == 0 for c in data.classes):
+        data.task = "ordinal"
+    notes.append(f"labels: column {label!r}, {data.task.replace('_', '-')}")
+
+
+def infer_test(
+    raw: Path, sample_name: str | None, data: DataConfig, image_dirs: dict[str, list[Path]], notes: list[str]
+) -> None:
+    """Test ids and images: from the sample submission, else every image of a test folder."""
+    if sample_name:
+        sample = read_csv(raw / sample_name, "sample submission")
+        data.submission_id_column = sample.columns[0]
+        sample_ids = sample[sample.columns[0]].astype(str).tolist()
+        test_dirs = [d for d in image_dirs if d != data.train_dir and not d.startswith(f"{data.train_dir}/")]
+        folder, ext = _find_images(raw, sample_ids, test_dirs or list(image_dirs), "test", "data.test_dir")
+        if data.train_csv is not None and ext != data.image_ext:
+            raise UserError(
+                f"{raw}: train images end in {data.image_ext!r} but test images in {ext!r}; set data.image_ext"
+            )
+        data.test_dir, data.image_ext = folder, ext
+        data.submission_columns = list(sample.columns[1:])
+        notes.append(f"test: ids from {sample_name}, images {folder or '.'}/<id>{ext}")
+        return
+    tests = [d for d in image_dirs if "test" in d.lower()]
+    if not tests:
+        raise UserError(f"{raw}: no sample submission and no test image folder; set data.test_dir")
+    data.test_dir = _prefer(tests, "test")[0]
+    notes.append(f"test: every image in {data.test_dir}/ (no sample submission)")
+
+
+def infer_submission(data: DataConfig, notes: list[str]) -> str:
+    """The submission's format and columns from the sample's columns and the task; returns the default metric."""
+    columns = data.submission_columns
+    if len(columns) > 1 and set(columns) <= set(data.classes):
+        data.submission_format = "probabilities"
+        metric = "roc_auc" if data.label_columns else "log_loss"
+    elif data.task == "multi_label":
+        data.submission_format, metric = "labels", "f1_micro"
+    elif data.task == "ordinal":
+        data.submission_format, metric = "numeric", "quadratic_weighted_kappa"
+    else:
+        data.submission_format, metric = "label", "accuracy"
+    if not data.submission_columns:
+        data.submission_columns = (
+            data.classes if data.submission_format == "probabilities" else [data.label_column or "label"]
+        )
+    notes.append(f"submission: {data.submission_format} ({', '.join(columns[:4])}{'...' if len(columns) > 4 else ''})")
+    notes.append(f"classes: {len(data.classes)}; metric: {metric}")
+    return metric
+
+
+def typical_image_size(raw: Path, data: DataConfig) -> int:
+    """Median side of a few train images, rounded to a multiple of 32 within 64..384."""
+    folder = raw / (data.train_dir or ".")
+    sides = []
+    for file in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)[:20]:
+        with Image.open(file) as image:
+            sides.append(min(image.size))
+    side = sorted(sides)[len(sides) // 2] if sides else 224
+    return int(min(384, max(64, round(side / 32) * 32)))
+
+
+def choose_weights(model_name: str) -> bool | str:
+    """true when the hub is reachable or cached; else a local file (prepared offline for Lite0); else error."""
+    for ext in (".safetensors", ".pth", ".bin"):
+        local = paths.weights_dir() / f"{model_name}{ext}"
+        if local.exists():
+            return _relative(local)
+    if hub_reachable():
+        return True
+    if model_name == BASELINE_MODEL:
+        from pipeline.training.weights import prepare_lite0
+
+        return _relative(prepare_lite0())
+    raise UserError(
+        f"model.pretrained: no network to fetch {model_name} weights and no "
+        f"{paths.weights_dir()}/{model_name}.safetensors; "
+        "put a weights file there or set model.pretrained to its path"
+    )
+
+
+def _relative(path: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(paths.project_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def baseline(data: DataConfig, image_size: int) -> dict[str, Any]:
+    """The first experiment. The training recipe follows `make bench-recipe` (README, "Training recipe"): ImageNet
+    weights fine-tuned whole at lr 1e-3 with a zero-initialised head, weight EMA, hflip TTA, 5 folds, the last epoch
+    kept (honest OOF). Warmup, augmentation strength and EMA decay are left to the code's budget-aware defaults
+    (pipeline.training.recipe: they follow train.epochs), so editing `epochs` here keeps the recipe sensible."""
+    return {
+        "model": {"name": BASELINE_MODEL, "pretrained": choose_weights(BASELINE_MODEL)},
+        "train": {"epochs": 5, "batch_size": 32, "lr": 1.0e-3, "image_size": image_size, "ema": True},
+        "augment": {"vflip": 0.5 if image_size >= 128 else 0.0},
+        "tta": {"views": ["identity", "hflip"]},
+    }
+
+
+HEADER = "# Written by `make init COMP={comp}` from data/raw/{comp}/. Edit freely; unknown keys are errors.\n"
+
+
+def run(args: argparse.Namespace) -> None:
+    comp = args.comp or (args.config and Path(args.config).resolve().parent.name)
+    if not comp:
+        raise UserError("init: COMP=<competition slug> is required (python -m pipeline init --comp <slug>)")
+    folder = paths.configs_dir(comp)
+    competition_path, baseline_path = folder / "competition.yaml", folder / "baseline.yaml"
+    if competition_path.exists() and baseline_path.exists() and not args.force:
+        log.info("init: %s and %s exist, keeping them (--force to re-infer)", competition_path, baseline_path)
+        return
+    if paths.mounted_competition(comp) is None:
+        from pipeline.data.raw_data import adopt
+
+        adopt(comp)  # data/raw/<comp>/ unzipped by hand: checked and stamped, so Make's download step is done
+    raw = paths.raw_dir(comp)
+    data, metric, notes = infer_data(raw)
+    competition = {"data": {k: v for k, v in vars(data).items() if v is not None or k == "train_csv"}, "metric": metric,
+                   "folds": {"n_folds": 5, "seed": 42}}  # fmt: skip
+    experiment = baseline(data, typical_image_size(raw, data))
+    if re.search(r"[^A-Za-z0-9_.-]", comp):
+        raise UserError(f"COMP={comp!r}: use the competition's URL slug (letters, digits, - and _)")
+    artifacts.write_text(competition_path, HEADER.format(comp=comp) + dump_yaml(competition))
+    artifacts.write_text(baseline_path, HEADER.format(comp=comp) + dump_yaml(experiment))
+    load_config(baseline_path)  # what init writes must load: fail here, not three stages later
+    for note in notes:
+        print(f"init: {note}")
+    print(f"init: wrote {competition_path} and {baseline_path}")

@@ -1,0 +1,1 @@
+"""inference: see pipeline/__init__.py for the map."""

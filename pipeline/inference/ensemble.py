@@ -1,0 +1,156 @@
+"""ensemble: blend the folds of one experiment and score them.
+
+Reads fold<k>/oof.csv and fold<k>/test.csv of every fold, and folds.csv; writes, under
+data/runs/<comp>/<exp>/: oof.csv (every training row once, in folds.csv order), test.csv (the mean of
+the folds' test probabilities) and, last, scores.json: `metric`, `cv` (the metric over all OOF rows),
+`folds` (per-fold scores), `higher_is_better`, `holdout` (when data.holdout gives test labels), and the
+seed, config, git commit and package versions that produced them. Before scores.json it writes
+thresholds.json: per-label thresholds (multi-label) or cut points on the expected class (ordinal) fitted
+on all OOF rows with the competition metric (pipeline.training.recipe.fit_thresholds), kept only when they beat
+0.5/argmax there, else {"kind": "none"}; scores.json then also holds `cv_thresholded` and
+`holdout_thresholded` (optimistic for the CV: fitted on the rows it scores). With tta.views auto it first chooses
+the views on the per-view OOF (pipeline.inference.tta_auto), rewrites each fold's oof.csv/test.csv as their mean
+and records them in tta_views.json, so every later reader (bundle, Kernel, report, planner) sees the views
+actually used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import artifacts, paths
+from pipeline.core.cli import config_from_args
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.core.metrics import higher_is_better, is_better, score
+from pipeline.core.provenance import git_commit, package_versions
+from pipeline.data.tables import encode_targets, read_csv
+from pipeline.inference import tta_auto
+from pipeline.inference.predictions import read_probs
+from pipeline.training import recipe
+from pipeline.training.fold import read_folds
+from pipeline.training.recipe import fit_thresholds, hard_probs
+
+log = logging.getLogger(__name__)
+
+
+def choose_auto_views(cfg: Config) -> dict[str, Any]:
+    """tta.views: auto: every fold's per-view OOF -> the chosen views and their nested-CV gain
+    (pipeline.inference.tta_auto)."""
+    out = paths.for_config(cfg)
+    folds = read_folds(out)
+    parts = [read_csv(out.oof_by_view(k), "per-view OOF").astype({c: float for c in cfg.data.classes})
+             for k in range(cfg.folds.n_folds)]  # fmt: skip
+    views = tta_auto.by_view(pd.concat(parts, ignore_index=True), cfg.data.classes, list(folds["id"]))
+    views = {view: views[view] for view in tta_auto.candidates(list(views))}  # a report may have measured more
+    choice = tta_auto.choose_views(views, encode_targets(folds["label"], cfg.data), folds["fold"].to_numpy(),
+                                   cfg.metric)  # fmt: skip
+    note = "; no gain, so no TTA" if choice["fell_back_to_identity"] else ""
+    log.info("ensemble: tta.views auto chose %s (nested CV %.4f vs identity %.4f)%s", "+".join(choice["chosen"]),
+             choice["nested_cv"], choice["identity_cv"], note)  # fmt: skip
+    return choice
+
+
+def apply_auto_views(cfg: Config, views: list[str]) -> None:
+    """Rewrite every fold's oof.csv/test.csv as the mean of the chosen views, then record the choice: from here on
+    the fold files hold the views tta_auto.effective_views names (the bundle ships them, the Kernel predicts them)."""
+    out = paths.for_config(cfg)
+    floats = {c: float for c in cfg.data.classes}
+    for fold in range(cfg.folds.n_folds):
+        for source, target in ((out.oof_by_view(fold), out.oof(fold)), (out.test_by_view(fold), out.test_probs(fold))):
+            table = read_csv(source, "per-view probabilities").astype(floats)
+            artifacts.write_csv(target, tta_auto.mean_of_views(table, views, cfg.data.classes))
+    tta_auto.write_choice(cfg, views)
+
+
+def blend_folds(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
+    """(oof over all rows in folds.csv order, mean test probabilities, per-fold scores)."""
+    out = paths.for_config(cfg)
+    classes = cfg.data.classes
+    folds = read_folds(out)
+    oofs, tests, fold_scores = [], [], []
+    for fold in range(cfg.folds.n_folds):
+        oof, test = read_probs(out.oof(fold), classes), read_probs(out.test_probs(fold), classes)
+        rows = folds[folds["fold"] == fold]
+        if list(oof["id"]) != list(rows["id"]):
+            raise UserError(f"{out.oof(fold)}: ids differ from fold {fold} of {out.folds_csv}; re-run predict")
+        fold_scores.append(score(cfg.metric, encode_targets(rows["label"], cfg.data), oof[classes].to_numpy()))
+        oofs.append(oof)
+        tests.append(test)
+    oof_all = pd.concat(oofs).set_index("id").loc[folds["id"]].reset_index()
+    for fold, test in enumerate(tests[1:], start=1):
+        if list(test["id"]) != list(tests[0]["id"]):
+            raise UserError(f"{out.test_probs(fold)}: test ids differ from fold 0's; re-run predict")
+    blended = tests[0][["id"]].copy()
+    blended[classes] = np.mean([t[classes].to_numpy() for t in tests], axis=0)
+    return oof_all, blended, fold_scores
+
+
+def holdout_score(cfg: Config, blended: pd.DataFrame, thresholds: dict[str, Any] | None = None) -> float | None:
+    """Score against held-out test labels when the competition provides them (the demo does)."""
+    if not cfg.data.holdout:
+        return None
+    path = paths.raw_dir(cfg.comp) / cfg.data.holdout
+    labels = read_csv(path, "holdout labels")
+    label_column = cfg.data.label_column or "label"
+    truth = labels.set_index(labels.columns[0]).loc[blended["id"], label_column]
+    return score(
+        cfg.metric, encode_targets(truth, cfg.data), hard_probs(blended[cfg.data.classes].to_numpy(), thresholds)
+    )
+
+
+def choose_thresholds(cfg: Config, targets: np.ndarray, probs: np.ndarray, cv: float) -> tuple[dict[str, Any], float]:
+    """Thresholds fitted on all OOF rows, kept only when they beat 0.5/argmax there; (thresholds, thresholded CV)."""
+    fitted = fit_thresholds(cfg.data.task, cfg.metric, targets, probs)
+    if fitted["kind"] == "none":
+        return fitted, cv
+    fitted_cv = score(cfg.metric, targets, hard_probs(probs, fitted))
+    if is_better(cfg.metric, fitted_cv, cv):
+        return fitted, fitted_cv
+    return {"kind": "none", "note": f"fitted {fitted['kind']} thresholds did not beat 0.5/argmax on OOF"}, cv
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = config_from_args(args)
+    out = paths.for_config(cfg)
+    auto = choose_auto_views(cfg) if cfg.tta.views == "auto" else None
+    if auto:
+        apply_auto_views(cfg, auto["chosen"])
+    oof, blended, fold_scores = blend_folds(cfg)
+    folds = read_folds(out)
+    targets, probs = encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy()
+    cv = score(cfg.metric, targets, probs)
+    thresholds, cv_thresholded = choose_thresholds(cfg, targets, probs, cv)
+    scores = {
+        "metric": cfg.metric,
+        "cv": cv,  # at 0.5 (multi-label) / argmax
+        "cv_thresholded": cv_thresholded,  # with thresholds.json (fitted on these same OOF rows: optimistic)
+        "thresholds": thresholds["kind"],
+        "folds": fold_scores,
+        "higher_is_better": higher_is_better(cfg.metric),
+        "holdout": holdout_score(cfg, blended),
+        "holdout_thresholded": holdout_score(cfg, blended, thresholds),
+        "n_folds": cfg.folds.n_folds,
+        "oof_selection": recipe.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
+        "tta_views": tta_auto.effective_views(cfg),
+        "tta_auto": auto,
+        "model": cfg.model.name,
+        "seed": cfg.train.seed,
+        "folds_seed": cfg.folds.seed,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+    }
+    artifacts.write_csv(out.oof_all, oof)
+    artifacts.write_csv(out.test_blend, blended)
+    artifacts.write_json(out.thresholds, thresholds)  # submission applies them
+    artifacts.write_json(out.scores, scores)  # the stage's output: last
+    spread = f" (folds {min(fold_scores):.4f}..{max(fold_scores):.4f})"
+    log.info("ensemble: CV %s = %.4f%s -> %s", cfg.metric, cv, spread, out.scores)
+    if thresholds["kind"] != "none":
+        log.info("ensemble: with %s thresholds fitted on OOF: CV %.4f -> %s", thresholds["kind"], cv_thresholded,
+                 out.thresholds)  # fmt: skip

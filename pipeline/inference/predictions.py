@@ -1,0 +1,80 @@
+"""Prediction tables: reading a probability CSV (id + one column per class) and formatting a submission from one.
+
+Reads the files it is given; writes nothing. ensemble, submission and blend share these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.config import DataConfig
+from pipeline.core.errors import UserError
+from pipeline.data.tables import read_csv
+from pipeline.training.recipe import ordinal_classes
+
+
+def read_probs(path: Path, classes: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise UserError(f"{path} not found; run `make predict CONFIG=...` first")
+    frame = read_csv(path, "probabilities")
+    missing = [c for c in ["id", *classes] if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {missing}; re-run predict")
+    frame = frame.astype({c: float for c in classes})
+    bad = ~np.isfinite(frame[classes].to_numpy()).all(axis=1)
+    if bad.any():  # never let NaN reach a metric (log_loss/roc_auc would raise, accuracy would lie)
+        raise UserError(f"{path}: {int(bad.sum())} row(s) with empty, NaN or infinite probabilities (e.g. id "
+                        f"{frame['id'].iloc[int(np.argmax(bad))]!r}); re-run predict")  # fmt: skip
+    return frame
+
+
+def _as_number(name: str) -> int | float:
+    value = float(name)
+    return int(value) if value.is_integer() else value
+
+
+def format_submission(
+    probs: pd.DataFrame, data: DataConfig, threshold: float | Sequence[float] = 0.5,
+    cut_points: Sequence[float] | None = None, top_k: int | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """id + the submission's columns, from `probs` (id + one column per class, in submission order).
+
+    `threshold`: one for every label, or one per label (multi-label). `cut_points`: ordinal classes are
+    then the expected class (sum_k k * p_k) cut at these points instead of the most probable class.
+    `top_k` (MAP@k metrics): the label column lists the k most probable classes, most probable first.
+    """
+    classes = np.array(data.classes)
+    matrix = probs[data.classes].to_numpy()
+    threshold = np.asarray(threshold, dtype=float)
+    frame = pd.DataFrame({data.submission_id_column: probs["id"].to_numpy()})
+    fmt = data.submission_format
+    if fmt == "probabilities":
+        columns = data.submission_columns or data.classes
+        unknown = [c for c in columns if c not in data.classes]
+        if unknown:
+            raise UserError(f"data.submission_columns: {unknown} are not classes (data.classes); fix competition.yaml")
+        for column in columns:
+            frame[column] = probs[column].to_numpy()
+        return frame
+    column = (data.submission_columns or [data.label_column or "label"])[0]
+    if top_k and fmt in ("label", "labels"):
+        frame[column] = [" ".join(classes[np.argsort(-row, kind="stable")[:top_k]]) for row in matrix]
+        return frame
+    best = ordinal_classes(matrix, list(cut_points)) if cut_points is not None else matrix.argmax(axis=1)
+    if fmt == "labels":
+        picked = [
+            " ".join(classes[row >= threshold]) if (row >= threshold).any() else classes[row.argmax()] for row in matrix
+        ]
+        frame[column] = picked
+    elif fmt == "numeric":
+        try:
+            frame[column] = [_as_number(classes[i]) for i in best]
+        except ValueError as exc:
+            raise UserError("data.submission_format: numeric needs numeric class names; use label instead") from exc
+    else:
+        frame[column] = classes[best]
+    return frame

@@ -1,0 +1,1 @@
+"""kaggle: see pipeline/__init__.py for the map."""

@@ -1,0 +1,300 @@
+"""kaggle-bundle: everything a Kaggle Kernel with internet off needs to predict this experiment's test set.
+
+Reads the run's fold weights (checked against the config's fingerprint), their OOF predictions, folds.csv and
+scores.json; writes data/runs/<comp>/<exp>/kaggle-bundle/:
+
+    dataset/   uploaded by kaggle-push as the private Kaggle dataset <user>/<comp>-<exp>-bundle; flat, since the
+               client skips sub-folders
+        bundle.json                   the manifest: comp, exp, folds and their files, wheels, fingerprint, commit, CV
+        competition.yaml, <exp>.yaml  the resolved config (data.holdout off: the Kernel has no labels)
+        folds.csv, fold<k>.safetensors, fold<k>.oof.csv
+        requirements.txt              what the Kernel needs (this package's requirements, less the Kaggle client)
+        *.whl                         this package + the dependencies Kaggle's image lacks (pipeline.kaggle.wheels)
+        dataset-metadata.json         the Kaggle client's dataset metadata (id, title, license)
+    kernel/    pushed by kaggle-push as the script kernel <user>/<comp>-<exp>-inference
+        kernel.py                     pipeline/kaggle/kernel.py with its SETTINGS filled in
+        kernel-metadata.json          competition + dataset sources, internet off, the accelerator (`ACCELERATORS`)
+
+model.pretrained stays as trained: it is part of the fingerprint that predict checks against the weights, and
+predict builds the model with pretrained=False, so a Kernel never looks for those weights. The bundle is built in a
+hidden folder beside its place and renamed into it, so a half-built bundle never looks done; the same run gives
+byte-identical dataset files, which lets kaggle-push skip an upload that would change nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import artifacts, paths
+from pipeline.core.config import (
+    COMPETITION_KEYS,
+    TRAINING_SECTIONS,
+    Config,
+    dump_yaml,
+    fingerprint,
+    load_config,
+    to_dict,
+)
+from pipeline.core.errors import UserError
+from pipeline.core.run_config import config_of_run
+from pipeline.inference.tta_auto import effective_views
+from pipeline.kaggle import wheels
+from pipeline.kaggle.bundle_format import MANIFEST_FORMAT
+from pipeline.training.checkpoint import trained_fingerprint
+
+log = logging.getLogger(__name__)
+
+LICENSE = "CC0-1.0"  # the client's own default; the dataset is private unless you publish it
+SETTINGS_LINE = "SETTINGS: dict[str, str] = {}  # filled in by pipeline.kaggle.bundle: bundle (dataset slug), comp, exp"
+USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# --accelerator / KAGGLE_ACCELERATOR -> kernel-metadata.json's machine_shape. Without one Kaggle may hand out a
+# P100, and today's image (torch for cu128) has no kernels for it: the first CUDA op fails. NvidiaTeslaT4 is the
+# editor's "GPU T4 x2" (a single T4 is not offered).
+ACCELERATORS: dict[str, str | None] = {"t4x2": "NvidiaTeslaT4", "l4": "NvidiaL4", "p100": "NvidiaTeslaP100",
+                                       "none": None}  # fmt: skip
+DEFAULT_ACCELERATOR = "t4x2"
+
+
+@dataclass(frozen=True)
+class KaggleNames:
+    """Where the bundle lives on Kaggle: `owner/slug` refs and titles that the client accepts."""
+
+    dataset: str
+    dataset_title: str
+    kernel: str
+    kernel_title: str
+
+
+def slugify(text: str) -> str:
+    """What Kaggle's client makes of a title (python-slugify): lower case, runs of other characters -> '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _title(comp: str, exp: str, word: str) -> str:
+    """`<comp> <exp> <word>` within the 6..50 characters Kaggle allows; a long competition slug is shortened."""
+    room = 50 - len(exp) - len(word) - 2
+    title = f"{comp[: max(room, 1)].rstrip('-_')} {exp} {word}"[:50].strip()
+    return title if len(title) >= 6 else f"{title} bundle"
+
+
+def kaggle_names(comp: str, exp: str, user: str) -> KaggleNames:
+    dataset_title, kernel_title = _title(comp, exp, "bundle"), _title(comp, exp, "inference")
+    return KaggleNames(f"{user}/{slugify(dataset_title)}", dataset_title, f"{user}/{slugify(kernel_title)}",
+                       kernel_title)  # fmt: skip
+
+
+def kaggle_user(explicit: str | None) -> str:
+    """The Kaggle account that will own the dataset and the kernel: --user, else the credentials' username.
+
+    With token auth the username is not in the environment: the client logs in (one call) and says whose token it is.
+    """
+    user = explicit
+    if not user:
+        from pipeline.kaggle.client import Kaggle, check_credentials  # reads files and the environment first
+
+        try:
+            user = check_credentials().username
+            if not user:  # a token: its owner is what Kaggle answers when the client logs in with it
+                user = Kaggle().credentials.username
+        except UserError as exc:
+            log.debug("no Kaggle username from the credentials: %s", exc)
+            user = None
+    if not user:
+        raise UserError("kaggle-bundle: which Kaggle account owns the bundle? pass --user <name> "
+                        "(Make: KAGGLE_USER=<name>), or set KAGGLE_API_TOKEN or KAGGLE_USERNAME")  # fmt: skip
+    if not USER.fullmatch(user):
+        raise UserError(f"--user {user!r}: not a Kaggle username (letters, digits, '-' and '_')")
+    return user
+
+
+def check_run(cfg: Config) -> None:
+    """Every fold is trained under this config and predicted; UserError naming what is missing otherwise."""
+    out = paths.for_config(cfg)
+    if cfg.sample:
+        raise UserError(f"kaggle-bundle: a sample run (sample={cfg.sample}) predicts only part of the test set and "
+                        "Kaggle would refuse its submission; bundle the full run (drop SAMPLE)")  # fmt: skip
+    expected = fingerprint(cfg, TRAINING_SECTIONS)
+    for fold in range(cfg.folds.n_folds):
+        weights = out.weights(fold)
+        if not weights.is_file():
+            raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
+        if trained_fingerprint(weights) != expected:
+            raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
+        if not out.oof(fold).is_file():
+            raise UserError(f"{out.oof(fold)} not found; run `make predict CONFIG=...` first")
+    for path in (out.folds_csv, out.scores):
+        if not path.is_file():
+            raise UserError(f"{path} not found; run `make ensemble CONFIG=...` first")
+
+
+def resolved_config(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(competition.yaml, experiment yaml) values that reload to `cfg`, adjusted for a Kernel (not fingerprinted)."""
+    values = to_dict(cfg)
+    competition = {key: values[key] for key in COMPETITION_KEYS}
+    competition["data"]["holdout"] = None  # test labels stay at home
+    experiment = {key: value for key, value in values.items() if key not in (*COMPETITION_KEYS, "comp", "exp")}
+    experiment["device"] = "cpu" if cfg.device == "cpu" else "auto"  # mps at home -> the Kernel's GPU if it has one
+    experiment["tta"]["views"] = effective_views(cfg)  # auto: the views ensemble chose, which the fold OOF holds
+    return competition, experiment
+
+
+def check_reloads(cfg: Config, competition: dict[str, Any], experiment: dict[str, Any]) -> None:
+    """The written config must reload to the weights' fingerprint, or predict would refuse them in the Kernel."""
+    with tempfile.TemporaryDirectory(prefix="bundle-config-") as tmp:
+        folder = Path(tmp) / cfg.comp
+        folder.mkdir()
+        (folder / "competition.yaml").write_text(dump_yaml(competition))
+        (folder / f"{cfg.exp}.yaml").write_text(dump_yaml(experiment))
+        reloaded = load_config(folder / f"{cfg.exp}.yaml")
+    if fingerprint(reloaded, TRAINING_SECTIONS) != fingerprint(cfg, TRAINING_SECTIONS):  # a bug, not a user mistake
+        raise RuntimeError("the bundled config does not reload to the trained fingerprint")
+
+
+def kernel_script(settings: dict[str, str]) -> str:
+    template = resources.files("pipeline.kaggle").joinpath("kernel.py").read_text()
+    if template.count(SETTINGS_LINE) != 1:
+        raise RuntimeError("pipeline/kaggle/kernel.py lost its SETTINGS line")
+    return template.replace(SETTINGS_LINE, f"SETTINGS: dict[str, str] = {json.dumps(settings)}")
+
+
+def _place(source: Path, target: Path) -> None:
+    """Put `source` at `target` by a hard link where the file system allows (instant, no space), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, Any]:
+    """Fill `folder` with the dataset's files; returns the manifest (written last)."""
+    out = paths.for_config(cfg)
+    competition, experiment = resolved_config(cfg)
+    check_reloads(cfg, competition, experiment)
+    config = {"competition": "competition.yaml", "experiment": f"{cfg.exp}.yaml"}
+    (folder / config["competition"]).write_text(dump_yaml(competition))
+    (folder / config["experiment"]).write_text(dump_yaml(experiment))
+    _place(out.folds_csv, folder / "folds.csv")
+    folds = []
+    for fold in range(cfg.folds.n_folds):
+        entry = {"fold": fold, "weights": f"fold{fold}.safetensors", "oof": f"fold{fold}.oof.csv"}
+        _place(out.weights(fold), folder / entry["weights"])
+        _place(out.oof(fold), folder / entry["oof"])
+        folds.append(entry)
+    requirements = wheels.runtime_requirements()
+    (folder / "requirements.txt").write_text(
+        "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n" + "".join(f"{line}\n" for line in requirements)
+    )
+    package = wheels.build_package_wheel(folder)
+    extras = [wheels.bundle_wheel(name, folder).name for name in wheels.bundled_distributions(requirements)]
+    scores = artifacts.read_json(out.scores)
+    from pipeline.core.provenance import git_commit
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "comp": cfg.comp,
+        "exp": cfg.exp,
+        "n_folds": cfg.folds.n_folds,
+        "model": cfg.model.name,
+        "fingerprint": fingerprint(cfg, TRAINING_SECTIONS),
+        "dataset": names.dataset,
+        "kernel": names.kernel,
+        "package": {"name": wheels.DISTRIBUTION, "version": package.name.split("-")[1], "wheel": package.name},
+        "wheels": extras,
+        "requirements": "requirements.txt",
+        "config": config,
+        "folds_csv": "folds.csv",
+        "folds": folds,
+        "metric": scores.get("metric"),
+        "cv": scores.get("cv"),
+        "git_commit": git_commit(Path(__file__).resolve().parent),  # the code's commit, wherever the project is
+    }
+    (folder / "dataset-metadata.json").write_text(json.dumps({
+        "title": names.dataset_title,
+        "id": names.dataset,
+        "licenses": [{"name": LICENSE}],
+        "description": f"Fold weights, config and wheels of the `{cfg.exp}` experiment for the `{cfg.comp}` "
+                       f"competition ({cfg.model.name}, {cfg.folds.n_folds} folds, CV {scores.get('metric')} = "
+                       f"{scores.get('cv')}), for the offline inference kernel {names.kernel}.",
+    }, indent=2) + "\n")  # fmt: skip
+    return manifest
+
+
+def choose_accelerator(cfg: Config, explicit: str | None) -> str:
+    """--accelerator, else $KAGGLE_ACCELERATOR, else t4x2 (none when the config's device is cpu)."""
+    choice = (explicit or os.environ.get("KAGGLE_ACCELERATOR") or "").strip().lower()
+    if not choice:
+        return "none" if cfg.device == "cpu" else DEFAULT_ACCELERATOR
+    if choice not in ACCELERATORS:
+        raise UserError(f"accelerator {choice!r} (--accelerator / KAGGLE_ACCELERATOR): use one of "
+                        f"{', '.join(ACCELERATORS)}")  # fmt: skip
+    if choice == "p100":
+        log.warning("warning: Kaggle's current image (torch for cu128) has no CUDA kernels for the P100: the kernel "
+                    "may fail at its first GPU operation; t4x2 or l4 work")  # fmt: skip
+    return choice
+
+
+def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str = DEFAULT_ACCELERATOR) -> None:
+    settings = {"bundle": names.dataset.split("/", 1)[1], "comp": cfg.comp, "exp": cfg.exp}
+    (folder / "kernel.py").write_text(kernel_script(settings))
+    metadata = {
+        "id": names.kernel,
+        "title": names.kernel_title,
+        "code_file": "kernel.py",
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": ACCELERATORS[accelerator] is not None,
+        "enable_tpu": False,
+        "enable_internet": False,  # code competitions require it off; the bundle brings what pip would fetch
+        "dataset_sources": [names.dataset],
+        "competition_sources": [cfg.comp],
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+    if ACCELERATORS[accelerator]:
+        metadata["machine_shape"] = ACCELERATORS[accelerator]
+    (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR) -> Path:
+    """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place."""
+    from pipeline.core.artifacts import publish
+
+    check_run(cfg)
+    out = paths.for_config(cfg)
+    names = kaggle_names(cfg.comp, cfg.exp, user)
+    staging = out.kaggle_bundle.with_name(f".{out.kaggle_bundle.name}.building")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build
+    try:
+        (staging / "dataset").mkdir(parents=True)
+        (staging / "kernel").mkdir()
+        manifest = build_dataset(cfg, names, staging / "dataset")
+        build_kernel(cfg, names, staging / "kernel", accelerator)
+        (staging / "dataset" / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest: last
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise artifacts.write_error(staging / "dataset" / "bundle.json", exc) from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish(staging, out.kaggle_bundle)
+    size = sum(p.stat().st_size for p in out.kaggle_dataset.iterdir()) / 1e6
+    log.info("kaggle-bundle: %s (%.1f MB: %d folds, %d wheels) -> dataset %s, kernel %s", out.kaggle_bundle, size,
+             cfg.folds.n_folds, 1 + len(manifest["wheels"]), names.dataset, names.kernel)  # fmt: skip
+    return out.kaggle_bundle
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
+    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None))
+    build_bundle(cfg, kaggle_user(args.user), accelerator)

@@ -1,0 +1,94 @@
+"""The Kaggle Kernel script (kernel.py) that `make kaggle-bundle` writes beside kernel-metadata.json.
+
+It runs inside a Kaggle Kernel with internet off: it finds this experiment's bundle among the Kernel's inputs
+(/kaggle/input/<bundle slug>, or deeper where Kaggle mounts it deeper), installs the pipeline from the bundle's
+wheels with `pip --no-index` (nothing is downloaded; torch, timm, ... are the image's own), then hands over to
+pipeline.kaggle.kernel_predict, which predicts the test images with every fold's weights, blends the folds and writes
+/kaggle/working/submission.csv.
+
+Standalone on purpose: nothing of the pipeline can be imported before it is installed. pipeline.kaggle.bundle
+copies this file and fills in SETTINGS; run locally, KAGGLE_INPUT_ROOT / KAGGLE_WORKING_ROOT / PIPELINE_ROOT move
+the folders.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SETTINGS: dict[str, str] = {}  # filled in by pipeline.kaggle.bundle: bundle (dataset slug), comp, exp
+
+MANIFEST = "bundle.json"
+INPUT = Path(os.environ.get("KAGGLE_INPUT_ROOT", "/kaggle/input"))
+
+
+def find_bundle(slug: str) -> Path:
+    """The folder holding this experiment's bundle.json: /kaggle/input/<slug>, else up to three levels down."""
+    if (INPUT / slug / MANIFEST).is_file():
+        return INPUT / slug
+    for pattern in (f"*/{MANIFEST}", f"*/*/{MANIFEST}", f"*/*/*/{MANIFEST}"):
+        for manifest in sorted(INPUT.glob(pattern)):
+            try:
+                dataset = json.loads(manifest.read_text()).get("dataset", "")
+            except (OSError, ValueError, AttributeError):  # some other dataset's bundle.json
+                continue
+            if dataset.endswith(f"/{slug}"):
+                return manifest.parent
+    found = sorted(p.name for p in INPUT.iterdir()) if INPUT.is_dir() else []
+    raise SystemExit(
+        f"error: no bundle '{slug}' under {INPUT} (inputs: {found}); add the dataset to the Kernel's inputs "
+        "(kernel-metadata.json's dataset_sources) or re-run `make kaggle-push`"
+    )
+
+
+def pip_install(*args: str) -> int:
+    """pip with no index and no configuration: only the bundle's wheels and what is already installed count."""
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--isolated", "--no-index",
+               "--disable-pip-version-check", "--no-input", "--no-warn-script-location", *args]  # fmt: skip
+    print("$", " ".join(command[2:]), flush=True)
+    return subprocess.run(command, env={**os.environ, "PIP_CONFIG_FILE": os.devnull}, check=False).returncode
+
+
+def install(bundle: Path, manifest: dict) -> None:
+    """The requirements (resolved against the image, missing ones from the bundle), then the pipeline's own wheel."""
+    links = ("--find-links", str(bundle))
+    if pip_install(*links, "-r", str(bundle / manifest["requirements"])) != 0:
+        # Usually an image package outside the pipeline's tested range: say so, install what is missing, go on.
+        print(f"warning: the Kernel's packages do not meet {manifest['requirements']} (see pip's message above); "
+              "installing the bundled wheels without dependency checks", file=sys.stderr, flush=True)  # fmt: skip
+        if pip_install(*links, "--no-deps", *(str(bundle / name) for name in manifest["wheels"])) != 0:
+            raise SystemExit(f"error: pip could not install the wheels bundled in {bundle}")
+    wheel = bundle / manifest["package"]["wheel"]
+    if pip_install(*links, "--no-deps", "--force-reinstall", str(wheel)) != 0:
+        raise SystemExit(f"error: pip could not install {wheel}")
+    importlib.invalidate_caches()
+    for name in [manifest["package"]["name"], *(w.split("-")[0] for w in manifest["wheels"])]:
+        dist = importlib.metadata.distribution(name)
+        print(f"  {dist.metadata['Name']} {dist.version} in {dist.locate_file('')}", flush=True)
+
+
+def main() -> int:
+    # Before the pipeline is imported: its paths come from the environment.
+    os.environ.setdefault("PIPELINE_ROOT", str(Path(tempfile.gettempdir()) / "pipeline"))  # keeps /kaggle/working tidy
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no internet: never wait on the hub
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    bundle = find_bundle(SETTINGS["bundle"])
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    print(f"bundle {manifest['dataset']} ({manifest['comp']}/{manifest['exp']}, {manifest['n_folds']} folds) "
+          f"at {bundle}", flush=True)  # fmt: skip
+    install(bundle, manifest)
+    import pipeline
+    from pipeline.kaggle.kernel_predict import run_bundle
+
+    print(f"pipeline {manifest['package']['version']} from {Path(pipeline.__file__).parent}", flush=True)
+    return run_bundle(bundle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Inside a Kaggle Kernel: predict the test set with a bundle's fold weights and write /kaggle/working/submission.csv.
+
+Reads the bundle (pipeline.kaggle.bundle: bundle.json, the resolved config, folds.csv, fold<k>.safetensors,
+fold<k>.oof.csv) and the competition's files from /kaggle/input/<comp> (paths.raw_dir). Lays the bundle out as a
+finished run under the project root ($PIPELINE_ROOT; the kernel script points it at a temporary folder so only the
+submission lands in /kaggle/working): configs/<comp>/, data/processed/<comp>/folds.csv, and per fold
+data/runs/<comp>/<exp>/fold<k>/ with the weights (linked, not copied) and the OOF predictions. Then:
+
+    test.csv      the test listing of the Kernel's own test set (the hidden one when Kaggle re-runs it)
+    fold<k>/test.csv   every fold's test probabilities with the config's TTA (the OOF rows are not re-predicted)
+    ensemble, submission   the pipeline's own stages: blend, thresholds fitted on the bundled OOF, format, validate
+    /kaggle/working/submission.csv   a copy of submissions/<comp>/<exp>.csv, written last
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core import artifacts, cli, paths
+from pipeline.core.config import Config, load_config
+from pipeline.core.errors import UserError
+from pipeline.data.tables import read_csv, read_test_table
+from pipeline.inference.tta_auto import effective_views
+from pipeline.kaggle.bundle_format import MANIFEST_FORMAT
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def read_manifest(bundle: Path) -> dict:
+    manifest = artifacts.read_json(bundle / "bundle.json")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{bundle / 'bundle.json'}: format {manifest.get('format')!r} is not {MANIFEST_FORMAT}; "
+                        "rebuild the bundle with this pipeline version (make kaggle-bundle)")  # fmt: skip
+    missing = [name for name in bundle_files(manifest) if not (bundle / name).is_file()]
+    if missing:
+        raise UserError(f"bundle {bundle} lacks {missing}; rebuild and re-upload it (make kaggle-bundle kaggle-push)")
+    return manifest
+
+
+def bundle_files(manifest: dict) -> list[str]:
+    """The files of a bundle the Kernel reads (wheels aside)."""
+    folds = [name for fold in manifest["folds"] for name in (fold["weights"], fold["oof"])]
+    return [manifest["config"]["competition"], manifest["config"]["experiment"], manifest["folds_csv"], *folds]
+
+
+def _link(source: Path, target: Path) -> None:
+    """`target` shows `source`: a symlink (weights are large and /kaggle/input is read-only), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        target.symlink_to(source.resolve())
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def stage_bundle(bundle: Path, manifest: dict) -> Config:
+    """Lay the bundle out as a finished training run under the project root; return its config."""
+    comp, exp = manifest["comp"], manifest["exp"]
+    configs = paths.configs_dir(comp)
+    for name in (manifest["config"]["competition"], manifest["config"]["experiment"]):
+        artifacts.write_text(configs / name, (bundle / name).read_text())
+    cfg = load_config(configs / manifest["config"]["experiment"])
+    out = paths.for_config(cfg)
+    artifacts.write_text(out.folds_csv, (bundle / manifest["folds_csv"]).read_text())
+    for fold in manifest["folds"]:
+        k = int(fold["fold"])
+        _link(bundle / fold["weights"], out.weights(k))
+        artifacts.write_text(out.oof(k), (bundle / fold["oof"]).read_text())
+        out.test_probs(k).unlink(missing_ok=True)  # a re-run in the same session predicts afresh
+    # The Kernel's own test listing, as the folds stage writes it (a re-run by Kaggle sees the hidden test set).
+    artifacts.write_csv(out.test_csv, read_test_table(cfg.data, paths.raw_dir(comp)))
+    log.info("kernel: %s/%s staged under %s (%d folds)", comp, exp, paths.project_root(), len(manifest["folds"]))
+    return cfg
+
+
+def predict_test(cfg: Config, device: torch.device) -> None:
+    """Each fold's test probabilities with TTA (predict's own functions; OOF comes from the bundle)."""
+    from pipeline.inference.fold_model import load_fold_model, predict_table
+
+    out = paths.for_config(cfg)
+    test = read_csv(out.test_csv, "test listing")
+    for fold in range(cfg.folds.n_folds):
+        model, data_config = load_fold_model(cfg, fold, device)
+        probs = predict_table(model, cfg, data_config, test, device, effective_views(cfg))
+        artifacts.write_csv(out.test_probs(fold), probs)
+        log.info("kernel: fold %d predicted %d test images on %s", fold, len(test), device)
+        del model
+
+
+def publish_submission(cfg: Config) -> Path:
+    """Copy the validated submission to /kaggle/working/submission.csv (where Kaggle looks for it)."""
+    source = paths.for_config(cfg).submission
+    target = paths.KAGGLE_WORKING / "submission.csv"
+    with artifacts.atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return target
+
+
+def run_bundle(bundle: Path) -> int:
+    """The Kernel's work under the CLI's own contract (pipeline.core.cli.run_task): 0, or 2 after one `error:` line.
+    Its stages after predicting are the CLI's commands, run as a user would run them."""
+    from pipeline.training.model import resolve_device
+
+    debug = cli.debugging([])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    staged: dict[str, Any] = {}
+
+    def prepare() -> None:
+        manifest = read_manifest(bundle)
+        staged["cfg"] = cfg = stage_bundle(bundle, manifest)
+        staged["config"] = str(paths.configs_dir(cfg.comp) / manifest["config"]["experiment"])
+        predict_test(cfg, resolve_device(cfg.device))
+
+    code = cli.run_task(prepare, debug)
+    for stage in ("ensemble", "submission"):
+        code = code or cli.main([stage, "--config", staged["config"]])
+    if code:
+        return code
+    cfg = staged["cfg"]
+    target = publish_submission(cfg)
+    scores = artifacts.read_json(paths.for_config(cfg).scores)
+    log.info("kernel: wrote %s (%d rows; bundled CV %s = %.4f)", target, sum(1 for _ in target.open()) - 1,
+             scores["metric"], scores["cv"])  # fmt: skip
+    return 0

@@ -1,0 +1,130 @@
+"""kaggle-push: upload the bundle as a private Kaggle dataset (a new version when it exists), then push its kernel.
+
+Reads data/runs/<comp>/<exp>/kaggle-bundle/ (make kaggle-bundle) and talks to Kaggle through the official client
+(pipeline.kaggle.client: credentials checked first, every failure one `error:` line). Writes
+data/runs/<comp>/<exp>/kaggle-push.json once the upload is accepted: the dataset ref and the SHA-256 of every file
+it uploaded, so a re-run with an unchanged bundle skips the upload and only pushes the kernel.
+
+The kernel is pushed only once Kaggle has processed the dataset's new version (status `ready` *and* the dataset's
+current version number is the one just uploaded: the status alone can still describe the previous version), else
+its run could mount the previous version; kaggle-push waits up to --wait seconds (default 900) for that. Pushing
+saves a new version of the kernel, which Kaggle then runs; kaggle-push.json records the kernel and its version, and
+`make kaggle-submit` waits for that run and submits its submission.csv (pipeline.kaggle.submit_kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import artifacts, paths
+from pipeline.core.cli import config_from_args
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.kaggle.bundle_format import read_bundle, version_notes  # noqa: F401 - used here and by kaggle-submit
+from pipeline.kaggle.wait import poll_seconds
+
+log = logging.getLogger(__name__)
+
+DONE = "ready"
+BROKEN = ("failed", "deleted")
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file the client uploads from `folder` (it skips sub-folders), by name."""
+    found = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        found[path.name] = digest.hexdigest()
+    return found
+
+
+def upload_dataset(kaggle: Any, cfg: Config, manifest: dict[str, Any], notes: str) -> int:  # noqa: ANN401 - Kaggle
+    """Create the dataset, or add a version to it; skipped when Kaggle already has exactly these files.
+
+    Returns the version number the kernel must see: the new one, or the current one when nothing was uploaded."""
+    out = paths.for_config(cfg)
+    ref = manifest["dataset"]
+    files = digests(out.kaggle_dataset)
+    status = kaggle.dataset_status(ref)
+    current = kaggle.dataset_version(ref)[1] if status is not None else 0
+    previous = artifacts.read_json(out.kaggle_pushed) if out.kaggle_pushed.is_file() else {}
+    if status is not None and previous.get("dataset") == ref and previous.get("files") == files:
+        log.info("kaggle-push: dataset %s already holds these %d files; not uploading them again", ref, len(files))
+        return int(previous.get("version") or current)
+    size = sum((out.kaggle_dataset / name).stat().st_size for name in files) / 1e6
+    log.info("kaggle-push: uploading %d files (%.1f MB) to %s dataset %s", len(files), size,
+             "a new" if status is None else "a new version of", ref)  # fmt: skip
+    if status is None:
+        url = kaggle.create_dataset(ref, out.kaggle_dataset)
+    else:
+        url = kaggle.create_dataset_version(ref, out.kaggle_dataset, notes)
+    version = current + 1
+    artifacts.write_json(out.kaggle_pushed, {"dataset": ref, "url": url, "notes": notes, "files": files,
+                                             "version": version})  # fmt: skip
+    log.info("kaggle-push: dataset %s version %d accepted (%s)", ref, version, url)
+    return version
+
+
+def wait_until_ready(kaggle: Any, ref: str, seconds: float, record: Path, version: int = 0) -> None:  # noqa: ANN401
+    """Poll the dataset until Kaggle has processed version `version`; UserError when it fails or takes too long.
+
+    When processing failed, `record` (kaggle-push.json) goes too, so the next run uploads the files again.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        status, current = kaggle.dataset_version(ref)
+        if status == DONE and current >= version:
+            return
+        if status == DONE:
+            status = f"ready, but at version {current} (waiting for {version})"
+        if status in BROKEN:
+            record.unlink(missing_ok=True)
+            raise UserError(f"Kaggle could not process dataset {ref} (status {status}); see "
+                            f"https://www.kaggle.com/datasets/{ref}, then re-run kaggle-push")  # fmt: skip
+        if time.monotonic() >= deadline:
+            raise UserError(
+                f"dataset {ref} is still being processed by Kaggle (status {status}) after {seconds:.0f} s, so the "
+                f"kernel was not pushed; re-run `make kaggle-push` when https://www.kaggle.com/datasets/{ref} shows "
+                "the new version (the files are not uploaded again)"
+            )
+        log.info("kaggle-push: dataset %s is %s; waiting", ref, status)
+        time.sleep(poll_seconds())
+
+
+def push(cfg: Config, wait: float, message: str | None = None) -> None:
+    from pipeline.kaggle.client import Kaggle  # imports the client: only when Kaggle is really called
+
+    manifest, kernel = read_bundle(cfg)
+    kaggle = Kaggle()
+    owner = manifest["dataset"].split("/", 1)[0]
+    user = kaggle.credentials.username
+    if user and user.lower() != owner.lower():
+        raise UserError(f"the bundle belongs to Kaggle user '{owner}' but the credentials are '{user}'s; rebuild it: "
+                        f"make kaggle-bundle CONFIG=... KAGGLE_USER={user}")  # fmt: skip
+    out = paths.for_config(cfg)
+    dataset_version = upload_dataset(kaggle, cfg, manifest, message or version_notes(manifest))
+    wait_until_ready(kaggle, manifest["dataset"], wait, out.kaggle_pushed, dataset_version)
+    answer = kaggle.push_kernel(kernel["id"], out.kaggle_kernel)
+    version = getattr(answer, "version_number", None)
+    url = getattr(answer, "url", None) or f"https://www.kaggle.com/code/{kernel['id']}"
+    record = artifacts.read_json(out.kaggle_pushed) if out.kaggle_pushed.is_file() else {}
+    artifacts.write_json(out.kaggle_pushed, {**record, "kernel": kernel["id"], "kernel_version": version})
+    log.info("kaggle-push: kernel %s version %s pushed and running: %s", kernel["id"], version or "?", url)
+    log.info("kaggle-push: next, `make kaggle-submit CONFIG=%s` waits for that run and submits its submission.csv "
+             "(or: kaggle competitions submit %s -k %s -f submission.csv -v %s -m '%s')", f"configs/{cfg.comp}/"
+             f"{cfg.exp}.yaml", cfg.comp, kernel["id"], version or "<version>", version_notes(manifest))  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = config_from_args(args)
+    if args.wait < 0:
+        raise UserError(f"--wait {args.wait}: must be 0 or more seconds")
+    push(cfg, args.wait, args.message)

@@ -1,0 +1,140 @@
+"""What submit and kaggle-submit check before they submit, and how they wait for Kaggle afterwards.
+
+Before: `check_can_submit` asks Kaggle about the competition (closed? code-only?) and the account's remaining
+submissions (today's, and the competition's total: `limited_by_total`), and refuses with one line naming the fix.
+After: `wait_for_score` polls the submission until Kaggle has scored it (COMPLETE: its public score) or refused it
+(ERROR: Kaggle's error_description, raised as a UserError); `wait_for_kernel` polls a pushed kernel's run until it
+completes or fails. Progress goes to the log; the poll interval is PIPELINE_KAGGLE_POLL seconds (default 15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WAIT = 1800.0  # seconds submit/kaggle-submit wait for the score (--wait / Make's WAIT; 0: do not wait)
+KERNEL_DONE = ("complete",)
+KERNEL_FAILED = ("error", "cancel_requested", "cancel_acknowledged")
+
+
+def poll_seconds() -> float:
+    try:
+        return max(float(os.environ.get("PIPELINE_KAGGLE_POLL") or 15.0), 0.01)
+    except ValueError:
+        return 15.0
+
+
+def check_can_submit(kaggle: Any, comp: str, csv_upload: bool) -> None:  # noqa: ANN401 - pipeline.kaggle.client.Kaggle
+    """UserError when Kaggle would refuse a submission to `comp` now; `csv_upload`: a file, not a kernel's output."""
+    info = kaggle.competition(comp)
+    if info is not None:
+        deadline = getattr(info, "deadline", None)
+        if getattr(info, "submissions_disabled", False):
+            raise UserError(f"'{comp}' takes no submissions any more (closed, deadline {deadline})")
+        if isinstance(deadline, datetime) and (deadline if deadline.tzinfo else deadline.replace(tzinfo=UTC)) < (
+            datetime.now(UTC)
+        ):
+            log.warning("warning: '%s' closed on %s: a late submission is scored but not ranked", comp, deadline)
+        if csv_upload and getattr(info, "is_kernels_submissions_only", False):
+            raise UserError(
+                f"'{comp}' is a code competition: Kaggle scores a kernel's output, not an uploaded file; run "
+                "`make kaggle-bundle kaggle-push kaggle-submit CONFIG=...`"
+            )
+    limits = limits_or_none(kaggle, comp)
+    if limits is None or getattr(limits, "num_allowed_now", 1) > 0:
+        return
+    if getattr(limits, "limited_by_total", False):
+        raise UserError(f"no submissions left for '{comp}': the competition's total limit is used up "
+                        f"({limits.num_total} submitted)")  # fmt: skip
+    if getattr(limits, "num_today", 0) > 0:  # all zeros: not on a team yet, which the first submission makes
+        raise UserError(
+            f"no submissions left today for '{comp}' ({limits.num_today} used); try again after midnight UTC"
+        )
+
+
+def limits_or_none(kaggle: Any, comp: str) -> Any:  # noqa: ANN401
+    """Submission limits, or None: a hint only, so their absence never stops a submission."""
+    try:
+        return kaggle.submission_limits(comp)
+    except UserError as exc:
+        log.debug("submission limits unavailable: %s", exc)
+        return None
+
+
+def status_name(item: Any) -> str:  # noqa: ANN401 - ApiSubmission
+    status = getattr(item, "status", None)
+    return str(getattr(status, "name", status or "")).lower()
+
+
+def wait_for_score(kaggle: Any, comp: str, ref: int, seconds: float) -> Any:  # noqa: ANN401
+    """Poll submission `ref` until it is scored; the ApiSubmission, or None when `seconds` pass first.
+
+    UserError with Kaggle's error_description when scoring failed.
+    """
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    while True:
+        item = kaggle.submission(comp, ref)
+        status = status_name(item) if item is not None else "not listed yet"
+        if status == "complete":
+            return item
+        if status == "error":
+            reason = getattr(item, "error_description", None) or "no description given"
+            raise UserError(f"Kaggle could not score submission #{ref} to '{comp}': {reason}")
+        if time.monotonic() >= deadline:
+            log.warning("warning: submission #%s is still %s after %.0f s; `make scores COMP=%s` shows it later",
+                        ref, status, seconds, comp)  # fmt: skip
+            return None
+        log.info("submission #%s: %s (%.0f s)", ref, status, time.monotonic() - started)
+        time.sleep(poll_seconds())
+
+
+def wait_for_kernel(kaggle: Any, ref: str, seconds: float) -> tuple[str, str]:  # noqa: ANN401
+    """Poll kernel `ref`'s latest run until it ends: (status, failure message). UserError when `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    while True:
+        status, failure = kaggle.kernel_status(ref)
+        if status in KERNEL_DONE or status in KERNEL_FAILED:
+            log.info("kernel %s: %s after %.0f s", ref, status, time.monotonic() - started)
+            return status, failure
+        if time.monotonic() >= deadline:
+            raise UserError(f"kernel {ref} is still {status} after {seconds:.0f} s; re-run `make kaggle-submit` "
+                            f"later (it waits again), or see https://www.kaggle.com/code/{ref}")  # fmt: skip
+        log.info("kernel %s: %s (%.0f s)", ref, status, time.monotonic() - started)
+        time.sleep(poll_seconds())
+
+
+def score_line(comp: str, ref: int, item: Any) -> str:  # noqa: ANN401
+    """What the user sees once a submission is scored."""
+    return f"{comp}: submission #{ref} scored {getattr(item, 'public_score', '') or 'n/a'} (public leaderboard)"
+
+
+def wait_seconds(args: argparse.Namespace) -> float:
+    wait = getattr(args, "wait", None)
+    wait = DEFAULT_WAIT if wait is None else float(wait)
+    if wait < 0:
+        raise UserError(f"--wait {wait:g} (Make: WAIT=): must be 0 (do not wait) or more seconds")
+    return wait
+
+
+def finish(kaggle: Any, comp: str, ref: int, wait: float) -> None:  # noqa: ANN401 - pipeline.kaggle.client.Kaggle
+    """Wait for submission `ref`'s score and print it (or say where to look), then the submissions left."""
+    if wait > 0 and ref:
+        item = wait_for_score(kaggle, comp, ref, wait)
+        if item is not None:
+            print(score_line(comp, ref, item), flush=True)
+    else:
+        log.info("not waiting for the score (WAIT=0); `make scores COMP=%s` shows it once Kaggle has it", comp)
+    limits = limits_or_none(kaggle, comp)
+    if limits is not None:
+        log.info("%d submission(s) left today; `make scores COMP=%s` shows the leaderboard", limits.num_allowed_now,
+                 comp)  # fmt: skip

@@ -1,0 +1,1 @@
+"""reporting: see pipeline/__init__.py for the map."""

@@ -1,0 +1,59 @@
+"""summary: what an experiment scored and whether this run rebuilt anything; info: facts for Make.
+
+`summary` reads scores.json and the artifact mtimes (Make passes the time it started in
+PIPELINE_MAKE_START), prints CV, per-fold spread and holdout, and says plainly when nothing was
+retrained. `info` prints one fact Make needs (e.g. n_folds) without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import yaml
+
+from pipeline.core import paths
+from pipeline.core.artifacts import read_json
+from pipeline.core.cli import config_from_args
+from pipeline.core.config import config_paths, parse_override
+from pipeline.core.errors import UserError
+
+
+def n_folds(config: Path, overrides: list[str]) -> int:
+    """folds.n_folds from competition.yaml and overrides, read without validating (Make calls this often)."""
+    value = 5
+    comp_path, _, _ = config_paths(config)
+    if comp_path.exists():
+        folds = (yaml.safe_load(comp_path.read_text()) or {}).get("folds") or {}
+        value = folds.get("n_folds", value)
+    for text in overrides:
+        parts, parsed = parse_override(text)
+        if parts == ["folds", "n_folds"]:
+            value = parsed
+    return int(value)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "info":
+        if args.what != ["n_folds"] or not args.config:
+            raise UserError("info: usage `python -m pipeline info --config FILE n_folds`")
+        print(n_folds(Path(args.config), args.overrides))
+        return
+    cfg = config_from_args(args)
+    out = paths.for_config(cfg)
+    scores = read_json(out.scores)
+    folds = scores["folds"]
+    spread = f"folds {min(folds):.4f}..{max(folds):.4f}, {len(folds)} folds, TTA {'+'.join(scores['tta_views'])}"
+    print(f"{cfg.comp}/{out.run.name}: CV {scores['metric']} = {scores['cv']:.4f} ({spread})")
+    if scores.get("holdout") is not None:
+        print(f"{cfg.comp}/{out.run.name}: held-out test {scores['metric']} = {scores['holdout']:.4f}")
+    print(f"submission: {out.submission}")
+    started = float(os.environ.get("PIPELINE_MAKE_START", "0") or 0)
+    if started:
+        weights = [out.weights(k) for k in range(cfg.folds.n_folds)]
+        retrained = [k for k, w in enumerate(weights) if w.exists() and w.stat().st_mtime >= started]
+        if retrained:
+            print(f"this run trained fold(s) {', '.join(map(str, retrained))}")
+        else:
+            print("nothing retrained: every fold's weights were already up to date")

@@ -1,0 +1,1 @@
+"""training: see pipeline/__init__.py for the map."""

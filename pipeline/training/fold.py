@@ -1,0 +1,105 @@
+"""One fold's training data: the folds table, the fold's model, loaders and targets, ready for the loop.
+
+Reads data/processed/<comp>/folds.csv and the competition's images (through the cache when built); writes
+nothing. train and lr-find prepare their fold here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.core import paths
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.data.augment import eval_transform, train_transform
+from pipeline.data.cache import cache_for
+from pipeline.data.loader import EpochSampler, ImageDataset, make_loader
+from pipeline.data.tables import encode_targets, read_csv
+from pipeline.training import budget, distributed, recipe
+from pipeline.training.distributed import World
+from pipeline.training.model import build_model, data_config
+from pipeline.training.runtime import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def read_folds(out: paths.Paths) -> pd.DataFrame:
+    if not out.folds_csv.exists():
+        raise UserError(f"{out.folds_csv} not found; run `make folds CONFIG=...` first")
+    return read_csv(out.folds_csv, "folds table").astype({"fold": int})
+
+
+@dataclass
+class Fold:
+    """Everything one fold's training loop works on."""
+
+    cfg: Config
+    fold: int
+    device: torch.device
+    out: paths.Paths
+    fingerprint: str
+    model: torch.nn.Module
+    data_config: dict
+    train_loader: torch.utils.data.DataLoader
+    valid_loader: torch.utils.data.DataLoader
+    sampler: EpochSampler
+    valid_rows: pd.DataFrame
+    valid_targets: np.ndarray
+    train_targets: np.ndarray
+    train_size: int  # the image size train_loader currently produces (progressive resizing changes it)
+    world: World = World()
+
+
+def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: World = distributed.SINGLE) -> Fold:
+    out = paths.for_config(cfg)
+    table = read_folds(out)
+    train_rows, valid_rows = table[table["fold"] != fold], table[table["fold"] == fold]
+    if train_rows.empty or valid_rows.empty:
+        raise UserError(f"{out.folds_csv}: fold {fold} has no training or no validation rows; rebuild folds")
+    seed = cfg.train.seed + fold
+    seed_everything(seed, cfg.train.deterministic)
+    cfg = budget.resolve_budget(cfg)  # null augmentation strengths -> the budget's (pipeline.training.budget)
+    model = build_model(cfg.model, cfg.num_classes, image_size=cfg.train.image_size)
+    recipe.prepare_model(model, cfg.train)  # head init scale, frozen BatchNorm
+    dcfg = data_config(model, cfg.train.image_size)
+    raw = paths.raw_dir(cfg.comp)
+    valid_targets = encode_targets(valid_rows["label"], cfg.data)
+    train_targets = encode_targets(train_rows["label"], cfg.data)
+    cache = cache_for(cfg, dcfg)
+    train_ds = ImageDataset(raw, train_rows["image"], train_targets, train_transform(cfg.augment, dcfg), seed=seed,
+                            cache=cache)  # fmt: skip
+    valid_ds = ImageDataset(raw, valid_rows["image"], valid_targets, eval_transform(dcfg), cache=cache)
+    if cfg.train.sampler == "balanced":
+        sampler = recipe.BalancedEpochSampler(train_targets, seed, drop_last_batch_of=cfg.train.batch_size)
+    else:
+        sampler = EpochSampler(len(train_ds), seed, drop_last_batch_of=cfg.train.batch_size)
+    workers = cfg.train.num_workers
+    if world.active:  # every process takes its slice of each global batch
+        sampler = distributed.ShardedSampler(sampler, world, cfg.train.batch_size)
+    local_batch = distributed.per_rank_batch(cfg.train.batch_size, world)
+    train_loader = make_loader(train_ds, local_batch, workers, device, sampler=sampler)
+    valid_loader = make_loader(valid_ds, cfg.train.batch_size * 2, workers, device)
+    if world.active and cfg.train.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return Fold(cfg, fold, device, out, fp, model, dcfg, train_loader, valid_loader, sampler, valid_rows,
+                valid_targets, train_targets, dcfg["input_size"][-1], world)  # fmt: skip
+
+
+def set_train_size(f: Fold, size: int) -> None:
+    """Progressive resizing: the training transform at `size` (a new loader, so persistent workers see it)."""
+    if size == f.train_size:
+        return
+    dataset = f.train_loader.dataset
+    dataset.transform = train_transform(f.cfg.augment, {**f.data_config, "input_size": (3, size, size)})
+    local_batch = distributed.per_rank_batch(f.cfg.train.batch_size, f.world)
+    f.train_loader = make_loader(dataset, local_batch, f.cfg.train.num_workers, f.device, sampler=f.sampler)
+    f.train_size = size
+    log.info("fold %d: training at %d px", f.fold, size)

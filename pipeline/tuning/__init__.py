@@ -1,0 +1,1 @@
+"""tuning: see pipeline/__init__.py for the map."""

@@ -1,0 +1,109 @@
+"""The decoded-image cache: built once, reused, invalidated by size or source changes, pixel-exact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import pipeline.data.cache as cache_module
+import pipeline.data.loader as loader_module
+from helpers.builders import write_competition
+from pipeline.core.config import AugmentConfig
+from pipeline.data.augment import eval_transform, train_transform
+from pipeline.data.cache import ensure_cache, resize_square
+from pipeline.data.loader import EpochSampler, ImageDataset, make_loader
+from pipeline.data.tables import load_image
+from pipeline.inference.tta import predict_views
+
+DATA_CFG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> tuple[Path, list[str]]:
+    raw = write_competition(tmp_path / "raw", "csv", n_train=12, n_test=4)
+    return raw, sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*.png"))
+
+
+@pytest.fixture
+def decode_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+
+    def counting(path: Path) -> np.ndarray:
+        calls.append(str(path))
+        return load_image(path)
+
+    monkeypatch.setattr(cache_module, "load_image", counting)
+    monkeypatch.setattr(loader_module, "load_image", counting)
+    return calls
+
+
+def test_cache_decodes_once_and_epochs_decode_nothing(images, decode_counter, tmp_path: Path) -> None:
+    raw, names = images
+    cache = ensure_cache(tmp_path / "processed", raw, names, image_size=32)
+    assert len(decode_counter) == len(names)  # each image decoded exactly once
+    dataset = ImageDataset(raw, names, np.zeros(len(names), dtype=np.int64), train_transform(AugmentConfig(), DATA_CFG),
+                           seed=0, cache=cache)  # fmt: skip
+    sampler = EpochSampler(len(names), seed=0)
+    loader = make_loader(dataset, 4, 0, torch.device("cpu"), sampler=sampler)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = [x for x, _ in loader]
+        assert batches[0].dtype == torch.uint8 and batches[0].shape[1:] == (3, 32, 32)
+    assert len(decode_counter) == len(names)  # two epochs later: still nothing decoded again
+    ensure_cache(tmp_path / "processed", raw, names, image_size=32)
+    assert len(decode_counter) == len(names)  # an up-to-date cache is reused, not rebuilt
+
+
+def test_cache_matches_direct_decoding_and_tracks_changes(images, decode_counter, tmp_path: Path) -> None:
+    raw, names = images
+    cache = ensure_cache(tmp_path / "processed", raw, names, image_size=32)
+    for name in names:
+        assert np.array_equal(cache[name], resize_square(load_image(raw / name), cache.side))
+    decoded = len(decode_counter)
+    other = ensure_cache(tmp_path / "processed", raw, names, image_size=48)  # new size: a new cache
+    assert other.side != cache.side and len(decode_counter) == decoded + len(names)
+    os.utime(raw / names[0], ns=(1, 1))  # a source image changed: rebuild
+    before = len(decode_counter)
+    ensure_cache(tmp_path / "processed", raw, names, image_size=32)
+    assert len(decode_counter) == before + len(names)
+
+
+def test_tta_decodes_each_image_once(images, decode_counter) -> None:
+    raw, names = images
+    dataset = ImageDataset(raw, names, None, eval_transform(DATA_CFG))
+    loader = make_loader(dataset, 8, 0, torch.device("cpu"))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    soft = lambda logits: logits.softmax(dim=1)  # noqa: E731
+    probs = torch.cat(
+        [predict_views(model, x.float(), ["identity", "hflip", "vflip", "rot90"], soft) for x, _ in loader]
+    )
+    assert probs.shape == (len(names), 3)
+    assert len(decode_counter) == len(names)  # four views, one decode per image
+
+
+def test_data_wait_warning_fires_when_the_loader_is_slowed(project: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    import time
+
+    from helpers.builders import run_main, tiny_experiment
+    from test_chain import write_competition_yaml
+
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project, train={"cache": False})
+    assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
+
+    def slow(path: Path) -> np.ndarray:
+        time.sleep(0.05)  # a loader far slower than the tiny model's step
+        return load_image(path)
+
+    monkeypatch.setattr(loader_module, "load_image", slow)
+    result = run_main(capsys, "train", "--config", str(config), "--fold", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("waiting for data") == 1  # warned once, naming the fixes
+    assert "train.num_workers" in result.stderr and "train.cache" in result.stderr
+    log = pd.read_csv(project / "data/runs/toy/tiny/fold0/log.csv")
+    assert log["data_wait_share"].iloc[0] > 0.5
