@@ -192,7 +192,8 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         folds.append(entry)
     requirements = wheels.runtime_requirements()
     (folder / "requirements.txt").write_text(
-        "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n" + "".join(f"{line}\n" for line in requirements)
+        "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n"
+        + "".join(f"{line}\n" for line in requirements)
     )
     package = wheels.build_package_wheel(folder)
     extras = [wheels.bundle_wheel(name, folder).name for name in wheels.bundled_distributions(requirements)]
