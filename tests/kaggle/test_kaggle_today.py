@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from test_kaggle import CONFIG, FILES, SLUG, assert_ok, assert_user_error, raw, write_experiment
 
-from helpers.builders import run_main, tiny_experiment, write_competition
+from helpers.builders import REPO, run_main, tiny_experiment, write_competition
 from helpers.fake_kaggle import FakeKaggle
 from pipeline.core import paths
 
@@ -191,7 +191,7 @@ def test_requires_python_is_what_the_kaggle_client_needs() -> None:
     import re
     import tomllib
 
-    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
     ours = re.fullmatch(r">=\s*3\.(\d+)", project["project"]["requires-python"])
     client = re.fullmatch(r">=\s*3\.(\d+)", importlib.metadata.metadata("kaggle")["Requires-Python"])
     assert ours and client and int(ours.group(1)) >= int(client.group(1)), (ours, client)
