@@ -15,30 +15,42 @@ from helpers.builders import run_main
 CLASSES = ["a", "b"]
 
 
+def write_scaffold(project: Path, classes: list[str], metric: str, labels: np.ndarray, folds: np.ndarray) -> list[str]:
+    """configs/toy/competition.yaml and data/processed/toy/folds.csv for `labels` in `folds`; returns the ids."""
+    ids = [f"r{i:03d}" for i in range(len(labels))]
+    comp = project / "configs/toy"
+    comp.mkdir(parents=True)
+    values = {"data": {"classes": classes}, "metric": metric, "folds": {"n_folds": int(folds.max()) + 1}}
+    (comp / "competition.yaml").write_text(yaml.safe_dump(values))
+    processed = project / "data/processed/toy"
+    processed.mkdir(parents=True)
+    frame = pd.DataFrame({"id": ids, "image": ids, "label": labels, "fold": folds})
+    frame.to_csv(processed / "folds.csv", index=False)
+    return ids
+
+
+def write_experiment(run: Path, oof: pd.DataFrame, folds: np.ndarray, test: pd.DataFrame) -> None:
+    """An experiment's per-fold OOF files, its oof.csv and test.csv."""
+    for k in range(int(folds.max()) + 1):
+        (run / f"fold{k}").mkdir(parents=True)
+        oof[folds == k].to_csv(run / f"fold{k}/oof.csv", index=False)
+    oof.to_csv(run / "oof.csv", index=False)
+    test.to_csv(run / "test.csv", index=False)
+
+
 def build(project: Path, rng_seed: int = 0, n: int = 60) -> np.ndarray:
     """A competition with folds.csv and two experiments whose errors fall on different rows."""
     rng = np.random.default_rng(rng_seed)
     labels = np.array(["a", "b"] * (n // 2))
     folds = np.arange(n) % 3
-    ids = [f"r{i:03d}" for i in range(n)]
-    comp = project / "configs/toy"
-    comp.mkdir(parents=True)
-    (comp / "competition.yaml").write_text(yaml.safe_dump({"data": {"classes": CLASSES}, "metric": "log_loss",
-                                                           "folds": {"n_folds": 3}}))  # fmt: skip
-    processed = project / "data/processed/toy"
-    processed.mkdir(parents=True)
-    pd.DataFrame({"id": ids, "image": ids, "label": labels, "fold": folds}).to_csv(processed / "folds.csv", index=False)
+    ids = write_scaffold(project, CLASSES, "log_loss", labels, folds)
     truth = (labels == "b").astype(float)
     for exp, wrong in (("left", np.arange(n) % 2 == 0), ("right", np.arange(n) % 2 == 1)):
         p_true = np.where(wrong, 0.3, 0.9) + rng.uniform(-0.02, 0.02, n)  # confident where right, wrong elsewhere
         p_b = np.where(truth == 1, p_true, 1 - p_true)
         frame = pd.DataFrame({"id": ids, "a": 1 - p_b, "b": p_b})
-        run = project / "data/runs/toy" / exp
-        for k in range(3):
-            (run / f"fold{k}").mkdir(parents=True)
-            frame[folds == k].to_csv(run / f"fold{k}/oof.csv", index=False)
-        frame.to_csv(run / "oof.csv", index=False)
-        pd.DataFrame({"id": ["t1", "t2"], "a": [0.6, 0.3], "b": [0.4, 0.7]}).to_csv(run / "test.csv", index=False)
+        test = pd.DataFrame({"id": ["t1", "t2"], "a": [0.6, 0.3], "b": [0.4, 0.7]})
+        write_experiment(project / "data/runs/toy" / exp, frame, folds, test)
     return folds
 
 
@@ -99,15 +111,7 @@ def build_bad_member(project: Path, n: int = 200) -> None:
     classes = [f"c{k}" for k in range(10)]
     labels = rng.integers(0, 10, n)
     folds = np.arange(n) % 5
-    ids = [f"r{i:03d}" for i in range(n)]
-    comp = project / "configs/toy"
-    comp.mkdir(parents=True)
-    (comp / "competition.yaml").write_text(yaml.safe_dump({"data": {"classes": classes}, "metric": "accuracy",
-                                                           "folds": {"n_folds": 5}}))  # fmt: skip
-    processed = project / "data/processed/toy"
-    processed.mkdir(parents=True)
-    frame = pd.DataFrame({"id": ids, "image": ids, "label": np.array(classes)[labels], "fold": folds})
-    frame.to_csv(processed / "folds.csv", index=False)
+    ids = write_scaffold(project, classes, "accuracy", np.array(classes)[labels], folds)
     for exp, right_share in (("good", 0.51), ("bad", 0.16)):
         right = rng.random(n) < right_share
         guess = np.where(right, labels, (labels + rng.integers(1, 10, n)) % 10)
@@ -116,15 +120,10 @@ def build_bad_member(project: Path, n: int = 200) -> None:
         probs /= probs.sum(axis=1, keepdims=True)
         out = pd.DataFrame(probs, columns=classes)
         out.insert(0, "id", ids)
-        run = project / "data/runs/toy" / exp
-        for k in range(5):
-            (run / f"fold{k}").mkdir(parents=True)
-            out[folds == k].to_csv(run / f"fold{k}/oof.csv", index=False)
-        out.to_csv(run / "oof.csv", index=False)
         test = pd.DataFrame(np.full((2, 10), 0.1), columns=classes)
         test.insert(0, "id", ["t1", "t2"])
-        test.to_csv(run / "test.csv", index=False)
-    (comp / "blend.yaml").write_text(yaml.safe_dump({"name": "duo", "experiments": ["good", "bad"]}))
+        write_experiment(project / "data/runs/toy" / exp, out, folds, test)
+    (project / "configs/toy/blend.yaml").write_text(yaml.safe_dump({"name": "duo", "experiments": ["good", "bad"]}))
 
 
 @pytest.mark.parametrize("method", ["fitted", "greedy", "mean"])
