@@ -25,7 +25,7 @@ from pipeline.core.config import (
     to_dict,
 )
 from pipeline.training import recipe
-from test_chain import write_competition_yaml
+from test_chain import run_chain, write_competition_yaml
 
 RUN = "data/runs/toy/tiny"
 SWA = {"epochs": 3, "lr": 0.01, "keep": "last", "deterministic": True, "swa": {"epochs": 2}}
@@ -142,3 +142,15 @@ def test_swa_longer_than_training_is_refused(project: Path, capsys: pytest.Captu
     assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(ConfigError):
         load_config(config)
+
+
+def test_swa_runs_through_the_chain_into_scores_json(project: Path, capsys: pytest.CaptureFixture) -> None:
+    write_competition_yaml(project, "csv")
+    config = tiny_experiment(project, train={"epochs": 2, "lr": 0.01, "swa": {"epochs": 2}})
+    logs = run_chain(capsys, config)
+    assert "SWA of epochs 1-2" in logs["train"]
+    selection = json.loads((project / RUN / "scores.json").read_text())["oof_selection"]
+    assert selection["swa_chosen_on_fold"] and len(selection["folds"]) == 2
+    for fold in selection["folds"]:
+        assert fold["swa"]["averaged"] == 2 and fold["weights"] == ("swa" if fold["swa"]["kept"] else "raw")
+    assert (project / RUN / "test.csv").exists()  # predict and ensemble took the soup weights
