@@ -157,9 +157,13 @@ def swa_takes(epoch: int, cfg: TrainConfig) -> bool:
     return bool(cfg.swa.epochs) and epoch > cfg.epochs - cfg.swa.epochs
 
 
-def swa_finish(swa: torch.optim.swa_utils.AveragedModel, loader: Any, device: torch.device) -> torch.nn.Module:
-    """The averaged model with BatchNorm running statistics recomputed over one pass of the training batches."""
-    torch.optim.swa_utils.update_bn(loader, swa.module, device)
+def swa_finish(
+    swa: torch.optim.swa_utils.AveragedModel, loader: Any, device: torch.device, cfg: TrainConfig
+) -> torch.nn.Module:
+    """The averaged model with BatchNorm running statistics recomputed over one pass of the training batches
+    (unless train.freeze_bn keeps them as they were)."""
+    if not cfg.freeze_bn:
+        torch.optim.swa_utils.update_bn(loader, swa.module, device)
     return swa.module
 
 

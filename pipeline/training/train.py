@@ -303,7 +303,7 @@ def apply_swa(run: FoldRun) -> dict[str, Any] | None:
         return None
     keeper, t = state.keeper, f.cfg.train
     f.sampler.set_epoch(state.epoch, skip=0)
-    model = recipe.swa_finish(state.swa, f.train_loader, f.device)
+    model = recipe.swa_finish(state.swa, f.train_loader, f.device, t)
     probs = predict_probs(model, f.valid_loader, f.device, output_activation(f.cfg), run.amp)
     finite = bool(np.isfinite(probs).all())
     value = score(metric, f.valid_targets, probs) if finite else float("nan")

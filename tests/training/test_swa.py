@@ -142,6 +142,7 @@ def test_swa_longer_than_training_is_refused(project: Path, capsys: pytest.Captu
     assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(ConfigError):
         load_config(config)
+    assert load_config(config, ["train.swa.epochs=1"]).train.swa.epochs == 1  # the override form works too
 
 
 def test_swa_runs_through_the_chain_into_scores_json(project: Path, capsys: pytest.CaptureFixture) -> None:
