@@ -637,6 +637,10 @@ def unknown_loss(c: Ctx) -> None:
     c.edit_experiment("train", loss="hinge")
 
 
+def swa_longer_than_training(c: Ctx) -> None:
+    c.edit_experiment("train", swa={"epochs": 99})
+
+
 def unknown_policy(c: Ctx) -> None:
     c.edit_experiment("augment", policy="strong")
 
@@ -654,6 +658,7 @@ CASES.update({
     "custom metric not importable": Case("folds", custom_metric_not_importable, ("metric.function", "'nomodule'")),
     "custom metric not a number": Case("train", custom_metric_not_a_number, ("textmetric:score", "not a number")),
     "unknown loss": Case("train", unknown_loss, ("train.loss", "'hinge'", "focal")),
+    "SWA longer than training": Case("train", swa_longer_than_training, ("train.swa.epochs", "last N", "99")),
     "unknown augment policy": Case("train", unknown_policy, ("augment.policy", "'strong'", "randaugment")),
     "unknown custom transform": Case("train", unknown_transform, ("augment.custom[1]", "'Blurr'")),
     "unknown transform argument": Case("train", unknown_transform_argument, ("augment.custom[0]", "rotat")),

@@ -99,6 +99,13 @@ class ModelConfig:
 
 
 @dataclass
+class SwaConfig:
+    """train.swa: a checkpoint soup of the last epochs (pipeline.training.recipe.swa_*)."""
+
+    epochs: int = ranged(0, 0)  # average the weights of the last N epochs (BatchNorm re-estimated); 0: off
+
+
+@dataclass
 class TrainConfig:
     epochs: int = ranged(5, 1)
     batch_size: int = ranged(32, 1)
@@ -157,6 +164,7 @@ class TrainConfig:
     class_weights: str = "none"  # none | balanced: loss weights inverse to class frequency (multi-label: pos_weight)
     sampler: str = "shuffle"  # shuffle | balanced: draw rows with probability inverse to class frequency
     progressive_sizes: list[int] = ranged(None, 8, factory=list)  # e.g. [32, 48]: train sizes, in equal epoch blocks
+    swa: SwaConfig = field(default_factory=SwaConfig)  # {epochs: 3}: soup of the last 3 epochs, kept if not worse
 
 
 @dataclass
@@ -514,6 +522,8 @@ def validate_recipe(cfg: Config) -> None:
         raise ConfigError("train.sampler: balanced is for single-label data; use train.class_weights for multi-label")
     if t.class_weights != "none" and cfg.model.head == "regression":
         raise ConfigError("train.class_weights: a regression head has no class weights; use train.sampler: balanced")
+    if t.swa.epochs > t.epochs:
+        raise ConfigError(f"train.swa.epochs: averages the last N of train.epochs ({t.epochs}), got {t.swa.epochs}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -530,6 +540,9 @@ def fingerprint(cfg: Config, sections: tuple[str, ...]) -> str:
     for section, key in NOT_FINGERPRINTED:
         if isinstance(values.get(section), dict):
             values[section].pop(key, None)
+    for section, key, off in FINGERPRINTED_WHEN_ON:
+        if isinstance(values.get(section), dict) and values[section].get(key) == off:
+            values[section].pop(key)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -544,6 +557,9 @@ NOT_FINGERPRINTED = (
     ("train", "compile"),
     ("data", "holdout"),
 )
+# Keys added after runs were trained: left out of the hash while off, so turning them on retrains and older
+# runs keep their fingerprint.
+FINGERPRINTED_WHEN_ON = (("train", "swa", {"epochs": 0}),)
 
 
 def config_from_values(values: dict[str, Any]) -> Config:

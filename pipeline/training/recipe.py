@@ -146,6 +146,32 @@ def build_ema(model: torch.nn.Module, cfg: TrainConfig, total_updates: int = 0) 
     return ModelEmaV3(model, decay=budget_ema_decay(cfg, total_updates), use_warmup=True) if cfg.ema else None
 
 
+def build_swa(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.swa_utils.AveragedModel | None:
+    """train.swa: an equal-weight running mean of the weights at the end of each of the last N epochs (torch's
+    AveragedModel; parameters only: BatchNorm statistics are re-estimated by `swa_finish`)."""
+    return torch.optim.swa_utils.AveragedModel(model) if cfg.swa.epochs else None
+
+
+def swa_takes(epoch: int, cfg: TrainConfig) -> bool:
+    """Whether the epoch that just finished (1-based) is one of the last train.swa.epochs."""
+    return bool(cfg.swa.epochs) and epoch > cfg.epochs - cfg.swa.epochs
+
+
+def swa_finish(
+    swa: torch.optim.swa_utils.AveragedModel, loader: Any, device: torch.device, cfg: TrainConfig
+) -> torch.nn.Module:
+    """The averaged model with BatchNorm running statistics recomputed over one pass of the training batches
+    (unless train.freeze_bn keeps them as they were)."""
+    if not cfg.freeze_bn:
+        torch.optim.swa_utils.update_bn(loader, swa.module, device)
+    return swa.module
+
+
+def swa_wins(metric: str, swa_value: float, kept_value: float) -> bool:
+    """The soup replaces the kept weights only when it validates at least as well (as EMA is chosen)."""
+    return not is_better(metric, kept_value, swa_value)
+
+
 class BestKeeper:
     """Which weights a fold saves: the best-scoring epoch's (keep: best) or the last one's, and early stopping.
 
@@ -378,7 +404,8 @@ def oof_selection(cfg: Config) -> dict[str, Any]:
         saved = int(facts.get("epoch", len(history)))
         gain = float(good.iloc[saved - 1] - good.iloc[-1])
         folds.append({"fold": k, "epoch": saved, "of": len(history), "weights": facts.get("weights", "raw"),
-                      "gain": round(gain, 6)})  # fmt: skip
+                      "gain": round(gain, 6), **({"swa": facts["swa"]} if "swa" in facts else {})})  # fmt: skip
     gains = [f["gain"] for f in folds]
     return {"keep": cfg.train.keep, "ema_chosen_on_fold": bool(cfg.train.ema),
+            "swa_chosen_on_fold": bool(cfg.train.swa.epochs),
             "selection_gain": round(float(np.mean(gains)), 6) if gains else None, "folds": folds}  # fmt: skip

@@ -71,6 +71,7 @@ class TrainingState:
     step: int = 0  # batches done in the current epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch (log.csv)
     partial: dict[str, float] = field(default_factory=fresh_partial)
+    swa: torch.optim.swa_utils.AveragedModel | None = None  # train.swa: the running mean of the last epochs
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +79,7 @@ class TrainingState:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None, "keeper": self.keeper.state_dict(),
             "epoch": self.epoch, "step": self.step, "history": json.dumps(self.history),
-            "partial": json.dumps(self.partial),
+            "partial": json.dumps(self.partial), "swa": self.swa.state_dict() if self.swa is not None else None,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -91,6 +92,8 @@ class TrainingState:
         self.keeper.load_state_dict(state["keeper"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.partial = json.loads(state["history"]), json.loads(state["partial"])
+        if self.swa is not None:
+            self.swa.load_state_dict(state["swa"])
 
 
 @dataclass
@@ -140,7 +143,7 @@ def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: Worl
         f.model, optimizer, recipe.PhasedScheduler(optimizer, t, lr, updates_per_epoch),
         torch.amp.GradScaler("cuda", enabled=amp[0] and amp[1] == torch.float16),
         recipe.build_ema(f.model, t, updates_per_epoch * t.epochs),
-        recipe.BestKeeper(cfg.metric, t.keep),
+        recipe.BestKeeper(cfg.metric, t.keep), swa=recipe.build_swa(f.model, t),
     )  # fmt: skip
     mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
     criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None)
@@ -191,9 +194,12 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
             end_epoch(run, evaluate(run.f, state.keeper, state.ema, output_activation(cfg), run.amp, state.epoch))
             if distributed.broadcast_flag(stop.should_stop(), world) and state.epoch < t.epochs:
                 raise stopped(run, stop.reason, f"after epoch {state.epoch}")
+    swa = apply_swa(run)
     if world.is_main:
         facts = {"lr": run.lr, "weights": state.keeper.source, "epoch": state.keeper.saved_epoch, "keep": t.keep,
                  **budget.budget_facts(cfg, run.updates_per_epoch * t.epochs)}  # fmt: skip
+        if swa:
+            facts["swa"] = swa
         finish_fold(run.f, state.keeper.probs, state.keeper.weights, facts)
         shutil.rmtree(run.checkpoint.parent, ignore_errors=True)
         tracking.sync_fold(cfg, fold)  # log.csv + config -> the tracker (tracking: none does nothing)
@@ -279,12 +285,39 @@ def end_epoch(run: FoldRun, row: dict[str, Any]) -> None:
     warn_if_starved(f, row, partial)
     if f.world.is_main:
         artifacts.write_csv(f.out.train_log(f.fold), pd.DataFrame(state.history))
+    if recipe.swa_takes(state.epoch + 1, cfg.train):
+        state.swa.update_parameters(f.model)  # before the checkpoint, so a resumed run averages each epoch once
     state.epoch, state.step, state.partial = state.epoch + 1, 0, fresh_partial()
     run.save()
     keeper, patience = state.keeper, cfg.train.early_stopping
     if keeper.patience_ran_out(patience) and state.epoch < cfg.train.epochs:
         log.info("fold %d: early stopping, no better %s for %d epochs (best: epoch %d, %.4f)", f.fold, cfg.metric,
                  patience, keeper.best_epoch, keeper.best_score)  # fmt: skip
+
+
+def apply_swa(run: FoldRun) -> dict[str, Any] | None:
+    """train.swa: the soup of the last epochs' weights, BatchNorm re-estimated on the training batches, replaces
+    the kept weights when it validates at least as well. Returns its facts (None when off or nothing averaged)."""
+    state, f, metric = run.state, run.f, run.f.cfg.metric
+    if state.swa is None or int(state.swa.n_averaged) == 0:
+        return None
+    keeper, t = state.keeper, f.cfg.train
+    f.sampler.set_epoch(state.epoch, skip=0)
+    model = recipe.swa_finish(state.swa, f.train_loader, f.device, t)
+    probs = predict_probs(model, f.valid_loader, f.device, output_activation(f.cfg), run.amp)
+    finite = bool(np.isfinite(probs).all())
+    value = score(metric, f.valid_targets, probs) if finite else float("nan")
+    kept_value = score(metric, f.valid_targets, keeper.probs)
+    kept = finite and recipe.swa_wins(metric, value, kept_value)
+    facts = {"epochs": [t.epochs - t.swa.epochs + 1, state.epoch], "averaged": int(state.swa.n_averaged),
+             f"valid_{metric}": value, f"valid_{metric}_kept_epoch": kept_value, "kept": kept}  # fmt: skip
+    log.info("fold %d: SWA of epochs %d-%d: valid %s %.4f vs %.4f for epoch %d (%s weights): %s", f.fold,
+             *facts["epochs"], metric, value, kept_value, keeper.saved_epoch, keeper.source,
+             "kept" if kept else "not kept")  # fmt: skip
+    if kept:
+        keeper.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        keeper.probs, keeper.source = probs, "swa"
+    return facts
 
 
 def diverged(f: Fold, where: str, lr: float | None) -> UserError:
