@@ -34,7 +34,7 @@ from pipeline.inference import view_scores
 from pipeline.inference.fold_model import load_fold_model, predict_table
 from pipeline.inference.tta import AUTO_CANDIDATES, views_or_identity
 from pipeline.inference.tta_auto import effective_views, mean_of_views
-from pipeline.training import distributed
+from pipeline.training import distributed, refit
 from pipeline.training.distributed import World
 from pipeline.training.fold import read_folds
 
@@ -103,6 +103,8 @@ def predict_auto(
 
 
 def predict_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE) -> None:
+    if fold == refit.REFIT:  # its weights were trained under the refit's config; it has no OOF rows (empty oof.csv)
+        cfg = refit.refit_config(cfg)
     out = paths.for_config(cfg)
     identity = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views_or_identity(cfg.tta.views)}
     if up_to_date(cfg, fold, identity):
