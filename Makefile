@@ -122,7 +122,7 @@ lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: lr_find.png 
 	$(PY) -m pipeline lr-find $(ARGS)
 
 ensemble: $(RUN)/scores.json ## blend the folds; CV score -> scores.json
-$(RUN)/scores.json: $(TEST_PROBS)
+$(RUN)/scores.json: $(TEST_PROBS) $(wildcard $(RUN)/refit/test.csv)
 	$(PY) -m pipeline ensemble $(ARGS)
 
 submission: $(SUBMISSION) ## submissions/<comp>/<exp>.csv in sample_submission's format
