@@ -73,7 +73,9 @@ REFIT_STAGES = ("train", "predict")  # the stages that accept --fold refit
 def folds_from_args(args: argparse.Namespace, cfg: Config) -> list[int]:
     if args.fold is None:
         return list(range(cfg.folds.n_folds))
-    if args.fold == REFIT and getattr(args, "command", None) in REFIT_STAGES:
+    if args.fold == REFIT:
+        if getattr(args, "command", None) not in REFIT_STAGES:
+            raise UserError(f"--fold refit: only {' and '.join(REFIT_STAGES)} take it (make refit CONFIG=...)")
         return [REFIT]
     if not 0 <= args.fold < cfg.folds.n_folds:
         raise UserError(f"--fold {args.fold}: folds.n_folds is {cfg.folds.n_folds}, so use 0..{cfg.folds.n_folds - 1}")

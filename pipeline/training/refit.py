@@ -18,7 +18,7 @@ from typing import Any
 from safetensors import safe_open
 
 from pipeline.core import paths
-from pipeline.core.config import Config
+from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
 from pipeline.core.errors import UserError
 
 REFIT = paths.REFIT
@@ -27,14 +27,20 @@ REFIT = paths.REFIT
 def saved_epochs(cfg: Config) -> list[int]:
     """The epoch each fold's saved weights come from (fold weights' `recipe` metadata)."""
     out = paths.for_config(cfg)
-    epochs = []
+    expected, epochs = fingerprint(cfg, TRAINING_SECTIONS), []
     for fold in range(cfg.folds.n_folds):
         weights = out.weights(fold)
         if not weights.exists():
             raise UserError(f"{weights} not found; the refit's epoch count comes from the folds: run "
                             "`make train CONFIG=...` first")  # fmt: skip
         with safe_open(str(weights), framework="pt") as f:
-            recipe = json.loads((f.metadata() or {}).get("recipe", "{}"))
+            meta = f.metadata() or {}
+        if meta.get("fingerprint") != expected:
+            raise UserError(
+                f"{weights} was trained under a different config, so its epoch can't size the refit; "
+                "retrain the folds (make train CONFIG=...) or restore the config they were trained with"
+            )
+        recipe = json.loads(meta.get("recipe", "{}"))
         if not recipe.get("epoch"):
             raise UserError(f"{weights}: no saved epoch in its metadata; retrain fold {fold}")
         epochs.append(int(recipe["epoch"]))

@@ -79,3 +79,22 @@ def test_refit_fold_trains_on_every_row(project: Path, capsys: pytest.CaptureFix
     fold0 = prepare_fold(cfg, 0, torch.device("cpu"), "fp")
     assert len(refit.train_loader.dataset) == total > len(fold0.train_loader.dataset)
     assert paths.for_config(cfg).weights(paths.REFIT).parent.name == "refit"
+
+
+def test_refit_under_tta_auto_uses_the_views_ensemble_chose(project: Path, capsys: pytest.CaptureFixture) -> None:
+    write_competition_config(project, n_folds=2)
+    config = tiny_experiment(project, tta={"views": "auto"}, ensemble={"refit": True})
+    for args in (["folds"], ["train"], ["predict"], ["train", "--fold", "refit"], ["predict", "--fold", "refit"]):
+        stage(capsys, *args, "--config", str(config))
+    stage(capsys, "ensemble", "--config", str(config))
+    run = project / "data/runs/toy/tiny"
+    views = json.loads((run / "scores.json").read_text())["tta_views"]
+    by_view = pd.read_csv(run / "refit/test_by_view.csv")
+    classes = [c for c in by_view.columns if c not in ("id", "view")]
+    refit = by_view[by_view["view"].isin(views)].groupby("id", sort=False)[classes].mean()
+    folds = [pd.read_csv(run / f"fold{k}/test.csv").set_index("id") for k in range(2)]
+    want = (folds[0][classes] + folds[1][classes] + refit.loc[folds[0].index, classes]) / 3
+    mixed = pd.read_csv(run / "test.csv").set_index("id")
+    np.testing.assert_allclose(mixed[classes].to_numpy(), want.to_numpy(), rtol=1e-6, atol=1e-7)
+    again = stage(capsys, "predict", "--fold", "refit", "--config", str(config))
+    assert "predictions up to date, skipping" in again
