@@ -184,7 +184,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
         )
     run = build_run(cfg, fold, device, fp, world)
     resume(run)
-    if world.is_main:
+    if world.is_main and fold != refit.REFIT:  # config.yaml stays the experiment's, not the refit's
         artifacts.write_text(out.resolved_config, dump_yaml(to_dict(cfg)))
     state, t = run.state, cfg.train
     with checkpoint.StopFlag(checkpoint.parse_budget(t.time_budget)) as stop:

@@ -42,6 +42,7 @@ def test_refit_trains_on_all_rows_for_the_median_best_epoch_and_ensemble_mixes_i
     missing = stage(capsys, "ensemble", "--config", str(config), "--set", "ensemble.refit=true", code=2)
     assert missing.startswith("error:") and "make refit" in missing and "refit/test.csv" in missing
 
+    resolved = (run / "config.yaml").read_text()
     stopped = stage(capsys, "train", "--config", str(config), "--fold", "refit", "--set", "train.time_budget=0.001",
                     code=75)  # fmt: skip
     assert "re-run the same command to resume" in stopped
@@ -50,6 +51,7 @@ def test_refit_trains_on_all_rows_for_the_median_best_epoch_and_ensemble_mixes_i
     expected_epochs = int(np.floor(statistics.median(fold_epochs) + 0.5))
     assert len(pd.read_csv(run / "refit/log.csv")) == expected_epochs
     assert saved_epoch(run / "refit/model.safetensors") == expected_epochs  # keep: last for the refit
+    assert (run / "config.yaml").read_text() == resolved  # the experiment's resolved config, not the refit's
 
     stage(capsys, "ensemble", "--config", str(config))
     alone = json.loads((run / "scores.json").read_text())
