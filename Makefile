@@ -68,7 +68,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe FORCE
+.PHONY: help all install download init folds train predict refit ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe FORCE
 
 help: ## one line per target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -112,11 +112,17 @@ predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold
 $(RUN)/fold%/test.csv: $(RUN)/fold%/model.safetensors $(CONFIG) $(FORCE_IF_SET)
 	$(call fold_gpu,$*)$(LAUNCH) predict $(ARGS) --fold $*
 
+refit: $(RUN)/refit/test.csv ## one model on every training row (the folds' median best epoch), test predictions
+$(RUN)/refit/model.safetensors: $(WEIGHTS) $(CONFIG) $(FORCE_IF_SET)
+	$(LAUNCH) train $(ARGS) --fold refit
+$(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(FORCE_IF_SET)
+	$(LAUNCH) predict $(ARGS) --fold refit
+
 lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: lr_find.png + a suggested LR (usable as train.lr: auto)
 	$(PY) -m pipeline lr-find $(ARGS)
 
 ensemble: $(RUN)/scores.json ## blend the folds; CV score -> scores.json
-$(RUN)/scores.json: $(TEST_PROBS)
+$(RUN)/scores.json: $(TEST_PROBS) $(wildcard $(RUN)/refit/test.csv)
 	$(PY) -m pipeline ensemble $(ARGS)
 
 submission: $(SUBMISSION) ## submissions/<comp>/<exp>.csv in sample_submission's format

@@ -653,7 +653,14 @@ def unknown_transform_argument(c: Ctx) -> None:
     c.edit_experiment("augment", policy="custom", custom=[{"Affine": {"rotat": 10}}])
 
 
+def refit_before_folds(c: Ctx) -> None:
+    c.edit_experiment("train", keep="best")  # the refit's epochs come from the folds' saved epochs
+    c.args += ["--fold", "refit"]
+
+
 CASES.update({
+    "refit before the folds are trained": Case("train", refit_before_folds, ("fold0/model.safetensors", "make train")),
+    "ensemble.refit not a boolean": Case("train", overrides("ensemble.refit=maybe"), ("ensemble.refit", "'maybe'")),
     "metric parameter missing": Case("folds", metric_without_k, ("metric.k", "missing", "map")),
     "custom metric not importable": Case("folds", custom_metric_not_importable, ("metric.function", "'nomodule'")),
     "custom metric not a number": Case("train", custom_metric_not_a_number, ("textmetric:score", "not a number")),

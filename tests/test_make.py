@@ -59,6 +59,13 @@ def test_make_all_then_nothing_to_retrain(make_project: Path) -> None:
     third = make(make_project, "all", f"CONFIG={config}")
     assert third.returncode == 0, third.stdout + third.stderr
     assert "pipeline ensemble" in third.stdout and "pipeline train" not in third.stdout
+    refit = make(make_project, "refit", f"CONFIG={config}")  # the full-data refit: its own target and folder
+    assert refit.returncode == 0, refit.stdout + refit.stderr
+    assert "train --config" in refit.stdout and "--fold refit" in refit.stdout
+    assert (make_project / "data/runs/toy/tiny/refit/test.csv").is_file()
+    assert "pipeline ensemble" in make(make_project, "ensemble", f"CONFIG={config}").stdout  # a new refit re-blends
+    again = make(make_project, "refit", f"CONFIG={config}")
+    assert again.returncode == 0 and "pipeline train" not in again.stdout and "pipeline predict" not in again.stdout
 
 
 def test_a_missing_config_or_one_with_a_space_is_our_error(make_project: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.core.config import Config, config_paths, load_config
 from pipeline.core.errors import UserError
+from pipeline.core.paths import REFIT
 
 # Stages that build or never read folds.csv; every other stage checks it still matches competition.yaml, once, early.
 NOT_READING_FOLDS = (
@@ -56,9 +57,26 @@ def sweep_temps(cfg: Config) -> None:
     artifacts.sweep_stale_temps([out.processed, out.run, out.submission.parent])
 
 
+def fold_id(text: str) -> int:
+    """--fold: a fold number, or `refit` (the full-data refit, paths.REFIT)."""
+    if text == "refit":
+        return REFIT
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number or refit, got {text!r}") from None
+
+
+REFIT_STAGES = ("train", "predict")  # the stages that accept --fold refit
+
+
 def folds_from_args(args: argparse.Namespace, cfg: Config) -> list[int]:
     if args.fold is None:
         return list(range(cfg.folds.n_folds))
+    if args.fold == REFIT:
+        if getattr(args, "command", None) not in REFIT_STAGES:
+            raise UserError(f"--fold refit: only {' and '.join(REFIT_STAGES)} take it (make refit CONFIG=...)")
+        return [REFIT]
     if not 0 <= args.fold < cfg.folds.n_folds:
         raise UserError(f"--fold {args.fold}: folds.n_folds is {cfg.folds.n_folds}, so use 0..{cfg.folds.n_folds - 1}")
     return [args.fold]
@@ -204,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", help="configs/<comp>/<exp>.yaml")
         p.add_argument("--comp", help="competition slug (download, init)")
-        p.add_argument("--fold", type=int, default=None, help="one fold only (default: every fold)")
+        p.add_argument("--fold", type=fold_id, default=None, help="one fold only, or refit (default: every fold)")
         p.add_argument(
             "--set",
             dest="overrides",

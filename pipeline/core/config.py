@@ -192,6 +192,11 @@ class TTAConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    refit: bool = False  # also average the full-data refit's test predictions (make refit) with the folds'
+
+
+@dataclass
 class Config:
     comp: str = ""
     exp: str = ""
@@ -202,6 +207,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     device: str = "auto"  # auto | cpu | cuda | mps
     sample: int = ranged(0, 0)  # >0: a stratified N-image subset with its own output paths
     tracking: str = (
@@ -215,7 +221,7 @@ class Config:
 
 TRACKERS = ("none", "mlflow", "tensorboard", "wandb")  # tracking: where pipeline.reporting.tracking syncs a run's files
 COMPETITION_KEYS = ("data", "metric", "folds")
-EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "device", "sample", "tracking")
+EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "ensemble", "device", "sample", "tracking")
 
 
 class _NotFinite(ConfigError):

@@ -2,7 +2,7 @@
 
     data/raw/<comp>/                 the competition's files, never modified (+ .complete stamp)
     data/processed/<comp>/           folds.csv and other derived tables
-    data/runs/<comp>/<exp>/          fold<k>/..., scores.json, resolved config
+    data/runs/<comp>/<exp>/          fold<k>/..., refit/... (make refit), scores.json, resolved config
     submissions/<comp>/<exp>.csv
     data/runs/<comp>/<exp>/kaggle-bundle/{dataset,kernel}/   what kaggle-bundle builds and kaggle-push uploads
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT_ROOT", "/kaggle/input"))
 KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING_ROOT", "/kaggle/working"))
+REFIT = -1  # the fold id of the full-data refit (`make refit`): every training row, folder <exp>/refit/
 
 
 def in_kaggle_kernel() -> bool:
@@ -137,7 +138,8 @@ class Paths:
         return project_root() / "data" / "runs" / self.comp / f"{self.exp}{self._suffix}"
 
     def fold_dir(self, fold: int) -> Path:
-        return self.run / f"fold{fold}"
+        """fold<k>/, or refit/ for the full-data refit (fold id REFIT): the same file names inside."""
+        return self.run / ("refit" if fold == REFIT else f"fold{fold}")
 
     def weights(self, fold: int) -> Path:
         return self.fold_dir(fold) / "model.safetensors"

@@ -8,10 +8,12 @@ seed, config, git commit and package versions that produced them. Before scores.
 thresholds.json: per-label thresholds (multi-label) or cut points on the expected class (ordinal) fitted
 on all OOF rows with the competition metric (pipeline.training.recipe.fit_thresholds), kept only when they beat
 0.5/argmax there, else {"kind": "none"}; scores.json then also holds `cv_thresholded` and
-`holdout_thresholded` (optimistic for the CV: fitted on the rows it scores). With tta.views auto it first chooses
-the views on the per-view OOF (pipeline.inference.tta_auto), rewrites each fold's oof.csv/test.csv as their mean
-and records them in tta_views.json, so every later reader (bundle, Kernel, report, planner) sees the views
-actually used.
+`holdout_thresholded` (optimistic for the CV: fitted on the rows it scores). With ensemble.refit the full-data
+refit's refit/test.csv (make refit) joins test.csv as one more model, weight 1/(n_folds+1); it has no OOF, so `cv`
+and `folds` score the folds alone, and scores.json's `refit` says so with the weights.
+With tta.views auto it first chooses the views on the per-view OOF (pipeline.inference.tta_auto), rewrites each
+fold's oof.csv/test.csv as their mean and records them in tta_views.json, so every later reader (bundle, Kernel,
+report, planner) sees the views actually used.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pipeline.core.provenance import git_commit, package_versions
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference import tta_auto
 from pipeline.inference.predictions import read_probs
-from pipeline.training import recipe
+from pipeline.training import recipe, refit
 from pipeline.training.fold import read_folds
 from pipeline.training.recipe import fit_thresholds, hard_probs
 
@@ -91,6 +93,41 @@ def blend_folds(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
     return oof_all, blended, fold_scores
 
 
+def add_refit(cfg: Config, blended: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """ensemble.refit: the refit's test probabilities join the folds' mean as one more model (weight 1/(k+1));
+    returns (test probabilities, what scores.json records about the refit)."""
+    if not cfg.ensemble.refit:
+        return blended, {"included": False}
+    out, classes = paths.for_config(cfg), cfg.data.classes
+    path = out.test_probs(refit.REFIT)
+    if not path.exists():
+        raise UserError(f"{path} not found but ensemble.refit is true; run `make refit CONFIG=...` first, "
+                        "or set ensemble.refit: false")  # fmt: skip
+    if cfg.tta.views == "auto":  # the refit's file holds identity until the folds' choice is applied to it
+        by_view = read_csv(out.test_by_view(refit.REFIT), "per-view probabilities").astype({c: float for c in classes})
+        test = tta_auto.mean_of_views(by_view, tta_auto.effective_views(cfg), classes)
+    else:
+        test = read_probs(path, classes)
+    if list(test["id"]) != list(blended["id"]):
+        raise UserError(f"{path}: test ids differ from the folds'; re-run `make refit CONFIG=...`")
+    weight = 1.0 / (cfg.folds.n_folds + 1)
+    mixed = blended[["id"]].copy()
+    mixed[classes] = (1 - weight) * blended[classes].to_numpy() + weight * test[classes].to_numpy()
+    plan = refit.refit_plan(cfg)
+    facts = {
+        "included": True,
+        "weight": weight,
+        "fold_weight": (1 - weight) / cfg.folds.n_folds,
+        "weighting": "equal: the refit counts as one more model beside the folds",
+        "epochs": plan["epochs"],
+        "epochs_rule": plan["rule"],
+        "fold_epochs": plan["fold_epochs"],
+        "oof": "none: the refit trained on every row, so cv/folds score the folds alone; holdout scores the mix",
+    }
+    log.info("ensemble: refit included with weight %.3f (trained %d epochs; no OOF)", weight, plan["epochs"])
+    return mixed, facts
+
+
 def holdout_score(cfg: Config, blended: pd.DataFrame, thresholds: dict[str, Any] | None = None) -> float | None:
     """Score against held-out test labels when the competition provides them (the demo does)."""
     if not cfg.data.holdout:
@@ -122,6 +159,7 @@ def run(args: argparse.Namespace) -> None:
     if auto:
         apply_auto_views(cfg, auto["chosen"])
     oof, blended, fold_scores = blend_folds(cfg)
+    blended, refit_facts = add_refit(cfg, blended)
     folds = read_folds(out)
     targets, probs = encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy()
     cv = score(cfg.metric, targets, probs)
@@ -136,6 +174,7 @@ def run(args: argparse.Namespace) -> None:
         "holdout": holdout_score(cfg, blended),
         "holdout_thresholded": holdout_score(cfg, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
+        "refit": refit_facts,  # make refit: no OOF; how its test predictions were weighted (ensemble.refit)
         "oof_selection": recipe.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
         "tta_views": tta_auto.effective_views(cfg),
         "tta_auto": auto,

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -34,7 +35,7 @@ from pipeline.inference import view_scores
 from pipeline.inference.fold_model import load_fold_model, predict_table
 from pipeline.inference.tta import AUTO_CANDIDATES, views_or_identity
 from pipeline.inference.tta_auto import effective_views, mean_of_views
-from pipeline.training import distributed
+from pipeline.training import distributed, refit
 from pipeline.training.distributed import World
 from pipeline.training.fold import read_folds
 
@@ -80,7 +81,12 @@ def up_to_date(cfg: Config, fold: int, identity: dict[str, Any]) -> bool:
         return False
     if {key: recorded.get(key) for key in identity} != identity:
         return False
-    if cfg.tta.views == "auto" and not set(AUTO_CANDIDATES) <= set(view_scores.cached_views(cfg, fold)):
+    refit_fold = fold == refit.REFIT  # has no per-view OOF to cache
+    if (
+        cfg.tta.views == "auto"
+        and not refit_fold
+        and not set(AUTO_CANDIDATES) <= set(view_scores.cached_views(cfg, fold))
+    ):
         return False
     files = recorded.get("digests", {})
     return all(path.exists() and files.get(path.name) == digest(path) for path in vouched_files(cfg, fold))
@@ -93,16 +99,22 @@ def predict_auto(
     """tta.views auto: every candidate view kept apart (ensemble chooses among them on OOF); returns (oof, test)
     as the mean of the views in use: identity until ensemble has chosen."""
     out, candidates = paths.for_config(cfg), list(AUTO_CANDIDATES)
-    started = time.perf_counter()
-    oof_views = predict_table(model, cfg, dcfg, rows, device, candidates, by_view=True)
-    view_scores.write_view_oof(cfg, fold, oof_views, candidates, time.perf_counter() - started, device)
+    views = effective_views(cfg, before_choice=["identity"])
+    if fold == refit.REFIT:  # no OOF rows to choose views on: ensemble applies the folds' choice to test_by_view
+        oof = pd.DataFrame({"id": rows["id"].to_numpy(), **{c: np.zeros(0) for c in cfg.data.classes}})
+    else:
+        started = time.perf_counter()
+        oof_views = predict_table(model, cfg, dcfg, rows, device, candidates, by_view=True)
+        view_scores.write_view_oof(cfg, fold, oof_views, candidates, time.perf_counter() - started, device)
+        oof = mean_of_views(oof_views, views, cfg.data.classes)
     test_views = predict_table(model, cfg, dcfg, test, device, candidates, by_view=True)
     artifacts.write_csv(out.test_by_view(fold), test_views)
-    views = effective_views(cfg, before_choice=["identity"])
-    return mean_of_views(oof_views, views, cfg.data.classes), mean_of_views(test_views, views, cfg.data.classes)
+    return oof, mean_of_views(test_views, views, cfg.data.classes)
 
 
 def predict_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE) -> None:
+    if fold == refit.REFIT:  # its weights were trained under the refit's config; it has no OOF rows (empty oof.csv)
+        cfg = refit.refit_config(cfg)
     out = paths.for_config(cfg)
     identity = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views_or_identity(cfg.tta.views)}
     if up_to_date(cfg, fold, identity):

@@ -123,6 +123,9 @@ def check_run(cfg: Config) -> None:
     if cfg.sample:
         raise UserError(f"kaggle-bundle: a sample run (sample={cfg.sample}) predicts only part of the test set and "
                         "Kaggle would refuse its submission; bundle the full run (drop SAMPLE)")  # fmt: skip
+    if cfg.ensemble.refit:  # the Kernel's ensemble would look for refit/test.csv, which the bundle does not ship
+        raise UserError("kaggle-bundle: ensemble.refit is true, but the bundle ships the folds only (not the full-data "
+                        "refit); bundle with --set ensemble.refit=false (SET=ensemble.refit=false)")  # fmt: skip
     expected = fingerprint(cfg, TRAINING_SECTIONS)
     for fold in range(cfg.folds.n_folds):
         weights = out.weights(fold)

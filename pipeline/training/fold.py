@@ -59,6 +59,9 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
     out = paths.for_config(cfg)
     table = read_folds(out)
     train_rows, valid_rows = table[table["fold"] != fold], table[table["fold"] == fold]
+    if fold == paths.REFIT:  # the full-data refit: every row trains; fold 0's rows are scored in-sample only
+        train_rows, valid_rows = table, table[table["fold"] == 0]
+        log.info("refit: training on all %d rows; its validation scores are in-sample (no OOF)", len(table))
     if train_rows.empty or valid_rows.empty:
         raise UserError(f"{out.folds_csv}: fold {fold} has no training or no validation rows; rebuild folds")
     seed = cfg.train.seed + fold

@@ -36,7 +36,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.metrics import is_better, score
 from pipeline.core.progress import len_of_batch, progress
 from pipeline.reporting import tracking
-from pipeline.training import budget, checkpoint, distributed, lr_range, recipe
+from pipeline.training import budget, checkpoint, distributed, lr_range, recipe, refit
 from pipeline.training.checkpoint import trained_fingerprint
 from pipeline.training.distributed import World
 from pipeline.training.fold import Fold, prepare_fold, set_train_size
@@ -171,6 +171,8 @@ def stopped(run: FoldRun, reason: str | None, where: str) -> checkpoint.Stopped:
 
 def train_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE) -> Path:
     """Train fold `fold` to completion (resuming if a checkpoint exists); return the weights path."""
+    if fold == refit.REFIT:  # make refit: all rows, the folds' median best epoch (pipeline.training.refit)
+        cfg = refit.refit_config(cfg)
     out = paths.for_config(cfg)
     fp = fingerprint(cfg, TRAINING_SECTIONS)
     weights = out.weights(fold)
@@ -185,7 +187,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
         )
     run = build_run(cfg, fold, device, fp, world)
     resume(run)
-    if world.is_main:
+    if world.is_main and fold != refit.REFIT:  # config.yaml stays the experiment's, not the refit's
         artifacts.write_text(out.resolved_config, dump_yaml(to_dict(cfg)))
     state, t = run.state, cfg.train
     with checkpoint.StopFlag(checkpoint.parse_budget(t.time_budget)) as stop:

@@ -265,6 +265,7 @@ def test_push_failures_are_one_clear_line(project: Path, fake_kaggle: FakeKaggle
     [
         (["--set", "sample=12"], ["sample run", "drop SAMPLE"]),
         (["--set", "train.lr=0.5"], ["different config"]),
+        (["--set", "ensemble.refit=true"], ["ensemble.refit", "folds only", "ensemble.refit=false"]),
         ([], ["--user", "KAGGLE_USERNAME"]),
     ],
 )
