@@ -499,3 +499,49 @@ def test_only_pure_wheels_are_repacked_compiled_ones_are_fetched_for_kaggle(
         wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
     fetched = wheels.bundle_wheel("fastpkg", dest)
     assert fetched.name == kaggles.name and fetched.read_bytes() == kaggles.read_bytes()
+
+
+def test_a_custom_metric_module_ships_in_the_bundle_and_the_kernel_imports_it(project: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "home"
+    shutil.copytree(project, root, symlinks=True)
+    package = root / "configs" / "bundledmetrics"  # a package in configs/, as the README allows
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "agree.py").write_text(
+        "import numpy as np\n\n\ndef score(targets, labels):\n    return float(np.mean(targets == labels))\n"
+    )
+    for config in (root / "configs" / COMP / "competition.yaml", root / "data/runs/toy/tiny/config.yaml"):
+        values = yaml.safe_load(config.read_text())  # as if the run had been trained with the custom metric
+        values["metric"] = {"function": "bundledmetrics.agree:score", "higher_is_better": True, "needs": "labels"}
+        config.write_text(yaml.safe_dump(values))
+    (root / "data/runs/toy/tiny/scores.json").unlink()
+    with in_project(root):
+        for stage in ("ensemble", "submission"):
+            assert main([stage, "--config", CONFIG]) == 0, stage
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 0
+    sys.modules.pop("bundledmetrics.agree", None)
+    sys.modules.pop("bundledmetrics", None)
+    bundle = root / "data/runs/toy/tiny/kaggle-bundle/dataset"
+    assert json.loads((bundle / "bundle.json").read_text())["metric_modules"] == {
+        "metric-module--bundledmetrics--agree.py": "bundledmetrics/agree.py",
+        "metric-module--bundledmetrics--__init__.py": "bundledmetrics/__init__.py",
+    }
+
+    kaggle_input, working, elsewhere = tmp_path / "input", tmp_path / "working", tmp_path / "elsewhere"
+    for folder in (kaggle_input, working, elsewhere):
+        folder.mkdir()
+    (kaggle_input / COMP).symlink_to(root / "data/raw" / COMP)
+    env = clean_env(PIPELINE_ROOT=str(tmp_path / "kernel-work"), KAGGLE_INPUT_ROOT=str(kaggle_input),
+                    KAGGLE_WORKING_ROOT=str(working), PYTHONPATH=os.environ.get("PYTHONPATH", ""))  # fmt: skip
+    script = "import sys; from pathlib import Path; from pipeline.kaggle.kernel_predict import run_bundle; "
+    script += "sys.exit(run_bundle(Path(sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", script, str(bundle)], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip  # a fresh process: nothing imported from home
+    assert done.returncode == 0, done.stderr
+    pd.testing.assert_frame_equal(
+        pd.read_csv(working / "submission.csv", dtype=str), pd.read_csv(root / "submissions/toy/tiny.csv", dtype=str)
+    )
