@@ -83,7 +83,10 @@ def experiment_metrics(scores: dict[str, Any]) -> dict[str, float]:
     """scores.json -> flat metrics: cv, cv_thresholded, holdout, holdout_thresholded, fold<k>, tta gain."""
     metrics = {k: float(scores[k]) for k in ("cv", "cv_thresholded", "holdout", "holdout_thresholded")
                if _is_number(scores.get(k))}  # fmt: skip
-    for k, value in enumerate(scores.get("folds") or []):
+    values = scores.get("folds") or []
+    for k, value in zip(
+        scores.get("folds_used") or range(len(values)), values, strict=False
+    ):  # a partial run: its folds
         if _is_number(value):
             metrics[f"fold{k}"] = float(value)
     auto = scores.get("tta_auto") or {}
