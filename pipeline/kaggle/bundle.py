@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import artifacts, paths
+from pipeline.core.cli import config_from_args
 from pipeline.core.config import (
     COMPETITION_KEYS,
     TRAINING_SECTIONS,
@@ -60,9 +61,9 @@ log = logging.getLogger(__name__)
 LICENSE = "CC0-1.0"  # the client's own default; the dataset is private unless you publish it
 SETTINGS_LINE = "SETTINGS: dict[str, str] = {}  # filled in by pipeline.kaggle.bundle: bundle (dataset slug), comp, exp"
 USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-# --accelerator / KAGGLE_ACCELERATOR -> kernel-metadata.json's machine_shape. Without one Kaggle may hand out a
-# P100, and today's image (torch for cu128) has no kernels for it: the first CUDA op fails. NvidiaTeslaT4 is the
-# editor's "GPU T4 x2" (a single T4 is not offered).
+# --accelerator / KAGGLE_ACCELERATOR / kaggle.accelerator -> kernel-metadata.json's machine_shape. Without one
+# Kaggle may hand out a P100, and today's image (torch for cu128) has no kernels for it: the first CUDA op fails.
+# NvidiaTeslaT4 is the editor's "GPU T4 x2" (a single T4 is not offered). Keys: config.ACCELERATORS.
 ACCELERATORS: dict[str, str | None] = {"t4x2": "NvidiaTeslaT4", "l4": "NvidiaL4", "p100": "NvidiaTeslaP100",
                                        "none": None}  # fmt: skip
 DEFAULT_ACCELERATOR = "t4x2"
@@ -272,9 +273,10 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
     return manifest
 
 
-def choose_accelerator(cfg: Config, explicit: str | None) -> str:
-    """--accelerator, else $KAGGLE_ACCELERATOR, else t4x2 (none when the config's device is cpu)."""
-    choice = (explicit or os.environ.get("KAGGLE_ACCELERATOR") or "").strip().lower()
+def choose_accelerator(cfg: Config, explicit: str | None, configured: str = "") -> str:
+    """--accelerator, else $KAGGLE_ACCELERATOR, else the config's kaggle.accelerator (`configured`, validated by
+    load_config), else t4x2 (none when the config's device is cpu)."""
+    choice = (explicit or os.environ.get("KAGGLE_ACCELERATOR") or configured or "").strip().lower()
     if not choice:
         return "none" if cfg.device == "cpu" else DEFAULT_ACCELERATOR
     if choice not in ACCELERATORS:
@@ -339,5 +341,8 @@ def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR)
 
 def run(args: argparse.Namespace) -> None:
     cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
-    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None))
+    configured = config_from_args(
+        args
+    ).kaggle.accelerator  # not a training setting: the experiment yaml as it reads now
+    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None), configured)
     build_bundle(cfg, kaggle_user(args.user), accelerator)

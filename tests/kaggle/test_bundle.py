@@ -352,19 +352,23 @@ def test_token_auth_takes_the_username_from_the_client(
 
 
 @pytest.mark.parametrize(
-    ("device", "explicit", "env", "shape"),
+    ("device", "explicit", "env", "configured", "shape"),
     [
-        ("auto", None, None, "NvidiaTeslaT4"),  # a GPU run asks for a T4 (x2), never whatever Kaggle picks
-        ("cpu", None, None, None),
-        ("auto", None, "l4", "NvidiaL4"),
-        ("auto", "p100", "l4", "NvidiaTeslaP100"),  # the flag wins over the environment
-        ("cuda", "none", None, None),
-        ("cpu", "T4X2", None, "NvidiaTeslaT4"),
+        ("auto", None, None, "", "NvidiaTeslaT4"),  # a GPU run asks for a T4 (x2), never whatever Kaggle picks
+        ("cpu", None, None, "", None),
+        ("auto", None, "l4", "", "NvidiaL4"),
+        ("auto", "p100", "l4", "", "NvidiaTeslaP100"),  # the flag wins over the environment
+        ("cuda", "none", None, "", None),
+        ("cpu", "T4X2", None, "", "NvidiaTeslaT4"),
+        ("auto", None, None, "l4", "NvidiaL4"),  # kaggle.accelerator in the config
+        ("cpu", None, None, "t4x2", "NvidiaTeslaT4"),  # the config wins over the cpu default
+        ("auto", None, "p100", "l4", "NvidiaTeslaP100"),  # the environment wins over the config
+        ("auto", "none", "p100", "l4", None),  # the flag wins over both
     ],
 )
 def test_kernel_metadata_asks_for_the_chosen_accelerator(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, explicit: str | None,
-    env: str | None, shape: str | None,
+    env: str | None, configured: str, shape: str | None,
 ) -> None:  # fmt: skip
     import dataclasses
 
@@ -376,7 +380,7 @@ def test_kernel_metadata_asks_for_the_chosen_accelerator(
         monkeypatch.setenv("KAGGLE_ACCELERATOR", env)
     else:
         monkeypatch.delenv("KAGGLE_ACCELERATOR", raising=False)
-    build_kernel(cfg, kaggle_names(COMP, EXP, USER), tmp_path, choose_accelerator(cfg, explicit))
+    build_kernel(cfg, kaggle_names(COMP, EXP, USER), tmp_path, choose_accelerator(cfg, explicit, configured))
     meta = json.loads((tmp_path / "kernel-metadata.json").read_text())
     assert meta.get("machine_shape") == shape and meta["enable_gpu"] is (shape is not None)
 
@@ -545,3 +549,28 @@ def test_a_custom_metric_module_ships_in_the_bundle_and_the_kernel_imports_it(pr
     pd.testing.assert_frame_equal(
         pd.read_csv(working / "submission.csv", dtype=str), pd.read_csv(root / "submissions/toy/tiny.csv", dtype=str)
     )
+
+
+def test_kaggle_accelerator_config_key_reaches_the_kernel_metadata(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    from pipeline.core.config import ACCELERATORS as CONFIG_ACCELERATORS
+    from pipeline.kaggle.bundle import ACCELERATORS
+
+    assert set(CONFIG_ACCELERATORS) == set(ACCELERATORS)  # the config validates what the bundle maps
+    root = tmp_path / "home"
+    shutil.copytree(project, root, symlinks=True)
+    experiment = root / CONFIG
+    original = experiment.read_text()
+    monkeypatch.delenv("KAGGLE_ACCELERATOR", raising=False)
+    with in_project(root):
+        experiment.write_text(original + "kaggle:\n  accelerator: l4\n")  # added after training: still honoured
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 0
+        meta = json.loads((root / "data/runs/toy/tiny/kaggle-bundle/kernel/kernel-metadata.json").read_text())
+        assert meta["machine_shape"] == "NvidiaL4"
+        experiment.write_text(original + "kaggle:\n  accelerator: a100\n")
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "kaggle.accelerator" in last and "t4x2, l4, p100, none" in last, last
