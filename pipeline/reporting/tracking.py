@@ -385,15 +385,26 @@ def after_stage(args: argparse.Namespace) -> None:
     sync_experiment(load_config(args.config, args.overrides))
 
 
+def full_mlflow_installed() -> bool:
+    """The `mlflow` distribution (with its UI server), not only `mlflow-skinny`, which has the same import name."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        importlib.metadata.distribution("mlflow")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("flask") is not None
+
+
 def run(args: argparse.Namespace) -> None:
     """`python -m pipeline mlflow-ui`: MLflow's own UI over the local store, on 127.0.0.1 only."""
-    import importlib.util
     import subprocess
     import sys
 
     from pipeline.core.errors import UserError
 
-    if importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("flask") is None:
+    if not full_mlflow_installed():
         raise UserError(
             "mlflow-ui needs the full MLflow package (its UI server): `.venv/bin/pip install mlflow`; "
             "the [track] extra installs mlflow-skinny, which logs and reads runs but has no UI"
