@@ -2,7 +2,7 @@
 
     from pipeline import Experiment
     exp = Experiment("configs/demo/baseline.yaml", set={"train.epochs": 3})
-    exp.train(folds=[0]); exp.predict(); exp.ensemble(); exp.submission()
+    exp.train(folds=[0]); exp.predict(); exp.submission()   # a partial run: fold 0 only (scores.json says so)
     exp.report()          # displays inline in Jupyter (plots embedded in the cell's HTML)
 
 Every method runs the same stage function as `python -m pipeline <stage>` with the same arguments, so it
@@ -99,6 +99,7 @@ class Experiment:
         from pipeline.core import paths
 
         self.paths = paths.for_config(self.cfg)
+        self._subset: list[int] | None = None  # folds asked for by train/predict(folds=...): a partial run
 
     def __repr__(self) -> str:
         return f"Experiment({str(self.config)!r}, overrides={self.overrides}) -> {self.paths.run}"
@@ -129,6 +130,7 @@ class Experiment:
     def train(self, folds: Iterable[int] | None = None) -> list[Path]:
         """`make train`: every fold, or only `folds`; returns the weights files. Re-running resumes or skips."""
         self._prerequisites()
+        self._subset = None if folds is None else sorted({int(k) for k in folds})
         self._per_fold("train", folds)
         chosen = range(self.cfg.folds.n_folds) if folds is None else folds
         return [self.paths.weights(int(k)) for k in chosen]
@@ -139,15 +141,25 @@ class Experiment:
             folds = [k for k in range(self.cfg.folds.n_folds) if self.paths.weights(k).exists()]
             if not folds:
                 raise PipelineError(f"error: no trained fold under {self.paths.run}; run exp.train() first")
+            folds = self._subset if self._subset is not None else folds
+        else:
+            self._subset = sorted({int(k) for k in folds})
         self._per_fold("predict", folds)
 
-    def ensemble(self) -> dict[str, Any]:
-        """`make ensemble`: blend the folds, score the CV; returns scores.json's content."""
-        run_stage("ensemble", self._args())
+    def ensemble(self, folds: Iterable[int] | None = None) -> dict[str, Any]:
+        """`make ensemble`: blend the folds, score the CV; returns scores.json's content. After train/predict with
+        `folds=` (or given `folds`) only those folds are blended: a partial CV over their rows (`partial`,
+        `folds_used` and `cv_rows` in scores.json) and a submission from their mean."""
+        chosen = sorted({int(k) for k in folds}) if folds is not None else self._subset
+        partial = chosen is not None and chosen != list(range(self.cfg.folds.n_folds))
+        run_stage("ensemble", [*self._args(), *(["--folds", ",".join(map(str, chosen))] if partial else [])])
         return self.scores()
 
     def submission(self) -> Path:
-        """`make submission`: submissions/<comp>/<exp>.csv, checked against sample_submission.csv."""
+        """`make submission`: submissions/<comp>/<exp>.csv, checked against sample_submission.csv; blends first
+        (exp.ensemble()) when a partial run asked for folds or scores.json is missing."""
+        if self._subset is not None or not self.paths.scores.exists():
+            self.ensemble()
         run_stage("submission", self._args())
         return self.paths.submission
 

@@ -111,3 +111,33 @@ def test_quickstart_notebook_runs(project: Path, monkeypatch: pytest.MonkeyPatch
     assert html and "data:image/png;base64," in html[0]  # the report, inline with its plots
     assert (project / "submissions/demo/baseline-sample60.csv").exists()
     assert (project / "data/runs/demo/baseline-sample60/report.html").exists()
+
+
+def test_a_partial_run_blends_only_its_folds_and_says_so(project: Path, capsys: pytest.CaptureFixture) -> None:
+    import pandas as pd
+
+    from pipeline import Experiment
+
+    write_competition_config(project)
+    config = tiny_experiment(project)
+    exp = Experiment(config)
+    exp.train(folds=[0])
+    exp.predict()
+    submission = exp.submission()  # the issue's notebook sequence: no explicit ensemble, fold 1 never trained
+    run = project / "data/runs/toy/tiny"
+    scores = json.loads((run / "scores.json").read_text())
+    folds = pd.read_csv(project / "data/processed/toy/folds.csv")
+    assert scores["partial"] is True and scores["folds_used"] == [0] and len(scores["folds"]) == 1
+    assert scores["cv_rows"] == int((folds["fold"] == 0).sum()) < len(folds)
+    assert scores["cv"] == scores["folds"][0]  # the CV is fold 0's rows only
+    blend, fold0 = pd.read_csv(run / "test.csv"), pd.read_csv(run / "fold0/test.csv")
+    pd.testing.assert_frame_equal(blend, fold0)  # the submission comes from the folds used
+    assert submission.exists() and len(pd.read_csv(submission)) == len(fold0)
+
+    plain = run_main(capsys, "ensemble", "--config", str(config))  # `make ensemble`: every fold, or a clear error
+    lines = plain.stderr.strip().splitlines()
+    assert plain.returncode == 2 and lines[-1].startswith("error: ensemble: fold(s) [1] have no predictions")
+    assert "--folds" in lines[-1]
+    assert run_main(capsys, "ensemble", "--config", str(config), "--folds", "0").returncode == 0
+    bad = run_main(capsys, "ensemble", "--config", str(config), "--folds", "5")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --folds '5'")

@@ -191,6 +191,9 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
     "plan": _PLAN_FLAGS,
     "sweep": [_SWEEP_FLAG],
     "sweep-best": [_SWEEP_FLAG],
+    "ensemble": [
+        ("--folds", {"default": None, "help": "blend only these folds, e.g. 0 or 0,2 (CV over their rows only)"})
+    ],
     "mlflow-ui": [("--port", {"type": int, "default": 5000, "help": "port on 127.0.0.1 (default 5000)"})],
     "report": [
         *_PLAN_FLAGS,

@@ -191,6 +191,14 @@ class TTAConfig:
     views: list[str] | str = field(default_factory=lambda: ["identity", "hflip"])  # or auto: chosen on OOF
 
 
+ACCELERATORS = ("t4x2", "l4", "p100", "none")  # kaggle.accelerator (pipeline.kaggle.bundle maps them to Kaggle's)
+
+
+@dataclass
+class KaggleConfig:
+    accelerator: str = ""  # t4x2 | l4 | p100 | none; empty: t4x2 (none when device is cpu); flag > env > this
+
+
 @dataclass
 class EnsembleConfig:
     refit: bool = False  # also average the full-data refit's test predictions (make refit) with the folds'
@@ -213,6 +221,7 @@ class Config:
     tracking: str = (
         "none"  # none | mlflow | tensorboard | wandb: sync the run's files to a tracker (pipeline.reporting.tracking)
     )
+    kaggle: KaggleConfig = field(default_factory=KaggleConfig)  # the inference kernel's settings (kaggle-bundle)
 
     @property
     def num_classes(self) -> int:
@@ -221,7 +230,7 @@ class Config:
 
 TRACKERS = ("none", "mlflow", "tensorboard", "wandb")  # tracking: where pipeline.reporting.tracking syncs a run's files
 COMPETITION_KEYS = ("data", "metric", "folds")
-EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "ensemble", "device", "sample", "tracking")
+EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "ensemble", "device", "sample", "tracking", "kaggle")
 
 
 class _NotFinite(ConfigError):
@@ -450,6 +459,8 @@ def validate(cfg: Config) -> None:
         validate_augment(cfg.augment)
     if cfg.tracking not in TRACKERS:
         raise ConfigError(f"tracking: {cfg.tracking!r} is not one of {', '.join(TRACKERS)}")
+    if cfg.kaggle.accelerator and cfg.kaggle.accelerator not in ACCELERATORS:
+        raise ConfigError(f"kaggle.accelerator: {cfg.kaggle.accelerator!r} is not one of {', '.join(ACCELERATORS)}")
     from pipeline.core.metrics import check_task
     from pipeline.inference.tta import VIEWS
 

@@ -190,7 +190,7 @@ def _parametrised(name: str) -> Metric:
     return Metric(lambda t, p, th=0.5: top_k_accuracy(t, p, th, k=k), True, tasks=SINGLE)
 
 
-def _import_function(spec: str) -> Callable[..., Any]:
+def import_function(spec: str) -> Callable[..., Any]:
     """`package.module:function`, imported from the project folder, configs/ or SEARCH_DIRS."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -212,7 +212,7 @@ def _import_function(spec: str) -> Callable[..., Any]:
 
 
 def _custom(name: str, spec: str, higher: bool, needs: str) -> Metric:
-    fn = _import_function(spec)
+    fn = import_function(spec)
 
     def run(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
         given = probs if needs == "probabilities" else _hard(probs, targets, threshold)
@@ -225,6 +225,12 @@ def _custom(name: str, spec: str, higher: bool, needs: str) -> Metric:
         return float(value)
 
     return Metric(run, higher, hard=needs == "labels")
+
+
+def custom_function_spec(name: str) -> str | None:
+    """The `module:function` of a custom metric's canonical name, None for a built-in metric."""
+    match = _CUSTOM_NAME.match(name)
+    return match["function"] if match else None
 
 
 def resolve(name: str) -> Metric:

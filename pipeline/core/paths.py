@@ -265,6 +265,10 @@ class Paths:
     def sweep_plot(self, name: str) -> Path:
         return self.sweep_dir(name) / "trials.png"
 
+    def sweep_trial_names(self) -> set[str]:
+        """The run names of every sweep's trials (their experiment yamls), to tell trial runs from experiments."""
+        return {path.stem for path in self.runs.glob(f"sweeps/*/configs/{self.comp}/*.yaml")}
+
     def sweep_trial_config(self, name: str, run_name: str) -> Path:
         """A trial's experiment yaml. It sits in a folder named after the competition, beside a link to
         competition.yaml, so the trial loads like any experiment and gets its own run folder (runs/<comp>/<run>)."""

@@ -14,6 +14,11 @@ and `folds` score the folds alone, and scores.json's `refit` says so with the we
 With tta.views auto it first chooses the views on the per-view OOF (pipeline.inference.tta_auto), rewrites each
 fold's oof.csv/test.csv as their mean and records them in tta_views.json, so every later reader (bundle, Kernel,
 report, planner) sees the views actually used.
+
+A partial run (`--folds 0,2`, or the notebook API after `exp.train(folds=[0])`) blends only the named folds: the CV
+covers only their OOF rows, the test blend (and so the submission) is their mean, and scores.json says so
+(`folds_used`, `cv_rows`, `partial: true`). Without `--folds`, a fold without predictions stops the stage with one
+`error:` line naming it.
 """
 
 from __future__ import annotations
@@ -41,13 +46,36 @@ from pipeline.training.recipe import fit_thresholds, hard_probs
 log = logging.getLogger(__name__)
 
 
-def choose_auto_views(cfg: Config) -> dict[str, Any]:
-    """tta.views: auto: every fold's per-view OOF -> the chosen views and their nested-CV gain
+def folds_to_blend(args: argparse.Namespace, cfg: Config) -> tuple[list[int], bool]:
+    """(the folds to blend, whether that is a subset the user asked for); every fold must have its predictions."""
+    out = paths.for_config(cfg)
+    everything = list(range(cfg.folds.n_folds))
+    raw = getattr(args, "folds", None) or (str(args.fold) if getattr(args, "fold", None) is not None else "")
+    chosen = everything
+    if raw:
+        try:
+            chosen = sorted({int(part) for part in raw.replace(",", " ").split()})
+        except ValueError:
+            chosen = []
+        if not chosen or not set(chosen) <= set(everything):
+            raise UserError(f"--folds {raw!r}: give fold numbers among 0..{cfg.folds.n_folds - 1}, e.g. --folds 0,1")
+    missing = [k for k in chosen if not out.oof(k).exists() or not out.test_probs(k).exists()]
+    if missing:
+        hint = "" if raw else (" or blend only the finished folds with `--folds` (API: exp.train(folds=[...]));"
+                               " the CV then covers only their rows")  # fmt: skip
+        raise UserError(f"ensemble: fold(s) {missing} have no predictions ({out.oof(missing[0])}); run "
+                        f"`make train predict` for them{hint}")  # fmt: skip
+    return chosen, chosen != everything
+
+
+def choose_auto_views(cfg: Config, fold_ids: list[int]) -> dict[str, Any]:
+    """tta.views: auto: the folds' per-view OOF -> the chosen views and their nested-CV gain
     (pipeline.inference.tta_auto)."""
     out = paths.for_config(cfg)
     folds = read_folds(out)
+    folds = folds[folds["fold"].isin(fold_ids)].reset_index(drop=True)
     parts = [read_csv(out.oof_by_view(k), "per-view OOF").astype({c: float for c in cfg.data.classes})
-             for k in range(cfg.folds.n_folds)]  # fmt: skip
+             for k in fold_ids]  # fmt: skip
     views = tta_auto.by_view(pd.concat(parts, ignore_index=True), cfg.data.classes, list(folds["id"]))
     views = {view: views[view] for view in tta_auto.candidates(list(views))}  # a report may have measured more
     choice = tta_auto.choose_views(views, encode_targets(folds["label"], cfg.data), folds["fold"].to_numpy(),
@@ -58,25 +86,26 @@ def choose_auto_views(cfg: Config) -> dict[str, Any]:
     return choice
 
 
-def apply_auto_views(cfg: Config, views: list[str]) -> None:
+def apply_auto_views(cfg: Config, views: list[str], fold_ids: list[int]) -> None:
     """Rewrite every fold's oof.csv/test.csv as the mean of the chosen views, then record the choice: from here on
     the fold files hold the views tta_auto.effective_views names (the bundle ships them, the Kernel predicts them)."""
     out = paths.for_config(cfg)
     floats = {c: float for c in cfg.data.classes}
-    for fold in range(cfg.folds.n_folds):
+    for fold in fold_ids:
         for source, target in ((out.oof_by_view(fold), out.oof(fold)), (out.test_by_view(fold), out.test_probs(fold))):
             table = read_csv(source, "per-view probabilities").astype(floats)
             artifacts.write_csv(target, tta_auto.mean_of_views(table, views, cfg.data.classes))
     tta_auto.write_choice(cfg, views)
 
 
-def blend_folds(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
-    """(oof over all rows in folds.csv order, mean test probabilities, per-fold scores)."""
+def blend_folds(cfg: Config, fold_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
+    """(oof over the folds' rows in folds.csv order, mean test probabilities, per-fold scores)."""
     out = paths.for_config(cfg)
     classes = cfg.data.classes
     folds = read_folds(out)
+    folds = folds[folds["fold"].isin(fold_ids)]
     oofs, tests, fold_scores = [], [], []
-    for fold in range(cfg.folds.n_folds):
+    for fold in fold_ids:
         oof, test = read_probs(out.oof(fold), classes), read_probs(out.test_probs(fold), classes)
         rows = folds[folds["fold"] == fold]
         if list(oof["id"]) != list(rows["id"]):
@@ -85,9 +114,9 @@ def blend_folds(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
         oofs.append(oof)
         tests.append(test)
     oof_all = pd.concat(oofs).set_index("id").loc[folds["id"]].reset_index()
-    for fold, test in enumerate(tests[1:], start=1):
+    for fold, test in zip(fold_ids[1:], tests[1:], strict=True):
         if list(test["id"]) != list(tests[0]["id"]):
-            raise UserError(f"{out.test_probs(fold)}: test ids differ from fold 0's; re-run predict")
+            raise UserError(f"{out.test_probs(fold)}: test ids differ from fold {fold_ids[0]}'s; re-run predict")
     blended = tests[0][["id"]].copy()
     blended[classes] = np.mean([t[classes].to_numpy() for t in tests], axis=0)
     return oof_all, blended, fold_scores
@@ -155,12 +184,14 @@ def choose_thresholds(cfg: Config, targets: np.ndarray, probs: np.ndarray, cv: f
 def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
-    auto = choose_auto_views(cfg) if cfg.tta.views == "auto" else None
+    fold_ids, partial = folds_to_blend(args, cfg)
+    auto = choose_auto_views(cfg, fold_ids) if cfg.tta.views == "auto" else None
     if auto:
-        apply_auto_views(cfg, auto["chosen"])
-    oof, blended, fold_scores = blend_folds(cfg)
+        apply_auto_views(cfg, auto["chosen"], fold_ids)
+    oof, blended, fold_scores = blend_folds(cfg, fold_ids)
     blended, refit_facts = add_refit(cfg, blended)
     folds = read_folds(out)
+    folds = folds[folds["fold"].isin(fold_ids)]
     targets, probs = encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy()
     cv = score(cfg.metric, targets, probs)
     thresholds, cv_thresholded = choose_thresholds(cfg, targets, probs, cv)
@@ -169,7 +200,10 @@ def run(args: argparse.Namespace) -> None:
         "cv": cv,  # at 0.5 (multi-label) / argmax
         "cv_thresholded": cv_thresholded,  # with thresholds.json (fitted on these same OOF rows: optimistic)
         "thresholds": thresholds["kind"],
-        "folds": fold_scores,
+        "folds": fold_scores,  # of folds_used, in that order
+        "folds_used": fold_ids,
+        "partial": partial,  # True: only folds_used were blended; cv covers only their rows
+        "cv_rows": len(folds),
         "higher_is_better": higher_is_better(cfg.metric),
         "holdout": holdout_score(cfg, blended),
         "holdout_thresholded": holdout_score(cfg, blended, thresholds),
@@ -189,6 +223,8 @@ def run(args: argparse.Namespace) -> None:
     artifacts.write_json(out.thresholds, thresholds)  # submission applies them
     artifacts.write_json(out.scores, scores)  # the stage's output: last
     spread = f" (folds {min(fold_scores):.4f}..{max(fold_scores):.4f})"
+    if partial:
+        spread += f"; PARTIAL: folds {fold_ids} only, {len(folds)} of {len(read_folds(out))} OOF rows"
     log.info("ensemble: CV %s = %.4f%s -> %s", cfg.metric, cv, spread, out.scores)
     if thresholds["kind"] != "none":
         log.info("ensemble: with %s thresholds fitted on OOF: CV %.4f -> %s", thresholds["kind"], cv_thresholded,

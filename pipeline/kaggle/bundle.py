@@ -8,6 +8,8 @@ scores.json; writes data/runs/<comp>/<exp>/kaggle-bundle/:
         bundle.json                   the manifest: comp, exp, folds and their files, wheels, fingerprint, commit, CV
         competition.yaml, <exp>.yaml  the resolved config (data.holdout off: the Kernel has no labels)
         folds.csv, fold<k>.safetensors, fold<k>.oof.csv
+        metric-module--<a>--<b>.py    a custom metric's module (`metric: {function: "a.b:score"}`) and its packages'
+                                      __init__.py, flattened; the Kernel puts them back as configs/<comp>/a/b.py
         requirements.txt              what the Kernel needs (this package's requirements, less the Kaggle client)
         *.whl                         this package + the dependencies Kaggle's image lacks (pipeline.kaggle.wheels)
         dataset-metadata.json         the Kaggle client's dataset metadata (id, title, license)
@@ -29,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import artifacts, paths
+from pipeline.core.cli import config_from_args
 from pipeline.core.config import (
     COMPETITION_KEYS,
     TRAINING_SECTIONS,
@@ -57,9 +61,9 @@ log = logging.getLogger(__name__)
 LICENSE = "CC0-1.0"  # the client's own default; the dataset is private unless you publish it
 SETTINGS_LINE = "SETTINGS: dict[str, str] = {}  # filled in by pipeline.kaggle.bundle: bundle (dataset slug), comp, exp"
 USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-# --accelerator / KAGGLE_ACCELERATOR -> kernel-metadata.json's machine_shape. Without one Kaggle may hand out a
-# P100, and today's image (torch for cu128) has no kernels for it: the first CUDA op fails. NvidiaTeslaT4 is the
-# editor's "GPU T4 x2" (a single T4 is not offered).
+# --accelerator / KAGGLE_ACCELERATOR / kaggle.accelerator -> kernel-metadata.json's machine_shape. Without one
+# Kaggle may hand out a P100, and today's image (torch for cu128) has no kernels for it: the first CUDA op fails.
+# NvidiaTeslaT4 is the editor's "GPU T4 x2" (a single T4 is not offered). Keys: config.ACCELERATORS.
 ACCELERATORS: dict[str, str | None] = {"t4x2": "NvidiaTeslaT4", "l4": "NvidiaL4", "p100": "NvidiaTeslaP100",
                                        "none": None}  # fmt: skip
 DEFAULT_ACCELERATOR = "t4x2"
@@ -178,6 +182,40 @@ def _place(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def metric_module_files(cfg: Config) -> dict[str, Path]:
+    """A custom metric's source files as {path relative to an import root: file}: the module and its packages'
+    __init__.py, so the Kernel can import it from the competition's configs folder."""
+    from pipeline.core.metrics import custom_function_spec, import_function
+
+    spec = custom_function_spec(cfg.metric)
+    if spec is None:
+        return {}
+    module_name = spec.partition(":")[0]
+    import_function(spec)  # imports the module (one `error:` line when it cannot be)
+    module = sys.modules[module_name]
+    source = Path(getattr(module, "__file__", None) or "")
+    if source.suffix != ".py" or not source.is_file():
+        raise UserError(f"metric.function: module {module_name!r} is not a .py file ({source}); the Kaggle bundle "
+                        "can only ship a plain Python module: put it in the project folder or configs/")  # fmt: skip
+    parts = module_name.split(".")
+    relative = "/".join(
+        parts[:-1] + ([parts[-1], "__init__.py"] if source.name == "__init__.py" else [parts[-1] + ".py"])
+    )
+    files = {relative: source}
+    root = source.parent.parent if source.name == "__init__.py" else source.parent
+    for depth in range(len(parts) - 1, 0, -1):  # the packages above the module
+        init = root / "__init__.py"
+        if init.is_file():
+            files["/".join(parts[:depth] + ["__init__.py"])] = init
+        root = root.parent
+    return files
+
+
+def module_file_name(relative: str) -> str:
+    """The flat dataset name of a metric module file (Kaggle's client skips sub-folders)."""
+    return "metric-module--" + relative.replace("/", "--")
+
+
 def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, Any]:
     """Fill `folder` with the dataset's files; returns the manifest (written last)."""
     out = paths.for_config(cfg)
@@ -193,6 +231,10 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         _place(out.weights(fold), folder / entry["weights"])
         _place(out.oof(fold), folder / entry["oof"])
         folds.append(entry)
+    modules = {}
+    for relative, source in metric_module_files(cfg).items():
+        modules[module_file_name(relative)] = relative
+        shutil.copyfile(source, folder / module_file_name(relative))
     requirements = wheels.runtime_requirements()
     (folder / "requirements.txt").write_text(
         "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n"
@@ -218,6 +260,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         "config": config,
         "folds_csv": "folds.csv",
         "folds": folds,
+        "metric_modules": modules,  # {dataset file: path under the competition's configs folder}
         "metric": scores.get("metric"),
         "cv": scores.get("cv"),
         "git_commit": git_commit(Path(__file__).resolve().parent),  # the code's commit, wherever the project is
@@ -233,9 +276,10 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
     return manifest
 
 
-def choose_accelerator(cfg: Config, explicit: str | None) -> str:
-    """--accelerator, else $KAGGLE_ACCELERATOR, else t4x2 (none when the config's device is cpu)."""
-    choice = (explicit or os.environ.get("KAGGLE_ACCELERATOR") or "").strip().lower()
+def choose_accelerator(cfg: Config, explicit: str | None, configured: str = "") -> str:
+    """--accelerator, else $KAGGLE_ACCELERATOR, else the config's kaggle.accelerator (`configured`, validated by
+    load_config), else t4x2 (none when the config's device is cpu)."""
+    choice = (explicit or os.environ.get("KAGGLE_ACCELERATOR") or configured or "").strip().lower()
     if not choice:
         return "none" if cfg.device == "cpu" else DEFAULT_ACCELERATOR
     if choice not in ACCELERATORS:
@@ -300,5 +344,8 @@ def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR)
 
 def run(args: argparse.Namespace) -> None:
     cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
-    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None))
+    configured = config_from_args(
+        args
+    ).kaggle.accelerator  # not a training setting: the experiment yaml as it reads now
+    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None), configured)
     build_bundle(cfg, kaggle_user(args.user), accelerator)

@@ -1,9 +1,10 @@
 """Inside a Kaggle Kernel: predict the test set with a bundle's fold weights and write /kaggle/working/submission.csv.
 
 Reads the bundle (pipeline.kaggle.bundle: bundle.json, the resolved config, folds.csv, fold<k>.safetensors,
-fold<k>.oof.csv) and the competition's files from /kaggle/input/<comp> (paths.raw_dir). Lays the bundle out as a
-finished run under the project root ($PIPELINE_ROOT; the kernel script points it at a temporary folder so only the
-submission lands in /kaggle/working): configs/<comp>/, data/processed/<comp>/folds.csv, and per fold
+fold<k>.oof.csv, a custom metric's module) and the competition's files from /kaggle/input/<comp> (paths.raw_dir).
+Lays the bundle out as a finished run under the project root ($PIPELINE_ROOT; the kernel script points it at a
+temporary folder so only the submission lands in /kaggle/working): configs/<comp>/ (with a custom metric's module,
+which load_config makes importable), data/processed/<comp>/folds.csv, and per fold
 data/runs/<comp>/<exp>/fold<k>/ with the weights (linked, not copied) and the OOF predictions. Then:
 
     test.csv      the test listing of the Kernel's own test set (the hidden one when Kaggle re-runs it)
@@ -47,7 +48,14 @@ def read_manifest(bundle: Path) -> dict:
 def bundle_files(manifest: dict) -> list[str]:
     """The files of a bundle the Kernel reads (wheels aside)."""
     folds = [name for fold in manifest["folds"] for name in (fold["weights"], fold["oof"])]
-    return [manifest["config"]["competition"], manifest["config"]["experiment"], manifest["folds_csv"], *folds]
+    modules = list(manifest.get("metric_modules", {}))
+    return [
+        manifest["config"]["competition"],
+        manifest["config"]["experiment"],
+        manifest["folds_csv"],
+        *folds,
+        *modules,
+    ]
 
 
 def _link(source: Path, target: Path) -> None:
@@ -66,6 +74,8 @@ def stage_bundle(bundle: Path, manifest: dict) -> Config:
     configs = paths.configs_dir(comp)
     for name in (manifest["config"]["competition"], manifest["config"]["experiment"]):
         artifacts.write_text(configs / name, (bundle / name).read_text())
+    for name, relative in manifest.get("metric_modules", {}).items():  # a custom metric, importable from configs/<comp>
+        artifacts.write_text(configs / relative, (bundle / name).read_text())
     cfg = load_config(configs / manifest["config"]["experiment"])
     out = paths.for_config(cfg)
     artifacts.write_text(out.folds_csv, (bundle / manifest["folds_csv"]).read_text())

@@ -6,6 +6,8 @@ experiment, public_score, private_score are used when present). Prints the table
 writes data/runs/<comp>/experiments.csv: experiment, status, metric, cv, fold_mean, fold_std, fold_min,
 fold_max, n_folds, holdout, public_score, private_score, then one column per config key whose value
 differs between the experiments (dotted names, e.g. model.name, train.lr).
+Sweep trials' runs (data/runs/<comp>/<sweep>-tNNN[-sampleN]/, named by a trial yaml under
+data/runs/<comp>/sweeps/*/configs/) are left out: they are single-fold tuning runs, listed in the sweep's trials.csv.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +61,7 @@ def score_row(run: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError) as exc:  # one bad file must not hide the others
         log.warning("warning: skipping %s (%s); re-run `make ensemble` for that experiment", path, exc)
         return row
-    row["status"] = "scored"
+    row["status"] = f"partial: folds {scores.get('folds_used')}" if scores.get("partial") else "scored"
     if len(folds):
         row.update(fold_mean=folds.mean(), fold_std=folds.std(), fold_min=folds.min(), fold_max=folds.max())
     return row
@@ -104,6 +107,12 @@ def experiment_table(comp: str) -> pd.DataFrame:
     runs = sorted(
         p for p in out.runs.glob("*") if p.is_dir() and ((p / "config.yaml").exists() or (p / "scores.json").exists())
     )
+    trials = out.sweep_trial_names()
+    left_out = [run for run in runs if re.sub(r"-sample\d+$", "", run.name) in trials]
+    runs = [run for run in runs if run not in left_out]
+    if left_out:  # single-fold sweep trials are not experiments: `make sweep`'s trials.csv lists them
+        log.info("experiments: left out %d sweep trial run(s) (%s...); see data/runs/%s/sweeps/<name>/trials.csv",
+                 len(left_out), left_out[0].name, comp)  # fmt: skip
     if not runs:
         raise UserError(
             f"{out.runs}: no experiments yet (no */config.yaml); run `make train CONFIG=configs/{comp}/<exp>.yaml`"

@@ -83,7 +83,10 @@ def experiment_metrics(scores: dict[str, Any]) -> dict[str, float]:
     """scores.json -> flat metrics: cv, cv_thresholded, holdout, holdout_thresholded, fold<k>, tta gain."""
     metrics = {k: float(scores[k]) for k in ("cv", "cv_thresholded", "holdout", "holdout_thresholded")
                if _is_number(scores.get(k))}  # fmt: skip
-    for k, value in enumerate(scores.get("folds") or []):
+    values = scores.get("folds") or []
+    for k, value in zip(
+        scores.get("folds_used") or range(len(values)), values, strict=False
+    ):  # a partial run: its folds
         if _is_number(value):
             metrics[f"fold{k}"] = float(value)
     auto = scores.get("tta_auto") or {}
@@ -382,15 +385,26 @@ def after_stage(args: argparse.Namespace) -> None:
     sync_experiment(load_config(args.config, args.overrides))
 
 
+def full_mlflow_installed() -> bool:
+    """The `mlflow` distribution (with its UI server), not only `mlflow-skinny`, which has the same import name."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        importlib.metadata.distribution("mlflow")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("flask") is not None
+
+
 def run(args: argparse.Namespace) -> None:
     """`python -m pipeline mlflow-ui`: MLflow's own UI over the local store, on 127.0.0.1 only."""
-    import importlib.util
     import subprocess
     import sys
 
     from pipeline.core.errors import UserError
 
-    if importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("flask") is None:
+    if not full_mlflow_installed():
         raise UserError(
             "mlflow-ui needs the full MLflow package (its UI server): `.venv/bin/pip install mlflow`; "
             "the [track] extra installs mlflow-skinny, which logs and reads runs but has no UI"

@@ -22,7 +22,7 @@ from pipeline.data.loader import EpochSampler, ImageDataset, make_loader
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.training import budget, distributed, recipe
 from pipeline.training.distributed import World
-from pipeline.training.model import build_model, data_config
+from pipeline.training.model import build_model, check_progressive_sizes, data_config
 from pipeline.training.runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
     seed = cfg.train.seed + fold
     seed_everything(seed, cfg.train.deterministic)
     cfg = budget.resolve_budget(cfg)  # null augmentation strengths -> the budget's (pipeline.training.budget)
+    check_progressive_sizes(cfg.model.name, cfg.train.image_size, cfg.train.progressive_sizes)
     model = build_model(cfg.model, cfg.num_classes, image_size=cfg.train.image_size)
     recipe.prepare_model(model, cfg.train)  # head init scale, frozen BatchNorm
     dcfg = data_config(model, cfg.train.image_size)

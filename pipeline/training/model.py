@@ -175,6 +175,21 @@ def size_kwargs(name: str, image_size: int | None) -> dict[str, Any]:
     return {} if tuple(pretrained_cfg.input_size[-2:]) == (image_size, image_size) else {"img_size": image_size}
 
 
+def check_progressive_sizes(name: str, image_size: int | None, sizes: list[int]) -> None:
+    """train.progressive_sizes needs a model that takes any input size: one built for a single size (timm's
+    pretrained_cfg.fixed_input_size) fails at its first forward at another, so refuse it before any work."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    if not sizes or pretrained_cfg is None or not getattr(pretrained_cfg, "fixed_input_size", False):
+        return
+    built = image_size or pretrained_cfg.input_size[-1]
+    other = sorted({size for size in sizes if size != built})
+    if other:
+        raise UserError(
+            f"train.progressive_sizes: {name} is built for one input size ({built} px, train.image_size) and cannot "
+            f"train at {other} px; remove train.progressive_sizes, or pick a model that takes any size (a CNN)"
+        )
+
+
 def _check_size(model: torch.nn.Module | None, name: str, image_size: int, exc: BaseException | None = None) -> None:
     """A fixed-size model rebuilt for `image_size` must run at it: one dry forward, else an error naming the key."""
     if exc is None:

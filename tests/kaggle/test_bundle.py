@@ -353,19 +353,23 @@ def test_token_auth_takes_the_username_from_the_client(
 
 
 @pytest.mark.parametrize(
-    ("device", "explicit", "env", "shape"),
+    ("device", "explicit", "env", "configured", "shape"),
     [
-        ("auto", None, None, "NvidiaTeslaT4"),  # a GPU run asks for a T4 (x2), never whatever Kaggle picks
-        ("cpu", None, None, None),
-        ("auto", None, "l4", "NvidiaL4"),
-        ("auto", "p100", "l4", "NvidiaTeslaP100"),  # the flag wins over the environment
-        ("cuda", "none", None, None),
-        ("cpu", "T4X2", None, "NvidiaTeslaT4"),
+        ("auto", None, None, "", "NvidiaTeslaT4"),  # a GPU run asks for a T4 (x2), never whatever Kaggle picks
+        ("cpu", None, None, "", None),
+        ("auto", None, "l4", "", "NvidiaL4"),
+        ("auto", "p100", "l4", "", "NvidiaTeslaP100"),  # the flag wins over the environment
+        ("cuda", "none", None, "", None),
+        ("cpu", "T4X2", None, "", "NvidiaTeslaT4"),
+        ("auto", None, None, "l4", "NvidiaL4"),  # kaggle.accelerator in the config
+        ("cpu", None, None, "t4x2", "NvidiaTeslaT4"),  # the config wins over the cpu default
+        ("auto", None, "p100", "l4", "NvidiaTeslaP100"),  # the environment wins over the config
+        ("auto", "none", "p100", "l4", None),  # the flag wins over both
     ],
 )
 def test_kernel_metadata_asks_for_the_chosen_accelerator(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, explicit: str | None,
-    env: str | None, shape: str | None,
+    env: str | None, configured: str, shape: str | None,
 ) -> None:  # fmt: skip
     import dataclasses
 
@@ -377,7 +381,7 @@ def test_kernel_metadata_asks_for_the_chosen_accelerator(
         monkeypatch.setenv("KAGGLE_ACCELERATOR", env)
     else:
         monkeypatch.delenv("KAGGLE_ACCELERATOR", raising=False)
-    build_kernel(cfg, kaggle_names(COMP, EXP, USER), tmp_path, choose_accelerator(cfg, explicit))
+    build_kernel(cfg, kaggle_names(COMP, EXP, USER), tmp_path, choose_accelerator(cfg, explicit, configured))
     meta = json.loads((tmp_path / "kernel-metadata.json").read_text())
     assert meta.get("machine_shape") == shape and meta["enable_gpu"] is (shape is not None)
 
@@ -500,3 +504,74 @@ def test_only_pure_wheels_are_repacked_compiled_ones_are_fetched_for_kaggle(
         wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
     fetched = wheels.bundle_wheel("fastpkg", dest)
     assert fetched.name == kaggles.name and fetched.read_bytes() == kaggles.read_bytes()
+
+
+def test_a_custom_metric_module_ships_in_the_bundle_and_the_kernel_imports_it(project: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "home"
+    shutil.copytree(project, root, symlinks=True)
+    package = root / "configs" / "bundledmetrics"  # a package in configs/, as the README allows
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "agree.py").write_text(
+        "import numpy as np\n\n\ndef score(targets, labels):\n    return float(np.mean(targets == labels))\n"
+    )
+    for config in (root / "configs" / COMP / "competition.yaml", root / "data/runs/toy/tiny/config.yaml"):
+        values = yaml.safe_load(config.read_text())  # as if the run had been trained with the custom metric
+        values["metric"] = {"function": "bundledmetrics.agree:score", "higher_is_better": True, "needs": "labels"}
+        config.write_text(yaml.safe_dump(values))
+    (root / "data/runs/toy/tiny/scores.json").unlink()
+    with in_project(root):
+        for stage in ("ensemble", "submission"):
+            assert main([stage, "--config", CONFIG]) == 0, stage
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 0
+    sys.modules.pop("bundledmetrics.agree", None)
+    sys.modules.pop("bundledmetrics", None)
+    bundle = root / "data/runs/toy/tiny/kaggle-bundle/dataset"
+    assert json.loads((bundle / "bundle.json").read_text())["metric_modules"] == {
+        "metric-module--bundledmetrics--agree.py": "bundledmetrics/agree.py",
+        "metric-module--bundledmetrics--__init__.py": "bundledmetrics/__init__.py",
+    }
+
+    kaggle_input, working, elsewhere = tmp_path / "input", tmp_path / "working", tmp_path / "elsewhere"
+    for folder in (kaggle_input, working, elsewhere):
+        folder.mkdir()
+    (kaggle_input / COMP).symlink_to(root / "data/raw" / COMP)
+    env = clean_env(PIPELINE_ROOT=str(tmp_path / "kernel-work"), KAGGLE_INPUT_ROOT=str(kaggle_input),
+                    KAGGLE_WORKING_ROOT=str(working), PYTHONPATH=os.environ.get("PYTHONPATH", ""))  # fmt: skip
+    script = "import sys; from pathlib import Path; from pipeline.kaggle.kernel_predict import run_bundle; "
+    script += "sys.exit(run_bundle(Path(sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", script, str(bundle)], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip  # a fresh process: nothing imported from home
+    assert done.returncode == 0, done.stderr
+    pd.testing.assert_frame_equal(
+        pd.read_csv(working / "submission.csv", dtype=str), pd.read_csv(root / "submissions/toy/tiny.csv", dtype=str)
+    )
+
+
+def test_kaggle_accelerator_config_key_reaches_the_kernel_metadata(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    from pipeline.core.config import ACCELERATORS as CONFIG_ACCELERATORS
+    from pipeline.kaggle.bundle import ACCELERATORS
+
+    assert set(CONFIG_ACCELERATORS) == set(ACCELERATORS)  # the config validates what the bundle maps
+    root = tmp_path / "home"
+    shutil.copytree(project, root, symlinks=True)
+    experiment = root / CONFIG
+    original = experiment.read_text()
+    monkeypatch.delenv("KAGGLE_ACCELERATOR", raising=False)
+    with in_project(root):
+        experiment.write_text(original + "kaggle:\n  accelerator: l4\n")  # added after training: still honoured
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 0
+        meta = json.loads((root / "data/runs/toy/tiny/kaggle-bundle/kernel/kernel-metadata.json").read_text())
+        assert meta["machine_shape"] == "NvidiaL4"
+        experiment.write_text(original + "kaggle:\n  accelerator: a100\n")
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "kaggle.accelerator" in last and "t4x2, l4, p100, none" in last, last

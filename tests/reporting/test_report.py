@@ -219,3 +219,33 @@ def test_most_confused_and_losses_by_hand() -> None:
     pairs = interpret.most_confused(matrix, ["a", "b", "c"])
     assert list(zip(pairs["true"], pairs["predicted"], strict=True)) == [("a", "b"), ("b", "a"), ("c", "a")]
     assert interpret.row_losses(targets, probs, "single_label")[4] == pytest.approx(-np.log(0.1))
+
+
+def test_experiments_leaves_out_sweep_trials_and_marks_partial_runs(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    runs = project / "data/runs/toy"
+    for name, lr in (("real", 0.001), ("sw-t000", 0.01), ("sw-t001-sample40", 0.02), ("other-t002", 0.03)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text(f"train:\n  lr: {lr}\n")
+    trial_configs = runs / "sweeps/sw/configs/toy"  # where `make sweep` writes each trial's experiment yaml
+    trial_configs.mkdir(parents=True)
+    for trial in ("sw-t000", "sw-t001"):
+        (trial_configs / f"{trial}.yaml").write_text("train:\n  lr: 0.01\n")
+    scores = {"metric": "accuracy", "cv": 0.5, "folds": [0.5], "partial": True, "folds_used": [0]}
+    (runs / "real/scores.json").write_text(json.dumps(scores))
+
+    result = run_main(capsys, "experiments", "--comp", "toy")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(runs / "experiments.csv").set_index("experiment")
+    assert sorted(table.index) == ["other-t002", "real"]  # a name like a trial's, but no sweep made it: kept
+    assert table.loc["real", "status"] == "partial: folds [0]"
+    assert "left out 2 sweep trial run(s)" in result.stderr
+    for name in ("real", "other-t002"):
+        for path in (runs / name).iterdir():
+            path.unlink()
+        (runs / name).rmdir()
+    only_trials = run_main(capsys, "experiments", "--comp", "toy")
+    assert only_trials.returncode == 2 and only_trials.stderr.strip().splitlines()[-1].startswith("error:")

@@ -128,3 +128,25 @@ def test_tracking_key_is_checked(project: Path, capsys: pytest.CaptureFixture) -
     result = run_main(capsys, "folds", "--config", str(config))
     assert result.returncode == 2
     assert result.stderr.strip() == "error: tracking: 'mlfow' is not one of none, mlflow, tensorboard, wandb"
+
+
+def test_mlflow_ui_without_the_full_mlflow_is_one_line_naming_the_install(
+    project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    from pipeline.reporting import tracking
+
+    skinny_only = True
+    try:
+        importlib.metadata.distribution("mlflow")
+        skinny_only = False
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if skinny_only:  # the test venv: mlflow-skinny (same `import mlflow`), which has no UI server
+        assert not tracking.full_mlflow_installed()
+    monkeypatch.setattr(tracking, "full_mlflow_installed", lambda: False)
+    result = run_main(capsys, "mlflow-ui", "--port", "5999")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: mlflow-ui needs the full MLflow package") and "pip install mlflow" in lines[0]

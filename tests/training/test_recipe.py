@@ -369,6 +369,24 @@ def test_progressive_resizing_trains_at_each_size(project: Path, capsys: pytest.
     assert result.returncode == 0 and "training at 24 px" in result.stderr and "training at 32 px" in result.stderr
 
 
+def test_progressive_sizes_on_a_fixed_size_model_is_one_error_line(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_competition_yaml(project, "csv")
+    model = {"name": "vit_tiny_patch16_224", "pretrained": False}
+    config = tiny_experiment(project, model=model, train={"epochs": 1, "image_size": 32, "progressive_sizes": [16, 32]})
+    run_main(capsys, "folds", "--config", str(config))
+    result = run_main(capsys, "train", "--config", str(config), "--fold", "0")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith("error: train.progressive_sizes: vit_tiny_patch16_224")
+    assert "[16] px" in lines[-1] and "Traceback" not in result.stderr
+    assert not (project / "data/runs/toy/tiny/fold0/model.safetensors").exists()
+    from pipeline.training.model import check_progressive_sizes
+
+    check_progressive_sizes("vit_tiny_patch16_224", 32, [32])  # its own size only: fine
+    check_progressive_sizes(TINY_MODEL, 32, [16, 32])  # a CNN takes any size
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
