@@ -186,8 +186,10 @@ def infer_test(
     """Test ids and images: from the sample submission, else every image of a test folder."""
     if sample_name:
         sample = read_csv(raw / sample_name, "sample submission")
-        data.submission_id_column = sample.columns[0]
-        sample_ids = sample[sample.columns[0]].astype(str).tolist()
+        columns = list(sample.columns)  # the id column is usually first, but find it by name when it is not
+        names = ((data.id_column or "").lower(), *ID_NAMES)
+        data.submission_id_column = _pick_column(columns, names) or columns[0]
+        sample_ids = sample[data.submission_id_column].astype(str).tolist()
         test_dirs = [d for d in image_dirs if d != data.train_dir and not d.startswith(f"{data.train_dir}/")]
         folder, ext = _find_images(raw, sample_ids, test_dirs or list(image_dirs), "test", "data.test_dir")
         if data.train_csv is not None and ext != data.image_ext:
@@ -195,7 +197,7 @@ def infer_test(
                 f"{raw}: train images end in {data.image_ext!r} but test images in {ext!r}; set data.image_ext"
             )
         data.test_dir, data.image_ext = folder, ext
-        data.submission_columns = list(sample.columns[1:])
+        data.submission_columns = [c for c in columns if c != data.submission_id_column]
         notes.append(f"test: ids from {sample_name}, images {folder or '.'}/<id>{ext}")
         return
     tests = [d for d in image_dirs if "test" in d.lower()]

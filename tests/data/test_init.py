@@ -161,3 +161,13 @@ def test_zip_unzipped_with_a_top_level_folder(tmp_path: Path) -> None:
     data, _, _ = infer_data(tmp_path / "comp")
     assert (data.train_csv, data.train_dir, data.test_dir) == ("comp/train.csv", "comp/train", "comp/test")
     assert data.test_csv == "comp/sample_submission.csv" and sorted(data.classes) == ["cat", "dog", "fox"]
+
+
+def test_sample_submission_with_the_id_column_last(tmp_path: Path) -> None:
+    """sample_submission.csv as `label,id`: the id column is found by name, the label is the submission column."""
+    raw = write_competition(tmp_path / "x", "csv")
+    sample = (raw / "sample_submission.csv").read_text().splitlines()
+    swapped = [",".join(reversed(row.split(","))) for row in sample]
+    (raw / "sample_submission.csv").write_text("\n".join(swapped) + "\n")
+    data, _, _ = infer_data(raw)
+    assert (data.submission_id_column, data.submission_columns, data.test_dir) == ("id", ["label"], "test")

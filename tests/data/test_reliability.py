@@ -51,10 +51,10 @@ OWN_NUMERIC_TABLES = {"report.py": 1, "api.py": 1, "recipe.py": 1, "sweep.py": 1
 
 def test_every_competition_csv_goes_through_the_one_reader() -> None:
     """pandas' default NA parsing turns ids like NA or null into missing values: only data.read_csv reads CSVs."""
-    package = Path(__file__).resolve().parents[1] / "pipeline"
+    package = Path(__file__).resolve().parents[2] / "pipeline"
     found = {}
     for module in sorted(package.rglob("*.py")):
-        if module.name == "data.py":
+        if module.name == "tables.py":
             continue
         count = module.read_text().count("pd.read_csv(") + module.read_text().count("pandas.read_csv(")
         if count:
