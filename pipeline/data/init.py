@@ -84,15 +84,27 @@ def _require_filled(frame: pd.DataFrame, columns: list[str], path: Path) -> None
                             "row: fill it or drop the row")  # fmt: skip
 
 
+def _unwrapped(raw: Path) -> Path:
+    """The competition's own folder: `raw`, or its one subfolder when the zip was unzipped with a top-level folder
+    (data/raw/<slug>/<slug>/train.csv), i.e. `raw` holds nothing but that folder."""
+    entries = [p for p in raw.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir() and any(entries[0].glob("*.csv")):
+        return entries[0]
+    return raw
+
+
 def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
     """(data layout, default metric, notes) for the competition files under `raw`."""
     if not raw.is_dir():
         raise UserError(f"{raw} not found; run `make download COMP={raw.name}` first")
-    csvs = sorted(p.name for p in raw.glob("*.csv"))
+    top = _unwrapped(raw)
+    prefix = "" if top == raw else f"{top.relative_to(raw).as_posix()}/"
+    csvs = sorted(prefix + p.name for p in top.glob("*.csv"))
     sample_name = next((c for c in csvs if "sample" in c.lower()), None)
-    skip = {sample_name, "solution.csv", "test.csv"}
+    skip = {sample_name, f"{prefix}solution.csv", f"{prefix}test.csv"}
     train_csvs = [c for c in csvs if c not in skip and ("train" in c.lower() or "label" in c.lower())]
-    train_name = next((c for c in ("train.csv", "train_labels.csv", "labels.csv") if c in train_csvs), None)
+    names = (f"{prefix}train.csv", f"{prefix}train_labels.csv", f"{prefix}labels.csv")
+    train_name = next((c for c in names if c in train_csvs), None)
     train_name = train_name or (train_csvs[0] if train_csvs else None)
     image_dirs = _image_dirs(raw)
     notes: list[str] = []
@@ -105,8 +117,8 @@ def infer_data(raw: Path) -> tuple[DataConfig, str, list[str]]:
     metric = infer_submission(data, notes)
     if len(data.classes) < 2:
         raise UserError(f"{raw}: found {len(data.classes)} class(es); set data.classes and data.label_column")
-    if (raw / "solution.csv").exists():
-        data.holdout = "solution.csv"
+    if (top / "solution.csv").exists():
+        data.holdout = f"{prefix}solution.csv"
     return data, metric, notes
 
 
@@ -174,8 +186,10 @@ def infer_test(
     """Test ids and images: from the sample submission, else every image of a test folder."""
     if sample_name:
         sample = read_csv(raw / sample_name, "sample submission")
-        data.submission_id_column = sample.columns[0]
-        sample_ids = sample[sample.columns[0]].astype(str).tolist()
+        columns = list(sample.columns)  # the id column is usually first, but find it by name when it is not
+        names = ((data.id_column or "").lower(), *ID_NAMES)
+        data.submission_id_column = _pick_column(columns, names) or columns[0]
+        sample_ids = sample[data.submission_id_column].astype(str).tolist()
         test_dirs = [d for d in image_dirs if d != data.train_dir and not d.startswith(f"{data.train_dir}/")]
         folder, ext = _find_images(raw, sample_ids, test_dirs or list(image_dirs), "test", "data.test_dir")
         if data.train_csv is not None and ext != data.image_ext:
@@ -183,7 +197,7 @@ def infer_test(
                 f"{raw}: train images end in {data.image_ext!r} but test images in {ext!r}; set data.image_ext"
             )
         data.test_dir, data.image_ext = folder, ext
-        data.submission_columns = list(sample.columns[1:])
+        data.submission_columns = [c for c in columns if c != data.submission_id_column]
         notes.append(f"test: ids from {sample_name}, images {folder or '.'}/<id>{ext}")
         return
     tests = [d for d in image_dirs if "test" in d.lower()]
@@ -282,7 +296,8 @@ def run(args: argparse.Namespace) -> None:
         adopt(comp)  # data/raw/<comp>/ unzipped by hand: checked and stamped, so Make's download step is done
     raw = paths.raw_dir(comp)
     data, metric, notes = infer_data(raw)
-    competition = {"data": {k: v for k, v in vars(data).items() if v is not None or k == "train_csv"}, "metric": metric,
+    kept = ("train_csv", "test_csv")  # None means something there (no train CSV / no sample submission)
+    competition = {"data": {k: v for k, v in vars(data).items() if v is not None or k in kept}, "metric": metric,
                    "folds": {"n_folds": 5, "seed": 42}}  # fmt: skip
     experiment = baseline(data, typical_image_size(raw, data))
     if re.search(r"[^A-Za-z0-9_.-]", comp):

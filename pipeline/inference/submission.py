@@ -41,7 +41,10 @@ def run(args: argparse.Namespace) -> None:
         sample = read_typed_csv(sample_path, "sample submission")  # ids verbatim; number columns stay numbers
         if cfg.sample:  # a sample run predicts the first N test rows (pipeline.data.folds)
             sample = sample.head(cfg.sample)
+        if set(frame.columns) == set(sample.columns):  # the sample's column order (its id column need not be first)
+            frame = frame[list(sample.columns)]
         check_submission(frame, sample, where=str(out.submission),
-                         probability_columns=cfg.data.submission_format == "probabilities")  # fmt: skip
+                         probability_columns=cfg.data.submission_format == "probabilities",
+                         id_column=cfg.data.submission_id_column)  # fmt: skip
     artifacts.write_csv(out.submission, frame)
     log.info("submission: %d rows -> %s", len(frame), out.submission)

@@ -32,13 +32,18 @@ def is_probability_sample(sample: pd.DataFrame) -> bool:
 
 
 def check_submission(
-    frame: pd.DataFrame, sample: pd.DataFrame, where: str, probability_columns: bool | None = None
+    frame: pd.DataFrame,
+    sample: pd.DataFrame,
+    where: str,
+    probability_columns: bool | None = None,
+    id_column: str | None = None,
 ) -> None:
     """Raise UserError naming `where`, row and column unless `frame` matches `sample`'s format.
 
     Same columns in the same order, same row count, the same ids in the same order (compared as strings, so
     `007` vs `7` is caught and ids typed as numbers still match), no empty cell, numeric where the sample is
     numeric, and probabilities within [0, 1] when `probability_columns` is True (None: infer from the sample).
+    `id_column`: the sample's id column (None: its first column).
     """
     expected, got = [str(c) for c in sample.columns], [str(c) for c in frame.columns]
     if got != expected:
@@ -59,9 +64,9 @@ def check_submission(
     if len(frame) == 0:
         raise UserError(f"{where}: no rows")
 
-    id_column = expected[0]
-    ids = frame.iloc[:, 0].astype(str).reset_index(drop=True)
-    sample_ids = sample.iloc[:, 0].astype(str).reset_index(drop=True)
+    id_column = id_column if id_column in expected else expected[0]
+    ids = frame[id_column].astype(str).reset_index(drop=True)
+    sample_ids = sample[id_column].astype(str).reset_index(drop=True)
     differ = ids != sample_ids
     if differ.any():
         position = _first(differ)
@@ -77,7 +82,9 @@ def check_submission(
 
     if probability_columns is None:
         probability_columns = is_probability_sample(sample)
-    for index, column in enumerate(frame.columns[1:], start=1):
+    for index, column in enumerate(frame.columns):
+        if column == id_column:
+            continue
         should_be_numeric = probability_columns or ptypes.is_numeric_dtype(sample.iloc[:, index])
         if not should_be_numeric:
             continue

@@ -60,7 +60,9 @@ def validate_file(cfg: Config, submission: Path) -> None:
     else:
         sample = read_table(sample_path, f"run `make download COMP={cfg.comp}` first")
     formats = {"probabilities": True, "numeric": False}
-    check_submission(frame, sample, str(submission), formats.get(cfg.data.submission_format))
+    check_submission(
+        frame, sample, str(submission), formats.get(cfg.data.submission_format), cfg.data.submission_id_column
+    )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -145,3 +145,29 @@ def test_undecidable_label_column_names_the_key(tmp_path: Path) -> None:
 def test_missing_raw_folder_says_download(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="make download COMP=nothing"):
         infer_data(tmp_path / "nothing")
+
+
+def test_init_without_sample_submission_keeps_test_csv_null(competition, project: Path) -> None:
+    """No sample_submission.csv: competition.yaml must say `test_csv: null`, not fall back to the default file."""
+    competition("no_sample")
+    result = run_cli("init", "--comp", "toy", cwd=project, env={"PIPELINE_WEIGHTS_DIR": str(project / "w")})
+    written = yaml.safe_load((project / "configs/toy/competition.yaml").read_text())
+    assert "test_csv" in written["data"] and written["data"]["test_csv"] is None, result.stderr
+
+
+def test_zip_unzipped_with_a_top_level_folder(tmp_path: Path) -> None:
+    """data/raw/<slug>/<slug>/train.csv (a zip holding one folder): read from that folder, not as class folders."""
+    write_competition(tmp_path / "comp" / "comp", "csv")
+    data, _, _ = infer_data(tmp_path / "comp")
+    assert (data.train_csv, data.train_dir, data.test_dir) == ("comp/train.csv", "comp/train", "comp/test")
+    assert data.test_csv == "comp/sample_submission.csv" and sorted(data.classes) == ["cat", "dog", "fox"]
+
+
+def test_sample_submission_with_the_id_column_last(tmp_path: Path) -> None:
+    """sample_submission.csv as `label,id`: the id column is found by name, the label is the submission column."""
+    raw = write_competition(tmp_path / "x", "csv")
+    sample = (raw / "sample_submission.csv").read_text().splitlines()
+    swapped = [",".join(reversed(row.split(","))) for row in sample]
+    (raw / "sample_submission.csv").write_text("\n".join(swapped) + "\n")
+    data, _, _ = infer_data(raw)
+    assert (data.submission_id_column, data.submission_columns, data.test_dir) == ("id", ["label"], "test")
