@@ -250,12 +250,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| dataset | epochs | recipe | held-out acc. | + TTA | vs reference | epoch-1 loss | train s |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
-        tta = row.get("holdout_tta")
-        gap = row.get("vs_reference")
+        tta, gap, loss = row.get("holdout_tta"), row.get("vs_reference"), row.get("first_loss")
         lines.append(
             f"| {row['dataset']} | {row['epochs']} | {describe(row['variant'])} | {row['holdout']:.4f} | "
             f"{'' if tta is None else f'{tta:.4f}'} | {'' if gap is None else f'{gap:+.4f}'} | "
-            f"{row.get('first_loss', float('nan')):.3f} | {row.get('train_seconds', '')} |"
+            f"{'' if loss is None else f'{loss:.3f}'} | {row.get('train_seconds', '')} |"
         )
     return "\n".join(lines) + "\n"
 
