@@ -48,7 +48,7 @@ DIGITS_PNG = Path("/usr/share/doc/opencv-doc/examples/data/digits.png")
 SEED = 0
 # One change each against init's baseline (merged into baseline.yaml); every row is reported, losers included.
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "old_default": ("previous baseline: warmup 1 epoch, crop scale 0.5, jitter 0.2, EMA 0.999, keep best",
+    "old_default": ("previous baseline: timm head, warmup 1 epoch, crop 0.5, jitter 0.2, EMA 0.999, keep best",
                     {"train": {"warmup_epochs": 1.0, "ema_decay": 0.999, "keep": "best", "head_init_scale": 1.0},
                      "augment": {"scale_min": 0.5, "color_jitter": 0.2}}),
     "warmup_1ep": ("warmup 1 epoch (instead of the budget's fraction)", {"train": {"warmup_epochs": 1.0}}),
