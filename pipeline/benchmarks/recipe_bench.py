@@ -48,7 +48,7 @@ DIGITS_PNG = Path("/usr/share/doc/opencv-doc/examples/data/digits.png")
 SEED = 0
 # One change each against init's baseline (merged into baseline.yaml); every row is reported, losers included.
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "old_default": ("previous baseline: warmup 1 epoch, crop scale 0.5, jitter 0.2, EMA 0.999, keep best",
+    "old_default": ("previous baseline: timm head, warmup 1 epoch, crop 0.5, jitter 0.2, EMA 0.999, keep best",
                     {"train": {"warmup_epochs": 1.0, "ema_decay": 0.999, "keep": "best", "head_init_scale": 1.0},
                      "augment": {"scale_min": 0.5, "color_jitter": 0.2}}),
     "warmup_1ep": ("warmup 1 epoch (instead of the budget's fraction)", {"train": {"warmup_epochs": 1.0}}),
@@ -250,12 +250,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| dataset | epochs | recipe | held-out acc. | + TTA | vs reference | epoch-1 loss | train s |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
-        tta = row.get("holdout_tta")
-        gap = row.get("vs_reference")
+        tta, gap, loss = row.get("holdout_tta"), row.get("vs_reference"), row.get("first_loss")
         lines.append(
             f"| {row['dataset']} | {row['epochs']} | {describe(row['variant'])} | {row['holdout']:.4f} | "
             f"{'' if tta is None else f'{tta:.4f}'} | {'' if gap is None else f'{gap:+.4f}'} | "
-            f"{row.get('first_loss', float('nan')):.3f} | {row.get('train_seconds', '')} |"
+            f"{'' if loss is None else f'{loss:.3f}'} | {row.get('train_seconds', '')} |"
         )
     return "\n".join(lines) + "\n"
 

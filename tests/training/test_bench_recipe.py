@@ -46,3 +46,11 @@ def test_bench_dataset_is_a_kaggle_layout_competition(project: Path, dataset: st
     assert all((raw / "train" / f"{i}.png").exists() for i in train["id"])
     assert set(train["id"]).isdisjoint(solution["id"]) and train["label"].nunique() == 10
     assert recipe_bench.materialise(dataset, n_train=40, n_test=20) == comp  # reused, not rebuilt
+
+
+def test_bench_table_leaves_what_a_row_lacks_blank() -> None:
+    """The 5-fold row has no epoch-1 loss or TTA column of its own: blank cells, not 'nan'."""
+    rows = [{"dataset": "fashion", "epochs": 3, "variant": "default_5fold", "holdout": 0.885, "vs_reference": 0.0655}]
+    line = recipe_bench.table(rows).splitlines()[-1]
+    assert "nan" not in line
+    assert line == "| fashion | 3 | default, 5 folds + TTA | 0.8850 |  | +0.0655 |  |  |"
