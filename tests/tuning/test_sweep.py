@@ -83,14 +83,16 @@ def test_a_killed_sweep_resumes_its_study(sweep_project: Path, capsys: pytest.Ca
     project = sweep_project
     sweep = write_sweep(project, trials=2, params={"train.lr": {"low": 1.0e-3, "high": 1.0e-1, "log": True}})
     config = project / "configs/toy/tiny.yaml"
-    args = ["sweep", "--config", str(config), "--sweep", str(sweep), "--set", "train.epochs=3 train.batch_size=4"]
+    args = ["sweep", "--config", str(config), "--sweep", str(sweep), "--set", "train.epochs=30 train.batch_size=4"]
     process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=project, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     second_log = project / "data/runs/toy/tiny-sweep-t001/fold0/log.csv"
+    second_checkpoint = second_log.parent / "work/last.pt"
     deadline = time.monotonic() + 240
-    while not second_log.exists():  # trial 0 finished, trial 1 has finished an epoch (and checkpointed it)
+    # trial 0 finished, trial 1 has logged an epoch and checkpointed it (30 epochs: it is still training)
+    while not (second_log.exists() and second_checkpoint.exists()):
         assert process.poll() is None and time.monotonic() < deadline, "the sweep ended before it was killed"
-        time.sleep(0.2)
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its training child, as a lost machine would
     process.wait()
     storage = f"sqlite:///{project / 'data/runs/toy/sweeps/tiny-sweep/study.db'}"
@@ -105,7 +107,7 @@ def test_a_killed_sweep_resumes_its_study(sweep_project: Path, capsys: pytest.Ca
     assert after[2].params == before[1].params and after[2].user_attrs["run"] == "tiny-sweep-t001"
     trial_log = (project / "data/runs/toy/sweeps/tiny-sweep/logs/tiny-sweep-t001.log").read_text()
     assert "fold 0: resuming from epoch" in trial_log
-    assert list(pd.read_csv(second_log)["epoch"]) == [1, 2, 3]
+    assert list(pd.read_csv(second_log)["epoch"]) == list(range(1, 31))
 
 
 @pytest.mark.slow
