@@ -4,7 +4,8 @@
 target calls it). Packages by concern; a stage imports building blocks, never another stage, and nothing imports in
 a cycle (tests/test_architecture.py checks both):
 
-    core/       config, paths (the only place artifact paths are built), artifacts (the only writer, atomic),
+    core/       schema (config sections, defaults, ranges), config (loading, overrides, checks), paths (the only
+                place artifact paths are built), artifacts (the only writer, atomic),
                 errors, metrics (and "is higher better"), progress, provenance, cli, locks, run_config; no torch
     data/       tables (CSV readers, image decoding), init (layout inference), folds, folds_record, cache, loader,
                 augment, augment_policies, demo, raw_data (hand-placed competition files)

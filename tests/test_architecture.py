@@ -36,16 +36,7 @@ def modules() -> dict[str, ast.Module]:
 def imports(tree: ast.Module, known: set[str]) -> set[str]:
     """Every pipeline module `tree` imports, anywhere in the file (inside functions too)."""
     found = set()
-    typing_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-        for stmt in node.body
-        for inner in ast.walk(stmt)
-    }  # `if TYPE_CHECKING:` imports are annotations, never run
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:

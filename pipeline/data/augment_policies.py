@@ -23,8 +23,8 @@ import numpy as np
 
 from pipeline.core.errors import ConfigError
 
-if TYPE_CHECKING:  # annotations only: config imports this module to validate augment.*
-    from pipeline.core.config import AugmentConfig
+if TYPE_CHECKING:  # annotations only
+    from pipeline.core.schema import AugmentConfig
 
 POLICIES = ("default", "light", "medium", "heavy", "randaugment", "trivialaugment", "custom")
 

@@ -24,7 +24,7 @@ from pipeline.core.errors import ConfigError
 if TYPE_CHECKING:  # torch, timm and torchvision load when a loss is built, not when a config is checked
     import torch
 
-    from pipeline.core.config import Config
+    from pipeline.core.schema import Config
 
 LOSSES = ("auto", "cross_entropy", "bce", "focal", "asymmetric")
 Loss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
