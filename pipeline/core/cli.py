@@ -164,6 +164,10 @@ _PLAN_FLAGS: list[tuple[str, dict]] = [
     ("--test-images", {"type": int, "default": None, "help": "test images the kernel predicts (default: test.csv's)"}),
     ("--slowdown", {"type": float, "default": None, "help": "kernel GPU X times slower than the logs' (default 1)"}),
 ]
+_SCORE_WAIT_FLAG = (
+    "--wait",
+    {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"},
+)
 _SWEEP_FLAG = ("--sweep", {"default": None, "help": "the sweep file (default: configs/<comp>/sweep.yaml)"})
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
     "kaggle-bundle": [
@@ -181,10 +185,10 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
         ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, CV, commit)"}),
     ],
     "submit": [
-        ("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"}),
+        _SCORE_WAIT_FLAG,
     ],
     "kaggle-submit": [
-        ("--wait", {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"}),
+        _SCORE_WAIT_FLAG,
         ("--kernel-wait", {"type": float, "default": 10800.0, "help": "seconds to wait for the kernel's run"}),
         ("--message", {"default": None, "help": "the submission's description (default: experiment, CV, commit)"}),
     ],
