@@ -68,7 +68,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe FORCE
+.PHONY: help all install download init folds train predict refit ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques FORCE
 
 help: ## one line per target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -185,6 +185,9 @@ kaggle-submit: ## code competitions, after kaggle-push: wait for the kernel's ru
 
 bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
 	$(PY) -m pipeline.benchmarks.recipe_bench
+
+bench-techniques: ## soup, refit, seed bag, pseudo-labels, distillation vs the baseline, held-out (Fashion-MNIST; ~30 min)
+	$(PY) -m pipeline.benchmarks.techniques
 
 # Sweeps and tracking. SWEEP=configs/<comp>/sweep.yaml (the default); TRACK=mlflow|tensorboard|wandb on any target.
 SWEEP ?= configs/$(COMP)/sweep.yaml

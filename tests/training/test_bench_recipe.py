@@ -54,3 +54,31 @@ def test_bench_table_leaves_what_a_row_lacks_blank() -> None:
     line = recipe_bench.table(rows).splitlines()[-1]
     assert "nan" not in line
     assert line == "| fashion | 3 | default, 5 folds + TTA | 0.8850 |  | +0.0655 |  |  |"
+
+
+def test_techniques_point_their_sources_at_the_baseline_arm_of_the_same_epochs() -> None:
+    from pipeline.benchmarks import techniques
+
+    change = techniques.source(techniques.ARMS["pseudo"][1], epochs=5)
+    assert change["train"]["pseudo"] == {"from": "tech_baseline_e5", "threshold": 0.9}
+    assert techniques.source(techniques.ARMS["soup"][1], epochs=5) == techniques.ARMS["soup"][1]  # no source: as is
+
+
+def test_techniques_table_compares_each_arm_with_the_baseline_held_out() -> None:
+    from pipeline.benchmarks import techniques
+
+    rows = [{"arm": "baseline", "description": "base", "cv": 0.8, "holdout": 0.85, "wall_seconds": 10,
+             "train_cpu_seconds": 20},
+            {"arm": "refit", "description": "refit", "cv": None, "holdout": 0.8625, "wall_seconds": 5,
+             "train_cpu_seconds": 9}]  # fmt: skip
+    lines = techniques.table(rows).splitlines()
+    assert lines[2] == "| base | 0.8000 | 0.8500 |  | 10 | 20 |"
+    assert lines[3] == "| refit |  | 0.8625 | +0.0125 | 5 | 9 |"
+
+
+def test_techniques_stage_failures_surface_as_one_line() -> None:
+    from pipeline.benchmarks import techniques
+    from pipeline.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"`pipeline no-such-stage` failed: .*invalid choice"):
+        techniques.timed("no-such-stage")
