@@ -68,7 +68,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe FORCE
+.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe FORCE
 
 help: ## one line per target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -117,6 +117,11 @@ $(RUN)/refit/model.safetensors: $(WEIGHTS) $(CONFIG) $(FORCE_IF_SET)
 	$(LAUNCH) train $(ARGS) --fold refit
 $(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(FORCE_IF_SET)
 	$(LAUNCH) predict $(ARGS) --fold refit
+
+# Pseudo-labels: FROM=<experiment or blend> whose test predictions label; NAME= names the new experiment.
+pseudo: ## write configs/<comp>/<exp>-pseudo.yaml (train.pseudo.from=FROM; NAME=) and run its chain (make all)
+	@new=$$($(PY) -m pipeline pseudo $(ARGS)$(if $(FROM), --from $(FROM))$(if $(NAME), --name $(NAME))) && \
+	  $(MAKE) --no-print-directory all CONFIG=$$new
 
 lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: lr_find.png + a suggested LR (usable as train.lr: auto)
 	$(PY) -m pipeline lr-find $(ARGS)

@@ -146,7 +146,8 @@ def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: Worl
         recipe.BestKeeper(cfg.metric, t.keep), swa=recipe.build_swa(f.model, t),
     )  # fmt: skip
     mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
-    criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None)
+    # dense targets (train.pseudo / soft_labels) take the soft-target loss, as mixed batches do
+    criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
     return FoldRun(f, state, lr, amp, mixer, criterion, batches_per_epoch, updates_per_epoch)
 
 
