@@ -15,36 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.builders import run_main, tiny_experiment
+from helpers.builders import run_main, tiny_experiment, write_source_run
 from pipeline.core.config import NOT_FINGERPRINTED, TRAINING_SECTIONS, fingerprint, load_config, to_dict
 from pipeline.data import soft_targets
-from pipeline.data.sources import file_digest
 from pipeline.training import fold as fold_module
 from pipeline.training import recipe
 from test_chain import run_chain, write_competition_yaml
 
 CLASSES_COLUMN_START = 1
-
-
-def fake_source(project: Path, name: str = "src", seed: int = 0, **scores: object) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """data/runs/toy/<name>/: random OOF and test probabilities on this competition's folds and test ids."""
-    cfg = load_config(project / "configs/toy/competition.yaml")
-    folds = pd.read_csv(project / "data/processed/toy/folds.csv", dtype=str)
-    test = pd.read_csv(project / "data/processed/toy/test.csv", dtype=str)
-    rng = np.random.default_rng(seed)
-    frames = []
-    for ids in (folds["id"], test["id"]):
-        probs = rng.dirichlet(np.full(len(cfg.data.classes), 0.3), size=len(ids))
-        frame = pd.DataFrame(probs, columns=cfg.data.classes)
-        frame.insert(0, "id", ids.to_numpy())
-        frames.append(frame)
-    run = project / "data/runs/toy" / name
-    run.mkdir(parents=True, exist_ok=True)
-    frames[0].to_csv(run / "oof.csv", index=False)
-    frames[1].to_csv(run / "test.csv", index=False)
-    record = {"cv": 0.5, "sample": 0, "folds_digest": file_digest(project / "data/processed/toy/folds.csv"), **scores}
-    (run / "scores.json").write_text(json.dumps(record))
-    return frames[0], frames[1]
 
 
 @pytest.fixture
@@ -66,7 +44,7 @@ def prepared(config: Path, fold: int) -> fold_module.Fold:
 
 
 def test_pseudo_rows_join_every_training_side_and_no_validation_fold(toy: Path) -> None:
-    _, test = fake_source(toy)
+    _, test = write_source_run(toy)
     config = pseudo_config(toy, threshold=0.0)
     test_images = set(pd.read_csv(toy / "data/processed/toy/test.csv", dtype=str)["image"])
     for fold in (0, 1):
@@ -80,7 +58,7 @@ def test_pseudo_rows_join_every_training_side_and_no_validation_fold(toy: Path) 
 
 
 def test_threshold_keeps_the_rows_the_source_was_sure_of(toy: Path) -> None:
-    _, test = fake_source(toy)
+    _, test = write_source_run(toy)
     probs = test.iloc[:, CLASSES_COLUMN_START:].to_numpy()
     threshold = float(np.median(probs.max(axis=1)))  # about half the rows pass
     expected = int((probs.max(axis=1) >= threshold).sum())
@@ -97,7 +75,7 @@ def test_threshold_keeps_the_rows_the_source_was_sure_of(toy: Path) -> None:
 
 
 def test_soft_pseudo_targets_are_the_source_probabilities_times_the_weight(toy: Path) -> None:
-    _, test = fake_source(toy)
+    _, test = write_source_run(toy)
     config = pseudo_config(toy, soft=True, weight=0.5)
     f = prepared(config, 0)
     dataset = f.train_loader.dataset
@@ -114,7 +92,7 @@ def test_soft_pseudo_targets_are_the_source_probabilities_times_the_weight(toy: 
 
 
 def test_distillation_target_is_the_mix_of_one_hot_and_the_source_oof(toy: Path) -> None:
-    oof, _ = fake_source(toy)
+    oof, _ = write_source_run(toy)
     config = tiny_experiment(toy, name="student", train={"soft_labels": {"from": "src", "alpha": 0.3},
                                                          "label_smoothing": 0.1})  # fmt: skip
     f = prepared(config, 0)
@@ -140,7 +118,7 @@ def test_mixup_mixes_dense_targets_with_the_image_lambda(toy: Path) -> None:
 
 
 def test_source_changes_the_fingerprint_and_keys_off_keep_the_old_one(toy: Path) -> None:
-    fake_source(toy)
+    write_source_run(toy)
     base = load_config(tiny_experiment(toy, name="student"))
     values = {key: to_dict(base)[key] for key in TRAINING_SECTIONS}
     for section, key in (*NOT_FINGERPRINTED, ("train", "swa"), ("train", "pseudo"), ("train", "soft_labels")):
@@ -150,7 +128,7 @@ def test_source_changes_the_fingerprint_and_keys_off_keep_the_old_one(toy: Path)
     on = load_config(pseudo_config(toy))
     before = fingerprint(on, TRAINING_SECTIONS)
     assert before != older
-    fake_source(toy, seed=1)  # the source re-ran: other predictions
+    write_source_run(toy, seed=1)  # the source re-ran: other predictions
     assert fingerprint(on, TRAINING_SECTIONS) != before
     distil = load_config(tiny_experiment(toy, name="distil", train={"soft_labels": {"from": "src"}}))
     assert fingerprint(distil, TRAINING_SECTIONS) not in (older, before)
