@@ -121,7 +121,7 @@ $(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(FORCE_IF_SET)
 # Pseudo-labels: FROM=<experiment or blend> whose test predictions label; NAME= names the new experiment.
 pseudo: ## write configs/<comp>/<exp>-pseudo.yaml (train.pseudo.from=FROM; NAME=) and run its chain (make all)
 	@new=$$($(PY) -m pipeline pseudo $(ARGS)$(if $(FROM), --from $(FROM))$(if $(NAME), --name $(NAME))) && \
-	  $(MAKE) --no-print-directory all CONFIG=$$new
+	  $(MAKE) --no-print-directory -f $(ROOT)/Makefile all CONFIG=$$new
 
 lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: lr_find.png + a suggested LR (usable as train.lr: auto)
 	$(PY) -m pipeline lr-find $(ARGS)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,21 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.builders import run_main, tiny_experiment, write_source_run
-from pipeline.core.config import NOT_FINGERPRINTED, TRAINING_SECTIONS, fingerprint, load_config, to_dict
+from helpers.builders import REPO, run_main, tiny_experiment, write_source_run
+from pipeline.core.config import (
+    NOT_FINGERPRINTED,
+    TRAINING_SECTIONS,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    SoftLabelsConfig,
+    TrainConfig,
+    fingerprint,
+    load_config,
+    to_dict,
+    validate_sources,
+)
 from pipeline.data import soft_targets
 from pipeline.training import fold as fold_module
 from pipeline.training import recipe
@@ -153,6 +168,56 @@ def test_make_pseudo_round_trains_ensembles_and_records_its_source(toy: Path, ca
     expected = len(test)  # threshold 0: every test row
     assert 0 < expected and scores["pseudo"]["rows"] == expected and scores["pseudo"]["threshold"] == 0.0
     assert scores["pseudo"]["source"]["name"] == "base" and "cv_note" in scores
+    reused = run_main(capsys, "pseudo", "--config", str(base), "--from", "base")  # make pseudo again: same round
+    assert reused.returncode == 0 and reused.stdout == result.stdout, reused.stderr
     again = run_main(capsys, "pseudo", "--config", str(config), "--from", "base-pseudo")  # round two
     assert again.returncode == 0, again.stderr
     assert Path(again.stdout.strip()).name == "base-pseudo2.yaml"
+    run_chain(capsys, Path(again.stdout.strip()))  # round two trains on round one's test predictions
+    second = json.loads((toy / "data/runs/toy/base-pseudo2/scores.json").read_text())
+    assert second["pseudo"]["source"]["name"] == "base-pseudo"
+
+
+def test_a_stopped_pseudo_fold_resumes_and_a_changed_source_refuses_its_checkpoint(
+    toy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_source_run(toy)
+    config = pseudo_config(toy, threshold=0.0)
+    args = ("train", "--config", str(config), "--fold", "0", "--set", "train.epochs=2")
+    stopped = run_main(capsys, *args, "--set", "train.time_budget=0.001")  # stops (resumable) after its first step
+    assert stopped.returncode == 75, stopped.stderr
+    checkpoint = toy / "data/runs/toy/student/fold0/work/last.pt"
+    made_under = torch.load(checkpoint, weights_only=True)["fingerprint"]
+    assert made_under == fingerprint(load_config(config, ["train.epochs=2"]), TRAINING_SECTIONS)
+    write_source_run(toy, seed=1)  # the source re-ran meanwhile: the checkpoint is not resumed on other labels
+    changed = run_main(capsys, *args)
+    assert changed.returncode == 2 and "different config" in changed.stderr, changed.stderr
+    write_source_run(toy, seed=0)  # the source as it was
+    resumed = run_main(capsys, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from epoch" in resumed.stderr and "pseudo-labelled test rows" in resumed.stderr
+
+
+@pytest.mark.slow  # ~30-120 s: every stage of the round is a `python -m pipeline` subprocess under Make
+def test_make_pseudo_writes_the_round_and_runs_its_chain(toy: Path, capsys: pytest.CaptureFixture) -> None:
+    base = tiny_experiment(toy, name="base")
+    run_chain(capsys, base)
+    env = {**os.environ, "PIPELINE_ROOT": str(toy)}
+    for name in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):  # a make inside `make test`
+        env.pop(name, None)
+    command = ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "pseudo", "CONFIG=configs/toy/base.yaml"]
+    first = subprocess.run([*command, "FROM=base"], cwd=toy, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "pipeline train" in first.stdout and (toy / "submissions/toy/base-pseudo.csv").is_file()
+    assert json.loads((toy / "data/runs/toy/base-pseudo/scores.json").read_text())["pseudo"]["source"]["name"] == "base"
+    missing = subprocess.run(command, cwd=toy, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert missing.returncode == 2 and len(errors) == 1 and "FROM=" in errors[0], missing.stderr
+
+
+def test_a_regression_head_refuses_soft_targets() -> None:
+    cfg = Config(data=DataConfig(task="ordinal", classes=["0", "1", "2"]), model=ModelConfig(head="regression"),
+                 train=TrainConfig(soft_labels=SoftLabelsConfig(from_="src")))  # fmt: skip
+    with pytest.raises(ConfigError, match="train.soft_labels: a regression head"):
+        validate_sources(cfg)
+    validate_sources(Config(data=DataConfig(task="ordinal", classes=["0", "1", "2"])))  # keys off: nothing to refuse
