@@ -401,11 +401,6 @@ def fingerprint(cfg: Config, sections: tuple[str, ...]) -> str:
     for section, key, off in FINGERPRINTED_WHEN_ON:
         if isinstance(values.get(section), dict) and values[section].get(key) == off:
             values[section].pop(key)
-    if "train" in values:  # a pseudo-label / distillation source's identity: a changed source retrains
-        from pipeline.data.sources import source_identities
-
-        for key, identity in source_identities(cfg).items():
-            values["train"][key]["source"] = identity
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

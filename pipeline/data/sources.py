@@ -6,10 +6,12 @@ competition's folds.csv and test listing; writes nothing. A source must be finis
 folds.csv (ensemble and blend record its digest as `folds_digest`) and the same test ids, with the same SAMPLE
 size, must not be the experiment itself (nor a blend holding it), and, where its OOF is needed (distillation),
 must have a complete OOF (no partial ensemble, no ensemble.refit). Each refusal is one UserError naming the source
-and the fix. `source_identities` feeds the training fingerprint (pipeline.core.config.fingerprint), so a source
-whose predictions changed retrains the experiment, and nothing stale survives.
+and the fix. The settings are in the config fingerprint (pipeline.core.config.FINGERPRINTED_WHEN_ON); the source's
+identity (`sources_stamp`: its oof/test digests) travels beside it in each fold's resume checkpoint and weights
+(pipeline.training.train), so a source whose predictions changed is never trained on silently. The config
+fingerprint itself stays free of file reads: predict and the Kaggle Kernel (which has no source) recompute it.
 
-Imports no config module (config imports this one to fingerprint), so it reads tables with pandas directly.
+Imports only core modules and pandas (no config loading), so any stage or block can use it.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Source:
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (folds.csv in scores.json; a source's oof/test in the training fingerprint)."""
+    """sha256 of a file's bytes (folds.csv in scores.json; a source's oof/test in sources_stamp)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -143,8 +145,15 @@ def resolve(cfg: Config, key: str) -> Source:
     return source
 
 
+def sources_stamp(cfg: Config) -> str:
+    """The sources' identities as one string ("" with both keys off): fold weights and resume checkpoints carry it
+    beside the config fingerprint, so predictions from a source that re-ran are never trained on silently."""
+    identities = source_identities(cfg)
+    return json.dumps(identities, sort_keys=True) if identities else ""
+
+
 def source_identities(cfg: Config) -> dict[str, dict[str, str]]:
-    """{key: {name, kind, oof, test digests}} for each source that is on: part of the training fingerprint."""
+    """{key: {name, kind, oof, test digests}} for each source that is on."""
     identities = {}
     for key in source_keys(cfg):
         source = resolve(cfg, key)

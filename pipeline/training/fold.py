@@ -20,6 +20,7 @@ from pipeline.data import soft_targets
 from pipeline.data.augment import eval_transform, train_transform
 from pipeline.data.cache import cache_for
 from pipeline.data.loader import EpochSampler, ImageDataset, make_loader
+from pipeline.data.sources import sources_stamp
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.training import budget, distributed, recipe
 from pipeline.training.distributed import World
@@ -54,7 +55,8 @@ class Fold:
     train_targets: np.ndarray
     train_size: int  # the image size train_loader currently produces (progressive resizing changes it)
     world: World = World()
-    dense_targets: bool = False  # train.pseudo / train.soft_labels: (n, C) weighted soft targets (pipeline.data.pseudo)
+    dense_targets: bool = False  # train.pseudo / train.soft_labels: (n, C) weighted soft targets (data.soft_targets)
+    sources: str = ""  # their sources' identities (data.sources.sources_stamp), kept beside the fingerprint
 
 
 def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: World = distributed.SINGLE) -> Fold:
@@ -96,8 +98,8 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     return Fold(cfg, fold, device, out, fp, model, dcfg, train_loader, valid_loader, sampler, valid_rows,
-                valid_targets, train_targets, dcfg["input_size"][-1], world,
-                soft_targets.dense_targets_on(cfg))  # fmt: skip
+                valid_targets, train_targets, dcfg["input_size"][-1], world, soft_targets.dense_targets_on(cfg),
+                sources_stamp(cfg))  # fmt: skip
 
 
 def train_side(cfg: Config, fold: int, train_rows: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:

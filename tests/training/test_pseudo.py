@@ -33,6 +33,7 @@ from pipeline.core.config import (
     validate_sources,
 )
 from pipeline.data import soft_targets
+from pipeline.data.sources import sources_stamp
 from pipeline.training import fold as fold_module
 from pipeline.training import recipe
 from test_chain import run_chain, write_competition_yaml
@@ -132,7 +133,7 @@ def test_mixup_mixes_dense_targets_with_the_image_lambda(toy: Path) -> None:
     torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_source_changes_the_fingerprint_and_keys_off_keep_the_old_one(toy: Path) -> None:
+def test_settings_are_fingerprinted_the_source_identity_follows_it_and_keys_off_change_nothing(toy: Path) -> None:
     write_source_run(toy)
     base = load_config(tiny_experiment(toy, name="student"))
     values = {key: to_dict(base)[key] for key in TRAINING_SECTIONS}
@@ -140,13 +141,15 @@ def test_source_changes_the_fingerprint_and_keys_off_keep_the_old_one(toy: Path)
         values[section].pop(key, None)  # what the fingerprint hashed before these keys existed
     older = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     assert fingerprint(base, TRAINING_SECTIONS) == older  # runs trained before the keys existed stay valid
+    assert sources_stamp(base) == ""  # keys off: no source identity either
     on = load_config(pseudo_config(toy))
-    before = fingerprint(on, TRAINING_SECTIONS)
-    assert before != older
-    write_source_run(toy, seed=1)  # the source re-ran: other predictions
-    assert fingerprint(on, TRAINING_SECTIONS) != before
+    assert fingerprint(on, TRAINING_SECTIONS) != older  # the settings are fingerprinted once on
+    before = sources_stamp(on)
+    assert json.loads(before)["pseudo"]["name"] == "src"
+    write_source_run(toy, seed=1)  # the source re-ran: other predictions, another identity beside the fingerprint
+    assert sources_stamp(on) != before
     distil = load_config(tiny_experiment(toy, name="distil", train={"soft_labels": {"from": "src"}}))
-    assert fingerprint(distil, TRAINING_SECTIONS) not in (older, before)
+    assert fingerprint(distil, TRAINING_SECTIONS) not in (older, fingerprint(on, TRAINING_SECTIONS))
 
 
 def test_config_writes_the_from_key_under_its_yaml_name(toy: Path) -> None:
@@ -191,11 +194,14 @@ def test_a_stopped_pseudo_fold_resumes_and_a_changed_source_refuses_its_checkpoi
     assert made_under == fingerprint(load_config(config, ["train.epochs=2"]), TRAINING_SECTIONS)
     write_source_run(toy, seed=1)  # the source re-ran meanwhile: the checkpoint is not resumed on other labels
     changed = run_main(capsys, *args)
-    assert changed.returncode == 2 and "different config" in changed.stderr, changed.stderr
+    assert changed.returncode == 2 and "other predictions of its train.pseudo" in changed.stderr, changed.stderr
     write_source_run(toy, seed=0)  # the source as it was
     resumed = run_main(capsys, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from epoch" in resumed.stderr and "pseudo-labelled test rows" in resumed.stderr
+    write_source_run(toy, seed=1)  # a source that re-ran after training: the trained fold is not reused silently
+    stale = run_main(capsys, *args)
+    assert stale.returncode == 2 and "model.safetensors was made on other predictions" in stale.stderr, stale.stderr
 
 
 @pytest.mark.slow  # ~30-120 s: every stage of the round is a `python -m pipeline` subprocess under Make
