@@ -46,6 +46,8 @@ DEMO_DEPS := $(if $(filter demo,$(COMP)),$(LITE0))
 NFOLDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) n_folds 2>/dev/null || echo 5)
 FOLD_IDS := $(shell seq 0 $$(( $(NFOLDS) - 1 )))
 WEIGHTS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/model.safetensors)
+# train.pseudo / train.soft_labels: the sources' scores.json, so a source that re-ran sends the folds back to train
+SOURCES := $(if $(shell grep -sE '^\s*(pseudo|soft_labels):' $(CONFIG)),$(shell $(PY) -m pipeline info $(ARGS) sources 2>/dev/null))
 TEST_PROBS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/test.csv)
 
 # GPUS=N: one fold on N GPUs with torchrun (DDP). FOLD_GPUS=0,1 with make -j2: fold k runs alone on GPU
@@ -105,7 +107,7 @@ $(CONFIG): | $(COMP_YAML)
 	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
 train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold: make -j N works)
-$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(FORCE_IF_SET)
+$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(FORCE_IF_SET)
 	$(call fold_gpu,$*)$(LAUNCH) train $(ARGS) --fold $*
 
 predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold

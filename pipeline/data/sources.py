@@ -63,6 +63,18 @@ class Source:
         return f"python -m pipeline ensemble --config {config}{sample}"
 
 
+def finished_files(comp: str, names: list[str], sample: int) -> list[Path]:
+    """The scores.json (written last by ensemble and blend) of each named source that exists: Make's prerequisites of
+    a pseudo / distillation experiment's folds, so a source that re-ran sends them back to train."""
+    found = []
+    for name in names:
+        for run in (paths.Paths(comp, name, sample).run, paths.Paths(comp).blend_dir(name)):
+            if (run / "scores.json").is_file():
+                found.append(run / "scores.json")
+                break
+    return found
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (folds.csv in scores.json; a source's oof/test in sources_stamp)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

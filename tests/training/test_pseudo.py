@@ -216,6 +216,15 @@ def test_make_pseudo_writes_the_round_and_runs_its_chain(toy: Path, capsys: pyte
     assert first.returncode == 0, first.stdout + first.stderr
     assert "pipeline train" in first.stdout and (toy / "submissions/toy/base-pseudo.csv").is_file()
     assert json.loads((toy / "data/runs/toy/base-pseudo/scores.json").read_text())["pseudo"]["source"]["name"] == "base"
+    test = toy / "data/runs/toy/base/test.csv"  # the source re-ran with other predictions: Make sends the round back
+    probs = pd.read_csv(test)
+    probs.iloc[:, 1:] = probs.iloc[:, 1:].to_numpy()[:, ::-1]
+    probs.to_csv(test, index=False)
+    (toy / "data/runs/toy/base/scores.json").touch()
+    round_config = "CONFIG=configs/toy/base-pseudo.yaml"
+    stale = subprocess.run([*command[:-2], "all", round_config], cwd=toy, env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert stale.returncode == 2 and "other predictions of its train.pseudo" in stale.stderr, stale.stdout
     missing = subprocess.run(command, cwd=toy, env=env, capture_output=True, text=True, timeout=600)
     errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
     assert missing.returncode == 2 and len(errors) == 1 and "FROM=" in errors[0], missing.stderr
