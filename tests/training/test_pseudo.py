@@ -236,3 +236,14 @@ def test_a_regression_head_refuses_soft_targets() -> None:
     with pytest.raises(ConfigError, match="train.soft_labels: a regression head"):
         validate_sources(cfg)
     validate_sources(Config(data=DataConfig(task="ordinal", classes=["0", "1", "2"])))  # keys off: nothing to refuse
+
+
+def test_a_blend_is_a_source_unless_it_holds_the_experiment(toy: Path, capsys: pytest.CaptureFixture) -> None:
+    _, test = write_source_run(toy, name="blend/duo", weights={"a": 0.5, "b": 0.5})
+    cfg = load_config(tiny_experiment(toy, name="student", train={"pseudo": {"from": "duo", "threshold": 0.0}}))
+    assert json.loads(sources_stamp(cfg))["pseudo"]["kind"] == "blend"
+    rows, _ = soft_targets.pseudo_rows(cfg)
+    assert list(rows["id"]) == list(test["id"].astype(str))
+    write_source_run(toy, name="blend/duo", weights={"student": 0.5, "b": 0.5})
+    result = run_main(capsys, "train", "--config", str(toy / "configs/toy/student.yaml"), "--fold", "0")
+    assert result.returncode == 2 and "blend that contains this experiment (student)" in result.stderr
