@@ -84,7 +84,7 @@ class TrainingSet:
 
     images: list[str]
     targets: np.ndarray
-    classes: np.ndarray  # argmax per row: the balanced sampler and class weights count these
+    classes: np.ndarray  # labels, then the pseudo rows' argmax: the balanced sampler and class weights count these
     pseudo_rows: int
 
 
@@ -101,6 +101,7 @@ def distilled(cfg: Config, train_rows: pd.DataFrame) -> np.ndarray:
 def training_set(cfg: Config, train_rows: pd.DataFrame) -> TrainingSet:
     """The fold's training rows (distilled when on) plus the pseudo rows (when on), smoothed and weighted."""
     targets, images = distilled(cfg, train_rows), list(train_rows["image"])
+    classes = encode_targets(train_rows["label"], cfg.data)
     weights = np.ones(len(targets))
     extra = 0
     if cfg.train.pseudo.from_:
@@ -108,10 +109,11 @@ def training_set(cfg: Config, train_rows: pd.DataFrame) -> TrainingSet:
         extra = len(rows)
         images += list(rows["image"])
         targets = np.concatenate([targets, pseudo_targets])
+        classes = np.concatenate([classes, pseudo_targets.argmax(axis=1)])
         weights = np.concatenate([weights, np.full(extra, cfg.train.pseudo.weight)])
     smoothing, n_classes = cfg.train.label_smoothing, len(cfg.data.classes)
     smoothed = targets * (1 - smoothing) + smoothing / n_classes
-    return TrainingSet(images, (smoothed * weights[:, None]).astype(np.float32), targets.argmax(axis=1), extra)
+    return TrainingSet(images, (smoothed * weights[:, None]).astype(np.float32), classes.astype(np.int64), extra)
 
 
 def scores_facts(cfg: Config) -> dict[str, Any]:

@@ -247,3 +247,13 @@ def test_a_blend_is_a_source_unless_it_holds_the_experiment(toy: Path, capsys: p
     write_source_run(toy, name="blend/duo", weights={"student": 0.5, "b": 0.5})
     result = run_main(capsys, "train", "--config", str(toy / "configs/toy/student.yaml"), "--fold", "0")
     assert result.returncode == 2 and "blend that contains this experiment (student)" in result.stderr
+
+
+def test_class_counts_follow_the_labels_however_strong_the_distillation(toy: Path) -> None:
+    write_source_run(toy)
+    config = tiny_experiment(toy, name="student", train={"soft_labels": {"from": "src", "alpha": 1.0},
+                                                         "class_weights": "balanced"})  # fmt: skip
+    f = prepared(config, 0)
+    folds = pd.read_csv(toy / "data/processed/toy/folds.csv", dtype=str)
+    labels = folds.loc[folds["fold"] != "0", "label"]
+    np.testing.assert_array_equal(f.train_targets, [f.cfg.data.classes.index(label) for label in labels])
