@@ -11,7 +11,6 @@ identity (`sources_stamp`: its oof/test digests) travels beside it in each fold'
 (pipeline.training.train), so a source whose predictions changed is never trained on silently. The config
 fingerprint itself stays free of file reads: predict and the Kaggle Kernel (which has no source) recompute it.
 
-Imports only core modules and pandas (no config loading), so any stage or block can use it.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import pandas as pd
 
 from pipeline.core import paths
 from pipeline.core.errors import UserError
+from pipeline.data.tables import read_csv
 
 if TYPE_CHECKING:
     from pipeline.core.schema import Config
@@ -137,8 +137,7 @@ def check_consistent(cfg: Config, source: Source) -> None:
                         f"folds (`make all` for it), or rebuild folds as the source had them")  # fmt: skip
     if not out.test_csv.exists():
         raise UserError(f"{out.test_csv} not found; run `make folds CONFIG=...` first")
-    expected = pd.read_csv(out.test_csv, usecols=["id"], dtype=str)["id"]
-    got = pd.read_csv(source.test, usecols=["id"], dtype=str)["id"]
+    expected, got = ids(out.test_csv, "test listing"), ids(source.test, f"{source.name} test probabilities")
     if len(got) != len(expected) or set(got) != set(expected):
         raise UserError(f"{where}: its test ids ({source.test}, {len(got)} rows) are not this competition's "
                         f"({out.test_csv}, {len(expected)} rows); re-run the source's predict, ensemble")  # fmt: skip
@@ -148,6 +147,14 @@ def check_consistent(cfg: Config, source: Source) -> None:
     if source.key == "soft_labels" and scores.get("refit"):
         raise UserError(f"{where} was ensembled with ensemble.refit, whose test predictions have no OOF; distil from "
                         "a source ensembled with ensemble.refit: false")  # fmt: skip
+
+
+def ids(path: Path, what: str) -> pd.Series:
+    """The id column of a listing or prediction file."""
+    frame = read_csv(path, what)
+    if "id" not in frame.columns:
+        raise UserError(f"{what} {path} has no id column; re-run the stage that wrote it")
+    return frame["id"]
 
 
 def resolve(cfg: Config, key: str) -> Source:
