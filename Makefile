@@ -46,6 +46,8 @@ DEMO_DEPS := $(if $(filter demo,$(COMP)),$(LITE0))
 NFOLDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) n_folds 2>/dev/null || echo 5)
 FOLD_IDS := $(shell seq 0 $$(( $(NFOLDS) - 1 )))
 WEIGHTS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/model.safetensors)
+# train.pseudo / train.soft_labels: the sources' scores.json, so a source that re-ran sends the folds back to train
+SOURCES := $(if $(shell grep -sE '^\s*(pseudo|soft_labels):' $(CONFIG)),$(shell $(PY) -m pipeline info $(ARGS) sources 2>/dev/null))
 TEST_PROBS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/test.csv)
 
 # GPUS=N: one fold on N GPUs with torchrun (DDP). FOLD_GPUS=0,1 with make -j2: fold k runs alone on GPU
@@ -68,7 +70,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques FORCE
+.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques FORCE
 
 help: ## one line per target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -105,7 +107,7 @@ $(CONFIG): | $(COMP_YAML)
 	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
 train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold: make -j N works)
-$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(FORCE_IF_SET)
+$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(FORCE_IF_SET)
 	$(call fold_gpu,$*)$(LAUNCH) train $(ARGS) --fold $*
 
 predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold
@@ -117,6 +119,11 @@ $(RUN)/refit/model.safetensors: $(WEIGHTS) $(CONFIG) $(FORCE_IF_SET)
 	$(LAUNCH) train $(ARGS) --fold refit
 $(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(FORCE_IF_SET)
 	$(LAUNCH) predict $(ARGS) --fold refit
+
+# Pseudo-labels: FROM=<experiment or blend> whose test predictions label; NAME= names the new experiment.
+pseudo: ## write configs/<comp>/<exp>-pseudo.yaml (train.pseudo.from=FROM; NAME=) and run its chain (make all)
+	@new=$$($(PY) -m pipeline pseudo $(ARGS)$(if $(FROM), --from $(FROM))$(if $(NAME), --name $(NAME))) && \
+	  $(MAKE) --no-print-directory -f $(ROOT)/Makefile all CONFIG=$$new
 
 lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: lr_find.png + a suggested LR (usable as train.lr: auto)
 	$(PY) -m pipeline lr-find $(ARGS)

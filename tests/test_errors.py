@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from helpers.builders import TINY_MODEL, run_cli, run_main, tiny_experiment
+from helpers.builders import TINY_MODEL, run_cli, run_main, tiny_experiment, write_source_run
 from test_chain import write_competition_yaml
 
 COMP = "toy"
@@ -33,6 +33,7 @@ OUTPUTS = {  # each stage's final output, which must not exist after it refused
     "train": "data/runs/toy/tiny/fold0/model.safetensors",
     "predict": "data/runs/toy/tiny/fold0/test.csv",
     "init": "configs/toy/baseline.yaml",
+    "pseudo": "configs/toy/tiny-pseudo.yaml",
 }
 
 
@@ -669,6 +670,70 @@ CASES.update({
     "unknown augment policy": Case("train", unknown_policy, ("augment.policy", "'strong'", "randaugment")),
     "unknown custom transform": Case("train", unknown_transform, ("augment.custom[1]", "'Blurr'")),
     "unknown transform argument": Case("train", unknown_transform_argument, ("augment.custom[0]", "rotat")),
+})  # fmt: skip
+
+
+# pseudo-labels and OOF distillation sources (issue 14, items 1-2)
+def source_case(key: str = "pseudo", name: str = "src", **scores: object) -> Callable[[Ctx], None]:
+    """A finished source run `src` (scores.json keys replaced by `scores`); the experiment takes train.<key>.from."""
+
+    def breaks(c: Ctx) -> None:
+        c.ok("folds")
+        write_source_run(c.project, **scores)
+        c.edit_experiment("train", **{key: {"from": name}})
+
+    return breaks
+
+
+def source_on_other_folds(c: Ctx) -> None:
+    source_case()(c)
+    c.edit_competition("folds", seed=1)
+    c.ok("folds")  # folds.csv rebuilt (nothing trained yet): the source's folds are not these
+
+
+def source_with_other_test_ids(c: Ctx) -> None:
+    source_case()(c)
+    test = c.project / "data/runs/toy/src/test.csv"
+    pd.read_csv(test).iloc[1:].to_csv(test, index=False)
+
+
+def source_unfinished(c: Ctx) -> None:
+    source_case()(c)
+    (c.project / "data/runs/toy/src/scores.json").unlink()
+
+
+def pseudo_round_without_from(c: Ctx) -> None:
+    c.ok("folds")
+
+
+def pseudo_round_from_unknown(c: Ctx) -> None:
+    c.ok("folds")
+    c.args += ["--from", "nosuch"]
+
+
+CASES.update({
+    "pseudo source unknown": Case("train", source_case(name="nosuch"), ("train.pseudo.from", "'nosuch'",
+                                                                       "no experiment run", "make all")),
+    "pseudo source unfinished": Case("train", source_unfinished, ("'src'", "unfinished", "scores.json")),
+    "pseudo source on other folds": Case("train", source_on_other_folds, ("'src'", "another folds.csv",
+                                                                          "retrain the source")),
+    "pseudo source without a folds digest": Case("train", source_case(folds_digest=None),
+                                                 ("'src'", "no folds.csv digest", "re-run its ensemble")),
+    "pseudo source with other test ids": Case("train", source_with_other_test_ids, ("'src'", "test ids", "5 rows")),
+    "pseudo source is a SAMPLE run": Case("train", source_case(name="src-sample10"), ("SAMPLE run", "full run",
+                                                                                      "'src'")),
+    "pseudo source recorded another SAMPLE": Case("train", source_case(sample=10), ("SAMPLE=10", "SAMPLE=0")),
+    "pseudo source is the experiment itself": Case("train", source_case(name="tiny"), ("'tiny'", "itself")),
+    "distillation source ensembled with refit": Case("train", source_case("soft_labels", refit={"weight": 0.3}),
+                                                     ("train.soft_labels.from", "ensemble.refit")),
+    "distillation source from a partial ensemble": Case("train", source_case("soft_labels", partial=True),
+                                                        ("train.soft_labels.from", "ensemble every fold")),
+    "pseudo on multi-label data": Case("train", source_case(), ("train.pseudo", "multi-label"),
+                                       layout="multilabel_text"),
+    "pseudo threshold above 1": Case("train", overrides("train.pseudo.threshold=1.5"),
+                                     ("train.pseudo.threshold", "1.5")),
+    "make pseudo without FROM": Case("pseudo", pseudo_round_without_from, ("FROM=",)),
+    "make pseudo from an unknown source": Case("pseudo", pseudo_round_from_unknown, ("'nosuch'", "no experiment run")),
 })  # fmt: skip
 
 

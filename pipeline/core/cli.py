@@ -152,6 +152,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Optuna sweep over config keys (--sweep configs/<comp>/sweep.yaml), one fold a trial",
     ),
     "sweep-best": ("pipeline.tuning.sweep", "write the sweep's best trial as configs/<comp>/<name>-best.yaml"),
+    "pseudo": (
+        "pipeline.training.pseudo",
+        "write configs/<comp>/<exp>-pseudo.yaml: this recipe trained with FROM's pseudo-labelled test rows",
+    ),
     "mlflow-ui": (
         "pipeline.reporting.tracking",
         "MLflow's UI on 127.0.0.1 over data/mlruns (needs the full mlflow package)",
@@ -195,6 +199,10 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
     "plan": _PLAN_FLAGS,
     "sweep": [_SWEEP_FLAG],
     "sweep-best": [_SWEEP_FLAG],
+    "pseudo": [
+        ("--from", {"dest": "source", "default": None, "help": "the experiment or blend whose test predictions label"}),
+        ("--name", {"default": None, "help": "the new experiment's name (default: <exp>-pseudo, then -pseudo2, ...)"}),
+    ],
     "ensemble": [
         ("--folds", {"default": None, "help": "blend only these folds, e.g. 0 or 0,2 (CV over their rows only)"})
     ],

@@ -8,6 +8,7 @@ training and TTA. Unknown keys and wrong types fail with the key's name; `key=va
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -36,7 +37,9 @@ from pipeline.core.schema import (  # noqa: F401 - the schema, re-exported: conf
     FoldsConfig,
     KaggleConfig,
     ModelConfig,
+    PseudoConfig,
     Range,
+    SoftLabelsConfig,
     SwaConfig,
     TrainConfig,
     TTAConfig,
@@ -110,15 +113,17 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{section}: expected a mapping of keys, got {values!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    names = {f.metadata.get("key", f.name): f.name for f in dataclasses.fields(cls)}  # YAML key -> field name
+    known = set(names)
     unknown = sorted(set(values) - known)
     if unknown:
         where = f"{section}." if section else ""
         raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; known: {', '.join(sorted(known))}")
     ranges = {f.name: f.metadata["range"] for f in dataclasses.fields(cls) if "range" in f.metadata}
     kwargs = {}
-    for name, value in values.items():
-        key = f"{section}.{name}" if section else name
+    for yaml_key, value in values.items():
+        name = names[yaml_key]
+        key = f"{section}.{yaml_key}" if section else yaml_key
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
             kwargs[name] = _build(annotation, value if value is not None else {}, key)
@@ -352,10 +357,35 @@ def validate_recipe(cfg: Config) -> None:
         raise ConfigError("train.class_weights: a regression head has no class weights; use train.sampler: balanced")
     if t.swa.epochs > t.epochs:
         raise ConfigError(f"train.swa.epochs: averages the last N of train.epochs ({t.epochs}), got {t.swa.epochs}")
+    validate_sources(cfg)
 
 
-def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def validate_sources(cfg: Config) -> None:
+    """train.pseudo / train.soft_labels: the tasks, heads and losses that take soft targets (files: data.sources)."""
+    t = cfg.train
+    for key, on in (("train.pseudo", t.pseudo.from_), ("train.soft_labels", t.soft_labels.from_)):
+        if not on:
+            continue
+        if cfg.model.head == "regression":
+            raise ConfigError(f"{key}: a regression head trains on numbers, not class probabilities; use "
+                              f"model.head: classifier or leave {key}.from empty")  # fmt: skip
+        if cfg.data.task == "multi_label":
+            raise ConfigError(f"{key}: multi-label data is not supported (no per-label threshold yet); leave "
+                              f"{key}.from empty")  # fmt: skip
+        if t.loss == "asymmetric":
+            raise ConfigError(f"{key}: the single-label asymmetric loss takes class indices, not soft targets; use "
+                              "train.loss: auto, cross_entropy or focal")  # fmt: skip
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain values under their YAML keys (a field named `from_` is written `from`)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values[f.metadata.get("key", f.name)] = (
+            to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+        )
+    return values
 
 
 def dump_yaml(values: dict[str, Any]) -> str:
@@ -387,7 +417,11 @@ NOT_FINGERPRINTED = (
 )
 # Keys added after runs were trained: left out of the hash while off, so turning them on retrains and older
 # runs keep their fingerprint.
-FINGERPRINTED_WHEN_ON = (("train", "swa", {"epochs": 0}),)
+FINGERPRINTED_WHEN_ON = (
+    ("train", "swa", {"epochs": 0}),
+    ("train", "pseudo", to_dict(PseudoConfig())),
+    ("train", "soft_labels", to_dict(SoftLabelsConfig())),
+)
 
 
 def config_from_values(values: dict[str, Any]) -> Config:

@@ -90,6 +90,25 @@ class SwaConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """train.pseudo: test rows the source predicted confidently join every fold's training side (pipeline.data.sources,
+    pipeline.training.pseudo). `from_` is the YAML key `from` (a Python keyword)."""
+
+    from_: str = field(default="", metadata={"key": "from"})  # an experiment or blend name; empty: off
+    threshold: float = ranged(0.9, 0, 1)  # a test row joins when the source's max class probability is at least this
+    soft: bool = False  # true: every test row joins, with the source's probabilities as its soft target
+    weight: float = ranged(1.0, 0, low_open=True)  # multiplies the pseudo rows' loss
+
+
+@dataclass
+class SoftLabelsConfig:
+    """train.soft_labels: OOF distillation, target = (1 - alpha) one-hot + alpha x the source's OOF probabilities."""
+
+    from_: str = field(default="", metadata={"key": "from"})  # an experiment or blend name; empty: off
+    alpha: float = ranged(0.3, 0, 1)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = ranged(5, 1)
     batch_size: int = ranged(32, 1)
@@ -149,6 +168,8 @@ class TrainConfig:
     sampler: str = "shuffle"  # shuffle | balanced: draw rows with probability inverse to class frequency
     progressive_sizes: list[int] = ranged(None, 8, factory=list)  # e.g. [32, 48]: train sizes, in equal epoch blocks
     swa: SwaConfig = field(default_factory=SwaConfig)  # {epochs: 3}: soup of the last 3 epochs, kept if not worse
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)  # {from: <exp|blend>}: pseudo-labelled test rows
+    soft_labels: SoftLabelsConfig = field(default_factory=SoftLabelsConfig)  # {from: <exp|blend>}: OOF distillation
 
 
 @dataclass

@@ -31,6 +31,7 @@ from pipeline.core import artifacts, paths
 from pipeline.core.config import Config, ConfigError, load_config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import goodness, higher_is_better, is_better, score, submission_top_k
+from pipeline.data.sources import file_digest
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference.predictions import format_submission
 
@@ -244,7 +245,8 @@ def run(args: argparse.Namespace) -> None:
     oof_blend = _normalise(combine(stack, weights, method), cfg.data.task)
     test_blend = _normalise(combine(test_stack, weights, method), cfg.data.task)
     result.update(weights=dict(zip(blend.experiments, weights.round(6).tolist(), strict=True)),
-                  cv=score(cfg.metric, targets, oof_blend))  # fmt: skip
+                  cv=score(cfg.metric, targets, oof_blend), sample=0,
+                  folds_digest=file_digest(out.folds_csv))  # fmt: skip
     run_dir = out.blend_dir(blend.name)
     oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)
     oof_frame.insert(0, "id", folds["id"].to_numpy())

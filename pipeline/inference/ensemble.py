@@ -36,6 +36,8 @@ from pipeline.core.config import Config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import higher_is_better, is_better, score
 from pipeline.core.provenance import git_commit, package_versions
+from pipeline.data import soft_targets
+from pipeline.data.sources import file_digest
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference import tta_auto
 from pipeline.inference.predictions import read_probs
@@ -217,6 +219,9 @@ def run(args: argparse.Namespace) -> None:
         "folds_seed": cfg.folds.seed,
         "git_commit": git_commit(),
         "versions": package_versions(),
+        "sample": cfg.sample,
+        "folds_digest": file_digest(out.folds_csv),  # a later pseudo-label / distillation run checks its folds match
+        **soft_targets.scores_facts(cfg),  # train.pseudo / train.soft_labels: source, rows, settings, cv_note
     }
     artifacts.write_csv(out.oof_all, oof)
     artifacts.write_csv(out.test_blend, blended)
@@ -226,6 +231,8 @@ def run(args: argparse.Namespace) -> None:
     if partial:
         spread += f"; PARTIAL: folds {fold_ids} only, {len(folds)} of {len(read_folds(out))} OOF rows"
     log.info("ensemble: CV %s = %.4f%s -> %s", cfg.metric, cv, spread, out.scores)
+    if "cv_note" in scores:
+        log.warning("ensemble: %s", scores["cv_note"])
     if thresholds["kind"] != "none":
         log.info("ensemble: with %s thresholds fitted on OOF: CV %.4f -> %s", thresholds["kind"], cv_thresholded,
                  out.thresholds)  # fmt: skip

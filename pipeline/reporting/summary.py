@@ -34,10 +34,32 @@ def n_folds(config: Path, overrides: list[str]) -> int:
     return int(value)
 
 
+def source_files(config: Path, overrides: list[str]) -> list[Path]:
+    """The finished files of train.pseudo / soft_labels' sources, read without validating (Make's prerequisites)."""
+    from pipeline.data.sources import finished_files
+
+    _, comp, exp = config_paths(config)
+    values = (yaml.safe_load(config.read_text()) or {}) if exp and config.is_file() else {}
+    train = values.get("train") if isinstance(values.get("train"), dict) else {}
+    named = {key: (train.get(key) or {}).get("from") if isinstance(train.get(key), dict) else None
+             for key in ("pseudo", "soft_labels")}  # fmt: skip
+    sample = values.get("sample") or 0
+    for text in overrides:
+        parts, parsed = parse_override(text)
+        if parts[:1] == ["sample"]:
+            sample = parsed or 0
+        elif len(parts) == 3 and parts[0] == "train" and parts[1] in named and parts[2] == "from":
+            named[parts[1]] = parsed
+    return finished_files(comp, [str(name) for name in named.values() if name], int(sample))
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command == "info":
-        if args.what != ["n_folds"] or not args.config:
-            raise UserError("info: usage `python -m pipeline info --config FILE n_folds`")
+        if args.what not in (["n_folds"], ["sources"]) or not args.config:
+            raise UserError("info: usage `python -m pipeline info --config FILE n_folds|sources`")
+        if args.what == ["sources"]:
+            print(" ".join(str(path) for path in source_files(Path(args.config), args.overrides)))
+            return
         print(n_folds(Path(args.config), args.overrides))
         return
     cfg = config_from_args(args)

@@ -4,8 +4,9 @@ A checkpoint holds everything a run needs to continue exactly where it stopped: 
 scheduler, grad scaler and EMA states, the best epoch's weights, probabilities and score with the
 early-stopping counter (pipeline.training.recipe.BestKeeper), the torch/numpy/python RNG states (mixup draws from
 numpy's), the epoch and the step within it, the per-epoch history and the config fingerprint it was made
-under. It is written atomically and loaded with torch.load(weights_only=True): tensors and plain
-containers only, never pickled code.
+under, with the pseudo-label / distillation sources' identities (pipeline.data.sources.sources_stamp) beside
+it. It is written atomically and loaded with torch.load(weights_only=True): tensors and plain containers only,
+never pickled code.
 
 SIGTERM/SIGINT (preemption, Ctrl-C, a notebook's stop button) and `train.time_budget` set a flag the
 training loop checks after every step; it then saves a checkpoint and raises Stopped.
@@ -125,11 +126,20 @@ class StopFlag:
 
 
 def trained_fingerprint(weights: Path) -> str | None:
+    return trained_metadata(weights).get("fingerprint")
+
+
+def trained_sources(weights: Path) -> str:
+    """The pseudo-label / distillation sources' identities the weights were trained on ("" when none)."""
+    return trained_metadata(weights).get("sources", "")
+
+
+def trained_metadata(weights: Path) -> dict[str, str]:
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(weights), framework="pt") as f:
-            return (f.metadata() or {}).get("fingerprint")
+            return f.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{weights} is not a safetensors file this pipeline wrote ({exc}); "
                         f"delete {weights.parent} and re-run train") from exc  # fmt: skip

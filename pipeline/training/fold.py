@@ -16,9 +16,11 @@ import torch
 from pipeline.core import paths
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
+from pipeline.data import soft_targets
 from pipeline.data.augment import eval_transform, train_transform
 from pipeline.data.cache import cache_for
 from pipeline.data.loader import EpochSampler, ImageDataset, make_loader
+from pipeline.data.sources import sources_stamp
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.training import budget, distributed, recipe
 from pipeline.training.distributed import World
@@ -53,6 +55,8 @@ class Fold:
     train_targets: np.ndarray
     train_size: int  # the image size train_loader currently produces (progressive resizing changes it)
     world: World = World()
+    dense_targets: bool = False  # train.pseudo / train.soft_labels: (n, C) weighted soft targets (data.soft_targets)
+    sources: str = ""  # their sources' identities (data.sources.sources_stamp), kept beside the fingerprint
 
 
 def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: World = distributed.SINGLE) -> Fold:
@@ -73,9 +77,9 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
     dcfg = data_config(model, cfg.train.image_size)
     raw = paths.raw_dir(cfg.comp)
     valid_targets = encode_targets(valid_rows["label"], cfg.data)
-    train_targets = encode_targets(train_rows["label"], cfg.data)
+    train_images, train_targets, dataset_targets = train_side(cfg, fold, train_rows)
     cache = cache_for(cfg, dcfg)
-    train_ds = ImageDataset(raw, train_rows["image"], train_targets, train_transform(cfg.augment, dcfg), seed=seed,
+    train_ds = ImageDataset(raw, train_images, dataset_targets, train_transform(cfg.augment, dcfg), seed=seed,
                             cache=cache)  # fmt: skip
     valid_ds = ImageDataset(raw, valid_rows["image"], valid_targets, eval_transform(dcfg), cache=cache)
     if cfg.train.sampler == "balanced":
@@ -94,7 +98,25 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     return Fold(cfg, fold, device, out, fp, model, dcfg, train_loader, valid_loader, sampler, valid_rows,
-                valid_targets, train_targets, dcfg["input_size"][-1], world)  # fmt: skip
+                valid_targets, train_targets, dcfg["input_size"][-1], world, soft_targets.dense_targets_on(cfg),
+                sources_stamp(cfg))  # fmt: skip
+
+
+def train_side(cfg: Config, fold: int, train_rows: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(images, class targets for the sampler and class weights, what the dataset yields): the training rows'
+    labels, or with train.pseudo / train.soft_labels their dense targets plus the pseudo rows (training side only)."""
+    if not soft_targets.dense_targets_on(cfg):
+        targets = encode_targets(train_rows["label"], cfg.data)
+        return list(train_rows["image"]), targets, targets
+    side = soft_targets.training_set(cfg, train_rows)
+    if cfg.train.pseudo.from_:
+        log.info("fold %d: %d pseudo-labelled test rows from %s joined the training side (%d labelled rows; %s)",
+                 fold, side.pseudo_rows, cfg.train.pseudo.from_, len(train_rows),
+                 "soft targets" if cfg.train.pseudo.soft else f"threshold {cfg.train.pseudo.threshold:g}")  # fmt: skip
+    if cfg.train.soft_labels.from_:
+        log.warning("fold %d: targets distilled from %s's OOF (alpha %g): CV is %s", fold, cfg.train.soft_labels.from_,
+                    cfg.train.soft_labels.alpha, soft_targets.CV_NOTES["soft_labels"])  # fmt: skip
+    return side.images, side.classes, side.targets
 
 
 def set_train_size(f: Fold, size: int) -> None:

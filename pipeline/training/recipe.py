@@ -240,7 +240,9 @@ class BatchMixer:
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.float()  # pixels may arrive as uint8; timm mixes in place
-        if self.regression:
+        if self.regression or targets.ndim == 2 and not self.mixup.multi_label:
+            # numbers, or dense single-label targets (train.pseudo / soft_labels: already smoothed and weighted),
+            # which timm's single-label mixup_target does not take: the same image mix, targets by the same lambda
             lam = self.mixup._mix_batch(images)
             targets = targets.float()
             return images, targets * lam + targets.flip(0) * (1 - lam)

@@ -35,9 +35,10 @@ from pipeline.core.config import TRAINING_SECTIONS, Config, dump_yaml, fingerpri
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import is_better, score
 from pipeline.core.progress import len_of_batch, progress
+from pipeline.data.sources import sources_stamp
 from pipeline.reporting import tracking
 from pipeline.training import budget, checkpoint, distributed, lr_range, recipe, refit
-from pipeline.training.checkpoint import trained_fingerprint
+from pipeline.training.checkpoint import trained_fingerprint, trained_sources
 from pipeline.training.distributed import World
 from pipeline.training.fold import Fold, prepare_fold, set_train_size
 from pipeline.training.runtime import amp_settings, output_activation, predict_probs
@@ -116,7 +117,8 @@ class FoldRun:
 
     def save(self) -> None:
         if self.f.world.is_main:  # only rank 0 writes artifacts
-            checkpoint.save(self.checkpoint, **self.state.state_dict(), fingerprint=self.f.fingerprint)
+            checkpoint.save(self.checkpoint, **self.state.state_dict(), fingerprint=self.f.fingerprint,
+                            sources=self.f.sources)  # fmt: skip
 
     def forward(self, frozen: bool) -> torch.nn.Module:
         """What training calls: DDP-wrapped under torchrun (wrapped again when freezing changes which parameters
@@ -146,7 +148,8 @@ def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: Worl
         recipe.BestKeeper(cfg.metric, t.keep), swa=recipe.build_swa(f.model, t),
     )  # fmt: skip
     mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
-    criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None)
+    # dense targets (train.pseudo / soft_labels) take the soft-target loss, as mixed batches do
+    criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
     return FoldRun(f, state, lr, amp, mixer, criterion, batches_per_epoch, updates_per_epoch)
 
 
@@ -159,9 +162,17 @@ def resume(run: FoldRun) -> None:
     if saved["fingerprint"] != f.fingerprint:
         raise UserError(f"{ckpt} was made under a different config; delete {f.out.fold_dir(f.fold)} to start over, "
                         "or restore the config it was made with")  # fmt: skip
+    if saved.get("sources", "") != f.sources:
+        raise UserError(source_changed(ckpt, f.out.fold_dir(f.fold)))
     run.state.load_state_dict(saved)
     checkpoint.set_rng_state(saved["rng"])
     log.info("fold %d: resuming from epoch %d step %d (%s)", f.fold, run.state.epoch, run.state.step, ckpt)
+
+
+def source_changed(path: Path, fold_dir: Path) -> str:
+    """The refusal when train.pseudo / train.soft_labels' source has other predictions than `path` was made on."""
+    return (f"{path} was made on other predictions of its train.pseudo / train.soft_labels source (the source re-ran "
+            f"since); delete {fold_dir} to retrain on the source's new predictions")  # fmt: skip
 
 
 def stopped(run: FoldRun, reason: str | None, where: str) -> checkpoint.Stopped:
@@ -177,6 +188,8 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
     fp = fingerprint(cfg, TRAINING_SECTIONS)
     weights = out.weights(fold)
     if weights.exists():
+        if trained_fingerprint(weights) == fp and trained_sources(weights) != sources_stamp(cfg):
+            raise UserError(source_changed(weights, out.fold_dir(fold)))
         if trained_fingerprint(weights) == fp:
             os.utime(weights)  # tell Make it is up to date with the config it was checked against
             log.info("fold %d: already trained (%s), skipping", fold, weights)
@@ -369,6 +382,8 @@ def finish_fold(f: Fold, probs: np.ndarray, state: dict[str, torch.Tensor], fact
         "fold": str(f.fold),
         "recipe": json.dumps(facts),  # the resolved LR, raw or EMA weights, the epoch they come from
     }
+    if f.sources:  # train.pseudo / train.soft_labels: the source predictions these weights learnt from
+        metadata["sources"] = f.sources
     artifacts.save_safetensors(f.out.weights(f.fold), state, metadata)
 
 

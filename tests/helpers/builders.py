@@ -158,3 +158,33 @@ def write_competition_config(project: Path, layout: str = "csv", comp: str = "to
     values = {"data": vars(data), "metric": metric, "folds": {"n_folds": n_folds, "seed": 0}}
     (folder / "competition.yaml").write_text(yaml.safe_dump(values))
     return folder / "competition.yaml"
+
+
+def write_source_run(project: Path, name: str = "src", comp: str = "toy", seed: int = 0,
+                     **scores: object) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """data/runs/<comp>/<name>/ as a finished experiment leaves it for train.pseudo / train.soft_labels: random
+    OOF and test probabilities on the competition's folds.csv and test ids, scores.json with the folds digest
+    (`scores` adds or replaces keys). Needs folds built. Returns (oof, test) frames."""
+    import hashlib
+    import json
+
+    import yaml
+
+    processed = project / "data" / "processed" / comp
+    classes = yaml.safe_load((project / "configs" / comp / "competition.yaml").read_text())["data"]["classes"]
+    folds = pd.read_csv(processed / "folds.csv", dtype=str)
+    test = pd.read_csv(processed / "test.csv", dtype=str)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for ids in (folds["id"], test["id"]):
+        frame = pd.DataFrame(rng.dirichlet(np.full(len(classes), 0.3), size=len(ids)), columns=classes)
+        frame.insert(0, "id", ids.to_numpy())
+        frames.append(frame)
+    run = project / "data" / "runs" / comp / name
+    run.mkdir(parents=True, exist_ok=True)
+    frames[0].to_csv(run / "oof.csv", index=False)
+    frames[1].to_csv(run / "test.csv", index=False)
+    digest = hashlib.sha256((processed / "folds.csv").read_bytes()).hexdigest()
+    record = {"cv": 0.5, "sample": 0, "folds_digest": digest, **scores}
+    (run / "scores.json").write_text(json.dumps({k: v for k, v in record.items() if v is not None}))
+    return frames[0], frames[1]

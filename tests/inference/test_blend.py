@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,8 @@ def test_blend_of_complementary_experiments_beats_either(project: Path, capsys, 
         assert scores["cv"] < min(scores["experiments"].values())  # log loss: lower is better
     weights = np.array(list(scores["weights"].values()))
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0)
+    folds_csv = (project / "data/processed/toy/folds.csv").read_bytes()  # what a pseudo-label round checks (issue 14)
+    assert scores["folds_digest"] == hashlib.sha256(folds_csv).hexdigest() and scores["sample"] == 0
     submission = pd.read_csv(project / "submissions/toy/duo.csv")
     assert list(submission["id"]) == ["t1", "t2"]
 
