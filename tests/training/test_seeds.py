@@ -1,0 +1,95 @@
+"""Seed bags (`train.seeds`): every fold trained once per seed in fold<k>/seed<s>/, the members' probabilities averaged
+into the fold's files before scoring, members independent of the rest of the list, resumable one by one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.builders import run_main, tiny_experiment, write_competition_config
+from pipeline.core import paths
+from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
+from pipeline.training.checkpoint import trained_fingerprint
+
+
+def stage(capsys: pytest.CaptureFixture, *args: str, code: int = 0) -> str:
+    result = run_main(capsys, *args)
+    assert result.returncode == code, result.stderr
+    return result.stderr
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def classes_of(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in ("id", "view")]
+
+
+@pytest.fixture
+def bag(project: Path, capsys: pytest.CaptureFixture) -> Path:
+    """A 2-fold competition and a two-seed bag experiment with its folds built."""
+    write_competition_config(project, n_train=24, n_test=4)
+    config = tiny_experiment(project, train={"seeds": [7, 8], "lr": 0.05})
+    stage(capsys, "folds", "--config", str(config))
+    return config
+
+
+def test_bag_oof_is_the_mean_of_its_members_and_scores_json_says_what_each_seed_scored(
+    bag: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for name in ("train", "predict"):
+        stage(capsys, name, "--config", str(bag))
+    run = paths.project_root() / "data/runs/toy/tiny"
+    for k in range(2):
+        members = [pd.read_csv(run / f"fold{k}/seed{s}/oof.csv") for s in (7, 8)]
+        fold = pd.read_csv(run / f"fold{k}/oof.csv")
+        classes = classes_of(fold)
+        assert list(fold["id"]) == list(members[0]["id"])
+        assert not np.allclose(members[0][classes], members[1][classes])  # two seeds, two different models
+        np.testing.assert_allclose(fold[classes], (members[0][classes] + members[1][classes]) / 2, rtol=1e-6)
+        tests = [pd.read_csv(run / f"fold{k}/seed{s}/test.csv") for s in (7, 8)]
+        np.testing.assert_allclose(pd.read_csv(run / f"fold{k}/test.csv")[classes],
+                                   (tests[0][classes] + tests[1][classes]) / 2, rtol=1e-6)  # fmt: skip
+        assert not (run / f"fold{k}/model.safetensors").exists()  # a bag's fold holds members, not a model
+        marker = json.loads((run / f"fold{k}/predict.json").read_text())
+        assert {"oof.csv", "seed7/oof.csv", "seed8/test.csv"} <= set(marker["digests"])
+    err = stage(capsys, "ensemble", "--config", str(bag))
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["seeds"] == [7, 8]
+    bagging = scores["seed_bag"]
+    assert [row["seed"] for row in bagging["seeds"]] == [7, 8]
+    assert bagging["cv"] == scores["cv"]
+    assert "seed bag" in err
+    again = stage(capsys, "predict", "--config", str(bag))
+    assert "seed bag [7, 8] up to date" in again and "fold 0 seed 7: predictions up to date" in again
+
+
+def test_a_member_does_not_depend_on_the_other_seeds(bag: Path, capsys: pytest.CaptureFixture) -> None:
+    stage(capsys, "train", "--config", str(bag), "--fold", "0", "--seed", "8")
+    run = paths.project_root() / "data/runs/toy/tiny"
+    weights = run / "fold0/seed8/model.safetensors"
+    before = (digest(weights), weights.stat().st_mtime_ns)
+    assert not (run / "fold0/seed7").exists()  # --seed trains that member only
+    plain = load_config(bag, ["train.seeds=[]", "train.seed=8"])
+    assert trained_fingerprint(weights) == fingerprint(plain, TRAINING_SECTIONS)
+    more = ["train.seeds=[7,8,9]"]
+    err = stage(capsys, "train", "--config", str(bag), "--fold", "0", "--set", *more)
+    assert "fold 0 seed 8: already trained" in err
+    assert digest(weights) == before[0]
+    assert (run / "fold0/seed9/model.safetensors").exists()
+
+
+def test_seed_outside_the_bag_and_duplicate_seeds_are_refused(bag: Path, capsys: pytest.CaptureFixture) -> None:
+    err = stage(capsys, "train", "--config", str(bag), "--fold", "0", "--seed", "9", code=2)
+    assert err.startswith("error: --seed 9:") and "[7, 8]" in err and len(err.strip().splitlines()) == 1
+    err = stage(capsys, "train", "--config", str(bag), "--set", "train.seeds=[7,7]", code=2)
+    assert err.startswith("error: train.seeds:") and len(err.strip().splitlines()) == 1
+    one = load_config(bag, ["train.seeds=[5]"])  # one seed is no bag: it is train.seed
+    assert one.train.seed == 5 and one.train.seeds == []
+    assert paths.for_config(one).weights(0) == paths.project_root() / "data/runs/toy/tiny/fold0/model.safetensors"
