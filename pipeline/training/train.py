@@ -164,7 +164,8 @@ def resume(run: FoldRun) -> None:
                         "or restore the config it was made with")  # fmt: skip
     run.state.load_state_dict(saved)
     checkpoint.set_rng_state(saved["rng"])
-    log.info("fold %d: resuming from epoch %d step %d (%s)", f.fold, run.state.epoch, run.state.step, ckpt)
+    log.info("%s: resuming from epoch %d step %d (%s)", describe(f.fold, f.out.seed), run.state.epoch, run.state.step,
+             ckpt)  # fmt: skip
 
 
 def stopped(run: FoldRun, reason: str | None, where: str) -> checkpoint.Stopped:
