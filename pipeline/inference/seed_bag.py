@@ -40,6 +40,14 @@ def seed_bag_facts(cfg: Config, folds: pd.DataFrame, fold_ids: list[int], bag_cv
     seeds = bag_seeds(cfg)
     if not seeds:
         return None
+    out = paths.for_config(cfg)
+    files = [
+        getattr(out.member(s), "oof_by_view" if cfg.tta.views == "auto" else "oof")(k) for s in seeds for k in fold_ids
+    ]
+    missing = [path for path in files if not path.is_file()]
+    if missing:  # e.g. in a Kaggle Kernel: the bundle ships each fold's averaged OOF, not its members'
+        log.info("ensemble: seed bag %s: no per-seed CV (%s not found)", seeds, missing[0])
+        return {"seeds": None, "cv": bag_cv, "note": f"per-seed CV not measured: {missing[0]} not found"}
     targets, classes = encode_targets(folds["label"], cfg.data), cfg.data.classes
     rows = []
     for seed in seeds:
