@@ -144,3 +144,19 @@ def test_a_killed_member_resumes_and_the_others_are_untouched(project: Path, cap
     assert (run / "seed8/model.safetensors").exists() and not (run / "seed8/work").exists()
     assert len(pd.read_csv(run / "seed8/log.csv")) == 6
     assert digest(run / "seed7/model.safetensors") == finished  # the finished member was not retrained
+
+
+def test_the_plan_counts_folds_times_seeds() -> None:
+    from pipeline.core.config import Config, FoldsConfig, TrainConfig, TTAConfig
+    from pipeline.reporting import planner
+
+    rate = planner.Throughput(train_images_per_s=100.0, predict_images_per_s=200.0, predict_measured=True,
+                              epochs_measured=1)  # fmt: skip
+    for seeds in ([], [1, 2, 3]):
+        cfg = Config(folds=FoldsConfig(n_folds=5), tta=TTAConfig(views=["identity", "hflip"]),
+                     train=TrainConfig(epochs=2, seeds=seeds))  # fmt: skip
+        inference, full = planner.estimate(cfg, rate, n_train=1000, n_test=400).iloc[:2].to_dict("records")
+        models = 5 * max(len(seeds), 1)
+        assert inference["total"] == pytest.approx(models * 2 * 400 / 200)  # models x views x test images / speed
+        assert full["train"] == pytest.approx(models * 2 * 800 / 100)
+        assert ("x 3 seeds" in inference["scenario"]) == bool(seeds)
