@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from pipeline.core import artifacts, paths
-from pipeline.core.bag import describe, member_config
+from pipeline.core.bag import bag_seeds, describe, member_config
 from pipeline.core.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import is_better, score
@@ -180,6 +180,9 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
     experiment = cfg
     if fold == refit.REFIT:  # make refit: all rows, the folds' median best epoch (pipeline.training.refit)
         cfg = refit.refit_config(cfg)
+        if bag_seeds(experiment):
+            log.info("refit: seed bag %s: one full-data model, with the first seed (%d)", bag_seeds(experiment),
+                     cfg.train.seed)  # fmt: skip
     cfg = member_config(cfg, seed)  # a member trains as if train.seed were its seed (pipeline.core.bag)
     out = paths.for_config(cfg).member(seed)
     fp = fingerprint(cfg, TRAINING_SECTIONS)
@@ -212,7 +215,8 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
             facts["swa"] = swa
         finish_fold(run.f, state.keeper.probs, state.keeper.weights, facts)
         shutil.rmtree(run.checkpoint.parent, ignore_errors=True)
-        tracking.sync_fold(cfg, fold)  # log.csv + config -> the tracker (tracking: none does nothing)
+        if seed is None:  # a bag member's log stays in its folder (the trackers sync folds, not members)
+            tracking.sync_fold(cfg, fold)  # log.csv + config -> the tracker (tracking: none does nothing)
     distributed.barrier(world)
     return weights
 

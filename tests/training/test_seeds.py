@@ -21,6 +21,7 @@ from helpers.builders import REPO, run_main, tiny_experiment, write_competition_
 from pipeline.core import paths
 from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
 from pipeline.training.checkpoint import trained_fingerprint
+from pipeline.training.refit import refit_config
 
 
 def stage(capsys: pytest.CaptureFixture, *args: str, code: int = 0) -> str:
@@ -88,6 +89,14 @@ def test_bag_oof_is_the_mean_of_its_members_and_scores_json_says_what_each_seed_
         assert row["cv"] == pytest.approx(float((probs.argmax(1) == folds["label"].map(classes.index)).mean()))
     again = stage(capsys, "predict", "--config", str(bag), "--set", tta)
     assert "seed bag [7, 8] up to date" in again and "fold 0 seed 7: predictions up to date" in again
+    if views == "auto":
+        return
+    refit = stage(capsys, "train", "--config", str(bag), "--fold", "refit")  # one full-data model: the first seed
+    assert "refit: seed bag [7, 8]: one full-data model, with the first seed (7)" in refit
+    first = refit_config(load_config(bag))
+    assert first.train.seed == 7 and first.train.seeds == []
+    assert trained_fingerprint(run / "refit/model.safetensors") == fingerprint(first, TRAINING_SECTIONS)
+    assert not (run / "refit/seed7").exists()
 
 
 def test_a_member_does_not_depend_on_the_other_seeds(bag: Path, capsys: pytest.CaptureFixture) -> None:
