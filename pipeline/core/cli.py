@@ -88,6 +88,8 @@ def seeds_from_args(args: argparse.Namespace, cfg: Config) -> list[int | None]:
     from pipeline.core.bag import bag_seeds, members
 
     seed = getattr(args, "seed", None)
+    if seed is not None and args.fold == REFIT:
+        raise UserError(f"--seed {seed}: the refit is one model, trained with the bag's first seed; drop --seed")
     if seed is None:
         return members(cfg)
     seeds = bag_seeds(cfg)

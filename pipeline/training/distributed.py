@@ -148,7 +148,8 @@ def run_folds(args: argparse.Namespace, work: Callable[..., object], per_member:
     out = paths.for_config(cfg)
     try:
         for fold in folds_from_args(args, cfg):
-            seeds = seeds_from_args(args, cfg) if per_member and fold != paths.REFIT else [None]
+            seeds = seeds_from_args(args, cfg) if per_member else [None]
+            seeds = [None] if fold == paths.REFIT else seeds  # the refit: one model (pipeline.training.refit)
             for seed in seeds:
                 # one process per fold or member (under torchrun: rank 0 holds it for all ranks)
                 lock = fold_lock(out.member(seed).fold_lock(fold), fold, args.command) if world.is_main else None
