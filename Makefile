@@ -45,19 +45,27 @@ DEMO_DEPS := $(if $(filter demo,$(COMP)),$(LITE0))
 
 NFOLDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) n_folds 2>/dev/null || echo 5)
 FOLD_IDS := $(shell seq 0 $$(( $(NFOLDS) - 1 )))
-WEIGHTS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/model.safetensors)
+# A seed bag (train.seeds: [42, 43, 44]): one model per (fold, seed) in fold<k>/seed<s>/, one Make target each.
+SEEDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) seeds 2>/dev/null)
+fold_models = $(if $(SEEDS),$(foreach s,$(SEEDS),$(RUN)/fold$(1)/seed$(s)/model.safetensors),$(RUN)/fold$(1)/model.safetensors)
+WEIGHTS := $(foreach k,$(FOLD_IDS),$(call fold_models,$(k)))
+# A model target's stem: `k` (fold k) or `k/seed<s>` (member (k, s)).
+stem_fold = $(firstword $(subst /seed, ,$(1)))
+stem_seed = $(word 2,$(subst /seed, ,$(1)))
 # train.pseudo / train.soft_labels: the sources' scores.json, so a source that re-ran sends the folds back to train
 SOURCES := $(if $(shell grep -sE '^\s*(pseudo|soft_labels):' $(CONFIG)),$(shell $(PY) -m pipeline info $(ARGS) sources 2>/dev/null))
 TEST_PROBS := $(foreach k,$(FOLD_IDS),$(RUN)/fold$(k)/test.csv)
 
 # GPUS=N: one fold on N GPUs with torchrun (DDP). FOLD_GPUS=0,1 with make -j2: fold k runs alone on GPU
-# FOLD_GPUS[k mod len], the natural use of Kaggle's 2xT4 for k-fold.
+# FOLD_GPUS[k mod len], the natural use of Kaggle's 2xT4 for k-fold; a seed bag's member (k, s): FOLD_GPUS[(k + s) mod len].
 GPUS ?=
 FOLD_GPUS ?=
 LAUNCH := $(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m pipeline,$(PY) -m pipeline)
 comma := ,
+empty :=
+space := $(empty) $(empty)
 FOLD_GPU_LIST := $(subst $(comma), ,$(FOLD_GPUS))
-fold_gpu = $(if $(FOLD_GPU_LIST),CUDA_VISIBLE_DEVICES=$(word $(shell echo $$(( $(1) % $(words $(FOLD_GPU_LIST)) + 1 ))),$(FOLD_GPU_LIST)) )
+fold_gpu = $(if $(FOLD_GPU_LIST),CUDA_VISIBLE_DEVICES=$(word $(shell echo $$(( ($(1)) % $(words $(FOLD_GPU_LIST)) + 1 ))),$(FOLD_GPU_LIST)) )
 
 # When this make started (simple expansion: evaluated once), so `summary` can tell what this run retrained.
 ifeq ($(MAKELEVEL),0)
@@ -106,12 +114,13 @@ $(LITE0):
 $(CONFIG): | $(COMP_YAML)
 	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
-train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold: make -j N works)
+train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold, or per fold and seed of a bag: make -j N works)
 $(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(FORCE_IF_SET)
-	$(call fold_gpu,$*)$(LAUNCH) train $(ARGS) --fold $*
+	$(call fold_gpu,$(call stem_fold,$*)$(if $(call stem_seed,$*), + $(call stem_seed,$*)))$(LAUNCH) train $(ARGS) --fold $(call stem_fold,$*)$(if $(call stem_seed,$*), --seed $(call stem_seed,$*))
 
-predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold
-$(RUN)/fold%/test.csv: $(RUN)/fold%/model.safetensors $(CONFIG) $(FORCE_IF_SET)
+predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold (a bag's: its members' mean)
+.SECONDEXPANSION:
+$(RUN)/fold%/test.csv: $$(call fold_models,$$*) $(CONFIG) $(FORCE_IF_SET)
 	$(call fold_gpu,$*)$(LAUNCH) predict $(ARGS) --fold $*
 
 refit: $(RUN)/refit/test.csv ## one model on every training row (the folds' median best epoch), test predictions
@@ -217,6 +226,6 @@ lint: ## ruff format --check + ruff check
 	$(VENV)/bin/ruff check pipeline tests
 
 paths: ## print the artifact paths Make uses for CONFIG
-	@echo "raw_stamp=$(RAW_STAMP) folds=$(PROC)/folds.csv run=$(RUN) submission=$(SUBMISSION) n_folds=$(NFOLDS)"
+	@echo "raw_stamp=$(RAW_STAMP) folds=$(PROC)/folds.csv run=$(RUN) submission=$(SUBMISSION) n_folds=$(NFOLDS) seeds=$(subst $(space),$(comma),$(SEEDS)) weights=$(subst $(space),$(comma),$(strip $(WEIGHTS)))"
 
 FORCE:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.bag import members
 from pipeline.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,13 @@ class Experiment:
         self._subset = None if folds is None else sorted({int(k) for k in folds})
         self._per_fold("train", folds)
         chosen = range(self.cfg.folds.n_folds) if folds is None else folds
-        return [self.paths.weights(int(k)) for k in chosen]
+        return [self.paths.member(seed).weights(int(k)) for k in chosen for seed in members(self.cfg)]  # bag: each
 
     def predict(self, folds: Iterable[int] | None = None) -> None:
         """`make predict`: OOF and test probabilities with TTA for every trained fold (or only `folds`)."""
         if folds is None:
-            folds = [k for k in range(self.cfg.folds.n_folds) if self.paths.weights(k).exists()]
+            folds = [k for k in range(self.cfg.folds.n_folds)
+                     if all(self.paths.member(seed).weights(k).exists() for seed in members(self.cfg))]  # fmt: skip
             if not folds:
                 raise PipelineError(f"error: no trained fold under {self.paths.run}; run exp.train() first")
             folds = self._subset if self._subset is not None else folds

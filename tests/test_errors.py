@@ -659,6 +659,26 @@ def refit_before_folds(c: Ctx) -> None:
     c.args += ["--fold", "refit"]
 
 
+def seed_outside_the_bag(c: Ctx) -> None:
+    c.args += ["--set", "train.seeds=[7,8]", "--seed", "9"]
+
+
+def seed_without_a_bag(c: Ctx) -> None:
+    c.args += ["--seed", "3"]
+
+
+def seed_with_the_refit(c: Ctx) -> None:
+    c.args = [a if a != "0" else "refit" for a in c.args] + ["--set", "train.seeds=[7,8]", "--seed", "7"]
+
+
+CASES.update({
+    "duplicate bag seeds": Case("train", overrides("train.seeds=[7,7]"), ("train.seeds", "[7]", "more than once")),
+    "negative bag seed": Case("train", overrides("train.seeds=[-1,2]"), ("train.seeds[0]", "must be in [0,", "-1")),
+    "--seed outside train.seeds": Case("train", seed_outside_the_bag, ("--seed 9", "train.seeds is [7, 8]")),
+    "--seed without a bag": Case("train", seed_without_a_bag, ("--seed 3", "no seed bag")),
+    "--seed with the refit": Case("train", seed_with_the_refit, ("--seed 7", "refit is one model")),
+})  # fmt: skip
+
 CASES.update({
     "refit before the folds are trained": Case("train", refit_before_folds, ("fold0/model.safetensors", "make train")),
     "ensemble.refit not a boolean": Case("train", overrides("ensemble.refit=maybe"), ("ensemble.refit", "'maybe'")),

@@ -77,3 +77,35 @@ def test_a_missing_config_or_one_with_a_space_is_our_error(make_project: Path) -
     assert "No rule to make target" not in missing.stderr
     spaced = make(make_project, "train", "CONFIG=configs/my toy/tiny.yaml")
     assert spaced.returncode != 0 and "contains a space" in spaced.stderr and "No rule" not in spaced.stderr
+
+
+def test_a_seed_bag_is_one_make_target_per_fold_and_seed(make_project: Path) -> None:
+    """Make's member paths are paths.py's; each member is its own train target (so `make -j2 train` runs two at a
+    time), predict fold k waits for its members only, and with every file in place nothing runs."""
+    write_competition_yaml(make_project, "csv")
+    config = str(tiny_experiment(make_project, train={"seeds": [7, 8]}).relative_to(make_project))
+    result = make(make_project, "paths", f"CONFIG={config}")
+    assert result.returncode == 0, result.stderr
+    facts = dict(item.split("=", 1) for item in result.stdout.split())
+    expected = Paths("toy", "tiny")
+    members = [expected.member(seed).weights(k) for k in range(2) for seed in (7, 8)]
+    assert [make_project / p for p in facts["weights"].split(",")] == members
+    assert members[1] == expected.member_dir(0, 8) / "model.safetensors"
+    assert facts["seeds"] == "7,8"
+    inputs = [expected.raw_stamp, make_project / "configs/toy/competition.yaml", make_project / config,
+              expected.folds_csv]  # fmt: skip
+    outputs = [*members, *(expected.test_probs(k) for k in range(2))]
+    for age, path in enumerate([*inputs, *outputs]):  # every file older than the ones made from it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))
+    assert make(make_project, "-q", "predict", f"CONFIG={config}").returncode == 0  # up to date: nothing to do
+    os.utime(members[1])  # member (0, 8) retrained
+    planned = make(make_project, "-n", "-j2", "predict", f"CONFIG={config}")
+    assert " predict --config" in planned.stdout and "--fold 0" in planned.stdout and "--fold 1" not in planned.stdout
+    assert " train " not in planned.stdout
+    for path in members:
+        path.unlink()
+    planned = make(make_project, "-n", "-j2", "train", f"CONFIG={config}").stdout.splitlines()
+    trained = sorted(line.split("--fold ")[1] for line in planned if " train --config" in line)
+    assert trained == ["0 --seed 7", "0 --seed 8", "1 --seed 7", "1 --seed 8"]

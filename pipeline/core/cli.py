@@ -82,6 +82,23 @@ def folds_from_args(args: argparse.Namespace, cfg: Config) -> list[int]:
     return [args.fold]
 
 
+def seeds_from_args(args: argparse.Namespace, cfg: Config) -> list[int | None]:
+    """The bag members a per-member stage works on (pipeline.core.bag): --seed S, else every seed of train.seeds;
+    [None] (the fold itself) without a bag."""
+    from pipeline.core.bag import bag_seeds, members
+
+    seed = getattr(args, "seed", None)
+    if seed is not None and args.fold == REFIT:
+        raise UserError(f"--seed {seed}: the refit is one model, trained with the bag's first seed; drop --seed")
+    if seed is None:
+        return members(cfg)
+    seeds = bag_seeds(cfg)
+    if seed not in seeds:
+        listed = f"train.seeds is {seeds}" if seeds else "train.seeds lists no seed bag (two or more seeds)"
+        raise UserError(f"--seed {seed}: {listed}; pass one of its seeds, or add {seed} to train.seeds")
+    return [seed]
+
+
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a Kaggle competition slug
 
 
@@ -174,6 +191,7 @@ _SCORE_WAIT_FLAG = (
 )
 _SWEEP_FLAG = ("--sweep", {"default": None, "help": "the sweep file (default: configs/<comp>/sweep.yaml)"})
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
+    "train": [("--seed", {"type": int, "default": None, "help": "one member of a seed bag (train.seeds) only"})],
     "kaggle-bundle": [
         ("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"}),
         (

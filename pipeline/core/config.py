@@ -238,7 +238,14 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
         values["metric"] = canonical(values["metric"])
     cfg = _build(Config, values, "")
     validate(cfg)
-    return cfg
+    return one_seed_as_seed(cfg)
+
+
+def one_seed_as_seed(cfg: Config) -> Config:
+    """train.seeds with one seed is no bag: it acts as train.seed (same folders, same fingerprint as that seed)."""
+    if len(cfg.train.seeds) != 1:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seeds[0], seeds=[]))
 
 
 def _custom_metric_folders(path: Path) -> None:
@@ -355,6 +362,9 @@ def validate_recipe(cfg: Config) -> None:
         raise ConfigError("train.sampler: balanced is for single-label data; use train.class_weights for multi-label")
     if t.class_weights != "none" and cfg.model.head == "regression":
         raise ConfigError("train.class_weights: a regression head has no class weights; use train.sampler: balanced")
+    repeated = sorted({seed for seed in t.seeds if t.seeds.count(seed) > 1})
+    if repeated:
+        raise ConfigError(f"train.seeds: {repeated} listed more than once; list each seed once, e.g. [42, 43, 44]")
     if t.swa.epochs > t.epochs:
         raise ConfigError(f"train.swa.epochs: averages the last N of train.epochs ({t.epochs}), got {t.swa.epochs}")
     validate_sources(cfg)
@@ -421,6 +431,7 @@ FINGERPRINTED_WHEN_ON = (
     ("train", "swa", {"epochs": 0}),
     ("train", "pseudo", to_dict(PseudoConfig())),
     ("train", "soft_labels", to_dict(SoftLabelsConfig())),
+    ("train", "seeds", []),
 )
 
 
@@ -428,7 +439,7 @@ def config_from_values(values: dict[str, Any]) -> Config:
     """A Config from a full mapping such as `to_dict` writes (a run's resolved config.yaml); validated."""
     cfg = _build(Config, values, "")
     validate(cfg)
-    return cfg
+    return one_seed_as_seed(cfg)
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -3,6 +3,8 @@
     data/raw/<comp>/                 the competition's files, never modified (+ .complete stamp)
     data/processed/<comp>/           folds.csv and other derived tables
     data/runs/<comp>/<exp>/          fold<k>/..., refit/... (make refit), scores.json, resolved config
+                                     (a seed bag, train.seeds: fold<k>/seed<s>/... per member, plus fold<k>/'s
+                                     averaged oof.csv, test.csv and predict.json)
     submissions/<comp>/<exp>.csv
     data/runs/<comp>/<exp>/kaggle-bundle/{dataset,kernel}/   what kaggle-bundle builds and kaggle-push uploads
 
@@ -99,6 +101,14 @@ class Paths:
     comp: str
     exp: str = ""
     sample: int = 0
+    seed: int | None = None  # a seed bag's member (pipeline.core.bag): its fold files live in fold<k>/seed<s>/
+
+    def member(self, seed: int | None) -> Paths:
+        """The paths of bag member `seed`: every fold-level file under fold<k>/seed<s>/ (None: the fold's own)."""
+        return Paths(self.comp, self.exp, self.sample, seed)
+
+    def member_dir(self, fold: int, seed: int) -> Path:
+        return self.member(seed).fold_dir(fold)
 
     @property
     def _suffix(self) -> str:
@@ -138,8 +148,10 @@ class Paths:
         return project_root() / "data" / "runs" / self.comp / f"{self.exp}{self._suffix}"
 
     def fold_dir(self, fold: int) -> Path:
-        """fold<k>/, or refit/ for the full-data refit (fold id REFIT): the same file names inside."""
-        return self.run / ("refit" if fold == REFIT else f"fold{fold}")
+        """fold<k>/, or refit/ for the full-data refit (fold id REFIT): the same file names inside; a bag member's
+        fold<k>/seed<s>/."""
+        folder = self.run / ("refit" if fold == REFIT else f"fold{fold}")
+        return folder if self.seed is None else folder / f"seed{self.seed}"
 
     def weights(self, fold: int) -> Path:
         return self.fold_dir(fold) / "model.safetensors"
@@ -237,7 +249,8 @@ class Paths:
     def all_fold_weights(self) -> list[Path]:
         """Every experiment's fold weights that were trained on this competition's folds.csv (same sample size)."""
         found = sorted(self.runs.glob(f"*{self._suffix}/fold*/model.safetensors"))
-        return [p for p in found if self.sample or "-sample" not in p.parent.parent.name]
+        found += sorted(self.runs.glob(f"*{self._suffix}/fold*/seed*/model.safetensors"))  # seed bags' members
+        return [p for p in found if self.sample or "-sample" not in str(p.relative_to(self.runs)).split("/")[0]]
 
     @property
     def leaderboard_csv(self) -> Path:

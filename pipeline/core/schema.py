@@ -168,6 +168,9 @@ class TrainConfig:
     sampler: str = "shuffle"  # shuffle | balanced: draw rows with probability inverse to class frequency
     progressive_sizes: list[int] = ranged(None, 8, factory=list)  # e.g. [32, 48]: train sizes, in equal epoch blocks
     swa: SwaConfig = field(default_factory=SwaConfig)  # {epochs: 3}: soup of the last 3 epochs, kept if not worse
+    # A seed bag (pipeline.core.bag): [42, 43, 44] trains each fold once per seed in fold<k>/seed<s>/ and averages
+    # the seeds' probabilities within the fold; [] (or one seed, which acts as train.seed): one model per fold.
+    seeds: list[int] = ranged(None, 0, SEED_MAX, factory=list)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)  # {from: <exp|blend>}: pseudo-labelled test rows
     soft_labels: SoftLabelsConfig = field(default_factory=SoftLabelsConfig)  # {from: <exp|blend>}: OOF distillation
 

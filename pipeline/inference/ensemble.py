@@ -11,6 +11,8 @@ on all OOF rows with the competition metric (pipeline.training.recipe.fit_thresh
 `holdout_thresholded` (optimistic for the CV: fitted on the rows it scores). With ensemble.refit the full-data
 refit's refit/test.csv (make refit) joins test.csv as one more model, weight 1/(n_folds+1); it has no OOF, so `cv`
 and `folds` score the folds alone, and scores.json's `refit` says so with the weights.
+With a seed bag (train.seeds) the fold files already hold the members' mean; scores.json's `seeds` lists them and
+`seed_bag` scores each seed's OOF alone beside the bag (`gain`, `helped`; pipeline.inference.seed_bag).
 With tta.views auto it first chooses the views on the per-view OOF (pipeline.inference.tta_auto), rewrites each
 fold's oof.csv/test.csv as their mean and records them in tta_views.json, so every later reader (bundle, Kernel,
 report, planner) sees the views actually used.
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import artifacts, paths
+from pipeline.core.bag import bag_seeds
 from pipeline.core.cli import config_from_args
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
@@ -41,6 +44,7 @@ from pipeline.data.sources import file_digest
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference import tta_auto
 from pipeline.inference.predictions import read_probs
+from pipeline.inference.seed_bag import seed_bag_facts
 from pipeline.training import recipe, refit
 from pipeline.training.fold import read_folds
 from pipeline.training.recipe import fit_thresholds, hard_probs
@@ -216,6 +220,8 @@ def run(args: argparse.Namespace) -> None:
         "tta_auto": auto,
         "model": cfg.model.name,
         "seed": cfg.train.seed,
+        "seeds": bag_seeds(cfg),  # a seed bag (train.seeds): each fold's files are the mean of these seeds' models
+        "seed_bag": seed_bag_facts(cfg, folds, fold_ids, cv),  # each seed's own CV beside the bag's: did it help
         "folds_seed": cfg.folds.seed,
         "git_commit": git_commit(),
         "versions": package_versions(),

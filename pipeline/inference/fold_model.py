@@ -29,9 +29,12 @@ from pipeline.training.runtime import amp_settings, output_activation
 log = logging.getLogger(__name__)
 
 
-def load_fold_model(cfg: Config, fold: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The fold's trained model (no hub access: architecture from timm, weights from the fold's file)."""
-    weights = paths.for_config(cfg).weights(fold)
+def load_fold_model(
+    cfg: Config, fold: int, device: torch.device, seed: int | None = None
+) -> tuple[torch.nn.Module, dict]:
+    """The fold's trained model (no hub access: architecture from timm, weights from the fold's file); `seed`: that
+    seed bag member's (fold<k>/seed<s>/), `cfg` then being the member's config (pipeline.core.bag.member_config)."""
+    weights = paths.for_config(cfg).member(seed).weights(fold)
     if not weights.exists():
         raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
     retrain = f"delete {weights.parent} and re-run train for fold {fold}"

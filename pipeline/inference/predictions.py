@@ -78,3 +78,15 @@ def format_submission(
     else:
         frame[column] = classes[best]
     return frame
+
+
+def mean_of_members(frames: Sequence[pd.DataFrame], classes: list[str], what: str) -> pd.DataFrame:
+    """A seed bag's probabilities (pipeline.core.bag): the members' tables (same rows: id, maybe view, classes),
+    averaged class by class; members whose rows differ are refused, naming `what`."""
+    keys = [c for c in frames[0].columns if c not in classes]
+    for frame in frames[1:]:
+        if not frame[keys].reset_index(drop=True).equals(frames[0][keys].reset_index(drop=True)):
+            raise UserError(f"{what}: the seed bag's members hold different rows; re-run predict for this fold")
+    mean = frames[0][keys].reset_index(drop=True).copy()
+    mean[classes] = np.mean([frame[classes].to_numpy(dtype=float) for frame in frames], axis=0)
+    return mean

@@ -8,7 +8,7 @@ runs each fold's model once over its validation rows with predict's own pipeline
 (training fingerprint, views, images, seconds: the planner reads the measured prediction speed from it).
 That costs about one more OOF pass per view, so report runs it only when asked (`make report TTA=1`; TTA=all
 tries every view pipeline.inference.tta knows); later reports reuse the files. Under tta.views auto predict
-already wrote them for the candidate views.
+already wrote them for the candidate views. A seed bag's fold files hold the mean of its members' (per view).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import pandas as pd
 import torch
 
 from pipeline.core import artifacts, paths
+from pipeline.core.bag import member_config, members
 from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
 from pipeline.core.metrics import goodness, score
 from pipeline.data.tables import read_csv
 from pipeline.inference.fold_model import load_fold_model, predict_table
+from pipeline.inference.predictions import mean_of_members
 from pipeline.inference.tta import AUTO_CANDIDATES, VIEWS, views_or_identity
 from pipeline.inference.tta_auto import effective_views
 from pipeline.training.fold import read_folds
@@ -50,9 +52,10 @@ def _stamp(out: paths.Paths, fold: int) -> dict | None:
         return None
 
 
-def cached_views(cfg: Config, fold: int) -> list[str]:
-    """Views whose OOF probabilities fold<k>/oof_by_view.csv holds for the current weights ([] if none)."""
-    stamp = _stamp(paths.for_config(cfg), fold)
+def cached_views(cfg: Config, fold: int, seed: int | None = None) -> list[str]:
+    """Views whose OOF probabilities fold<k>/oof_by_view.csv holds for the current weights ([] if none); `seed`: a
+    seed bag member's (fold<k>/seed<s>/, cfg being its member config)."""
+    stamp = _stamp(paths.for_config(cfg).member(seed), fold)
     if not stamp or stamp.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
         return []
     return list(stamp.get("views", []))
@@ -80,9 +83,10 @@ def read_view_oof(cfg: Config, folds: pd.DataFrame) -> dict[str, np.ndarray] | N
 
 
 def write_view_oof(cfg: Config, fold: int, frame: pd.DataFrame, views: list[str], seconds: float,
-                   device: torch.device) -> None:  # fmt: skip
-    """fold<k>/oof_by_view.csv (predict_table's by-view table), then its stamp: what it holds and how fast it came."""
-    out = paths.for_config(cfg)
+                   device: torch.device, seed: int | None = None) -> None:  # fmt: skip
+    """fold<k>/oof_by_view.csv (predict_table's by-view table), then its stamp: what it holds and how fast it came;
+    `seed`: a seed bag member's (fold<k>/seed<s>/)."""
+    out = paths.for_config(cfg).member(seed)
     artifacts.write_csv(out.oof_by_view(fold), frame)
     stamp = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views, "images": len(frame) // len(views),
              "seconds": round(seconds, 3), "device": str(device)}  # fmt: skip
@@ -101,9 +105,14 @@ def compute_view_oof(cfg: Config, views: list[str]) -> None:
         if set(views) <= set(cached):
             continue
         wanted = list(dict.fromkeys([*cached, *views]))
-        model, dcfg = load_fold_model(cfg, fold, device)
-        started = time.perf_counter()
-        frame = predict_table(model, cfg, dcfg, folds[folds["fold"] == fold], device, wanted, by_view=True)
+        started, frames = time.perf_counter(), []
+        for seed in members(cfg):  # a seed bag: its members' views, averaged like predict averages them
+            member = member_config(cfg, seed)
+            model, dcfg = load_fold_model(member, fold, device, seed)
+            frames.append(
+                predict_table(model, member, dcfg, folds[folds["fold"] == fold], device, wanted, by_view=True)
+            )
+        frame = mean_of_members(frames, cfg.data.classes, f"fold {fold} per-view OOF")
         write_view_oof(cfg, fold, frame, wanted, time.perf_counter() - started, device)
 
 
@@ -153,9 +162,13 @@ def read_plain_oof(cfg: Config, folds: pd.DataFrame) -> np.ndarray | None:
     out = paths.for_config(cfg)
     frames = []
     for fold in range(cfg.folds.n_folds):
-        if not out.oof_plain(fold).exists():
+        plain = [out.member(seed).oof_plain(fold) for seed in members(cfg)]  # a seed bag: its members' mean
+        if not all(path.exists() for path in plain):
             return None
-        frames.append(read_csv(out.oof_plain(fold), "no-TTA OOF probabilities"))
+        parts = [
+            read_csv(path, "no-TTA OOF probabilities").astype({c: float for c in cfg.data.classes}) for path in plain
+        ]
+        frames.append(mean_of_members(parts, cfg.data.classes, f"fold {fold} no-TTA OOF"))
     table = pd.concat(frames).set_index("id")
     if not folds["id"].isin(table.index).all():
         return None

@@ -8,6 +8,8 @@ scores.json; writes data/runs/<comp>/<exp>/kaggle-bundle/:
         bundle.json                   the manifest: comp, exp, folds and their files, wheels, fingerprint, commit, CV
         competition.yaml, <exp>.yaml  the resolved config (data.holdout off: the Kernel has no labels)
         folds.csv, fold<k>.safetensors, fold<k>.oof.csv
+                                      (a seed bag: fold<k>-seed<s>.safetensors per member, listed in the fold's
+                                      `members`; the Kernel averages them like predict)
         metric-module--<a>--<b>.py    a custom metric's module (`metric: {function: "a.b:score"}`) and its packages'
                                       __init__.py, flattened; the Kernel puts them back as configs/<comp>/a/b.py
         requirements.txt              what the Kernel needs (this package's requirements, less the Kaggle client)
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import artifacts, paths
+from pipeline.core.bag import bag_seeds, member_config, members
 from pipeline.core.cli import config_from_args
 from pipeline.core.config import (
     COMPETITION_KEYS,
@@ -53,7 +56,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.run_config import config_of_run
 from pipeline.inference.tta_auto import effective_views
 from pipeline.kaggle import wheels
-from pipeline.kaggle.bundle_format import MANIFEST_FORMAT
+from pipeline.kaggle.bundle_format import MANIFEST_FORMAT, fold_entry, fold_weight_files
 from pipeline.training.checkpoint import trained_fingerprint
 
 log = logging.getLogger(__name__)
@@ -130,13 +133,13 @@ def check_run(cfg: Config) -> None:
     if cfg.ensemble.refit:  # the Kernel's ensemble would look for refit/test.csv, which the bundle does not ship
         raise UserError("kaggle-bundle: ensemble.refit is true, but the bundle ships the folds only (not the full-data "
                         "refit); bundle with --set ensemble.refit=false (SET=ensemble.refit=false)")  # fmt: skip
-    expected = fingerprint(cfg, TRAINING_SECTIONS)
     for fold in range(cfg.folds.n_folds):
-        weights = out.weights(fold)
-        if not weights.is_file():
-            raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
-        if trained_fingerprint(weights) != expected:
-            raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
+        for seed in members(cfg):  # a seed bag: every member, under its own config
+            weights = out.member(seed).weights(fold)
+            if not weights.is_file():
+                raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
+            if trained_fingerprint(weights) != fingerprint(member_config(cfg, seed), TRAINING_SECTIONS):
+                raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
         if not out.oof(fold).is_file():
             raise UserError(f"{out.oof(fold)} not found; run `make predict CONFIG=...` first")
     for path in (out.folds_csv, out.scores):
@@ -227,8 +230,9 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
     _place(out.folds_csv, folder / "folds.csv")
     folds = []
     for fold in range(cfg.folds.n_folds):
-        entry = {"fold": fold, "weights": f"fold{fold}.safetensors", "oof": f"fold{fold}.oof.csv"}
-        _place(out.weights(fold), folder / entry["weights"])
+        entry = fold_entry(fold, bag_seeds(cfg))
+        for seed, name in fold_weight_files(entry).items():  # a seed bag ships every member
+            _place(out.member(seed).weights(fold), folder / name)
         _place(out.oof(fold), folder / entry["oof"])
         folds.append(entry)
     modules = {}

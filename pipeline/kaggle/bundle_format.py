@@ -14,6 +14,22 @@ if TYPE_CHECKING:
 MANIFEST_FORMAT = 1  # bundle.json's layout; pipeline.kaggle.kernel_predict refuses others
 
 
+def fold_weight_files(entry: dict[str, Any]) -> dict[int | None, str]:
+    """A manifest fold entry's weights files: {None: name} for one model, {seed: name} for a seed bag's members
+    (the entry's `members` list, pipeline.core.bag): what the bundle ships and the Kernel averages."""
+    if "members" in entry:
+        return {int(member["seed"]): member["weights"] for member in entry["members"]}
+    return {None: entry["weights"]}
+
+
+def fold_entry(fold: int, seeds: list[int]) -> dict[str, Any]:
+    """bundle.json's entry for fold `fold`: its weights (a seed bag: `members`, flat names fold<k>-seed<s>) and OOF."""
+    if not seeds:
+        return {"fold": fold, "weights": f"fold{fold}.safetensors", "oof": f"fold{fold}.oof.csv"}
+    members = [{"seed": seed, "weights": f"fold{fold}-seed{seed}.safetensors"} for seed in seeds]
+    return {"fold": fold, "members": members, "oof": f"fold{fold}.oof.csv"}
+
+
 def read_bundle(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     """(bundle.json, kernel-metadata.json) of the experiment's bundle; UserError when there is none."""
     out = paths.for_config(cfg)

@@ -5,7 +5,8 @@ fold<k>.oof.csv, a custom metric's module) and the competition's files from /kag
 Lays the bundle out as a finished run under the project root ($PIPELINE_ROOT; the kernel script points it at a
 temporary folder so only the submission lands in /kaggle/working): configs/<comp>/ (with a custom metric's module,
 which load_config makes importable), data/processed/<comp>/folds.csv, and per fold
-data/runs/<comp>/<exp>/fold<k>/ with the weights (linked, not copied) and the OOF predictions. Then:
+data/runs/<comp>/<exp>/fold<k>/ with the weights (linked, not copied; a seed bag's members in fold<k>/seed<s>/) and
+the OOF predictions. Then:
 
     test.csv      the test listing of the Kernel's own test set (the hidden one when Kaggle re-runs it)
     fold<k>/test.csv   every fold's test probabilities with the config's TTA (the OOF rows are not re-predicted)
@@ -22,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import artifacts, cli, paths
+from pipeline.core.bag import member_config, members
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import UserError
 from pipeline.data.tables import read_csv, read_test_table
 from pipeline.inference.tta_auto import effective_views
-from pipeline.kaggle.bundle_format import MANIFEST_FORMAT
+from pipeline.kaggle.bundle_format import MANIFEST_FORMAT, fold_weight_files
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +49,7 @@ def read_manifest(bundle: Path) -> dict:
 
 def bundle_files(manifest: dict) -> list[str]:
     """The files of a bundle the Kernel reads (wheels aside)."""
-    folds = [name for fold in manifest["folds"] for name in (fold["weights"], fold["oof"])]
+    folds = [name for fold in manifest["folds"] for name in (*fold_weight_files(fold).values(), fold["oof"])]
     modules = list(manifest.get("metric_modules", {}))
     return [
         manifest["config"]["competition"],
@@ -81,7 +83,8 @@ def stage_bundle(bundle: Path, manifest: dict) -> Config:
     artifacts.write_text(out.folds_csv, (bundle / manifest["folds_csv"]).read_text())
     for fold in manifest["folds"]:
         k = int(fold["fold"])
-        _link(bundle / fold["weights"], out.weights(k))
+        for seed, name in fold_weight_files(fold).items():  # a seed bag's members: fold<k>/seed<s>/
+            _link(bundle / name, out.member(seed).weights(k))
         artifacts.write_text(out.oof(k), (bundle / fold["oof"]).read_text())
         out.test_probs(k).unlink(missing_ok=True)  # a re-run in the same session predicts afresh
     # The Kernel's own test listing, as the folds stage writes it (a re-run by Kaggle sees the hidden test set).
@@ -91,17 +94,22 @@ def stage_bundle(bundle: Path, manifest: dict) -> Config:
 
 
 def predict_test(cfg: Config, device: torch.device) -> None:
-    """Each fold's test probabilities with TTA (predict's own functions; OOF comes from the bundle)."""
+    """Each fold's test probabilities with TTA (predict's own functions; OOF comes from the bundle); a seed bag's
+    fold: the mean of its members' probabilities, as predict averages them."""
     from pipeline.inference.fold_model import load_fold_model, predict_table
+    from pipeline.inference.predictions import mean_of_members
 
     out = paths.for_config(cfg)
     test = read_csv(out.test_csv, "test listing")
     for fold in range(cfg.folds.n_folds):
-        model, data_config = load_fold_model(cfg, fold, device)
-        probs = predict_table(model, cfg, data_config, test, device, effective_views(cfg))
-        artifacts.write_csv(out.test_probs(fold), probs)
-        log.info("kernel: fold %d predicted %d test images on %s", fold, len(test), device)
-        del model
+        probs = []
+        for seed in members(cfg):
+            member = member_config(cfg, seed)
+            model, data_config = load_fold_model(member, fold, device, seed)
+            probs.append(predict_table(model, member, data_config, test, device, effective_views(cfg)))
+            del model
+        artifacts.write_csv(out.test_probs(fold), mean_of_members(probs, cfg.data.classes, f"fold {fold} test"))
+        log.info("kernel: fold %d predicted %d test images on %s (%d model(s))", fold, len(test), device, len(probs))
 
 
 def publish_submission(cfg: Config) -> Path:

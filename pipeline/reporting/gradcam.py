@@ -99,6 +99,7 @@ def explain_rows(
     """Per row of `rows` (pick_rows): the model-sized image and the maps for its true and predicted class,
     each from the fold model that did not train on it. Raises Unsupported, or UserError for missing weights."""
     from pipeline.core import paths
+    from pipeline.core.bag import bag_seeds, member_config
     from pipeline.core.errors import UserError
     from pipeline.data.augment import eval_transform, to_chw
     from pipeline.data.tables import load_image
@@ -108,8 +109,9 @@ def explain_rows(
     n = len(rows)
     images: list[np.ndarray | None] = [None] * n
     true_maps, pred_maps = np.zeros((n, 1, 1)), np.zeros((n, 1, 1))
+    seed = (bag_seeds(cfg) or [None])[0]  # a seed bag: its first member's model explains the fold
     for fold in sorted(set(int(f) for f in rows["fold"])):
-        model, dcfg = load_fold_model(cfg, fold, device)
+        model, dcfg = load_fold_model(member_config(cfg, seed), fold, device, seed)
         transform = eval_transform(dcfg)
         picked = [i for i in range(n) if int(rows["fold"].iloc[i]) == fold]
         batch = []

@@ -6,6 +6,8 @@ estimated hours of training, per-epoch validation, OOF and test prediction (fold
 against the limit, and warns when a scenario leaves less than 10 % of the limit spare (kernel start-up,
 package installs and weight loading take the rest). Writes nothing; report includes the same plan.
 
+A seed bag (train.seeds) counts folds x seeds models: each member's log.csv, and every model predicts.
+
 Scenarios: `inference kernel` (fold weights attached as a dataset, test prediction only: what a code
 competition runs) and `full kernel` (the whole chain inside the kernel).
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pipeline.core import paths
+from pipeline.core.bag import members
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
 from pipeline.core.run_config import config_of_run
@@ -91,8 +94,8 @@ def measure_throughput(cfg: Config) -> Throughput:
     """Median training images/s over every logged epoch; prediction speed from oof_by_view.json, else estimated."""
     out = paths.for_config(cfg)
     rates = []
-    for fold in range(cfg.folds.n_folds):
-        path = out.train_log(fold)
+    for fold, seed in [(k, seed) for k in range(cfg.folds.n_folds) for seed in members(cfg)]:  # a bag: each member
+        path = out.member(seed).train_log(fold)
         if path.exists():
             log_table = read_csv(path, "training log")
             if "train_images_per_s" in log_table.columns:
@@ -106,7 +109,7 @@ def measure_throughput(cfg: Config) -> Throughput:
     for fold in range(cfg.folds.n_folds):
         try:
             stamp = json.loads(out.oof_by_view_stamp(fold).read_text())
-            images += float(stamp["images"]) * len(stamp["views"])
+            images += float(stamp["images"]) * len(stamp["views"]) * len(members(cfg))  # a bag's stamp: every member
             seconds += float(stamp["seconds"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -141,7 +144,8 @@ def count_rows(cfg: Config, test_images: int | None) -> tuple[int, int, list[str
 def estimate(cfg: Config, rate: Throughput, n_train: int, n_test: int, slowdown: float = 1.0) -> pd.DataFrame:
     """Seconds per part for each scenario, summed over folds."""
     k, epochs, views = cfg.folds.n_folds, cfg.train.epochs, len(effective_views(cfg, list(AUTO_CANDIDATES)))
-    valid_rows = n_train / k
+    valid_rows, seeds = n_train / k, len(members(cfg))  # a seed bag: folds x seeds models, each trained and predicting
+    bag = f" x {seeds} seeds" if seeds > 1 else ""
     per_fold = {
         "train": epochs * (n_train - valid_rows) / rate.train_images_per_s,
         "validate": epochs * valid_rows / rate.predict_images_per_s,
@@ -149,12 +153,12 @@ def estimate(cfg: Config, rate: Throughput, n_train: int, n_test: int, slowdown:
         "predict_test": n_test * views / rate.predict_images_per_s,
     }
     scenarios = {
-        f"inference kernel ({k} folds x {views} views x {n_test} test images)": {"predict_test"},
-        f"full kernel (train {k} folds x {epochs} epochs, then predict)": set(PARTS),
+        f"inference kernel ({k} folds{bag} x {views} views x {n_test} test images)": {"predict_test"},
+        f"full kernel (train {k} folds{bag} x {epochs} epochs, then predict)": set(PARTS),
     }
     rows = []
     for name, parts in scenarios.items():
-        row = {"scenario": name, **{p: (k * per_fold[p] * slowdown if p in parts else 0.0) for p in PARTS}}
+        row = {"scenario": name, **{p: (k * seeds * per_fold[p] * slowdown if p in parts else 0.0) for p in PARTS}}
         row["total"] = sum(row[p] for p in PARTS)
         rows.append(row)
     return pd.DataFrame(rows)

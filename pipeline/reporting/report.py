@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from pipeline.core import artifacts, paths
+from pipeline.core.bag import bag_seeds
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
 from pipeline.core.run_config import config_of_run
@@ -113,9 +114,10 @@ def thumbnail(path: Path) -> np.ndarray | None:
 
 def curves_section(cfg: Config, out: paths.Paths, report: Report) -> str:
     logs = {}
+    first = out.member((bag_seeds(cfg) or [None])[0])  # a seed bag: its first member's curves
     for fold in range(cfg.folds.n_folds):
-        if out.train_log(fold).exists():
-            logs[fold] = pd.read_csv(out.train_log(fold))
+        if first.train_log(fold).exists():
+            logs[fold] = pd.read_csv(first.train_log(fold))
     if not logs:
         return _note("no fold<k>/log.csv yet: run `make train`")
     path = artifacts.save_figure(out.report_png("curves"), plots.learning_curves(logs, cfg.metric))

@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.core import paths
 from pipeline.core.artifacts import read_json
+from pipeline.core.bag import members
 from pipeline.core.cli import config_from_args
 from pipeline.core.config import config_paths, parse_override
 from pipeline.core.errors import UserError
@@ -53,14 +54,29 @@ def source_files(config: Path, overrides: list[str]) -> list[Path]:
     return finished_files(comp, [str(name) for name in named.values() if name], int(sample))
 
 
+def bag_seeds(config: Path, overrides: list[str]) -> list[int]:
+    """train.seeds of a seed bag (two or more seeds) from the experiment yaml and overrides, read without validating
+    (load_config refuses a bad list when a stage runs); [] without a bag."""
+    seeds: object = []
+    if config.exists() and config.stem != "competition":
+        seeds = ((yaml.safe_load(config.read_text()) or {}).get("train") or {}).get("seeds", seeds)
+    for text in overrides:
+        parts, parsed = parse_override(text)
+        if parts == ["train", "seeds"]:
+            seeds = parsed
+    return [int(seed) for seed in seeds] if isinstance(seeds, list) and len(seeds) >= 2 else []
+
+
+INFO = {"n_folds": lambda config, overrides: n_folds(config, overrides),
+        "seeds": lambda config, overrides: " ".join(map(str, bag_seeds(config, overrides))),
+        "sources": lambda config, overrides: " ".join(map(str, source_files(config, overrides)))}  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command == "info":
-        if args.what not in (["n_folds"], ["sources"]) or not args.config:
-            raise UserError("info: usage `python -m pipeline info --config FILE n_folds|sources`")
-        if args.what == ["sources"]:
-            print(" ".join(str(path) for path in source_files(Path(args.config), args.overrides)))
-            return
-        print(n_folds(Path(args.config), args.overrides))
+        if len(args.what) != 1 or args.what[0] not in INFO or not args.config:
+            raise UserError(f"info: usage `python -m pipeline info --config FILE {'|'.join(INFO)}`")
+        print(INFO[args.what[0]](Path(args.config), args.overrides))
         return
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
@@ -73,8 +89,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"submission: {out.submission}")
     started = float(os.environ.get("PIPELINE_MAKE_START", "0") or 0)
     if started:
-        weights = [out.weights(k) for k in range(cfg.folds.n_folds)]
-        retrained = [k for k, w in enumerate(weights) if w.exists() and w.stat().st_mtime >= started]
+        weights = {k: [out.member(seed).weights(k) for seed in members(cfg)] for k in range(cfg.folds.n_folds)}
+        retrained = [
+            k for k, files in weights.items() if any(w.exists() and w.stat().st_mtime >= started for w in files)
+        ]
         if retrained:
             print(f"this run trained fold(s) {', '.join(map(str, retrained))}")
         else:

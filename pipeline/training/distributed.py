@@ -17,7 +17,6 @@ import datetime
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +24,6 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from pipeline.core.errors import UserError
-
-if TYPE_CHECKING:
-    from pipeline.core.config import Config
 
 
 @dataclass(frozen=True)
@@ -137,21 +133,27 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def run_folds(args: argparse.Namespace, work: Callable[[Config, int, torch.device, World], object]) -> None:
-    """A per-fold stage's entry point: config from the CLI, the process group when under torchrun, each fold."""
+def run_folds(args: argparse.Namespace, work: Callable[..., object], per_member: bool = False) -> None:
+    """A per-fold stage's entry point: config from the CLI, the process group when under torchrun, each fold. With
+    `per_member` (train), each member of a seed bag in turn, under its own lock: work(cfg, fold, device, world,
+    seed=s), so members of one fold train in parallel processes (make -j)."""
     from pipeline.core import paths
-    from pipeline.core.cli import config_from_args, folds_from_args
+    from pipeline.core.cli import config_from_args, folds_from_args, seeds_from_args
     from pipeline.core.locks import fold_lock
     from pipeline.training.model import resolve_device
 
     cfg = config_from_args(args)
     world, ddp_device = init_world(cfg.device)
     device = ddp_device or resolve_device(cfg.device)
+    out = paths.for_config(cfg)
     try:
         for fold in folds_from_args(args, cfg):
-            # one process per fold (under torchrun: rank 0 holds it for all ranks)
-            lock = fold_lock(paths.for_config(cfg).fold_lock(fold), fold, args.command) if world.is_main else None
-            with lock or contextlib.nullcontext():
-                work(cfg, fold, device, world)
+            seeds = seeds_from_args(args, cfg) if per_member else [None]
+            seeds = [None] if fold == paths.REFIT else seeds  # the refit: one model (pipeline.training.refit)
+            for seed in seeds:
+                # one process per fold or member (under torchrun: rank 0 holds it for all ranks)
+                lock = fold_lock(out.member(seed).fold_lock(fold), fold, args.command) if world.is_main else None
+                with lock or contextlib.nullcontext():
+                    work(cfg, fold, device, world, **({"seed": seed} if seed is not None else {}))
     finally:
         shutdown(world)

@@ -59,8 +59,11 @@ class Fold:
     sources: str = ""  # their sources' identities (data.sources.sources_stamp), kept beside the fingerprint
 
 
-def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: World = distributed.SINGLE) -> Fold:
-    out = paths.for_config(cfg)
+def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: World = distributed.SINGLE,
+                 seed: int | None = None) -> Fold:  # fmt: skip
+    """Fold `fold`'s data and model; `seed`: the seed bag member it is (cfg is then its member config), whose files
+    go to fold<k>/seed<s>/."""
+    out = paths.for_config(cfg).member(seed)
     table = read_folds(out)
     train_rows, valid_rows = table[table["fold"] != fold], table[table["fold"] == fold]
     if fold == paths.REFIT:  # the full-data refit: every row trains; fold 0's rows are scored in-sample only

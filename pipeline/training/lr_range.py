@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.core import artifacts, paths
+from pipeline.core.bag import first_member
 from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
 from pipeline.core.errors import UserError
 from pipeline.training import recipe
@@ -116,7 +117,9 @@ def plot(lrs: list[float], losses: list[float], suggestion: float) -> Figure:
 
 
 def find_lr(cfg: Config, device: torch.device, steps: int = STEPS) -> float:
-    """Run the range test; write lr_find.png, then lr_find.json; return the suggested LR."""
+    """Run the range test; write lr_find.png, then lr_find.json; return the suggested LR. A seed bag runs it once,
+    as its first member."""
+    cfg = first_member(cfg)
     out = paths.for_config(cfg)
     lrs, losses = range_test(cfg, device, steps)
     suggestion = suggest(lrs, losses)
@@ -128,7 +131,9 @@ def find_lr(cfg: Config, device: torch.device, steps: int = STEPS) -> float:
 
 
 def suggested_lr(cfg: Config, device: torch.device) -> float:
-    """lr_find.json's suggestion when it was made under this config, else a fresh range test's."""
+    """lr_find.json's suggestion when it was made under this config (a seed bag: its first member's), else a fresh
+    range test's."""
+    cfg = first_member(cfg)
     out = paths.for_config(cfg)
     if out.lr_find_json.exists():
         found = artifacts.read_json(out.lr_find_json)

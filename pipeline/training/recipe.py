@@ -390,12 +390,13 @@ def oof_selection(cfg: Config) -> dict[str, Any]:
     import pandas as pd
     from safetensors import safe_open
 
-    from pipeline.core import paths
+    from pipeline.core import bag, paths
 
     out, metric = paths.for_config(cfg), cfg.metric
     folds: list[dict[str, Any]] = []
-    for k in range(cfg.folds.n_folds):
-        weights, log_csv = out.weights(k), out.train_log(k)
+    members = [(k, seed) for k in range(cfg.folds.n_folds) for seed in bag.members(cfg)]  # a seed bag: each member
+    for k, seed in members:
+        weights, log_csv = out.member(seed).weights(k), out.member(seed).train_log(k)
         if not weights.exists() or not log_csv.exists():
             continue
         with safe_open(str(weights), framework="pt") as f:
@@ -405,7 +406,8 @@ def oof_selection(cfg: Config) -> dict[str, Any]:
         good = (history[columns] * goodness(metric, 1.0)).max(axis=1)  # the better of raw and EMA, larger = better
         saved = int(facts.get("epoch", len(history)))
         gain = float(good.iloc[saved - 1] - good.iloc[-1])
-        folds.append({"fold": k, "epoch": saved, "of": len(history), "weights": facts.get("weights", "raw"),
+        member = {"fold": k, **({"seed": seed} if seed is not None else {})}
+        folds.append({**member, "epoch": saved, "of": len(history), "weights": facts.get("weights", "raw"),
                       "gain": round(gain, 6), **({"swa": facts["swa"]} if "swa" in facts else {})})  # fmt: skip
     gains = [f["gain"] for f in folds]
     return {"keep": cfg.train.keep, "ema_chosen_on_fold": bool(cfg.train.ema),

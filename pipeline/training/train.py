@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from pipeline.core import artifacts, paths
+from pipeline.core.bag import bag_seeds, describe, member_config
 from pipeline.core.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import is_better, score
@@ -133,10 +134,12 @@ class FoldRun:
         return self.wrapped[frozen]
 
 
-def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: World) -> FoldRun:
+def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: World, seed: int | None = None,
+              lr_cfg: Config | None = None) -> FoldRun:  # fmt: skip
+    """`lr_cfg`: the config train.lr auto is resolved under (a seed bag's: one range test for every member)."""
     t = cfg.train
-    lr = resolve_lr(cfg, device)
-    f = prepare_fold(cfg, fold, device, fp, world)
+    lr = resolve_lr(lr_cfg or cfg, device)
+    f = prepare_fold(cfg, fold, device, fp, world, seed)
     optimizer = recipe.build_optimizer(f.model, t, lr)
     batches_per_epoch = math.ceil(len(f.sampler.order()) / t.batch_size)
     updates_per_epoch = math.ceil(batches_per_epoch / t.accumulate)
@@ -166,7 +169,8 @@ def resume(run: FoldRun) -> None:
         raise UserError(source_changed(ckpt, f.out.fold_dir(f.fold)))
     run.state.load_state_dict(saved)
     checkpoint.set_rng_state(saved["rng"])
-    log.info("fold %d: resuming from epoch %d step %d (%s)", f.fold, run.state.epoch, run.state.step, ckpt)
+    log.info("%s: resuming from epoch %d step %d (%s)", describe(f.fold, f.out.seed), run.state.epoch, run.state.step,
+             ckpt)  # fmt: skip
 
 
 def source_changed(path: Path, fold_dir: Path) -> str:
@@ -180,11 +184,18 @@ def stopped(run: FoldRun, reason: str | None, where: str) -> checkpoint.Stopped:
                               "re-run the same command to resume")  # fmt: skip
 
 
-def train_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE) -> Path:
-    """Train fold `fold` to completion (resuming if a checkpoint exists); return the weights path."""
+def train_fold(cfg: Config, fold: int, device: torch.device, world: World = distributed.SINGLE,
+               seed: int | None = None) -> Path:  # fmt: skip
+    """Train fold `fold` (seed bag member `seed`, in fold<k>/seed<s>/) to completion, resuming if a checkpoint exists;
+    return the weights path."""
+    experiment = cfg
     if fold == refit.REFIT:  # make refit: all rows, the folds' median best epoch (pipeline.training.refit)
         cfg = refit.refit_config(cfg)
-    out = paths.for_config(cfg)
+        if bag_seeds(experiment):
+            log.info("refit: seed bag %s: one full-data model, with the first seed (%d)", bag_seeds(experiment),
+                     cfg.train.seed)  # fmt: skip
+    cfg = member_config(cfg, seed)  # a member trains as if train.seed were its seed (pipeline.core.bag)
+    out = paths.for_config(cfg).member(seed)
     fp = fingerprint(cfg, TRAINING_SECTIONS)
     weights = out.weights(fold)
     if weights.exists():
@@ -192,16 +203,16 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
             raise UserError(source_changed(weights, out.fold_dir(fold)))
         if trained_fingerprint(weights) == fp:
             os.utime(weights)  # tell Make it is up to date with the config it was checked against
-            log.info("fold %d: already trained (%s), skipping", fold, weights)
+            log.info("%s: already trained (%s), skipping", describe(fold, seed), weights)
             return weights
         raise UserError(
             f"{weights} was trained under a different config; delete {out.fold_dir(fold)} to retrain, "
             "or save the changed config as a new experiment (configs/<comp>/<new>.yaml)"
         )
-    run = build_run(cfg, fold, device, fp, world)
+    run = build_run(cfg, fold, device, fp, world, seed, lr_cfg=experiment if seed is not None else None)
     resume(run)
-    if world.is_main and fold != refit.REFIT:  # config.yaml stays the experiment's, not the refit's
-        artifacts.write_text(out.resolved_config, dump_yaml(to_dict(cfg)))
+    if world.is_main and fold != refit.REFIT:  # config.yaml stays the experiment's, not the refit's or a member's
+        artifacts.write_text(out.resolved_config, dump_yaml(to_dict(experiment)))
     state, t = run.state, cfg.train
     with checkpoint.StopFlag(checkpoint.parse_budget(t.time_budget)) as stop:
         while state.epoch < t.epochs and not state.keeper.patience_ran_out(t.early_stopping):
@@ -217,7 +228,8 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
             facts["swa"] = swa
         finish_fold(run.f, state.keeper.probs, state.keeper.weights, facts)
         shutil.rmtree(run.checkpoint.parent, ignore_errors=True)
-        tracking.sync_fold(cfg, fold)  # log.csv + config -> the tracker (tracking: none does nothing)
+        if seed is None:  # a bag member's log stays in its folder (the trackers sync folds, not members)
+            tracking.sync_fold(cfg, fold)  # log.csv + config -> the tracker (tracking: none does nothing)
     distributed.barrier(world)
     return weights
 
@@ -404,4 +416,4 @@ def warn_if_starved(f: Fold, row: dict[str, Any], partial: dict[str, float]) -> 
 
 
 def run(args: argparse.Namespace) -> None:
-    distributed.run_folds(args, train_fold)
+    distributed.run_folds(args, train_fold, per_member=True)

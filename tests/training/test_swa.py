@@ -125,7 +125,13 @@ def test_swa_key_retrains_when_on_and_keeps_older_fingerprints(project: Path) ->
     write_competition_yaml(project, "csv")
     base = load_config(tiny_experiment(project, train={"epochs": 3}))
     values = {key: to_dict(base)[key] for key in TRAINING_SECTIONS}
-    for section, key in (*NOT_FINGERPRINTED, ("train", "swa"), ("train", "pseudo"), ("train", "soft_labels")):
+    for section, key in (
+        *NOT_FINGERPRINTED,
+        ("train", "swa"),
+        ("train", "pseudo"),
+        ("train", "soft_labels"),
+        ("train", "seeds"),
+    ):  # keys newer than those runs
         values[section].pop(key, None)
     older = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     assert fingerprint(base, TRAINING_SECTIONS) == older  # runs trained before the key existed stay valid
