@@ -1,0 +1,128 @@
+"""make kaggle-bundle BLEND=<name>: a whole blend in the Kaggle Kernel, on a real tiny competition.
+
+Two members with their own configs (image size, TTA views) are trained, predicted, ensembled and blended once per
+module. The blend's bundle is then run by the Kernel's own code (pipeline.kaggle.kernel_predict.run_blend) against
+simulated /kaggle/input and /kaggle/working folders: it must blend to the local blend's probabilities and write
+its submission. Refusals and kaggle-push run on copies or against tests/helpers/fake_kaggle.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import pipeline.inference.blend as blend_module
+from helpers.builders import tiny_experiment
+from helpers.fake_kaggle import FakeKaggle
+from pipeline.__main__ import main
+from pipeline.core import paths
+from test_bundle import in_project, pusher
+from test_chain import STAGES, write_competition_yaml
+
+pytest_plugins = ["helpers.kaggle_env"]
+if TYPE_CHECKING:
+    from helpers.kaggle_env import Pipeline  # noqa: F401
+
+COMP, USER = "toy", "fake-user"
+# Each member its own image size and views (and a high learning rate, so probabilities move away from uniform).
+# train.cache off: at home predict would read the resized-image cache, the Kernel decodes the raw images, and the
+# two resizes differ by up to ~1e-3 here (the single-experiment kernel too); this test is about the blend.
+MEMBERS = {"tiny": {"train": {"cache": False}},
+           "wide": {"train": {"image_size": 40, "lr": 0.05, "epochs": 2, "cache": False},
+                    "tta": {"views": ["identity"]}}}  # fmt: skip
+TOLERANCE = 1e-5  # the Kernel re-predicts every member: the same weights on the same images, within float noise
+FORCED = [0.7, 0.3]  # the `forced` blend's weights: a kernel that ignored them would blend 0.5/0.5
+BLENDS = {"forced": "fitted", "geo": "geometric"}
+
+
+def write_blend(root: Path, name: str, method: str) -> None:
+    (root / f"configs/{COMP}/blend.yaml").write_text(yaml.safe_dump({"name": name, "experiments": list(MEMBERS),
+                                                                     "method": method}))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two finished members, the blends `geo` (geometric) and `forced` (fitted, weights forced to FORCED so the
+    test can tell them from the mean), and the bundle of each."""
+    root = tmp_path_factory.mktemp("blend-bundled")
+    with in_project(root), pytest.MonkeyPatch.context() as mp:
+        write_competition_yaml(root, "csv")
+        for exp, sections in MEMBERS.items():
+            tiny_experiment(root, name=exp, **sections)
+            for stage in STAGES:
+                assert main([stage, "--config", f"configs/{COMP}/{exp}.yaml"]) == 0, (exp, stage)
+        real = blend_module.choose_blend
+
+        def forced(*args: object, **kwargs: object) -> tuple[dict, str, np.ndarray]:
+            result, _, _ = real(*args, **kwargs)
+            return {**result, "chosen": "fitted"}, "mean", np.array(FORCED)
+
+        for name, method in BLENDS.items():
+            write_blend(root, name, method)
+            mp.setattr(blend_module, "choose_blend", forced if name == "forced" else real)
+            assert main(["blend", "--comp", COMP]) == 0, name
+            assert main(["kaggle-bundle", "--comp", COMP, "--blend", name, "--user", USER]) == 0, name
+    return root
+
+
+def dataset_of(root: Path, name: str) -> Path:
+    return root / f"data/runs/{COMP}/blend/{name}/kaggle-bundle/dataset"
+
+
+def test_blend_bundle_holds_each_member_bundle_and_the_blends_weights(project: Path) -> None:
+    dataset = dataset_of(project, "forced")
+    manifest = json.loads((dataset / "bundle.json").read_text())
+    scores = json.loads((project / f"data/runs/{COMP}/blend/forced/scores.json").read_text())
+    assert manifest["kind"] == "blend" and [m["exp"] for m in manifest["members"]] == list(MEMBERS)
+    assert manifest["weights"] == scores["weights"] == dict(zip(MEMBERS, FORCED, strict=True))
+    assert manifest["combine"] == scores["combine"] == "mean"
+    for exp in MEMBERS:
+        member = json.loads((dataset / f"{exp}--bundle.json").read_text())
+        assert member["exp"] == exp and member["n_folds"] == 2  # the single-experiment manifest, unchanged
+        for fold in member["folds"]:
+            shipped = (dataset / f"{exp}--{fold['weights']}").read_bytes()
+            assert shipped == (project / f"data/runs/{COMP}/{exp}/fold{fold['fold']}/model.safetensors").read_bytes()
+        views = yaml.safe_load((dataset / f"{exp}--{exp}.yaml").read_text())["tta"]["views"]
+        assert views == MEMBERS[exp].get("tta", {}).get("views", ["identity", "hflip"])
+    assert len(list(dataset.glob("kaggle_pipeline-*.whl"))) == 1  # one set of wheels for every member
+    kernel = dataset.parent / "kernel"
+    meta = json.loads((kernel / "kernel-metadata.json").read_text())
+    assert meta["dataset_sources"] == [f"{USER}/toy-blend-forced-bundle"] and meta["competition_sources"] == [COMP]
+    assert '"bundle": "toy-blend-forced-bundle"' in (kernel / "kernel.py").read_text()
+
+
+@pytest.mark.parametrize("name", list(BLENDS))
+def test_the_kernels_blend_equals_the_local_blend(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from pipeline.kaggle.kernel_predict import run_blend
+
+    kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
+    (kaggle_input / "competitions").mkdir(parents=True)
+    working.mkdir(parents=True)
+    (kaggle_input / "competitions" / COMP).symlink_to(project / "data/raw" / COMP)
+    bundle = kaggle_input / f"toy-blend-{name}-bundle"
+    bundle.symlink_to(dataset_of(project, name))
+    kernel_root = tmp_path / "kernel-work"
+    monkeypatch.setenv("PIPELINE_ROOT", str(kernel_root))
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", kaggle_input)
+    monkeypatch.setattr(paths, "KAGGLE_WORKING", working)
+
+    assert run_blend(bundle) == 0
+    local = pd.read_csv(project / f"data/runs/{COMP}/blend/{name}/test.csv")
+    remote = pd.read_csv(kernel_root / f"data/runs/{COMP}/blend/{name}/test.csv")
+    assert list(remote["id"]) == list(local["id"])
+    np.testing.assert_allclose(remote.iloc[:, 1:].to_numpy(), local.iloc[:, 1:].to_numpy(), rtol=0, atol=TOLERANCE)
+    if name == "forced":  # the weights matter: the plain mean of the members is further away than the tolerance
+        members = [pd.read_csv(project / f"data/runs/{COMP}/{exp}/test.csv").iloc[:, 1:].to_numpy() for exp in MEMBERS]
+        assert np.abs(np.mean(members, axis=0) - local.iloc[:, 1:].to_numpy()).max() > 10 * TOLERANCE
+    assert sorted(p.name for p in working.iterdir()) == ["submission.csv"]
+    submitted = pd.read_csv(working / "submission.csv", dtype=str)
+    pd.testing.assert_frame_equal(submitted, pd.read_csv(project / f"submissions/{COMP}/{name}.csv", dtype=str))
