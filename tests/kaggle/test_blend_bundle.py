@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,16 +18,14 @@ import pytest
 import yaml
 
 import pipeline.inference.blend as blend_module
-from helpers.builders import tiny_experiment
+from helpers.builders import tiny_experiment, write_competition_config
 from helpers.fake_kaggle import FakeKaggle
+from helpers.kaggle_env import in_project, pusher
 from pipeline.__main__ import main
 from pipeline.core import paths
-from test_bundle import in_project, pusher
-from test_chain import STAGES, write_competition_yaml
 
 pytest_plugins = ["helpers.kaggle_env"]
-if TYPE_CHECKING:
-    from helpers.kaggle_env import Pipeline  # noqa: F401
+STAGES = ("folds", "train", "predict", "ensemble", "submission")
 
 COMP, USER = "toy", "fake-user"
 # Each member its own image size and views (and a high learning rate, so probabilities move away from uniform).
@@ -53,7 +50,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     test can tell them from the mean), and the bundle of each."""
     root = tmp_path_factory.mktemp("blend-bundled")
     with in_project(root), pytest.MonkeyPatch.context() as mp:
-        write_competition_yaml(root, "csv")
+        write_competition_config(root, "csv")
         for exp, sections in MEMBERS.items():
             tiny_experiment(root, name=exp, **sections)
             for stage in STAGES:
@@ -126,3 +123,77 @@ def test_the_kernels_blend_equals_the_local_blend(
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv"]
     submitted = pd.read_csv(working / "submission.csv", dtype=str)
     pd.testing.assert_frame_equal(submitted, pd.read_csv(project / f"submissions/{COMP}/{name}.csv", dtype=str))
+
+
+def _resolved(root: Path, exp: str, section: str, key: str, value: object) -> None:
+    """Change what the member's run records it was trained under (as a run trained with SET=... would)."""
+    path = root / f"data/runs/{COMP}/{exp}/config.yaml"
+    values = yaml.safe_load(path.read_text())
+    values.setdefault(section, {})[key] = value
+    path.write_text(yaml.safe_dump(values))
+
+
+def _touch_test(root: Path, exp: str, _section: str, _key: str, _value: object) -> None:
+    """The member's test.csv rewritten after the blend (as a re-run of predict + ensemble would)."""
+    path = root / f"data/runs/{COMP}/{exp}/test.csv"
+    frame = pd.read_csv(path)
+    frame.loc[0, frame.columns[1]] = float(frame.loc[0, frame.columns[1]]) + 1e-3
+    frame.to_csv(path, index=False)
+
+
+def _blend_yaml(root: Path, _exp: str, _section: str, _key: str, value: object) -> None:
+    write_blend(root, "forced", str(value))
+
+
+REFUSALS = {
+    # case: (blend name, how the copy is changed, words the error line must hold)
+    "no-blend": ("nope", None, ["blend/nope/scores.json not found", "make blend COMP=toy"]),
+    "member-changed": ("forced", (_touch_test, "wide", "", "", None), ["stale", "wide/test.csv changed", "make blend"]),
+    "blend-yaml-changed": ("forced", (_blend_yaml, "", "", "", "mean"), ["stale", "method 'mean'", "make blend"]),
+    "refit-member": ("forced", (_resolved, "wide", "ensemble", "refit", True),
+                     ["member wide has ensemble.refit", "ensemble.refit: false", "make blend"]),
+    "fingerprint": ("geo", (_resolved, "tiny", "train", "lr", 0.5),
+                    ["tiny/fold0/model.safetensors", "different config"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_blend_the_kernel_could_not_redo_is_refused(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str
+) -> None:
+    name, change, needles = REFUSALS[case]
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True)
+    if change:
+        change[0](copy, *change[1:])
+    with in_project(copy):
+        capsys.readouterr()
+        assert main(["kaggle-bundle", "--comp", COMP, "--blend", name, "--user", USER]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and all(n in err[-1] for n in needles), err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not list((copy / f"data/runs/{COMP}/blend").glob("*/.kaggle-bundle.building"))  # nothing half-built
+
+
+def test_push_and_submit_a_blend_bundle(project: Path, fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
+    fake_kaggle.add_competition(COMP, code_only=True, public_score="0.81000")
+    push = pusher(project, fake_kaggle, tmp_path)
+    dataset, kernel = f"{USER}/toy-blend-forced-bundle", f"{USER}/toy-blend-forced-inference"
+
+    pushed = push("kaggle-push", "--comp", COMP, "--blend", "forced")
+    assert pushed.returncode == 0, pushed.stderr
+    uploaded = fake_kaggle.datasets[dataset].versions[0]
+    assert {"bundle.json", "tiny--bundle.json", "wide--bundle.json", "wide--fold1.safetensors"} <= set(uploaded)
+    assert uploaded["bundle.json"] == (dataset_of(project, "forced") / "bundle.json").read_bytes()
+    (saved,) = fake_kaggle.kernels[kernel]
+    assert saved["datasetDataSources"] == [dataset] and saved["competitionDataSources"] == [COMP]
+    record = json.loads((project / f"data/runs/{COMP}/blend/forced/kaggle-push.json").read_text())
+    assert (record["dataset"], record["kernel"]) == (dataset, kernel)
+    assert "make kaggle-submit COMP=toy BLEND=forced" in pushed.stderr
+
+    submitted = push("kaggle-submit", "--comp", COMP, "--blend", "forced")
+    assert submitted.returncode == 0, submitted.stderr
+    (code,) = fake_kaggle.calls("CreateCodeSubmission")
+    assert (code.json()["kernelSlug"], code.json()["fileName"]) == ("toy-blend-forced-inference", "submission.csv")
+    assert code.json()["submissionDescription"].startswith("forced | CV ")
+    assert "scored 0.81000" in submitted.stdout

@@ -8,21 +8,19 @@ run wrote. kaggle-push runs the real kaggle client against tests/fake_kaggle.py.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 
 from helpers.builders import tiny_experiment
 from helpers.fake_kaggle import FakeKaggle
+from helpers.kaggle_env import in_project, pusher
 from pipeline.__main__ import main
 from pipeline.core import paths
 from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
@@ -31,26 +29,10 @@ from pipeline.kaggle.wheels import _wheel_tag, canonical
 from test_chain import STAGES, write_competition_yaml
 
 pytest_plugins = ["helpers.kaggle_env"]
-if TYPE_CHECKING:
-    from helpers.kaggle_env import Pipeline
 
 COMP, EXP, USER = "toy", "tiny", "fake-user"
 DATASET, KERNEL = f"{USER}/toy-tiny-bundle", f"{USER}/toy-tiny-inference"
 CONFIG = f"configs/{COMP}/{EXP}.yaml"
-
-
-@contextlib.contextmanager
-def in_project(root: Path) -> Iterator[None]:
-    """What tests/conftest.py's `project` fixture sets up, for a module-scoped project."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_ROOT", str(root))
-        for name, folder in (("INPUT", "no-kaggle-input"), ("WORKING", "no-kaggle-working")):
-            mp.setenv(f"KAGGLE_{name}_ROOT", str(root / folder))
-            mp.setattr(paths, f"KAGGLE_{name}", root / folder)
-        for name in ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-            mp.delenv(name, raising=False)
-        mp.chdir(root)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +175,6 @@ def test_bundle_installs_offline_and_its_kernel_writes_the_submission(
                             "iterstrat.__file__, six.__file__)"], cwd=tmp_path, env=clean_env(),
                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     assert all(path.startswith(str(venv)) for path in where), where
-
-
-def pusher(root: Path, fake: FakeKaggle, tmp_path: Path) -> Pipeline:
-    from helpers.kaggle_env import Pipeline, pipeline_env
-
-    runner = Pipeline(root, pipeline_env(root, fake))
-    runner.route_to(fake.url)
-    runner.env["TMPDIR"] = str(tmp_path)  # the client keeps resumable-upload notes under $TMPDIR/.kaggle
-    return runner
 
 
 def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
