@@ -197,3 +197,37 @@ def test_push_and_submit_a_blend_bundle(project: Path, fake_kaggle: FakeKaggle, 
     assert (code.json()["kernelSlug"], code.json()["fileName"]) == ("toy-blend-forced-inference", "submission.csv")
     assert code.json()["submissionDescription"].startswith("forced | CV ")
     assert "scored 0.81000" in submitted.stdout
+
+
+def test_plan_of_a_blend_sums_its_members_and_orders_drops_by_gain_per_second(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pipeline.core.config import load_config
+    from pipeline.core.metrics import goodness
+    from pipeline.inference.view_scores import compute_view_oof
+    from pipeline.reporting.planner import make_blend_plan, make_plan
+
+    scores = json.loads((project / f"data/runs/{COMP}/blend/forced/scores.json").read_text())
+    with in_project(project):
+        configs = {exp: load_config(f"configs/{COMP}/{exp}.yaml") for exp in MEMBERS}
+        before = make_blend_plan(COMP, "forced", limit_s=1e-3)  # a limit nothing fits in
+        compute_view_oof(configs["tiny"], ["identity", "hflip"])  # now tiny's views have measured OOF gains
+        plan = make_blend_plan(COMP, "forced", limit_s=1e-3)
+        singles = {exp: make_plan(cfg, 3600).table.iloc[0]["total"] for exp, cfg in configs.items()}
+        capsys.readouterr()
+        assert main(["plan", "--comp", COMP, "--blend", "forced", "--time-limit", "0.001s"]) == 0
+    printed = capsys.readouterr().out
+
+    assert {m.exp: m.seconds for m in plan.members} == pytest.approx(singles)  # each its own folds, views, speed
+    assert plan.total == pytest.approx(sum(singles.values())) and not plan.fits
+    assert [m.views for m in plan.members] == [["identity", "hflip"], ["identity"]]
+    unknown = [d.what for d in before.drops if d.gain is None]
+    assert unknown == ["view identity of tiny", "view hflip of tiny"] and before.drops[-1].gain is None
+    assert all(d.gain is not None for d in plan.drops) and len(plan.drops) == 4  # 2 experiments + tiny's 2 views
+    rates = [d.per_second for d in plan.drops]
+    assert rates == sorted(rates)  # least OOF gain per second first
+    wide = next(d for d in plan.drops if d.what == "experiment wide")  # without wide, the blend is tiny alone
+    metric = scores["metric"]
+    assert wide.gain == pytest.approx(goodness(metric, scores["cv"]) - goodness(metric, scores["experiments"]["tiny"]))
+    assert "DOES NOT FIT" in printed and "to fit, drop in this order" in printed
+    assert printed.index(f"1. {plan.drops[0].what}") < printed.index(f"4. {plan.drops[3].what}")
