@@ -7,7 +7,6 @@ Loaded with `pytest_plugins = ["helpers.kaggle_env"]` (tests/conftest.py belongs
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -107,22 +106,6 @@ def pipeline(tmp_path: Path, fake_kaggle: FakeKaggle) -> Pipeline:
     runner = Pipeline(tmp_path, pipeline_env(tmp_path, fake_kaggle))
     runner.route_to(fake_kaggle.url)
     return runner
-
-
-@contextlib.contextmanager
-def in_project(root: Path) -> Iterator[None]:
-    """What tests/conftest.py's `project` fixture sets up, for a module-scoped project."""
-    from pipeline.core import paths
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_ROOT", str(root))
-        for name, folder in (("INPUT", "no-kaggle-input"), ("WORKING", "no-kaggle-working")):
-            mp.setenv(f"KAGGLE_{name}_ROOT", str(root / folder))
-            mp.setattr(paths, f"KAGGLE_{name}", root / folder)
-        for name in ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-            mp.delenv(name, raising=False)
-        mp.chdir(root)
-        yield
 
 
 def pusher(root: Path, fake: FakeKaggle, tmp_path: Path) -> Pipeline:

@@ -18,9 +18,8 @@ import pytest
 import yaml
 
 import pipeline.inference.blend as blend_module
-from helpers.builders import tiny_experiment, write_competition_config
+from helpers.builders import in_project, tiny_experiment, write_competition_config
 from helpers.fake_kaggle import FakeKaggle
-from helpers.kaggle_env import in_project, pusher
 from pipeline.__main__ import main
 from pipeline.core import paths
 
@@ -177,6 +176,8 @@ def test_a_blend_the_kernel_could_not_redo_is_refused(
 
 def test_push_and_submit_a_blend_bundle(project: Path, fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
     fake_kaggle.add_competition(COMP, code_only=True, public_score="0.81000")
+    from helpers.kaggle_env import pusher
+
     push = pusher(project, fake_kaggle, tmp_path)
     dataset, kernel = f"{USER}/toy-blend-forced-bundle", f"{USER}/toy-blend-forced-inference"
 
@@ -231,3 +232,21 @@ def test_plan_of_a_blend_sums_its_members_and_orders_drops_by_gain_per_second(
     assert wide.gain == pytest.approx(goodness(metric, scores["cv"]) - goodness(metric, scores["experiments"]["tiny"]))
     assert "DOES NOT FIT" in printed and "to fit, drop in this order" in printed
     assert printed.index(f"1. {plan.drops[0].what}") < printed.index(f"4. {plan.drops[3].what}")
+
+
+def test_the_kernel_script_hands_a_blend_bundle_to_run_blend(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.kaggle import kernel as kernel_script
+    from pipeline.kaggle import kernel_predict
+
+    (tmp_path / "toy-blend-geo-bundle").symlink_to(dataset_of(project, "geo"))
+    monkeypatch.setattr(kernel_script, "INPUT", tmp_path)
+    monkeypatch.setattr(kernel_script, "SETTINGS", {"bundle": "toy-blend-geo-bundle"})
+    monkeypatch.setattr(kernel_script, "install", lambda bundle, manifest: None)  # the wheels: tested in test_bundle
+    monkeypatch.setenv("PIPELINE_ROOT", str(tmp_path / "kernel-work"))
+    called = []
+    monkeypatch.setattr(kernel_predict, "run_blend", lambda bundle: called.append(("blend", bundle)) or 0)
+    monkeypatch.setattr(kernel_predict, "run_bundle", lambda bundle: called.append(("single", bundle)) or 0)
+    assert kernel_script.main() == 0
+    assert called == [("blend", tmp_path / "toy-blend-geo-bundle")]

@@ -14,13 +14,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 
-from helpers.builders import tiny_experiment
+from helpers.builders import in_project, tiny_experiment
 from helpers.fake_kaggle import FakeKaggle
-from helpers.kaggle_env import in_project, pusher
 from pipeline.__main__ import main
 from pipeline.core import paths
 from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
@@ -29,6 +29,8 @@ from pipeline.kaggle.wheels import _wheel_tag, canonical
 from test_chain import STAGES, write_competition_yaml
 
 pytest_plugins = ["helpers.kaggle_env"]
+if TYPE_CHECKING:
+    from helpers.kaggle_env import Pipeline
 
 COMP, EXP, USER = "toy", "tiny", "fake-user"
 DATASET, KERNEL = f"{USER}/toy-tiny-bundle", f"{USER}/toy-tiny-inference"
@@ -175,6 +177,15 @@ def test_bundle_installs_offline_and_its_kernel_writes_the_submission(
                             "iterstrat.__file__, six.__file__)"], cwd=tmp_path, env=clean_env(),
                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     assert all(path.startswith(str(venv)) for path in where), where
+
+
+def pusher(root: Path, fake: FakeKaggle, tmp_path: Path) -> Pipeline:
+    from helpers.kaggle_env import Pipeline, pipeline_env
+
+    runner = Pipeline(root, pipeline_env(root, fake))
+    runner.route_to(fake.url)
+    runner.env["TMPDIR"] = str(tmp_path)  # the client keeps resumable-upload notes under $TMPDIR/.kaggle
+    return runner
 
 
 def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
