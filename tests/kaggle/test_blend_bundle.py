@@ -250,3 +250,18 @@ def test_the_kernel_script_hands_a_blend_bundle_to_run_blend(
     monkeypatch.setattr(kernel_predict, "run_bundle", lambda bundle: called.append(("single", bundle)) or 0)
     assert kernel_script.main() == 0
     assert called == [("blend", tmp_path / "toy-blend-geo-bundle")]
+
+
+def test_make_passes_blend_to_the_kaggle_targets_and_plan(tmp_path: Path) -> None:
+    import subprocess
+
+    from helpers.builders import REPO
+
+    for target in ("kaggle-bundle", "kaggle-push", "kaggle-submit", "plan"):
+        result = subprocess.run(["make", "-n", "-f", str(REPO / "Makefile"), target, "COMP=toy", "BLEND=duo"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert f"-m pipeline {target} --comp toy --blend duo" in result.stdout, result.stdout
+    single = subprocess.run(["make", "-n", "-f", str(REPO / "Makefile"), "kaggle-push", "CONFIG=configs/toy/a.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "-m pipeline kaggle-push --config configs/toy/a.yaml" in single.stdout and "--blend" not in single.stdout
