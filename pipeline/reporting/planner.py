@@ -319,6 +319,7 @@ def _blend_score(stack, weights, keep, combine: str, cfg: Config, targets) -> fl
 
 
 def experiment_drops(stack, weights, combine: str, cfg: Config, targets, costs: list[MemberCost]) -> list[Drop]:  # noqa: ANN001
+    """Each member: the blend's OOF score with it minus without it (the others' weights renormalised)."""
     from pipeline.core.metrics import goodness
 
     everyone = list(range(len(costs)))

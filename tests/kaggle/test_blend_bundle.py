@@ -128,7 +128,7 @@ def _resolved(root: Path, exp: str, section: str, key: str, value: object) -> No
     """Change what the member's run records it was trained under (as a run trained with SET=... would)."""
     path = root / f"data/runs/{COMP}/{exp}/config.yaml"
     values = yaml.safe_load(path.read_text())
-    values.setdefault(section, {})[key] = value
+    (values.setdefault(section, {}) if section else values)[key] = value
     path.write_text(yaml.safe_dump(values))
 
 
@@ -151,6 +151,8 @@ REFUSALS = {
     "blend-yaml-changed": ("forced", (_blend_yaml, "", "", "", "mean"), ["stale", "method 'mean'", "make blend"]),
     "refit-member": ("forced", (_resolved, "wide", "ensemble", "refit", True),
                      ["member wide has ensemble.refit", "ensemble.refit: false", "make blend"]),
+    "other-competition": ("forced", (_resolved, "wide", "", "metric", "log_loss"),
+                          ["members tiny and wide", "different competition settings (metric)"]),
     "fingerprint": ("geo", (_resolved, "tiny", "train", "lr", 0.5),
                     ["tiny/fold0/model.safetensors", "different config"]),
 }  # fmt: skip
