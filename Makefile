@@ -178,26 +178,31 @@ experiments: ## every experiment of COMP: CV, fold spread, leaderboard, differin
 doctor: ## versions, GPUs, Kaggle credentials, Kaggle Kernel or not, free disk
 	$(PY) -m pipeline doctor
 
-plan: ## will folds x TTA views x test images fit the Kaggle Kernel time limit (LIMIT=9h)?
-	$(PY) -m pipeline plan $(ARGS)$(PLAN_FLAGS)
+plan: ## will folds x TTA views x test images fit the Kaggle Kernel time limit (LIMIT=9h; BLEND=<name>: a whole blend)?
+	$(PY) -m pipeline plan $(if $(BLEND),--comp $(COMP) --blend $(BLEND),$(ARGS))$(PLAN_FLAGS)
 
 # Kaggle Kernel: KAGGLE_USER=<name> names the account that will own the dataset and kernel (default: credentials').
 # KAGGLE_ACCELERATOR=t4x2|l4|p100|none picks the kernel's GPU (default t4x2; none when the config's device is cpu).
-BUNDLE := $(RUN)/kaggle-bundle
+# BLEND=<name> (configs/<comp>/blend.yaml's name, COMP= or CONFIG= for the competition): the whole blend instead of
+# one experiment: every member's folds in one bundle, blended in the Kernel exactly as `make blend` did.
+BLEND ?=
+BUNDLE := $(if $(BLEND),data/runs/$(COMP)/blend/$(BLEND),$(RUN))/kaggle-bundle
+KAGGLE_ARGS := $(if $(BLEND),--comp $(COMP) --blend $(BLEND),$(ARGS))
+BUNDLE_NEEDS := $(if $(BLEND),,$(RUN)/scores.json)
 BUNDLE_FLAGS := $(if $(KAGGLE_USER), --user $(KAGGLE_USER))$(if $(KAGGLE_ACCELERATOR), --accelerator $(KAGGLE_ACCELERATOR))
 .PHONY: kaggle-bundle kaggle-push kaggle-submit
 
-kaggle-bundle: $(RUN)/scores.json ## data/runs/<comp>/<exp>/kaggle-bundle/: fold weights, config, wheels, offline inference kernel
-	$(PY) -m pipeline kaggle-bundle $(ARGS)$(BUNDLE_FLAGS)
+kaggle-bundle: $(BUNDLE_NEEDS) ## data/runs/<comp>/<exp>/kaggle-bundle/ (BLEND=<name>: a whole blend's): weights, config, wheels, offline kernel
+	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
 
-$(BUNDLE)/dataset/bundle.json: | $(RUN)/scores.json
-	$(PY) -m pipeline kaggle-bundle $(ARGS)$(BUNDLE_FLAGS)
+$(BUNDLE)/dataset/bundle.json: | $(BUNDLE_NEEDS)
+	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
 
 kaggle-push: $(BUNDLE)/dataset/bundle.json ## upload the bundle as a private Kaggle dataset (or a new version), push + run its kernel
-	$(PY) -m pipeline kaggle-push $(ARGS)
+	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)
 
 kaggle-submit: ## code competitions, after kaggle-push: wait for the kernel's run, submit its output, wait for the score
-	$(PY) -m pipeline kaggle-submit $(ARGS)$(WAIT_FLAG)
+	$(PY) -m pipeline kaggle-submit $(KAGGLE_ARGS)$(WAIT_FLAG)
 
 bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
 	$(PY) -m pipeline.benchmarks.recipe_bench

@@ -189,10 +189,13 @@ _SCORE_WAIT_FLAG = (
     "--wait",
     {"type": float, "default": None, "help": "seconds to wait for the score (default 1800; 0: no)"},
 )
+_BLEND_FLAG = ("--blend", {"default": None, "help": "a whole blend (configs/<comp>/blend.yaml's name) instead of "
+                                                    "one experiment; with --comp (Make: BLEND=<name>)"})  # fmt: skip
 _SWEEP_FLAG = ("--sweep", {"default": None, "help": "the sweep file (default: configs/<comp>/sweep.yaml)"})
 COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
     "train": [("--seed", {"type": int, "default": None, "help": "one member of a seed bag (train.seeds) only"})],
     "kaggle-bundle": [
+        _BLEND_FLAG,
         ("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: login)"}),
         (
             "--accelerator",
@@ -203,6 +206,7 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
         ),
     ],  # fmt: skip
     "kaggle-push": [
+        _BLEND_FLAG,
         ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to process the dataset"}),
         ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, CV, commit)"}),
     ],
@@ -210,11 +214,12 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
         _SCORE_WAIT_FLAG,
     ],
     "kaggle-submit": [
+        _BLEND_FLAG,
         _SCORE_WAIT_FLAG,
         ("--kernel-wait", {"type": float, "default": 10800.0, "help": "seconds to wait for the kernel's run"}),
         ("--message", {"default": None, "help": "the submission's description (default: experiment, CV, commit)"}),
     ],
-    "plan": _PLAN_FLAGS,
+    "plan": [*_PLAN_FLAGS, _BLEND_FLAG],
     "sweep": [_SWEEP_FLAG],
     "sweep-best": [_SWEEP_FLAG],
     "pseudo": [

@@ -7,6 +7,7 @@
                                      averaged oof.csv, test.csv and predict.json)
     submissions/<comp>/<exp>.csv
     data/runs/<comp>/<exp>/kaggle-bundle/{dataset,kernel}/   what kaggle-bundle builds and kaggle-push uploads
+    data/runs/<comp>/blend/<name>/kaggle-bundle/{dataset,kernel}/   the same for a whole blend (BLEND=<name>)
 
 Inside a Kaggle Kernel the competition's files are read where Kaggle mounts them (today
 /kaggle/input/competitions/<comp>, formerly /kaggle/input/<comp>: see `mounted_competition`) and everything
@@ -264,6 +265,14 @@ class Paths:
         """A blend of several experiments: data/runs/<comp>/blend/<name>/."""
         return project_root() / "data" / "runs" / self.comp / "blend" / name
 
+    def blend_scores(self, name: str) -> Path:
+        """make blend's scores.json: what it chose (`chosen`, `combine`, `weights`) and the members' file digests."""
+        return self.blend_dir(name) / "scores.json"
+
+    def blend_test(self, name: str) -> Path:
+        """The blend's test probabilities (id + one column per class)."""
+        return self.blend_dir(name) / "test.csv"
+
     # sweeps (pipeline.tuning.sweep): data/runs/<comp>/sweeps/<name>/
     def sweep_dir(self, name: str) -> Path:
         return self.runs / "sweeps" / name
@@ -315,6 +324,39 @@ class Paths:
     def kaggle_pushed(self) -> Path:
         """What kaggle-push last uploaded (dataset ref, file digests): outside the bundle, so a rebuild keeps it."""
         return self.run / "kaggle-push.json"
+
+
+@dataclass(frozen=True)
+class BundlePlace:
+    """Where one Kaggle bundle lives (an experiment's or a blend's): what kaggle-bundle builds, kaggle-push uploads
+    and records, and kaggle-submit reads."""
+
+    folder: Path  # .../kaggle-bundle/
+    pushed: Path  # kaggle-push.json, beside the bundle so a rebuild keeps it
+    kernel_output: Path  # a failed kernel run's log (kaggle-submit)
+
+    @property
+    def dataset(self) -> Path:
+        return self.folder / "dataset"
+
+    @property
+    def manifest(self) -> Path:
+        return self.dataset / "bundle.json"
+
+    @property
+    def kernel(self) -> Path:
+        return self.folder / "kernel"
+
+
+def bundle_place(out: Paths) -> BundlePlace:
+    """An experiment's bundle: data/runs/<comp>/<exp>/kaggle-bundle/ (the Paths.kaggle_* properties)."""
+    return BundlePlace(out.kaggle_bundle, out.kaggle_pushed, out.run / "kaggle-kernel-output")
+
+
+def blend_bundle_place(comp: str, name: str) -> BundlePlace:
+    """A whole blend's bundle: data/runs/<comp>/blend/<name>/kaggle-bundle/ (make kaggle-bundle BLEND=<name>)."""
+    run = Paths(comp).blend_dir(name)
+    return BundlePlace(run / "kaggle-bundle", run / "kaggle-push.json", run / "kaggle-kernel-output")
 
 
 def mlflow_dir() -> Path:

@@ -38,3 +38,13 @@ def config_of_run(args: argparse.Namespace) -> Config:
     if to_dict(trained) != to_dict(cfg):
         log.info("using the config the run was trained under (%s), not %s as it reads now", resolved, args.config)
     return trained
+
+
+def config_of_member(comp: str, exp: str, command: str) -> Config:
+    """A blend member's config as `config_of_run` takes it for `--config configs/<comp>/<exp>.yaml` (no SET)."""
+    from pipeline.core.errors import UserError
+
+    config = paths.configs_dir(comp) / f"{exp}.yaml"
+    if not config.is_file():
+        raise UserError(f"{config} not found, but the blend lists {exp}; restore it or re-run `make blend COMP={comp}`")
+    return config_of_run(argparse.Namespace(config=str(config), overrides=[], command=command))

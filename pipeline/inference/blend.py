@@ -10,7 +10,10 @@ data/runs/<comp>/blend/<name>/oof.csv, test.csv and scores.json (last), then sub
 Fitted and greedy weights are scored honestly: for every fold they are fitted on the other folds' OOF rows and
 scored on the held-out fold (nested CV). The guard then never loses to a member: it keeps the fit only when its
 nested CV beats both the plain mean and the best single experiment, else the mean when that beats the best
-single, else the best single experiment alone. scores.json's `chosen` and `reason` say which and why.
+single, else the best single experiment alone. scores.json's `chosen` and `reason` say which and why; `weights`
+(full precision), `combine` and `members` say exactly how to redo it, and `member_files` (digests of each member's
+oof.csv/test.csv) tell whether it is still current. The blending itself is pipeline.inference.blending, which a Kaggle
+Kernel running the blend's bundle (make kaggle-bundle BLEND=<name>) calls too.
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ import numpy as np
 import pandas as pd
 import yaml
 from scipy.optimize import minimize
-from scipy.stats import rankdata
 
 from pipeline.core import artifacts, paths
 from pipeline.core.config import Config, ConfigError, load_config
 from pipeline.core.errors import UserError
-from pipeline.core.metrics import goodness, higher_is_better, is_better, score, submission_top_k
+from pipeline.core.metrics import goodness, higher_is_better, is_better, score
 from pipeline.data.sources import file_digest
 from pipeline.data.tables import encode_targets, read_csv
-from pipeline.inference.predictions import format_submission
+from pipeline.inference import blending
+from pipeline.inference.blending import combine
+from pipeline.inference.blending import normalise as _normalise
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +67,6 @@ def load_blend_config(path: Path) -> BlendConfig:
     if not isinstance(cfg.experiments, list) or len(cfg.experiments) < 2:
         raise ConfigError(f"{path}: experiments must list at least two experiment names")
     return cfg
-
-
-def combine(stack: np.ndarray, weights: np.ndarray, method: str) -> np.ndarray:
-    """Blend (experiments, rows, classes) probabilities with `weights` (summing to 1)."""
-    w = weights[:, None, None]
-    if method == "geometric":
-        blended = np.exp((w * np.log(np.clip(stack, 1e-7, 1.0))).sum(axis=0))
-    elif method == "rank":
-        ranks = np.stack([np.apply_along_axis(rankdata, 0, s) / len(s) for s in stack])
-        blended = (w * ranks).sum(axis=0)
-    else:
-        blended = (w * stack).sum(axis=0)
-    return blended
-
-
-def _normalise(blended: np.ndarray, task: str) -> np.ndarray:
-    if task == "multi_label":
-        return np.clip(blended, 0.0, 1.0)
-    return blended / np.clip(blended.sum(axis=1, keepdims=True), 1e-12, None)
 
 
 def fit_weights(stack: np.ndarray, targets: np.ndarray, metric: str, task: str) -> np.ndarray:
@@ -239,24 +224,26 @@ def run(args: argparse.Namespace) -> None:
         if experiments[-1].fold_ids != experiments[0].fold_ids:
             raise UserError(f"{name} and {experiments[0].name} were trained on different folds; they cannot be blended")
     stack = np.stack([e.oof for e in experiments])
-    test_stack = np.stack([e.test for e in experiments])
     result, method, weights = choose_blend(blend, experiments, stack, targets, folds["fold"].to_numpy(), cfg)
     best, mean_cv = result["best_single"], result["mean_cv"]
-    oof_blend = _normalise(combine(stack, weights, method), cfg.data.task)
-    test_blend = _normalise(combine(test_stack, weights, method), cfg.data.task)
-    result.update(weights=dict(zip(blend.experiments, weights.round(6).tolist(), strict=True)),
+    oof_blend = blending.apply(stack, weights, method, cfg.data.task)
+    tests = [read_csv(paths.Paths(comp, name).test_blend, "test probabilities") for name in blend.experiments]
+    test_frame = blending.blend_tables(tests, blend.experiments, weights, method, cfg)  # what a Kernel bundle redoes
+    # weights at full precision and the combine method: a Kaggle Kernel bundle (kaggle-bundle --blend) blends with
+    # exactly these; member_files: the digests that tell whether this scores.json still describes the members
+    result.update(weights=dict(zip(blend.experiments, weights.tolist(), strict=True)), members=blend.experiments,
+                  combine=method, member_files=blending.member_files(comp, blend.experiments),
                   cv=score(cfg.metric, targets, oof_blend), sample=0,
                   folds_digest=file_digest(out.folds_csv))  # fmt: skip
     run_dir = out.blend_dir(blend.name)
     oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)
     oof_frame.insert(0, "id", folds["id"].to_numpy())
-    test_frame = pd.DataFrame(test_blend, columns=cfg.data.classes)
-    test_frame.insert(0, "id", test_ids)
-    artifacts.write_csv(run_dir / "oof.csv", oof_frame)
-    artifacts.write_csv(run_dir / "test.csv", test_frame)
-    artifacts.write_json(run_dir / "scores.json", result)
     submission = paths.Paths(comp, blend.name).submission
-    artifacts.write_csv(submission, format_submission(test_frame, cfg.data, top_k=submission_top_k(cfg.metric)))
+    formatted = blending.submission_frame(cfg, test_frame, submission)
+    artifacts.write_csv(run_dir / "oof.csv", oof_frame)
+    artifacts.write_csv(out.blend_test(blend.name), test_frame)
+    artifacts.write_json(out.blend_scores(blend.name), result)
+    artifacts.write_csv(submission, formatted)
     honest = f", nested {result['nested_cv']:.4f}" if "nested_cv" in result else ""
     print(f"blend {blend.name}: {result['chosen']}: CV {cfg.metric} {result['cv']:.4f}{honest} (mean "
           f"{mean_cv:.4f}, best single {best['experiment']} {best['cv']:.4f}); weights {result['weights']} "

@@ -53,7 +53,7 @@ from pipeline.core.config import (
     to_dict,
 )
 from pipeline.core.errors import UserError
-from pipeline.core.run_config import config_of_run
+from pipeline.core.run_config import config_of_member, config_of_run
 from pipeline.inference.tta_auto import effective_views
 from pipeline.kaggle import wheels
 from pipeline.kaggle.bundle_format import MANIFEST_FORMAT, fold_entry, fold_weight_files
@@ -295,8 +295,10 @@ def choose_accelerator(cfg: Config, explicit: str | None, configured: str = "") 
     return choice
 
 
-def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str = DEFAULT_ACCELERATOR) -> None:
-    settings = {"bundle": names.dataset.split("/", 1)[1], "comp": cfg.comp, "exp": cfg.exp}
+def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str = DEFAULT_ACCELERATOR,
+                 label: str | None = None) -> None:  # fmt: skip
+    """kernel.py and kernel-metadata.json; `label`: what the kernel predicts (the experiment, or a blend's name)."""
+    settings = {"bundle": names.dataset.split("/", 1)[1], "comp": cfg.comp, "exp": label or cfg.exp}
     (folder / "kernel.py").write_text(kernel_script(settings))
     metadata = {
         "id": names.kernel,
@@ -347,9 +349,136 @@ def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR)
 
 
 def run(args: argparse.Namespace) -> None:
+    if getattr(args, "blend", None):
+        from pipeline.core.cli import comp_from_args
+
+        build_blend_bundle(comp_from_args(args), args.blend, kaggle_user(args.user), getattr(args, "accelerator", None))
+        return
     cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
     configured = config_from_args(
         args
     ).kaggle.accelerator  # not a training setting: the experiment yaml as it reads now
     accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None), configured)
     build_bundle(cfg, kaggle_user(args.user), accelerator)
+
+
+# A whole blend (make kaggle-bundle BLEND=<name>): every member's own bundle files, side by side in one flat dataset
+# under the prefix `<exp>--` (each member's bundle.json as <exp>--bundle.json, unchanged), one set of wheels, and a
+# top-level bundle.json of kind "blend": the members, the weights and the combine method of the blend's scores.json.
+BLEND_KIND = "blend"
+MEMBER_SEPARATOR = "--"
+RUNTIME_FILES = ("requirements.txt", "dataset-metadata.json")  # per member: replaced by the blend's one set
+
+
+def blend_scores(comp: str, name: str) -> dict[str, Any]:
+    """The blend's scores.json, checked current against blend.yaml and its members' files (one `error:` line)."""
+    from pipeline.inference.blending import check_current
+
+    path = paths.Paths(comp).blend_scores(name)
+    if not path.is_file():
+        raise UserError(f"{path} not found; run `make blend COMP={comp}` with `name: {name}` in "
+                        f"{paths.configs_dir(comp) / 'blend.yaml'} first")  # fmt: skip
+    scores = artifacts.read_json(path)
+    check_current(comp, name, scores, paths.configs_dir(comp) / "blend.yaml")
+    return scores
+
+
+def check_members(comp: str, name: str, members: list[str]) -> list[Config]:
+    """Every member bundles as a single experiment would, and all share one competition and test listing."""
+    from pipeline.data.tables import read_csv
+
+    configs, first_competition, first_ids = [], None, None
+    for exp in members:
+        cfg = config_of_member(comp, exp, "kaggle-bundle")
+        where = f"kaggle-bundle BLEND={name}"
+        if cfg.ensemble.refit:
+            raise UserError(f"{where}: member {exp} has ensemble.refit: true, and the bundle ships folds only; set "
+                            f"ensemble.refit: false in configs/{comp}/{exp}.yaml, then `make ensemble "
+                            f"CONFIG=configs/{comp}/{exp}.yaml` and `make blend COMP={comp}`")  # fmt: skip
+        check_run(cfg)
+        competition = resolved_config(cfg)[0]
+        ids = list(read_csv(paths.for_config(cfg).test_blend, "test probabilities")["id"])
+        if first_competition is not None and competition != first_competition:
+            differ = ", ".join(sorted(k for k in competition if competition[k] != first_competition[k]))
+            raise UserError(f"{where}: members {members[0]} and {exp} were trained under different competition "
+                            f"settings ({differ}); retrain one under the other's")  # fmt: skip
+        if first_ids is not None and ids != first_ids:
+            raise UserError(f"{where}: {exp} predicted other test ids than {members[0]}; re-run predict and "
+                            f"ensemble on the same test listing, then `make blend COMP={comp}`")  # fmt: skip
+        configs.append(cfg)
+        first_competition, first_ids = first_competition or competition, first_ids or ids
+    return configs
+
+
+def add_member(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, str]:
+    """The member's own bundle (build_dataset) moved into `folder` under its prefix; its entry in the blend manifest."""
+    prefix = f"{cfg.exp}{MEMBER_SEPARATOR}"
+    with tempfile.TemporaryDirectory(prefix="bundle-member-", dir=folder.parent) as tmp:
+        member = Path(tmp)
+        manifest = build_dataset(cfg, names, member)
+        (member / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        for path in sorted(member.iterdir()):
+            if path.suffix != ".whl" and path.name not in RUNTIME_FILES:
+                os.replace(path, folder / f"{prefix}{path.name}")
+    entry = {"exp": cfg.exp, "prefix": prefix, "manifest": f"{prefix}bundle.json"}
+    return {**entry, "fingerprint": manifest["fingerprint"]}
+
+
+def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dict[str, Any], names: KaggleNames,
+                        folder: Path) -> dict[str, Any]:  # fmt: skip
+    """Fill `folder` with every member's files and one set of wheels; returns the blend manifest (written last)."""
+    from pipeline.core.provenance import git_commit
+
+    members = [add_member(cfg, names, folder) for cfg in configs]
+    requirements = wheels.runtime_requirements()
+    (folder / "requirements.txt").write_text(
+        "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n"
+        + "".join(f"{line}\n" for line in requirements)
+    )
+    package = wheels.build_package_wheel(folder)
+    extras = [wheels.bundle_wheel(dist, folder).name for dist in wheels.bundled_distributions(requirements)]
+    (folder / "dataset-metadata.json").write_text(json.dumps({
+        "title": names.dataset_title, "id": names.dataset, "licenses": [{"name": LICENSE}],
+        "description": f"The `{name}` blend of {', '.join(scores['members'])} for the `{comp}` competition "
+                       f"({scores['chosen']}, CV {scores.get('metric')} = {scores.get('cv')}): every member's fold "
+                       f"weights and config, for the offline inference kernel {names.kernel}.",
+    }, indent=2) + "\n")  # fmt: skip
+    return {
+        "format": MANIFEST_FORMAT, "kind": BLEND_KIND, "comp": comp, "exp": name, "blend": name,
+        "members": members, "weights": scores["weights"], "combine": scores["combine"], "chosen": scores["chosen"],
+        "method": scores.get("method"), "dataset": names.dataset, "kernel": names.kernel,
+        "package": {"name": wheels.DISTRIBUTION, "version": package.name.split("-")[1], "wheel": package.name},
+        "wheels": extras, "requirements": "requirements.txt", "metric": scores.get("metric"), "cv": scores.get("cv"),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+    }  # fmt: skip
+
+
+def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: str | None = None) -> Path:
+    """Build data/runs/<comp>/blend/<name>/kaggle-bundle/ in a hidden folder, then rename it into place."""
+    from pipeline.core.artifacts import publish
+
+    scores = blend_scores(comp, name)
+    configs = check_members(comp, name, list(scores["members"]))
+    accelerator = choose_accelerator(configs[0], explicit_accelerator, configs[0].kaggle.accelerator)
+    place = paths.blend_bundle_place(comp, name)
+    names = kaggle_names(comp, f"blend-{name}", user)
+    staging = place.folder.with_name(f".{place.folder.name}.building")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build
+    try:
+        (staging / "dataset").mkdir(parents=True)
+        (staging / "kernel").mkdir()
+        manifest = build_blend_dataset(comp, name, configs, scores, names, staging / "dataset")
+        build_kernel(configs[0], names, staging / "kernel", accelerator, label=name)
+        (staging / "dataset" / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest: last
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise artifacts.write_error(staging / "dataset" / "bundle.json", exc) from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish(staging, place.folder)
+    size = sum(p.stat().st_size for p in place.dataset.iterdir()) / 1e6
+    log.info("kaggle-bundle: %s (%.1f MB: blend %s of %s, %s weights %s) -> dataset %s, kernel %s", place.folder, size,
+             name, ", ".join(scores["members"]), scores["combine"], scores["weights"], names.dataset,
+             names.kernel)  # fmt: skip
+    return place.folder

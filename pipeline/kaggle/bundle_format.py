@@ -3,6 +3,8 @@ and reading a built bundle's manifests (kaggle-push, kaggle-submit)."""
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import artifacts, paths
@@ -30,12 +32,40 @@ def fold_entry(fold: int, seeds: list[int]) -> dict[str, Any]:
     return {"fold": fold, "members": members, "oof": f"fold{fold}.oof.csv"}
 
 
-def read_bundle(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(bundle.json, kernel-metadata.json) of the experiment's bundle; UserError when there is none."""
-    out = paths.for_config(cfg)
-    if not out.kaggle_manifest.is_file():
-        raise UserError(f"{out.kaggle_manifest} not found; run `make kaggle-bundle CONFIG=...` first")
-    return artifacts.read_json(out.kaggle_manifest), artifacts.read_json(out.kaggle_kernel / "kernel-metadata.json")
+@dataclass(frozen=True)
+class BundleTarget:
+    """What kaggle-push and kaggle-submit work on: an experiment's bundle or a whole blend's."""
+
+    comp: str
+    name: str  # the experiment, or the blend
+    place: paths.BundlePlace
+    make_args: str  # how the user names it to Make: CONFIG=... or COMP=... BLEND=...
+
+
+def experiment_target(cfg: Config) -> BundleTarget:
+    return BundleTarget(cfg.comp, cfg.exp, paths.bundle_place(paths.for_config(cfg)),
+                        f"CONFIG=configs/{cfg.comp}/{cfg.exp}.yaml")  # fmt: skip
+
+
+def blend_target(comp: str, name: str) -> BundleTarget:
+    return BundleTarget(comp, name, paths.blend_bundle_place(comp, name), f"COMP={comp} BLEND={name}")
+
+
+def target_from_args(args: argparse.Namespace) -> BundleTarget:
+    """--blend NAME (with --comp or --config for the competition), else --config's experiment."""
+    from pipeline.core.cli import comp_from_args, config_from_args
+
+    if getattr(args, "blend", None):
+        return blend_target(comp_from_args(args), args.blend)
+    return experiment_target(config_from_args(args))
+
+
+def read_bundle(target: BundleTarget) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(bundle.json, kernel-metadata.json) of the bundle; UserError when there is none."""
+    place = target.place
+    if not place.manifest.is_file():
+        raise UserError(f"{place.manifest} not found; run `make kaggle-bundle {target.make_args}` first")
+    return artifacts.read_json(place.manifest), artifacts.read_json(place.kernel / "kernel-metadata.json")
 
 
 def version_notes(manifest: dict[str, Any]) -> str:

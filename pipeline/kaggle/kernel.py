@@ -4,7 +4,7 @@ It runs inside a Kaggle Kernel with internet off: it finds this experiment's bun
 (/kaggle/input/<bundle slug>, or deeper where Kaggle mounts it deeper), installs the pipeline from the bundle's
 wheels with `pip --no-index` (nothing is downloaded; torch, timm, ... are the image's own), then hands over to
 pipeline.kaggle.kernel_predict, which predicts the test images with every fold's weights, blends the folds and writes
-/kaggle/working/submission.csv.
+/kaggle/working/submission.csv (a blend bundle: every member so, then the blend of the members).
 
 Standalone on purpose: nothing of the pipeline can be imported before it is installed. pipeline.kaggle.bundle
 copies this file and fills in SETTINGS; run locally, KAGGLE_INPUT_ROOT / KAGGLE_WORKING_ROOT / PIPELINE_ROOT move
@@ -80,14 +80,15 @@ def main() -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     bundle = find_bundle(SETTINGS["bundle"])
     manifest = json.loads((bundle / MANIFEST).read_text())
-    print(f"bundle {manifest['dataset']} ({manifest['comp']}/{manifest['exp']}, {manifest['n_folds']} folds) "
-          f"at {bundle}", flush=True)  # fmt: skip
+    blend = manifest.get("kind") == "blend"  # a whole blend: every member's bundle under its prefix
+    what = f"blend of {len(manifest['members'])} experiments" if blend else f"{manifest['n_folds']} folds"
+    print(f"bundle {manifest['dataset']} ({manifest['comp']}/{manifest['exp']}, {what}) at {bundle}", flush=True)
     install(bundle, manifest)
     import pipeline
-    from pipeline.kaggle.kernel_predict import run_bundle
+    from pipeline.kaggle.kernel_predict import run_blend, run_bundle
 
     print(f"pipeline {manifest['package']['version']} from {Path(pipeline.__file__).parent}", flush=True)
-    return run_bundle(bundle)
+    return run_blend(bundle) if blend else run_bundle(bundle)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ the OOF predictions. Then:
     fold<k>/test.csv   every fold's test probabilities with the config's TTA (the OOF rows are not re-predicted)
     ensemble, submission   the pipeline's own stages: blend, thresholds fitted on the bundled OOF, format, validate
     /kaggle/working/submission.csv   a copy of submissions/<comp>/<exp>.csv, written last
+
+A blend bundle (bundle.json of kind "blend": make kaggle-bundle BLEND=<name>) holds every member's own bundle under
+the prefix `<exp>--`: `run_blend` stages and predicts each member exactly as above (its own config: image size,
+views), ensembles each, then blends their test.csv with the weights and combine method `make blend` chose, through
+pipeline.inference.blending (the function `make blend` itself calls), into data/runs/<comp>/blend/<name>/test.csv
+and submissions/<comp>/<name>.csv, copied to /kaggle/working/submission.csv last.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,4 +153,89 @@ def run_bundle(bundle: Path) -> int:
     scores = artifacts.read_json(paths.for_config(cfg).scores)
     log.info("kernel: wrote %s (%d rows; bundled CV %s = %.4f)", target, sum(1 for _ in target.open()) - 1,
              scores["metric"], scores["cv"])  # fmt: skip
+    return 0
+
+
+def read_blend_manifest(bundle: Path) -> dict:
+    """A blend bundle's bundle.json; UserError when it is not one or lacks a member's manifest."""
+    manifest = artifacts.read_json(bundle / "bundle.json")
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("kind") != "blend":
+        raise UserError(f"{bundle / 'bundle.json'}: not a blend bundle of format {MANIFEST_FORMAT}; rebuild it with "
+                        "this pipeline version (make kaggle-bundle BLEND=...)")  # fmt: skip
+    missing = [m["manifest"] for m in manifest["members"] if not (bundle / m["manifest"]).is_file()]
+    if missing:
+        raise UserError(f"bundle {bundle} lacks {missing}; rebuild and re-upload it (make kaggle-bundle kaggle-push)")
+    return manifest
+
+
+def member_view(bundle: Path, member: dict, root: Path) -> Path:
+    """A folder showing one member's files under their own names (links to `<prefix><name>`): its own bundle."""
+    view = root / member["exp"]
+    view.mkdir(parents=True, exist_ok=True)
+    for path in bundle.iterdir():
+        if path.name.startswith(member["prefix"]):
+            _link(path, view / path.name.removeprefix(member["prefix"]))
+    return view
+
+
+def stage_members(bundle: Path, manifest: dict, device_of: Any) -> list[tuple[Config, str]]:  # noqa: ANN401
+    """Stage and predict every member as a single-experiment bundle; [(config, its experiment yaml)]."""
+    staged = []
+    with tempfile.TemporaryDirectory(prefix="blend-members-") as tmp:
+        for member in manifest["members"]:
+            view = member_view(bundle, member, Path(tmp))
+            member_manifest = read_manifest(view)
+            cfg = stage_bundle(view, member_manifest)  # links the weights to the bundle's own files, not the view
+            staged.append((cfg, str(paths.configs_dir(cfg.comp) / member_manifest["config"]["experiment"])))
+            predict_test(cfg, device_of(cfg.device))
+    return staged
+
+
+def blend_members(manifest: dict, configs: list[Config]) -> Path:
+    """Blend the members' test.csv exactly as `make blend` did (pipeline.inference.blending); the submission path."""
+    import numpy as np
+
+    from pipeline.inference import blending
+    from pipeline.inference.predictions import read_probs
+
+    cfg, names = configs[0], [m["exp"] for m in manifest["members"]]
+    tests = [read_probs(paths.for_config(c).test_blend, c.data.classes) for c in configs]
+    weights = np.array([float(manifest["weights"][name]) for name in names])
+    frame = blending.blend_tables(tests, names, weights, manifest["combine"], cfg)
+    submission = paths.Paths(cfg.comp, manifest["blend"]).submission
+    formatted = blending.submission_frame(cfg, frame, submission)
+    artifacts.write_csv(paths.Paths(cfg.comp).blend_test(manifest["blend"]), frame)
+    artifacts.write_csv(submission, formatted)
+    return submission
+
+
+def run_blend(bundle: Path) -> int:
+    """A blend bundle's Kernel work under the CLI's contract: 0, or 2 after one `error:` line."""
+    from pipeline.training.model import resolve_device
+
+    debug = cli.debugging([])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    staged: dict[str, Any] = {"members": []}
+
+    def prepare() -> None:
+        staged["manifest"] = read_blend_manifest(bundle)
+        staged["members"] = stage_members(bundle, staged["manifest"], resolve_device)
+
+    code = cli.run_task(prepare, debug)
+    for _, config in staged["members"]:
+        code = code or cli.main(["ensemble", "--config", config])
+
+    def blend() -> None:
+        staged["submission"] = blend_members(staged["manifest"], [cfg for cfg, _ in staged["members"]])
+
+    code = code or cli.run_task(blend, debug)
+    if code:
+        return code
+    target = paths.KAGGLE_WORKING / "submission.csv"
+    with artifacts.atomic_path(target) as tmp:
+        shutil.copyfile(staged["submission"], tmp)
+    manifest = staged["manifest"]
+    log.info("kernel: wrote %s (%d rows; blend %s of %s, %s weights %s; bundled CV %s = %.4f)", target,
+             sum(1 for _ in target.open()) - 1, manifest["blend"], ", ".join(m["exp"] for m in manifest["members"]),
+             manifest["combine"], manifest["weights"], manifest["metric"], manifest["cv"])  # fmt: skip
     return 0

@@ -1,6 +1,7 @@
 """kaggle-push: upload the bundle as a private Kaggle dataset (a new version when it exists), then push its kernel.
 
-Reads data/runs/<comp>/<exp>/kaggle-bundle/ (make kaggle-bundle) and talks to Kaggle through the official client
+Reads data/runs/<comp>/<exp>/kaggle-bundle/ (make kaggle-bundle; a blend's: data/runs/<comp>/blend/<name>/..., with
+--blend NAME, Make: BLEND=<name>) and talks to Kaggle through the official client
 (pipeline.kaggle.client: credentials checked first, every failure one `error:` line). Writes
 data/runs/<comp>/<exp>/kaggle-push.json once the upload is accepted: the dataset ref and the SHA-256 of every file
 it uploaded, so a re-run with an unchanged bundle skips the upload and only pushes the kernel.
@@ -21,11 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import artifacts, paths
-from pipeline.core.cli import config_from_args
-from pipeline.core.config import Config
+from pipeline.core import artifacts
 from pipeline.core.errors import UserError
-from pipeline.kaggle.bundle_format import read_bundle, version_notes  # noqa: F401 - used here and by kaggle-submit
+from pipeline.kaggle.bundle_format import BundleTarget, read_bundle, target_from_args, version_notes
 from pipeline.kaggle.wait import poll_seconds
 
 log = logging.getLogger(__name__)
@@ -46,28 +45,28 @@ def digests(folder: Path) -> dict[str, str]:
     return found
 
 
-def upload_dataset(kaggle: Any, cfg: Config, manifest: dict[str, Any], notes: str) -> int:  # noqa: ANN401 - Kaggle
+def upload_dataset(kaggle: Any, target: BundleTarget, manifest: dict[str, Any], notes: str) -> int:  # noqa: ANN401
     """Create the dataset, or add a version to it; skipped when Kaggle already has exactly these files.
 
     Returns the version number the kernel must see: the new one, or the current one when nothing was uploaded."""
-    out = paths.for_config(cfg)
+    place = target.place
     ref = manifest["dataset"]
-    files = digests(out.kaggle_dataset)
+    files = digests(place.dataset)
     status = kaggle.dataset_status(ref)
     current = kaggle.dataset_version(ref)[1] if status is not None else 0
-    previous = artifacts.read_json(out.kaggle_pushed) if out.kaggle_pushed.is_file() else {}
+    previous = artifacts.read_json(place.pushed) if place.pushed.is_file() else {}
     if status is not None and previous.get("dataset") == ref and previous.get("files") == files:
         log.info("kaggle-push: dataset %s already holds these %d files; not uploading them again", ref, len(files))
         return int(previous.get("version") or current)
-    size = sum((out.kaggle_dataset / name).stat().st_size for name in files) / 1e6
+    size = sum((place.dataset / name).stat().st_size for name in files) / 1e6
     log.info("kaggle-push: uploading %d files (%.1f MB) to %s dataset %s", len(files), size,
              "a new" if status is None else "a new version of", ref)  # fmt: skip
     if status is None:
-        url = kaggle.create_dataset(ref, out.kaggle_dataset)
+        url = kaggle.create_dataset(ref, place.dataset)
     else:
-        url = kaggle.create_dataset_version(ref, out.kaggle_dataset, notes)
+        url = kaggle.create_dataset_version(ref, place.dataset, notes)
     version = current + 1
-    artifacts.write_json(out.kaggle_pushed, {"dataset": ref, "url": url, "notes": notes, "files": files,
+    artifacts.write_json(place.pushed, {"dataset": ref, "url": url, "notes": notes, "files": files,
                                              "version": version})  # fmt: skip
     log.info("kaggle-push: dataset %s version %d accepted (%s)", ref, version, url)
     return version
@@ -99,32 +98,32 @@ def wait_until_ready(kaggle: Any, ref: str, seconds: float, record: Path, versio
         time.sleep(poll_seconds())
 
 
-def push(cfg: Config, wait: float, message: str | None = None) -> None:
+def push(target: BundleTarget, wait: float, message: str | None = None) -> None:
     from pipeline.kaggle.client import Kaggle  # imports the client: only when Kaggle is really called
 
-    manifest, kernel = read_bundle(cfg)
+    manifest, kernel = read_bundle(target)
     kaggle = Kaggle()
     owner = manifest["dataset"].split("/", 1)[0]
     user = kaggle.credentials.username
     if user and user.lower() != owner.lower():
         raise UserError(f"the bundle belongs to Kaggle user '{owner}' but the credentials are '{user}'s; rebuild it: "
-                        f"make kaggle-bundle CONFIG=... KAGGLE_USER={user}")  # fmt: skip
-    out = paths.for_config(cfg)
-    dataset_version = upload_dataset(kaggle, cfg, manifest, message or version_notes(manifest))
-    wait_until_ready(kaggle, manifest["dataset"], wait, out.kaggle_pushed, dataset_version)
-    answer = kaggle.push_kernel(kernel["id"], out.kaggle_kernel)
+                        f"make kaggle-bundle {target.make_args} KAGGLE_USER={user}")  # fmt: skip
+    place = target.place
+    dataset_version = upload_dataset(kaggle, target, manifest, message or version_notes(manifest))
+    wait_until_ready(kaggle, manifest["dataset"], wait, place.pushed, dataset_version)
+    answer = kaggle.push_kernel(kernel["id"], place.kernel)
     version = getattr(answer, "version_number", None)
     url = getattr(answer, "url", None) or f"https://www.kaggle.com/code/{kernel['id']}"
-    record = artifacts.read_json(out.kaggle_pushed) if out.kaggle_pushed.is_file() else {}
-    artifacts.write_json(out.kaggle_pushed, {**record, "kernel": kernel["id"], "kernel_version": version})
+    record = artifacts.read_json(place.pushed) if place.pushed.is_file() else {}
+    artifacts.write_json(place.pushed, {**record, "kernel": kernel["id"], "kernel_version": version})
     log.info("kaggle-push: kernel %s version %s pushed and running: %s", kernel["id"], version or "?", url)
-    log.info("kaggle-push: next, `make kaggle-submit CONFIG=%s` waits for that run and submits its submission.csv "
-             "(or: kaggle competitions submit %s -k %s -f submission.csv -v %s -m '%s')", f"configs/{cfg.comp}/"
-             f"{cfg.exp}.yaml", cfg.comp, kernel["id"], version or "<version>", version_notes(manifest))  # fmt: skip
+    log.info("kaggle-push: next, `make kaggle-submit %s` waits for that run and submits its submission.csv "
+             "(or: kaggle competitions submit %s -k %s -f submission.csv -v %s -m '%s')", target.make_args,
+             target.comp, kernel["id"], version or "<version>", version_notes(manifest))  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = config_from_args(args)
+    target = target_from_args(args)  # --blend NAME: the whole blend's bundle (make kaggle-bundle BLEND=...)
     if args.wait < 0:
         raise UserError(f"--wait {args.wait}: must be 0 or more seconds")
-    push(cfg, args.wait, args.message)
+    push(target, args.wait, args.message)

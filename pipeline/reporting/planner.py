@@ -7,6 +7,11 @@ against the limit, and warns when a scenario leaves less than 10 % of the limit 
 package installs and weight loading take the rest). Writes nothing; report includes the same plan.
 
 A seed bag (train.seeds) counts folds x seeds models: each member's log.csv, and every model predicts.
+A blend (--blend NAME, Make: BLEND=<name>): the inference kernel of `make kaggle-bundle BLEND=` predicts every
+member with its own folds, views, image size and measured throughput; the plan is their sum, and when it does not
+fit it lists what to drop (whole experiments, single views), ordered by the blend's OOF gain per second saved:
+an experiment's gain is the blend's OOF score with it minus without it (the other weights renormalised), a view's
+from the member's per-view OOF (oof_by_view.csv; unknown, and said so, where it was not measured).
 
 Scenarios: `inference kernel` (fold weights attached as a dataset, test prediction only: what a code
 competition runs) and `full kernel` (the whole chain inside the kernel).
@@ -223,8 +228,204 @@ def plan_from_args(args: argparse.Namespace, cfg: Config) -> Plan:
 
 
 def run(args: argparse.Namespace) -> None:
+    if getattr(args, "blend", None):  # make plan BLEND=<name>: the whole blend's inference kernel
+        from pipeline.core.cli import comp_from_args
+
+        limit = parse_duration(getattr(args, "time_limit", None) or DEFAULT_LIMIT)
+        plan = make_blend_plan(comp_from_args(args), args.blend, limit, getattr(args, "test_images", None),
+                               getattr(args, "slowdown", None) or 1.0)  # fmt: skip
+        print(format_blend_plan(plan))
+        if not plan.fits:
+            log.warning("warning: blend %s needs ~%s, more than the %s usable; drop what the plan lists first",
+                        plan.name, format_hours(plan.total), format_hours(plan.budget))  # fmt: skip
+        return
     cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
     plan = plan_from_args(args, cfg)
     print(format_plan(plan))
     for warning in plan.warnings:
         log.warning("%s", warning)
+
+
+# A whole blend (make plan BLEND=<name>): the inference kernel predicts every member with its own folds, views and
+# image size (its own measured throughput), so the blend's time is the sum; when that does not fit, what to drop.
+@dataclass
+class MemberCost:
+    exp: str
+    folds: int
+    views: list[str]
+    image_size: int
+    weight: float
+    seconds: float  # test prediction: folds x views x test images at the member's own throughput
+    measured: bool  # prediction speed measured (oof_by_view.json), not estimated from training
+
+
+@dataclass
+class Drop:
+    exp: str
+    view: str | None  # None: the whole experiment
+    seconds: float  # saved by dropping it
+    gain: float | None  # the blend's OOF score with it minus without (positive = it helps); None: unknown
+    note: str = ""
+
+    @property
+    def what(self) -> str:
+        return f"experiment {self.exp}" if self.view is None else f"view {self.view} of {self.exp}"
+
+    @property
+    def per_second(self) -> float | None:
+        return None if self.gain is None else self.gain / max(self.seconds, 1e-9)
+
+
+@dataclass
+class BlendPlan:
+    name: str
+    metric: str
+    members: list[MemberCost]
+    limit_s: float
+    drops: list[Drop]  # least OOF gain per second first, unknown gains last
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(m.seconds for m in self.members)
+
+    @property
+    def budget(self) -> float:
+        return self.limit_s * (1 - MARGIN)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget
+
+
+def member_cost(cfg: Config, weight: float, test_images: int | None, slowdown: float) -> tuple[MemberCost, list[str]]:
+    """One member's inference-kernel time: `estimate`'s inference scenario for its own config and throughput."""
+    rate = measure_throughput(cfg)
+    n_train, n_test, notes = count_rows(cfg, test_images)
+    inference = estimate(cfg, rate, n_train, n_test, slowdown).iloc[0]
+    views = effective_views(cfg, list(AUTO_CANDIDATES))
+    cost = MemberCost(cfg.exp, cfg.folds.n_folds, views, cfg.train.image_size, weight, float(inference["total"]),
+                      rate.predict_measured)  # fmt: skip
+    return cost, notes
+
+
+def _blend_score(stack, weights, keep, combine: str, cfg: Config, targets) -> float:  # noqa: ANN001 - arrays
+    """The blend's OOF score over the members in `keep`, their weights renormalised (equal when they sum to 0)."""
+    import numpy as np
+
+    from pipeline.core.metrics import score
+    from pipeline.inference import blending
+
+    w = np.asarray(weights, dtype=float)[keep]
+    w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
+    return score(cfg.metric, targets, blending.apply(stack[keep], w, combine, cfg.data.task))
+
+
+def experiment_drops(stack, weights, combine: str, cfg: Config, targets, costs: list[MemberCost]) -> list[Drop]:  # noqa: ANN001
+    """Each member: the blend's OOF score with it minus without it (the others' weights renormalised)."""
+    from pipeline.core.metrics import goodness
+
+    everyone = list(range(len(costs)))
+    base = goodness(cfg.metric, _blend_score(stack, weights, everyone, combine, cfg, targets))
+    drops = []
+    for i, cost in enumerate(costs):
+        rest = [j for j in everyone if j != i]
+        without = goodness(cfg.metric, _blend_score(stack, weights, rest, combine, cfg, targets))
+        drops.append(Drop(cost.exp, None, cost.seconds, base - without,
+                          f"weight {cost.weight:.3f}; the others' weights renormalised"))  # fmt: skip
+    return drops
+
+
+def view_drops(stack, weights, combine: str, configs: list[Config], targets, costs: list[MemberCost],
+               folds: pd.DataFrame) -> list[Drop]:  # noqa: ANN001 # fmt: skip
+    """Each view of a member with several: the blend's OOF gain from the member's per-view OOF, where it exists."""
+    import numpy as np
+
+    from pipeline.core.metrics import goodness
+    from pipeline.inference.view_scores import read_view_oof
+
+    drops, everyone = [], list(range(len(costs)))
+    for i, (cfg, cost) in enumerate(zip(configs, costs, strict=True)):
+        if len(cost.views) < 2:
+            continue
+        by_view = read_view_oof(cfg, folds)
+        known = by_view is not None and set(cost.views) <= set(by_view)
+        for view in cost.views:
+            saved = cost.seconds / len(cost.views)
+            if not known:
+                measure = f"make report CONFIG=configs/{cfg.comp}/{cfg.exp}.yaml TTA=1 measures it"
+                drops.append(Drop(cost.exp, view, saved, None, f"gain unknown: no per-view OOF ({measure})"))
+                continue
+            trial = stack.copy()
+            trial[i] = np.mean([by_view[v] for v in cost.views], axis=0)
+            base = goodness(cfg.metric, _blend_score(trial, weights, everyone, combine, cfg, targets))
+            trial[i] = np.mean([by_view[v] for v in cost.views if v != view], axis=0)
+            without = goodness(cfg.metric, _blend_score(trial, weights, everyone, combine, cfg, targets))
+            drops.append(Drop(cost.exp, view, saved, base - without, "from its per-view OOF"))
+    return drops
+
+
+def order_drops(drops: list[Drop]) -> list[Drop]:
+    """Least OOF gain per second first (the cheapest loss for the time saved); unknown gains after the known."""
+    known = sorted((d for d in drops if d.gain is not None), key=lambda d: d.per_second)
+    return known + [d for d in drops if d.gain is None]
+
+
+def make_blend_plan(comp: str, name: str, limit_s: float, test_images: int | None = None,
+                    slowdown: float = 1.0) -> BlendPlan:  # fmt: skip
+    """The blend's inference-kernel time (the sum over its members) and the drops ordered by OOF gain per second."""
+    from pipeline.core.run_config import config_of_member
+    from pipeline.data.tables import encode_targets
+    from pipeline.inference import blending
+
+    if slowdown <= 0:
+        raise UserError(f"--slowdown {slowdown}: must be more than zero (2 = the kernel is twice as slow)")
+    scores_path = paths.Paths(comp).blend_scores(name)
+    if not scores_path.is_file():
+        raise UserError(f"{scores_path} not found; run `make blend COMP={comp}` first")
+    scores = json.loads(scores_path.read_text())
+    blending.check_current(comp, name, scores, paths.configs_dir(comp) / "blend.yaml")
+    members = list(scores["members"])
+    configs = [config_of_member(comp, exp, "plan") for exp in members]
+    costs, notes = [], []
+    for cfg in configs:
+        cost, member_notes = member_cost(cfg, float(scores["weights"][cfg.exp]), test_images, slowdown)
+        costs.append(cost)
+        notes += [n for n in member_notes if n not in notes]
+    cfg = configs[0]
+    folds = read_csv(paths.for_config(cfg).folds_csv, "folds table")
+    targets = encode_targets(folds["label"], cfg.data)
+    stack = blending.read_members_oof(comp, members, cfg.data.classes, list(folds["id"]))
+    weights = [float(scores["weights"][exp]) for exp in members]
+    drops = experiment_drops(stack, weights, scores["combine"], cfg, targets, costs)
+    drops += view_drops(stack, weights, scores["combine"], configs, targets, costs, folds)
+    if slowdown != 1.0:
+        notes.append(f"every time x{slowdown:g} (--slowdown)")
+    return BlendPlan(name, cfg.metric, costs, limit_s, order_drops(drops), notes)
+
+
+def format_blend_plan(plan: BlendPlan) -> str:
+    lines = [f"time plan of blend {plan.name} against a {format_hours(plan.limit_s)} kernel limit "
+             f"({100 * MARGIN:.0f}% kept spare):"]  # fmt: skip
+    for m in plan.members:
+        how = "measured" if m.measured else "estimated"
+        lines.append(f"  {m.exp}: {m.folds} folds x {len(m.views)} views ({'+'.join(m.views)}) at {m.image_size} px, "
+                     f"weight {m.weight:.3f}: {format_hours(m.seconds)} ({how} speed)")  # fmt: skip
+    verdict = "fits" if plan.fits else "DOES NOT FIT"
+    lines.append(f"  blend inference kernel (sum of the members): {format_hours(plan.total)} -> {verdict}")
+    if not plan.fits:
+        lines.append(f"  to fit, drop in this order (least {plan.metric} OOF gain per second first):")
+        remaining, fitted = {m.exp: m.seconds for m in plan.members}, False
+        for k, drop in enumerate(plan.drops, 1):
+            gain = "gain unknown" if drop.gain is None else f"OOF gain {drop.gain:+.5f} ({drop.per_second:+.2e}/s)"
+            lines.append(f"    {k}. {drop.what}: saves {format_hours(drop.seconds)}, {gain}; {drop.note}")
+            saved = remaining[drop.exp] if drop.view is None else min(drop.seconds, remaining[drop.exp])
+            remaining[drop.exp] -= saved
+            total = sum(remaining.values())
+            if not fitted and total <= plan.budget:
+                lines.append(f"    -> with drops 1..{k} the blend needs ~{format_hours(max(total, 0))}: it fits")
+                fitted = True
+        if not fitted:
+            lines.append("    -> even dropping all of these does not fit: smaller images or a faster model")
+    lines += [f"  note: {note}" for note in plan.notes]
+    return "\n".join(lines)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,19 @@ def write_source_run(project: Path, name: str = "src", comp: str = "toy", seed: 
     record = {"cv": 0.5, "sample": 0, "folds_digest": digest, **scores}
     (run / "scores.json").write_text(json.dumps({k: v for k, v in record.items() if v is not None}))
     return frames[0], frames[1]
+
+
+@contextlib.contextmanager
+def in_project(root: Path) -> Iterator[None]:
+    """What tests/conftest.py's `project` fixture sets up, for a module-scoped project (no Kaggle around)."""
+    from pipeline.core import paths
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIPELINE_ROOT", str(root))
+        for name, folder in (("INPUT", "no-kaggle-input"), ("WORKING", "no-kaggle-working")):
+            mp.setenv(f"KAGGLE_{name}_ROOT", str(root / folder))
+            mp.setattr(paths, f"KAGGLE_{name}", root / folder)
+        for name in ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+            mp.delenv(name, raising=False)
+        mp.chdir(root)
+        yield

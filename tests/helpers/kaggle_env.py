@@ -106,3 +106,11 @@ def pipeline(tmp_path: Path, fake_kaggle: FakeKaggle) -> Pipeline:
     runner = Pipeline(tmp_path, pipeline_env(tmp_path, fake_kaggle))
     runner.route_to(fake_kaggle.url)
     return runner
+
+
+def pusher(root: Path, fake: FakeKaggle, tmp_path: Path) -> Pipeline:
+    """The CLI in `root` against `fake`, as kaggle-push and kaggle-submit run there."""
+    runner = Pipeline(root, pipeline_env(root, fake))
+    runner.route_to(fake.url)
+    runner.env["TMPDIR"] = str(tmp_path)  # the client keeps resumable-upload notes under $TMPDIR/.kaggle
+    return runner

@@ -8,20 +8,18 @@ run wrote. kaggle-push runs the real kaggle client against tests/fake_kaggle.py.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 
-from helpers.builders import tiny_experiment
+from helpers.builders import in_project, tiny_experiment
 from helpers.fake_kaggle import FakeKaggle
 from pipeline.__main__ import main
 from pipeline.core import paths
@@ -37,20 +35,6 @@ if TYPE_CHECKING:
 COMP, EXP, USER = "toy", "tiny", "fake-user"
 DATASET, KERNEL = f"{USER}/toy-tiny-bundle", f"{USER}/toy-tiny-inference"
 CONFIG = f"configs/{COMP}/{EXP}.yaml"
-
-
-@contextlib.contextmanager
-def in_project(root: Path) -> Iterator[None]:
-    """What tests/conftest.py's `project` fixture sets up, for a module-scoped project."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PIPELINE_ROOT", str(root))
-        for name, folder in (("INPUT", "no-kaggle-input"), ("WORKING", "no-kaggle-working")):
-            mp.setenv(f"KAGGLE_{name}_ROOT", str(root / folder))
-            mp.setattr(paths, f"KAGGLE_{name}", root / folder)
-        for name in ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-            mp.delenv(name, raising=False)
-        mp.chdir(root)
-        yield
 
 
 @pytest.fixture(scope="module")

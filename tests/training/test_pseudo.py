@@ -137,8 +137,13 @@ def test_settings_are_fingerprinted_the_source_identity_follows_it_and_keys_off_
     write_source_run(toy)
     base = load_config(tiny_experiment(toy, name="student"))
     values = {key: to_dict(base)[key] for key in TRAINING_SECTIONS}
-    for section, key in (*NOT_FINGERPRINTED, ("train", "swa"), ("train", "pseudo"), ("train", "soft_labels"),
-                         ("train", "seeds")):
+    for section, key in (
+        *NOT_FINGERPRINTED,
+        ("train", "swa"),
+        ("train", "pseudo"),
+        ("train", "soft_labels"),
+        ("train", "seeds"),
+    ):
         values[section].pop(key, None)  # what the fingerprint hashed before these keys existed
     older = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     assert fingerprint(base, TRAINING_SECTIONS) == older  # runs trained before the keys existed stay valid
