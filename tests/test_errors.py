@@ -744,8 +744,6 @@ CASES.update({
                                                                                       "'src'")),
     "pseudo source recorded another SAMPLE": Case("train", source_case(sample=10), ("SAMPLE=10", "SAMPLE=0")),
     "pseudo source is the experiment itself": Case("train", source_case(name="tiny"), ("'tiny'", "itself")),
-    "distillation source ensembled with refit": Case("train", source_case("soft_labels", refit={"weight": 0.3}),
-                                                     ("train.soft_labels.from", "ensemble.refit")),
     "distillation source from a partial ensemble": Case("train", source_case("soft_labels", partial=True),
                                                         ("train.soft_labels.from", "ensemble every fold")),
     "pseudo on multi-label data": Case("train", source_case(), ("train.pseudo", "multi-label"),

@@ -75,6 +75,19 @@ class ImageCache:
         return self.array[self.rows[image]]
 
 
+class ResizeOnRead:
+    """What a cache would hold, computed per read: `reader[path]` decodes the image and resizes it exactly as
+    build_cache does. Prediction uses it when train.cache is on but no current cache exists (a Kaggle Kernel, a
+    deleted cache), so the pixels a model sees never depend on whether the cache was built."""
+
+    def __init__(self, root: Path, side: int, interpolation: str) -> None:
+        self.root, self.side, self.interpolation = root, side, interpolation
+
+    def __getitem__(self, image: str) -> np.ndarray:
+        pixels = resize_square(load_image(self.root / image), self.side, self.interpolation)
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+
+
 def cache_folder(processed: Path, image_size: int) -> Path:
     return processed / "cache" / f"{cache_side(image_size)}px"
 
@@ -152,22 +165,26 @@ def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
     check_model_name(cfg.model.name)
-    size = cfg.train.image_size or timm.models.get_pretrained_cfg(cfg.model.name).input_size[-1]
-    cache = ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size)
+    pretrained = timm.models.get_pretrained_cfg(cfg.model.name)
+    size = cfg.train.image_size or pretrained.input_size[-1]
+    interpolation = pretrained.interpolation or "bilinear"  # what training's data config resolves to
+    cache = ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size, interpolation)
     log.info("cache: %d images at %d px ready", len(cache.rows), cache.side)
 
 
-def cache_for(cfg, data_cfg: dict, build: bool = True) -> ImageCache | None:  # noqa: ANN001 - Config
+def cache_for(cfg, data_cfg: dict, build: bool = True) -> ImageCache | ResizeOnRead | None:  # noqa: ANN001
     """The experiment's decoded-image cache, or None when train.cache is off. Training builds it on first use
-    (`build`); prediction only reuses a current one, so an inference kernel never decodes the training images."""
+    (`build`); prediction only reuses a current one, so an inference kernel never decodes the training images, and
+    reads the images through ResizeOnRead otherwise (the same pixels the cache would give)."""
     if not cfg.train.cache:
         return None
     out = paths.for_config(cfg)
     size = max([data_cfg["input_size"][-1], *getattr(cfg.train, "progressive_sizes", [])])
+    interpolation = data_cfg.get("interpolation", "bilinear")
     if not build:
-        if not (out.folds_csv.exists() and out.test_csv.exists()):
-            return None
         folder = cache_folder(out.processed, size)
-        return ImageCache(folder) if is_current(folder, paths.raw_dir(cfg.comp), listed_images(out)) else None
-    return ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size,
-                        data_cfg.get("interpolation", "bilinear"))  # fmt: skip
+        root = paths.raw_dir(cfg.comp)
+        if out.folds_csv.exists() and out.test_csv.exists() and is_current(folder, root, listed_images(out)):
+            return ImageCache(folder)
+        return ResizeOnRead(root, cache_side(size), interpolation)
+    return ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size, interpolation)

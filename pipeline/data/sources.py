@@ -5,7 +5,7 @@ Reads data/runs/<comp>/<exp>[-sampleN]/ or data/runs/<comp>/blend/<name>/ (score
 competition's folds.csv and test listing; writes nothing. A source must be finished (scores.json), made on the same
 folds.csv (ensemble and blend record its digest as `folds_digest`) and the same test ids, with the same SAMPLE
 size, must not be the experiment itself (nor a blend holding it), and, where its OOF is needed (distillation),
-must have a complete OOF (no partial ensemble, no ensemble.refit). Each refusal is one UserError naming the source
+must have a complete OOF (no partial ensemble; ensemble.refit changes test predictions only). Each refusal is one UserError naming the source
 and the fix. The settings are in the config fingerprint (pipeline.core.config.FINGERPRINTED_WHEN_ON); the source's
 identity (`sources_stamp`: its oof/test digests) travels beside it in each fold's resume checkpoint and weights
 (pipeline.training.train), so a source whose predictions changed is never trained on silently. The config
@@ -144,9 +144,6 @@ def check_consistent(cfg: Config, source: Source) -> None:
     if source.key == "soft_labels" and scores.get("partial"):
         raise UserError(f"{where}: its OOF covers only folds {scores.get('folds_used')}; ensemble every fold of "
                         "the source first")  # fmt: skip
-    if source.key == "soft_labels" and scores.get("refit"):
-        raise UserError(f"{where} was ensembled with ensemble.refit, whose test predictions have no OOF; distil from "
-                        "a source ensembled with ensemble.refit: false")  # fmt: skip
 
 
 def ids(path: Path, what: str) -> pd.Series:

@@ -107,3 +107,23 @@ def test_data_wait_warning_fires_when_the_loader_is_slowed(project: Path, capsys
     assert "train.num_workers" in result.stderr and "train.cache" in result.stderr
     log = pd.read_csv(project / "data/runs/toy/tiny/fold0/log.csv")
     assert log["data_wait_share"].iloc[0] > 0.5
+
+
+def test_prediction_without_a_built_cache_sees_the_pixels_the_cache_holds(tmp_path: Path) -> None:
+    """A Kaggle Kernel has no cache: reading through ResizeOnRead gives the cache's exact bytes, so a model predicts
+    the same probabilities in the Kernel as at home (an upscaled image, where two resizes would differ)."""
+    from PIL import Image
+
+    from pipeline.data.cache import ImageCache, ResizeOnRead, build_cache, resize_square
+    from pipeline.data.tables import load_image
+
+    rng = np.random.default_rng(0)
+    for name, shape in (("small.png", (23, 31, 3)), ("big.png", (90, 70, 3))):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(tmp_path / name)
+    images = ["small.png", "big.png"]
+    folder = build_cache(tmp_path / "cache" / "46px", tmp_path, images, "bicubic", progress=False)
+    cached, on_read = ImageCache(folder), ResizeOnRead(tmp_path, 46, "bicubic")
+    for image in images:
+        assert np.array_equal(cached[image], on_read[image])
+    twice = resize_square(resize_square(load_image(tmp_path / "small.png"), 40), 46, "bicubic")
+    assert not np.array_equal(twice, on_read["small.png"])  # another resize path would differ: the check can fail
