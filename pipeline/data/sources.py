@@ -3,13 +3,14 @@ run or a blend of this competition, found by name, checked for consistency, and 
 
 Reads data/runs/<comp>/<exp>[-sampleN]/ or data/runs/<comp>/blend/<name>/ (scores.json, oof.csv, test.csv), this
 competition's folds.csv and test listing; writes nothing. A source must be finished (scores.json), made on the same
-folds.csv (ensemble and blend record its digest as `folds_digest`) and the same test ids, with the same SAMPLE
-size, must not be the experiment itself (nor a blend holding it), and, where its OOF is needed (distillation),
-must have a complete OOF (no partial ensemble; ensemble.refit changes test predictions only). Each refusal is
-one UserError naming the source and the fix. The settings are in the config fingerprint
-(pipeline.core.config.FINGERPRINTED_WHEN_ON); the source's identity (`sources_stamp`: its oof/test digests) travels beside it in each fold's resume checkpoint and weights
-(pipeline.training.train), so a source whose predictions changed is never trained on silently. The config
-fingerprint itself stays free of file reads: predict and the Kaggle Kernel (which has no source) recompute it.
+folds.csv (ensemble and blend record its digest as `folds_digest`) and the same test ids, with the same SAMPLE size,
+must not be the experiment itself (nor a blend holding it), and, where its OOF is needed (distillation), must have a
+complete OOF (no partial ensemble; ensemble.refit changes test predictions only). Each refusal is one UserError
+naming the source and the fix. The settings are in the config fingerprint
+(pipeline.core.config.FINGERPRINTED_WHEN_ON); the source's identity (`sources_stamp`: its oof/test digests) travels
+beside it in each fold's resume checkpoint and weights (pipeline.training.train), so a source whose predictions
+changed is never trained on silently. The config fingerprint itself stays free of file reads: predict and the Kaggle
+Kernel (which has no source) recompute it.
 
 """
 
