@@ -11,7 +11,6 @@ naming the source and the fix. The settings are in the config fingerprint
 beside it in each fold's resume checkpoint and weights (pipeline.training.train), so a source whose predictions
 changed is never trained on silently. The config fingerprint itself stays free of file reads: predict and the Kaggle
 Kernel (which has no source) recompute it.
-
 """
 
 from __future__ import annotations
