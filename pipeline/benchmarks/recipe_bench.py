@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -314,16 +315,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_and_print(run: Callable[[argparse.Namespace], list[dict[str, Any]]],
+                  tabulate: Callable[[list[dict[str, Any]]], str], args: argparse.Namespace) -> int:  # fmt: skip
+    """A benchmark's main: run it, print its table; a UserError is one `error:` line and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse(argv)
     try:
-        rows = run_benchmark(args)
+        rows = run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(table(rows), end="")
+    print(tabulate(rows), end="")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_and_print(run_benchmark, table, parse(argv))
 
 
 if __name__ == "__main__":

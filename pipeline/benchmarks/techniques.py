@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline.benchmarks.recipe_bench import env_or, prepare, write_variant
+from pipeline.benchmarks.recipe_bench import env_or, prepare, run_and_print, write_variant
 from pipeline.core import artifacts, paths
 from pipeline.core.errors import UserError
 from pipeline.data.tables import read_csv
@@ -159,15 +159,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse(argv)
-    try:
-        rows = run_benchmark(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(rows), end="")
-    return 0
+    return run_and_print(run_benchmark, table, parse(argv))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -320,20 +321,18 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR) -> Path:
-    """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place."""
+def assemble(folder: Path, dataset: Callable[[Path], dict], kernel: Callable[[Path], None]) -> dict:
+    """Build a bundle's dataset/ (`dataset` returns the manifest, written last as bundle.json) and kernel/ in a
+    hidden folder beside `folder`, then rename it into place, so a half-built bundle never looks done."""
     from pipeline.core.artifacts import publish
 
-    check_run(cfg)
-    out = paths.for_config(cfg)
-    names = kaggle_names(cfg.comp, cfg.exp, user)
-    staging = out.kaggle_bundle.with_name(f".{out.kaggle_bundle.name}.building")
+    staging = folder.with_name(f".{folder.name}.building")
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build
     try:
         (staging / "dataset").mkdir(parents=True)
         (staging / "kernel").mkdir()
-        manifest = build_dataset(cfg, names, staging / "dataset")
-        build_kernel(cfg, names, staging / "kernel", accelerator)
+        manifest = dataset(staging / "dataset")
+        kernel(staging / "kernel")
         (staging / "dataset" / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest: last
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -341,7 +340,17 @@ def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    publish(staging, out.kaggle_bundle)
+    publish(staging, folder)
+    return manifest
+
+
+def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR) -> Path:
+    """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place."""
+    check_run(cfg)
+    out = paths.for_config(cfg)
+    names = kaggle_names(cfg.comp, cfg.exp, user)
+    manifest = assemble(out.kaggle_bundle, lambda dataset: build_dataset(cfg, names, dataset),
+                        lambda kernel: build_kernel(cfg, names, kernel, accelerator))  # fmt: skip
     size = sum(p.stat().st_size for p in out.kaggle_dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: %d folds, %d wheels) -> dataset %s, kernel %s", out.kaggle_bundle, size,
              cfg.folds.n_folds, 1 + len(manifest["wheels"]), names.dataset, names.kernel)  # fmt: skip
@@ -455,28 +464,13 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
 
 def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: str | None = None) -> Path:
     """Build data/runs/<comp>/blend/<name>/kaggle-bundle/ in a hidden folder, then rename it into place."""
-    from pipeline.core.artifacts import publish
-
     scores = blend_scores(comp, name)
     configs = check_members(comp, name, list(scores["members"]))
     accelerator = choose_accelerator(configs[0], explicit_accelerator, configs[0].kaggle.accelerator)
     place = paths.blend_bundle_place(comp, name)
     names = kaggle_names(comp, f"blend-{name}", user)
-    staging = place.folder.with_name(f".{place.folder.name}.building")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build
-    try:
-        (staging / "dataset").mkdir(parents=True)
-        (staging / "kernel").mkdir()
-        manifest = build_blend_dataset(comp, name, configs, scores, names, staging / "dataset")
-        build_kernel(configs[0], names, staging / "kernel", accelerator, label=name)
-        (staging / "dataset" / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest: last
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise artifacts.write_error(staging / "dataset" / "bundle.json", exc) from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    publish(staging, place.folder)
+    assemble(place.folder, lambda dataset: build_blend_dataset(comp, name, configs, scores, names, dataset),
+             lambda kernel: build_kernel(configs[0], names, kernel, accelerator, label=name))  # fmt: skip
     size = sum(p.stat().st_size for p in place.dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: blend %s of %s, %s weights %s) -> dataset %s, kernel %s", place.folder, size,
              name, ", ".join(scores["members"]), scores["combine"], scores["weights"], names.dataset,

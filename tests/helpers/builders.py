@@ -206,3 +206,20 @@ def in_project(root: Path) -> Iterator[None]:
             mp.delenv(name, raising=False)
         mp.chdir(root)
         yield
+
+
+# Training keys added after runs were already trained (off by default): their fingerprints must not change.
+NEWER_TRAIN_KEYS = ("swa", "pseudo", "soft_labels", "seeds")
+
+
+def fingerprint_before_newer_keys(cfg) -> str:  # noqa: ANN001 - Config
+    """What config.fingerprint hashed for `cfg` before NEWER_TRAIN_KEYS existed (computed independently)."""
+    import hashlib
+    import json
+
+    from pipeline.core.config import NOT_FINGERPRINTED, TRAINING_SECTIONS, to_dict
+
+    values = {key: to_dict(cfg)[key] for key in TRAINING_SECTIONS}
+    for section, key in (*NOT_FINGERPRINTED, *(("train", key) for key in NEWER_TRAIN_KEYS)):
+        values[section].pop(key, None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

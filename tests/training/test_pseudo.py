@@ -6,7 +6,6 @@ competition's real folds.csv; one trains a real source and a pseudo round end to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -17,9 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.builders import REPO, run_main, tiny_experiment, write_source_run
+from helpers.builders import REPO, fingerprint_before_newer_keys, run_main, tiny_experiment, write_source_run
 from pipeline.core.config import (
-    NOT_FINGERPRINTED,
     TRAINING_SECTIONS,
     Config,
     ConfigError,
@@ -136,16 +134,7 @@ def test_mixup_mixes_dense_targets_with_the_image_lambda(toy: Path) -> None:
 def test_settings_are_fingerprinted_the_source_identity_follows_it_and_keys_off_change_nothing(toy: Path) -> None:
     write_source_run(toy)
     base = load_config(tiny_experiment(toy, name="student"))
-    values = {key: to_dict(base)[key] for key in TRAINING_SECTIONS}
-    for section, key in (
-        *NOT_FINGERPRINTED,
-        ("train", "swa"),
-        ("train", "pseudo"),
-        ("train", "soft_labels"),
-        ("train", "seeds"),
-    ):
-        values[section].pop(key, None)  # what the fingerprint hashed before these keys existed
-    older = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    older = fingerprint_before_newer_keys(base)
     assert fingerprint(base, TRAINING_SECTIONS) == older  # runs trained before the keys existed stay valid
     assert sources_stamp(base) == ""  # keys off: no source identity either
     on = load_config(pseudo_config(toy))

@@ -4,7 +4,6 @@ re-estimated, kept only when it validates at least as well as the kept epoch, re
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,16 +12,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from helpers.builders import run_main, tiny_experiment
+from helpers.builders import fingerprint_before_newer_keys, run_main, tiny_experiment
 from pipeline.core.config import (
-    NOT_FINGERPRINTED,
     TRAINING_SECTIONS,
     ConfigError,
     SwaConfig,
     TrainConfig,
     fingerprint,
     load_config,
-    to_dict,
 )
 from pipeline.training import recipe
 from test_chain import run_chain, write_competition_yaml
@@ -124,16 +121,7 @@ def test_swa_rule_follows_the_metric_direction_and_the_last_epochs() -> None:
 def test_swa_key_retrains_when_on_and_keeps_older_fingerprints(project: Path) -> None:
     write_competition_yaml(project, "csv")
     base = load_config(tiny_experiment(project, train={"epochs": 3}))
-    values = {key: to_dict(base)[key] for key in TRAINING_SECTIONS}
-    for section, key in (
-        *NOT_FINGERPRINTED,
-        ("train", "swa"),
-        ("train", "pseudo"),
-        ("train", "soft_labels"),
-        ("train", "seeds"),
-    ):  # keys newer than those runs
-        values[section].pop(key, None)
-    older = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    older = fingerprint_before_newer_keys(base)
     assert fingerprint(base, TRAINING_SECTIONS) == older  # runs trained before the key existed stay valid
     on = copy.deepcopy(base)
     on.train.swa.epochs = 2
