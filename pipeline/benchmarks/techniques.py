@@ -6,7 +6,7 @@ k-fold experiment of init's baseline.yaml at EPOCHS epochs, run through the pipe
 ensemble) and scored by ensemble on the held-out labels (scores.json `holdout`) and on OOF (`cv`):
 
 - baseline:  init's baseline.yaml;
-- noise:     the baseline with another train.seed: how far two equal recipes land apart (the noise to beat);
+- noise, noise2: the baseline with other train.seed values: how far equal recipes land apart (the noise to beat);
 - soup:      + train.swa {epochs: 2} (checkpoint soup of the last two epochs);
 - refit:     the baseline's folds + one full-data refit (make refit) in the ensemble (ensemble.refit);
 - seeds3:    + train.seeds [42, 43, 44] (a 3-seed bag per fold: 3x the training);
@@ -43,6 +43,7 @@ BASELINE = "baseline"
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "baseline": ("init's baseline (k folds + its TTA)", {}),
     "noise": ("the baseline again with another training seed (the noise to beat)", {"train": {"seed": 7}}),
+    "noise2": ("the baseline with a third training seed (the noise to beat)", {"train": {"seed": 8}}),
     "soup": ("+ checkpoint soup of the last 2 epochs (train.swa)", {"train": {"swa": {"epochs": 2}}}),
     "refit": ("+ a full-data refit in the ensemble (make refit, ensemble.refit)", {}),
     "seeds3": ("3-seed bag per fold (train.seeds, 3x training)", {"train": {"seeds": [42, 43, 44]}}),
