@@ -81,7 +81,7 @@ endif
 .PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques FORCE
 
 help: ## one line per target
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
 
 install: $(INSTALLED) ## create .venv and install the pinned stack (every target does this itself)
 
