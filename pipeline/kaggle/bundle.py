@@ -220,6 +220,18 @@ def module_file_name(relative: str) -> str:
     return "metric-module--" + relative.replace("/", "--")
 
 
+def write_runtime(folder: Path) -> tuple[Path, list[str]]:
+    """requirements.txt, this package's wheel and the wheels Kaggle's image lacks, into `folder`:
+    (the package wheel, the other wheels' file names)."""
+    requirements = wheels.runtime_requirements()
+    (folder / "requirements.txt").write_text(
+        "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n"
+        + "".join(f"{line}\n" for line in requirements)
+    )
+    package = wheels.build_package_wheel(folder)
+    return package, [wheels.bundle_wheel(dist, folder).name for dist in wheels.bundled_distributions(requirements)]
+
+
 def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, Any]:
     """Fill `folder` with the dataset's files; returns the manifest (written last)."""
     out = paths.for_config(cfg)
@@ -240,13 +252,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
     for relative, source in metric_module_files(cfg).items():
         modules[module_file_name(relative)] = relative
         shutil.copyfile(source, folder / module_file_name(relative))
-    requirements = wheels.runtime_requirements()
-    (folder / "requirements.txt").write_text(
-        "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n"
-        + "".join(f"{line}\n" for line in requirements)
-    )
-    package = wheels.build_package_wheel(folder)
-    extras = [wheels.bundle_wheel(name, folder).name for name in wheels.bundled_distributions(requirements)]
+    package, extras = write_runtime(folder)
     scores = artifacts.read_json(out.scores)
     from pipeline.core.provenance import git_commit
 
@@ -439,13 +445,7 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
     from pipeline.core.provenance import git_commit
 
     members = [add_member(cfg, names, folder) for cfg in configs]
-    requirements = wheels.runtime_requirements()
-    (folder / "requirements.txt").write_text(
-        "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n"
-        + "".join(f"{line}\n" for line in requirements)
-    )
-    package = wheels.build_package_wheel(folder)
-    extras = [wheels.bundle_wheel(dist, folder).name for dist in wheels.bundled_distributions(requirements)]
+    package, extras = write_runtime(folder)
     (folder / "dataset-metadata.json").write_text(json.dumps({
         "title": names.dataset_title, "id": names.dataset, "licenses": [{"name": LICENSE}],
         "description": f"The `{name}` blend of {', '.join(scores['members'])} for the `{comp}` competition "
