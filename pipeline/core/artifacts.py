@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
 from pipeline.core.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes: what predict.json vouches for, folds.csv in scores.json, a blend's members, a
+    pseudo-label / distillation source's identity."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _blocking_file(folder: Path) -> Path | None:

@@ -15,7 +15,6 @@ Kernel (which has no source) recompute it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipeline.core import paths
+from pipeline.core import artifacts, paths
 from pipeline.core.errors import UserError
 from pipeline.data.tables import read_csv
 
@@ -73,11 +72,6 @@ def finished_files(comp: str, names: list[str], sample: int) -> list[Path]:
                 found.append(run / "scores.json")
                 break
     return found
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (folds.csv in scores.json; a source's oof/test in sources_stamp)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def source_keys(cfg: Config) -> dict[str, str]:
@@ -132,7 +126,7 @@ def check_consistent(cfg: Config, source: Source) -> None:
                         f"checked); re-run its ensemble: `{source.remake}`")  # fmt: skip
     if not out.folds_csv.exists():
         raise UserError(f"{out.folds_csv} not found; run `make folds CONFIG=...` first")
-    if scores["folds_digest"] != file_digest(out.folds_csv):
+    if scores["folds_digest"] != artifacts.file_digest(out.folds_csv):
         raise UserError(f"{where} was made on another folds.csv than {out.folds_csv}; retrain the source on these "
                         f"folds (`make all` for it), or rebuild folds as the source had them")  # fmt: skip
     if not out.test_csv.exists():
@@ -173,6 +167,6 @@ def source_identities(cfg: Config) -> dict[str, dict[str, str]]:
     identities = {}
     for key in source_keys(cfg):
         source = resolve(cfg, key)
-        identities[key] = {"name": source.name, "kind": source.kind, "oof": file_digest(source.oof)[:16],
-                           "test": file_digest(source.test)[:16]}  # fmt: skip
+        identities[key] = {"name": source.name, "kind": source.kind, "oof": artifacts.file_digest(source.oof)[:16],
+                           "test": artifacts.file_digest(source.test)[:16]}  # fmt: skip
     return identities

@@ -33,7 +33,6 @@ from pipeline.core import artifacts, paths
 from pipeline.core.config import Config, ConfigError, load_config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import goodness, higher_is_better, is_better, score
-from pipeline.data.sources import file_digest
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference import blending
 from pipeline.inference.blending import combine
@@ -234,7 +233,7 @@ def run(args: argparse.Namespace) -> None:
     result.update(weights=dict(zip(blend.experiments, weights.tolist(), strict=True)), members=blend.experiments,
                   combine=method, member_files=blending.member_files(comp, blend.experiments),
                   cv=score(cfg.metric, targets, oof_blend), sample=0,
-                  folds_digest=file_digest(out.folds_csv))  # fmt: skip
+                  folds_digest=artifacts.file_digest(out.folds_csv))  # fmt: skip
     run_dir = out.blend_dir(blend.name)
     oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)
     oof_frame.insert(0, "id", folds["id"].to_numpy())

@@ -11,14 +11,13 @@ scores.json still describes its members' files (the digests it recorded).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from pipeline.core import paths
+from pipeline.core import artifacts, paths
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import submission_top_k
@@ -85,16 +84,12 @@ def submission_frame(cfg: Config, probs: pd.DataFrame, where: Path) -> pd.DataFr
     return frame
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def member_files(comp: str, names: list[str]) -> dict[str, dict[str, str]]:
     """{experiment: {"oof": sha256, "test": sha256}} of the files a blend read: what makes its scores.json current."""
     found = {}
     for name in names:
         out = paths.Paths(comp, name)
-        found[name] = {"oof": digest(out.oof_all), "test": digest(out.test_blend)}
+        found[name] = {"oof": artifacts.file_digest(out.oof_all), "test": artifacts.file_digest(out.test_blend)}
     return found
 
 
@@ -121,7 +116,7 @@ def check_current(comp: str, name: str, scores: dict, blend_yaml: Path) -> None:
             if not path.is_file():
                 raise UserError(f"{path} not found (blend member {member}); run `make ensemble "
                                 f"CONFIG=configs/{comp}/{member}.yaml`, then {redo}")  # fmt: skip
-            if digest(path) != scores["member_files"].get(member, {}).get(key):
+            if artifacts.file_digest(path) != scores["member_files"].get(member, {}).get(key):
                 raise UserError(f"{where} is stale: {path} changed since the blend was made; {redo}")
 
 

@@ -40,7 +40,6 @@ from pipeline.core.errors import UserError
 from pipeline.core.metrics import higher_is_better, is_better, score
 from pipeline.core.provenance import git_commit, package_versions
 from pipeline.data import soft_targets
-from pipeline.data.sources import file_digest
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference import tta_auto
 from pipeline.inference.predictions import read_probs
@@ -226,7 +225,9 @@ def run(args: argparse.Namespace) -> None:
         "git_commit": git_commit(),
         "versions": package_versions(),
         "sample": cfg.sample,
-        "folds_digest": file_digest(out.folds_csv),  # a later pseudo-label / distillation run checks its folds match
+        "folds_digest": artifacts.file_digest(
+            out.folds_csv
+        ),  # a later pseudo-label / distillation run checks its folds match
         **soft_targets.scores_facts(cfg),  # train.pseudo / train.soft_labels: source, rows, settings, cv_note
     }
     artifacts.write_csv(out.oof_all, oof)

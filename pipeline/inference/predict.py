@@ -18,7 +18,6 @@ which vouches for the members' files too.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -72,14 +71,10 @@ def vouched_files(cfg: Config, fold: int, seed: int | None = None) -> list[Path]
     return own + [path for s in bag for path in vouched_files(member_config(cfg, s), fold, s)]
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def digests(cfg: Config, fold: int, seed: int | None = None) -> dict[str, str]:
     """sha256 of each vouched file, by its path under the fold's folder (`oof.csv`, a member's `seed43/oof.csv`)."""
     root = paths.for_config(cfg).member(seed).fold_dir(fold)
-    return {path.relative_to(root).as_posix(): digest(path) for path in vouched_files(cfg, fold, seed)}
+    return {path.relative_to(root).as_posix(): artifacts.file_digest(path) for path in vouched_files(cfg, fold, seed)}
 
 
 def up_to_date(cfg: Config, fold: int, identity: dict[str, Any], seed: int | None = None) -> bool:
@@ -102,7 +97,7 @@ def up_to_date(cfg: Config, fold: int, identity: dict[str, Any], seed: int | Non
     ):
         return False
     files, root = recorded.get("digests", {}), out.fold_dir(fold)
-    return all(path.exists() and files.get(path.relative_to(root).as_posix()) == digest(path)
+    return all(path.exists() and files.get(path.relative_to(root).as_posix()) == artifacts.file_digest(path)
                for path in vouched_files(cfg, fold, seed))  # fmt: skip
 
 
