@@ -148,7 +148,7 @@ class TrainConfig:
     layer_decay: float | None = ranged(
         None, 0, 1, low_open=True
     )  # e.g. 0.75: each earlier layer group's LR x this (timm's param groups)
-    ema: bool = False  # a weight EMA (timm ModelEmaV3), scored each epoch; saved unless the raw weights score better
+    ema: bool = False  # a weight EMA (timm ModelEmaV3), scored where that decides; saved unless raw weights do better
     # None: budget-aware, averages over ~EMA_HORIZON of the run's updates
     ema_decay: float | None = ranged(None, 0, 1)
     head_init_scale: float = ranged(0.0, 0)  # the new classifier's weights x this after timm's init (0: zero head)

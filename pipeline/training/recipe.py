@@ -27,11 +27,12 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, dispatch_clip_grad
+from timm.utils import dispatch_clip_grad
 
 from pipeline.core.config import Config, TrainConfig
 from pipeline.core.metrics import METRICS, goodness, is_better, uses_thresholds
 from pipeline.data.loader import EpochSampler
+from pipeline.training import hot_path
 from pipeline.training.budget import budget_ema_decay, budget_warmup
 
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -89,7 +90,8 @@ def head_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    return create_optimizer_v2(param_groups(model, cfg), opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay)
+    fused = hot_path.fused_optimizer_args(cfg.opt, list(model.parameters()))  # one kernel, not one per tensor
+    return create_optimizer_v2(param_groups(model, cfg), opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, **fused)
 
 
 def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -141,9 +143,10 @@ def clip_and_step(
     optimizer.zero_grad(set_to_none=True)
 
 
-def build_ema(model: torch.nn.Module, cfg: TrainConfig, total_updates: int = 0) -> ModelEmaV3 | None:
+def build_ema(model: torch.nn.Module, cfg: TrainConfig, total_updates: int = 0) -> hot_path.CachedEma | None:
     """timm's EMA with warmup (decay 1 - (1 + step)^-2/3, capped at the budget's ema_decay)."""
-    return ModelEmaV3(model, decay=budget_ema_decay(cfg, total_updates), use_warmup=True) if cfg.ema else None
+    # CachedEma: ModelEmaV3 without its two state_dict walks per update (pipeline.training.hot_path)
+    return hot_path.CachedEma(model, decay=budget_ema_decay(cfg, total_updates), use_warmup=True) if cfg.ema else None
 
 
 def build_swa(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.swa_utils.AveragedModel | None:

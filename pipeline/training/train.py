@@ -4,8 +4,9 @@ Reads data/processed/<comp>/folds.csv and the images under the competition's raw
 fold, data/runs/<comp>/<exp>/fold<k>/: log.csv (one row per epoch), oof_plain.csv (validation-row
 probabilities of the saved weights, no TTA), and model.safetensors last (the stage's output, with the
 config fingerprint in its metadata). With train.ema on, the EMA weights are scored beside the raw ones
-each epoch and saved unless the raw ones score better; with train.keep: best (the default) the saved
-weights are those of the best-scoring epoch. While training, fold<k>/work/last.pt holds
+at the epochs where the score decides something (pipeline.training.hot_path.ema_scored: every epoch with
+keep: best or early stopping, else the last) and saved unless the raw ones score better; with train.keep: best
+the saved weights are those of the best-scoring epoch. While training, fold<k>/work/last.pt holds
 everything needed to resume (pipeline.training.checkpoint); re-running the same command resumes from it, and
 refuses to when the config changed. SIGTERM/SIGINT and train.time_budget save a checkpoint and stop (exit 75).
 `train.lr: auto` takes the LR range test's suggestion (pipeline.training.lr_range), running the range test first
@@ -38,7 +39,7 @@ from pipeline.core.metrics import is_better, score
 from pipeline.core.progress import len_of_batch, progress
 from pipeline.data.sources import sources_stamp
 from pipeline.reporting import tracking
-from pipeline.training import budget, checkpoint, distributed, lr_range, recipe, refit
+from pipeline.training import budget, checkpoint, distributed, hot_path, lr_range, recipe, refit
 from pipeline.training.checkpoint import trained_fingerprint, trained_sources
 from pipeline.training.distributed import World
 from pipeline.training.fold import Fold, prepare_fold, set_train_size
@@ -111,6 +112,7 @@ class FoldRun:
     batches_per_epoch: int
     updates_per_epoch: int
     wrapped: dict[bool, torch.nn.Module] = field(default_factory=dict)
+    losses: hot_path.StepLosses | None = None  # this epoch's unread per-batch losses, on the device
 
     @property
     def checkpoint(self) -> Path:
@@ -153,7 +155,8 @@ def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: Worl
     mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
     # dense targets (train.pseudo / soft_labels) take the soft-target loss, as mixed batches do
     criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
-    return FoldRun(f, state, lr, amp, mixer, criterion, batches_per_epoch, updates_per_epoch)
+    return FoldRun(f, state, lr, amp, mixer, criterion, batches_per_epoch, updates_per_epoch,
+                   losses=hot_path.StepLosses(device))  # fmt: skip
 
 
 def resume(run: FoldRun) -> None:
@@ -253,18 +256,31 @@ def train_one_epoch(run: FoldRun, stop: checkpoint.StopFlag) -> None:
         if not train_step(run, forward, images, targets):
             fetch_started = time.perf_counter()
             continue  # gradients accumulate; stopping and checkpoints wait for the update
-        stopping = distributed.broadcast_flag(stop.should_stop(), f.world)  # every rank stops at the same step
+        stopping = False
+        if hot_path.stop_check_due(state.step, run.batches_per_epoch, f.world.active):
+            stopping = distributed.broadcast_flag(stop.should_stop(), f.world)  # every rank stops at the same step
         if stopping and stop.reason is None:
             stop.reason = "rank 0 was stopped"
         every = t.checkpoint_every
         if stopping or (every and state.step % every == 0 and state.step < run.batches_per_epoch):
             state.partial["seconds"] += time.perf_counter() - started
             started = time.perf_counter()
+            read_losses(run)  # a checkpoint is never written over an unread (possibly non-finite) loss
             run.save()
             if stop.reason:
                 raise stopped(run, stop.reason, f"at epoch {state.epoch + 1} step {state.step}")
         fetch_started = time.perf_counter()
+    read_losses(run)
     state.partial["seconds"] += time.perf_counter() - started
+
+
+def read_losses(run: FoldRun) -> None:
+    """Fold the losses queued on the device into the epoch's totals (one host read); stop on a non-finite one."""
+    total, bad = run.losses.read()
+    run.state.partial["loss"] += total
+    if bad is not None:
+        step, value = bad
+        raise diverged(run.f, f"epoch {run.state.epoch + 1} step {step} (loss {value})", run.lr)
 
 
 def train_step(run: FoldRun, forward: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> bool:
@@ -281,10 +297,9 @@ def train_step(run: FoldRun, forward: torch.nn.Module, images: torch.Tensor, tar
     state.scaler.scale(loss / t.accumulate).backward()
     state.step += 1
     state.partial["seen"] += len(images)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise diverged(f, f"epoch {state.epoch + 1} step {state.step} (loss {value})", run.lr)
-    state.partial["loss"] += value * len(images)
+    run.losses.record(loss, len(images), state.step)  # read every SYNC_EVERY steps, not now (training.hot_path)
+    if run.losses.full:
+        read_losses(run)
     if state.step % t.accumulate and state.step < run.batches_per_epoch:
         return False
     recipe.clip_and_step(state.optimizer, state.scaler, f.model.parameters(), t.clip_grad)
@@ -307,7 +322,7 @@ def end_epoch(run: FoldRun, row: dict[str, Any]) -> None:
     state.history.append(row)
     log.info("fold %d epoch %d/%d: loss %.4f  valid %s %.4f%s  (%.0f img/s)", f.fold, state.epoch + 1,
              cfg.train.epochs, row["train_loss"], cfg.metric, row[f"valid_{cfg.metric}"],
-             f"  ema {row[f'valid_{cfg.metric}_ema']:.4f}" if state.ema is not None else "",
+             f"  ema {row[f'valid_{cfg.metric}_ema']:.4f}" if f"valid_{cfg.metric}_ema" in row else "",
              row["train_images_per_s"])  # fmt: skip
     warn_if_starved(f, row, partial)
     if f.world.is_main:
@@ -360,14 +375,15 @@ def evaluate(
     f: Fold, keeper: recipe.BestKeeper, ema: torch.nn.Module | None, activation: Callable[[torch.Tensor], torch.Tensor],
     amp: tuple[bool, torch.dtype], epoch: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """Score the raw weights and the EMA's; offer the keeper the EMA's unless the raw weights scored better."""
+    """Score the raw weights and, where it decides something, the EMA's; offer the keeper the EMA's unless the raw
+    weights scored better."""
     metric = f.cfg.metric
     probs = predict_probs(f.model, f.valid_loader, f.device, activation, amp)
     if not np.isfinite(probs).all():
         raise diverged(f, f"epoch {epoch + 1} (validation probabilities not finite)", None)
     row: dict[str, Any] = {"epoch": epoch + 1, f"valid_{metric}": score(metric, f.valid_targets, probs)}
     candidate, candidate_probs, value, source = f.model, probs, row[f"valid_{metric}"], "raw"
-    if ema is not None:
+    if ema is not None and hot_path.ema_scored(epoch, f.cfg.train):
         ema_probs = predict_probs(ema.module, f.valid_loader, f.device, activation, amp)
         if not np.isfinite(ema_probs).all():
             raise diverged(f, f"epoch {epoch + 1} (EMA validation probabilities not finite)", None)
