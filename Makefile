@@ -161,8 +161,8 @@ blend: ## blend COMP's experiments per configs/<comp>/blend.yaml (OOF-fitted wei
 cache: $(PROC)/folds.csv ## decode every image once into data/processed/<comp>/cache/ (automatic when training)
 	$(PY) -m pipeline cache $(ARGS)
 
-bench: ## data-path benchmark: loader vs naive, training efficiency, TTA overhead, growth (table + JSON)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pipeline bench
+bench: ## data-path benchmark: loader vs naive, training efficiency, TTA overhead, growth, real epoch vs synthetic limit (table + JSON)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline bench
 
 # Looking at results. TTA=1 (or TTA=all) measures each TTA view on the OOF rows; LIMIT=9h (the kernel's time
 # limit), TEST_IMAGES=N (a hidden test set's size) and SLOWDOWN=X (kernel GPU X times slower) feed the time plan.

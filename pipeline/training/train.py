@@ -330,7 +330,8 @@ def end_epoch(run: FoldRun, row: dict[str, Any]) -> None:
     if recipe.swa_takes(state.epoch + 1, cfg.train):
         state.swa.update_parameters(f.model)  # before the checkpoint, so a resumed run averages each epoch once
     state.epoch, state.step, state.partial = state.epoch + 1, 0, fresh_partial()
-    run.save()
+    if state.epoch < cfg.train.epochs or state.swa is not None:
+        run.save()  # not after the last epoch without SWA: finish_fold follows at once and deletes it unread
     keeper, patience = state.keeper, cfg.train.early_stopping
     if keeper.patience_ran_out(patience) and state.epoch < cfg.train.epochs:
         log.info("fold %d: early stopping, no better %s for %d epochs (best: epoch %d, %.4f)", f.fold, cfg.metric,
@@ -390,6 +391,7 @@ def evaluate(
         row[f"valid_{metric}_ema"] = ema_value = score(metric, f.valid_targets, ema_probs)
         if not is_better(metric, value, ema_value):
             candidate, candidate_probs, value, source = ema.module, ema_probs, ema_value, "ema"
+    if ema is not None:
         row["candidate"] = source
     keeper.offer(epoch + 1, value, candidate_probs, candidate.state_dict(), source)
     return row

@@ -112,7 +112,9 @@ def test_ema_weights_differ_from_raw_and_are_saved_unless_raw_scores_better(
     config = tiny_experiment(project, train={"epochs": 2, "ema": True, "ema_decay": 0.9, "keep": "last", "lr": 0.01})
     seen: dict[str, dict[str, torch.Tensor]] = {}
     original = train_module.evaluate
-    scores = iter([raw_score, 0.5] * 2)  # evaluate scores the raw weights first, then the EMA's
+    # evaluate scores the raw weights first, then the EMA's, which only the last epoch scores with keep: last
+    # (issue 27: an EMA pass where its score decides nothing is a second validation for nothing)
+    scores = iter([raw_score, raw_score, 0.5])
     monkeypatch.setattr(train_module, "score", lambda *args: next(scores))
 
     def spy(f, keeper, ema, *args):  # noqa: ANN001, ANN002, ANN202 - passes through train's own arguments
@@ -127,7 +129,8 @@ def test_ema_weights_differ_from_raw_and_are_saved_unless_raw_scores_better(
     assert any(not torch.equal(seen["ema"][k], seen["raw"][k]) for k in floats)
     assert all(torch.equal(weights[k], seen[saved][k]) for k in floats)
     log = pd.read_csv(project / RUN / "fold0/log.csv")
-    assert {"valid_accuracy", "valid_accuracy_ema"} <= set(log.columns) and list(log["candidate"]) == [saved] * 2
+    assert {"valid_accuracy", "valid_accuracy_ema"} <= set(log.columns) and list(log["candidate"]) == ["raw", saved]
+    assert log["valid_accuracy_ema"].isna().tolist() == [True, False]
     with safe_open(str(project / RUN / "fold0/model.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["recipe"])["weights"] == saved
 
