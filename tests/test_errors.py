@@ -25,7 +25,7 @@ import yaml
 from safetensors.torch import save_file
 
 from helpers.builders import TINY_MODEL, run_cli, run_main, tiny_experiment, write_source_run
-from test_chain import write_competition_yaml
+from helpers.chain import write_competition_yaml
 
 COMP = "toy"
 OUTPUTS = {  # each stage's final output, which must not exist after it refused

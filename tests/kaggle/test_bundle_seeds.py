@@ -16,6 +16,7 @@ from pipeline.core import paths
 pytest_plugins = ["helpers.kaggle_env"]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_bundle_ships_every_member_and_the_kernel_averages_them_like_predict(
     project: Path, capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

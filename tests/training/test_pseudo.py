@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from helpers.builders import REPO, fingerprint_before_newer_keys, run_main, tiny_experiment, write_source_run
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.core.config import (
     TRAINING_SECTIONS,
     Config,
@@ -34,7 +35,6 @@ from pipeline.data import soft_targets
 from pipeline.data.sources import sources_stamp
 from pipeline.training import fold as fold_module
 from pipeline.training import losses
-from test_chain import run_chain, write_competition_yaml
 
 CLASSES_COLUMN_START = 1
 
@@ -152,6 +152,7 @@ def test_config_writes_the_from_key_under_its_yaml_name(toy: Path) -> None:
     assert cfg.train.pseudo.from_ == "src" and to_dict(cfg)["train"]["pseudo"]["from"] == "src"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_make_pseudo_round_trains_ensembles_and_records_its_source(toy: Path, capsys: pytest.CaptureFixture) -> None:
     base = tiny_experiment(toy, name="base", train={"pseudo": {"threshold": 0.0}})  # off (no from); the round keeps it
     run_chain(capsys, base)
@@ -176,6 +177,7 @@ def test_make_pseudo_round_trains_ensembles_and_records_its_source(toy: Path, ca
     assert second["pseudo"]["source"]["name"] == "base-pseudo"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_stopped_pseudo_fold_resumes_and_a_changed_source_refuses_its_checkpoint(
     toy: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -233,6 +235,7 @@ def test_a_regression_head_refuses_soft_targets() -> None:
     validate_sources(Config(data=DataConfig(task="ordinal", classes=["0", "1", "2"])))  # keys off: nothing to refuse
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_blend_is_a_source_unless_it_holds_the_experiment(toy: Path, capsys: pytest.CaptureFixture) -> None:
     _, test = write_source_run(toy, name="blend/duo", weights={"a": 0.5, "b": 0.5})
     cfg = load_config(tiny_experiment(toy, name="student", train={"pseudo": {"from": "duo", "threshold": 0.0}}))

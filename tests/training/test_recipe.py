@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from helpers.builders import TINY_MODEL, run_main, tiny_experiment
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.core import budget
 from pipeline.core.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
 from pipeline.core.metrics import f1_micro, quadratic_weighted_kappa
@@ -22,7 +23,6 @@ from pipeline.inference import thresholds
 from pipeline.inference.submission import format_submission
 from pipeline.training import averaging, losses, optim, runtime, schedule
 from pipeline.training.model import build_model
-from test_chain import run_chain, write_competition_yaml
 
 RUN = "data/runs/toy/tiny"
 
@@ -38,6 +38,7 @@ def tiny_model(num_classes: int = 3) -> torch.nn.Module:
     return build_model(ModelConfig(name=TINY_MODEL, pretrained=False), num_classes)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_frozen_backbone_is_unchanged_during_frozen_epochs(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,6 +106,7 @@ def test_freeze_phase_and_unfrozen_phase_each_warm_up() -> None:
     assert lrs[4] > 50 * lrs[0] and lrs[14] > 50 * lrs[10] and lrs[9] < lrs[4]  # rise, then cosine decay
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize(("raw_score", "saved"), [(0.5, "ema"), (0.9, "raw")])
 def test_ema_weights_differ_from_raw_and_are_saved_unless_raw_scores_better(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, raw_score: float, saved: str
@@ -159,13 +161,18 @@ def test_mixup_and_cutmix_make_soft_targets(task: str, head: str) -> None:
     assert soft.shape == (8, 3) and ((soft > 0) & (soft < 1)).any()
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_mixup_trains_through_the_chain(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"mixup": 0.4, "cutmix": 1.0, "label_smoothing": 0.1})
     train(capsys, config)
-    assert (project / RUN / "fold0/model.safetensors").exists()
+    log = pd.read_csv(project / RUN / "fold0/log.csv")
+    assert len(log) == 1 and np.isfinite(log["train_loss"]).all() and (log["train_loss"] > 0).all()
+    with safe_open(str(project / RUN / "fold0/model.safetensors"), framework="pt") as weights:
+        assert all(torch.isfinite(weights.get_tensor(name)).all() for name in weights.keys())  # noqa: SIM118
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_lr_find_writes_its_plot_and_a_finite_suggestion_that_auto_uses(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -197,6 +204,7 @@ def recipe_suggest(lrs: list[float], losses: list[float]) -> float:
     return suggest(lrs, losses)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_deterministic_mode_reproduces_weights_with_the_whole_recipe(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -219,6 +227,7 @@ def test_deterministic_mode_reproduces_weights_with_the_whole_recipe(
         assert weights[0].keys() == other.keys() and all(torch.equal(weights[0][k], other[k]) for k in other)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_accumulation_steps_once_per_n_batches_and_clipping_bounds_the_update(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,6 +249,7 @@ def test_accumulation_steps_once_per_n_batches_and_clipping_bounds_the_update(
     assert all(p.grad is None for p in layer.parameters())
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_early_stopping_stops_when_the_score_stops_improving(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,6 +332,7 @@ def test_ordinal_cut_points_improve_kappa_and_drive_the_submission() -> None:
     assert format_submission(frame, data, cut_points=[0.5, 1.5, 2.8, 3.5])["label"].tolist() == [2]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_ordinal_regression_chain_keeps_the_probability_contract(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "ordinal")
     config = tiny_experiment(project, model={"head": "regression"}, train={"epochs": 2})
@@ -338,6 +349,7 @@ def test_ordinal_regression_chain_keeps_the_probability_contract(project: Path, 
     assert set(submission["diagnosis"]) <= {0, 1, 2}
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_multi_label_chain_writes_thresholds_and_both_cvs(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "multilabel_text")
     config = tiny_experiment(project, train={"class_weights": "balanced", "epochs": 2})
@@ -351,6 +363,7 @@ def test_multi_label_chain_writes_thresholds_and_both_cvs(project: Path, capsys:
         assert scores["cv_thresholded"] == scores["cv"]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_cpu_bf16_autocast_trains(project: Path, capsys: pytest.CaptureFixture) -> None:
     """The CPU equivalent of the CUDA AMP path: autocast to bf16 around forward and loss."""
     from pipeline.training.runtime import amp_settings
@@ -363,6 +376,7 @@ def test_cpu_bf16_autocast_trains(project: Path, capsys: pytest.CaptureFixture) 
     assert all(v.dtype != torch.bfloat16 for v in saved.values())  # weights stay fp32; only compute is bf16
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_progressive_resizing_trains_at_each_size(project: Path, capsys: pytest.CaptureFixture) -> None:
     assert [schedule.progressive_size([16, 24, 32], e, 6) for e in range(6)] == [16, 16, 24, 24, 32, 32]
     write_competition_yaml(project, "csv")
@@ -454,6 +468,7 @@ def test_zero_head_starts_at_chance_loss_and_frozen_bn_keeps_its_statistics() ->
     assert torch.equal(bns[0].running_mean, before)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("keep", ["last", "best"])
 def test_scores_say_how_oof_was_selected(project: Path, capsys: pytest.CaptureFixture, keep: str) -> None:
     write_competition_yaml(project, "csv")

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from helpers.builders import fingerprint_before_newer_keys, run_main, tiny_experiment
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.core.config import (
     TRAINING_SECTIONS,
     ConfigError,
@@ -22,7 +23,6 @@ from pipeline.core.config import (
     load_config,
 )
 from pipeline.training import averaging
-from test_chain import run_chain, write_competition_yaml
 
 RUN = "data/runs/toy/tiny"
 SWA = {"epochs": 3, "lr": 0.01, "keep": "last", "deterministic": True, "swa": {"epochs": 2}}
@@ -62,6 +62,7 @@ def parameter_names(weights: dict[str, torch.Tensor]) -> tuple[list[str], list[s
     return params, stats
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("wins", [True, False])
 def test_swa_saves_the_mean_of_the_last_epochs_only_when_not_worse(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, wins: bool
@@ -87,6 +88,7 @@ def test_swa_saves_the_mean_of_the_last_epochs_only_when_not_worse(
     assert selection["swa_chosen_on_fold"] and selection["folds"][0]["swa"]["kept"] is wins
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_swa_resumes_with_its_average_after_a_kill(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,6 +141,7 @@ def test_swa_longer_than_training_is_refused(project: Path, capsys: pytest.Captu
     assert load_config(config, ["train.swa.epochs=1"]).train.swa.epochs == 1  # the override form works too
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_swa_runs_through_the_chain_into_scores_json(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"epochs": 2, "lr": 0.01, "swa": {"epochs": 2}})
