@@ -248,3 +248,13 @@ def test_code_paths_named_in_the_docs_exist(page: Path) -> None:
     missing = [p for p in PATH.findall(text) if "<" not in p and not (ROOT / p.rstrip(".")).exists()]
     missing += [m for m in MODULE.findall(text) if not _module_or_attribute_exists(m.rstrip("."))]
     assert not missing, f"{page.name} names paths or modules that do not exist: {sorted(set(missing))}"
+
+
+@pytest.mark.parametrize("page", [README, *DOC_PAGES], ids=lambda p: p.name)
+def test_placeholders_are_code_not_html(page: Path) -> None:
+    """`<comp>` outside a code span is raw HTML to Markdown: the browser drops it and the path reads `data/raw//`."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)  # fenced blocks
+    text = re.sub(r"^    .*$", "", text, flags=re.M)  # indented code blocks
+    text = re.sub(r"`[^`]*`", "", text)  # code spans, also across lines
+    tags = re.findall(r"<[A-Za-z][^<>\n]*>", text)
+    assert not tags, f"{page.name}: wrap these in backticks: {tags}"
