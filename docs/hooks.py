@@ -64,8 +64,18 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 
 
 def make_targets(makefile: Path = ROOT / "Makefile") -> dict[str, str]:
-    """target -> help, for every target `make help` lists (the same `## ` lines it greps)."""
-    return dict(MAKE_HELP_LINE.findall(makefile.read_text()))
+    """target -> help, for every target `make help` lists, read the way `make help` reads them."""
+    text = makefile.read_text()
+    try:
+        from pipeline.commands.make_help import help_lines
+    except ImportError:  # TEMPORARY until pipeline.commands lands: `make help` greps the `## ` lines
+        return dict(MAKE_HELP_LINE.findall(text))
+    return dict(help_lines(text))
+
+
+def make_target_of(command: Any) -> str | None:
+    """The Make target that runs a command record: `make_target` ("" means the command's own name; None: CLI only)."""
+    return command.name if command.make_target == "" else command.make_target
 
 
 def _default(options: Mapping[str, Any]) -> str:
@@ -81,7 +91,8 @@ def _command_section(command: Any) -> str:
     """One command: its help, how to run it, what it checks, and the flags only it takes."""
     lines = [f"### {command.name}", "", _text(command.help), ""]
     run = f"`python -m pipeline {command.name}`"
-    lines.append(f"- Run: `make {command.make_target}` or {run}" if command.make_target else f"- Run: {run} (CLI only)")
+    target = make_target_of(command)
+    lines.append(f"- Run: `make {target}` or {run}" if target else f"- Run: {run} (CLI only)")
     lines.append(f"- Module: `{command.module}`")
     lines.append(
         "- Checks first that folds.csv matches competition.yaml"
@@ -103,7 +114,7 @@ def command_reference(commands: Mapping[str, Any]) -> str:
     rows = [
         (
             f"[`{name}`](#{name})",
-            _code(f"make {command.make_target}") if command.make_target else "CLI only",
+            _code(f"make {make_target_of(command)}") if make_target_of(command) else "CLI only",
             _text(command.help),
         )
         for name, command in commands.items()
@@ -114,7 +125,7 @@ def command_reference(commands: Mapping[str, Any]) -> str:
 
 def make_target_reference(targets: Mapping[str, str], commands: Mapping[str, Any]) -> str:
     """Markdown table of every Make target, with the command record behind it when there is one."""
-    behind = {command.make_target: name for name, command in commands.items() if command.make_target}
+    behind = {make_target_of(command): name for name, command in commands.items() if make_target_of(command)}
     rows = [
         (
             _code(f"make {target}"),
