@@ -24,12 +24,17 @@ import yaml
 from pipeline.core.errors import ConfigError
 from pipeline.core.schema import (  # noqa: F401 - the schema, re-exported: config is where callers import it
     ACCELERATORS,
+    AUGMENT_POLICIES,
+    BLEND_METHODS,
     COMPETITION_KEYS,
     EXPERIMENT_KEYS,
+    LOSSES,
+    RANDAUGMENT_OPS,
     SEED_MAX,
     SUBMISSION_FORMATS,
     TASKS,
     TRACKERS,
+    TTA_VIEWS,
     AugmentConfig,
     Config,
     DataConfig,
@@ -273,26 +278,62 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.classes: {duplicated} listed more than once; each class once, in a fixed order")
     validate_recipe(cfg)
     check_timm_choices(cfg.train)
-    from pipeline.training.losses import validate_loss
-
     validate_loss(cfg)
-    if cfg.augment.policy != "default" or cfg.augment.custom:  # albumentations is imported only when needed
-        from pipeline.data.augment_policies import validate_augment
-
-        validate_augment(cfg.augment)
+    validate_augment(cfg.augment)
     if cfg.tracking not in TRACKERS:
         raise ConfigError(f"tracking: {cfg.tracking!r} is not one of {', '.join(TRACKERS)}")
     if cfg.kaggle.accelerator and cfg.kaggle.accelerator not in ACCELERATORS:
         raise ConfigError(f"kaggle.accelerator: {cfg.kaggle.accelerator!r} is not one of {', '.join(ACCELERATORS)}")
     from pipeline.core.metrics import check_task
-    from pipeline.inference.tta import VIEWS
 
     check_task(cfg.metric, cfg.data.task)  # an unknown or malformed metric fails here, naming `metric`
     if isinstance(cfg.tta.views, str) and cfg.tta.views != "auto":
         raise ConfigError(f"tta.views: expected a list of views or auto, got {cfg.tta.views!r}")
     for i, view in enumerate(cfg.tta.views if isinstance(cfg.tta.views, list) else []):
-        if view not in VIEWS:
-            raise ConfigError(f"tta.views[{i}]: unknown view {view!r}; known: {', '.join(VIEWS)}")
+        if view not in TTA_VIEWS:
+            raise ConfigError(f"tta.views[{i}]: unknown view {view!r}; known: {', '.join(TTA_VIEWS)}")
+
+
+def validate_loss(cfg: Config) -> None:
+    """ConfigError for a loss that cannot train this task/head, or a parameter out of range."""
+    t, task = cfg.train, cfg.data.task
+    if t.loss not in LOSSES:
+        raise ConfigError(f"train.loss: {t.loss!r} is not one of {', '.join(LOSSES)}")
+    if cfg.model.head == "regression" and t.loss != "auto":
+        raise ConfigError(f"train.loss: a regression head trains with MSE; use train.loss: auto, not {t.loss}")
+    if t.loss == "cross_entropy" and task == "multi_label":
+        raise ConfigError("train.loss: cross_entropy is for single-label data; use bce, focal or asymmetric")
+    if t.loss == "bce" and task != "multi_label":
+        raise ConfigError(f"train.loss: bce is for multi-label data; use cross_entropy, focal or asymmetric ({task})")
+    if t.class_weights != "none" and (t.loss == "asymmetric" and task != "multi_label" or
+                                      t.loss == "focal" and task == "multi_label"):  # fmt: skip
+        raise ConfigError(f"train.class_weights: {t.loss} loss on {task} data takes no class weights; use none")
+    for key in ("focal_gamma", "asl_gamma_neg", "asl_gamma_pos"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}: must be 0 or more, got {getattr(t, key)}")
+    if t.focal_alpha is not None and not 0 <= t.focal_alpha <= 1:
+        raise ConfigError(f"train.focal_alpha: must be between 0 and 1, or null (off), got {t.focal_alpha}")
+    if not 0 <= t.asl_clip < 1:
+        raise ConfigError(f"train.asl_clip: must be in [0, 1), got {t.asl_clip}")
+
+
+def validate_augment(cfg: AugmentConfig) -> None:
+    """ConfigError for an unknown policy, a custom list without policy custom, or an out-of-range knob. Each custom
+    transform is checked on a sample image when the policy is built (pipeline.data.augment_policies), where
+    albumentations is imported."""
+    if cfg.policy not in AUGMENT_POLICIES:
+        raise ConfigError(f"augment.policy: {cfg.policy!r} is not one of {', '.join(AUGMENT_POLICIES)}")
+    if cfg.custom and cfg.policy != "custom":
+        raise ConfigError(f"augment.custom: set augment.policy: custom to use it (policy is {cfg.policy})")
+    if cfg.policy == "custom" and not cfg.custom:
+        raise ConfigError("augment.custom: policy custom needs a list of transforms, e.g. [CLAHE, {Affine: {p: 0.5}}]")
+    if not 0 <= cfg.magnitude <= 10:
+        raise ConfigError(f"augment.magnitude: must be between 0 and 10, got {cfg.magnitude}")
+    if not 1 <= cfg.num_ops <= len(RANDAUGMENT_OPS):
+        raise ConfigError(f"augment.num_ops: must be 1..{len(RANDAUGMENT_OPS)}, got {cfg.num_ops}")
+    for key in ("erasing", "coarse_dropout"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise ConfigError(f"augment.{key}: must be a probability between 0 and 1, got {getattr(cfg, key)}")
 
 
 # Names seen to work, so the common case costs no timm import (~2 s); anything else is checked against timm itself.

@@ -30,7 +30,7 @@ import yaml
 from scipy.optimize import minimize
 
 from pipeline.core import artifacts, paths
-from pipeline.core.config import Config, ConfigError, load_config
+from pipeline.core.config import BLEND_METHODS, Config, ConfigError, load_config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import goodness, higher_is_better, is_better, score
 from pipeline.data.tables import encode_targets, read_csv
@@ -40,7 +40,7 @@ from pipeline.inference.blending import normalise as _normalise
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mean", "geometric", "rank", "fitted", "greedy")
+METHODS = BLEND_METHODS
 GREEDY_ROUNDS = 25  # ensemble-selection steps (members may be picked again: weights are multiples of 1/rounds)
 
 

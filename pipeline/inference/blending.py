@@ -1,5 +1,5 @@
 """How a blend of experiments turns member probabilities into its own: the one implementation that `make blend`
-(pipeline.inference.blend) and a Kaggle Kernel running a blend bundle (pipeline.kaggle.kernel_predict) both call,
+(pipeline.inference.blend) and a Kaggle Kernel running a blend bundle (pipeline.commands.kernel_predict) both call,
 so the Kernel blends exactly as the blend did at home.
 
 Inputs: members' probability tables (id + one column per class; ensemble's data/runs/<comp>/<exp>/test.csv or

@@ -14,7 +14,7 @@ import pandas as pd
 from pipeline.core.config import DataConfig
 from pipeline.core.errors import UserError
 from pipeline.data.tables import read_csv
-from pipeline.training.recipe import ordinal_classes
+from pipeline.inference.thresholds import ordinal_classes
 
 
 def read_probs(path: Path, classes: list[str]) -> pd.DataFrame:

@@ -328,7 +328,7 @@ def _is_rank_zero() -> bool:
 
 
 def sync_fold(cfg: Config, fold: int) -> None:
-    """A fold's epoch rows (log.csv) and the config to the tracker: train calls this when a fold ends."""
+    """A fold's epoch rows (log.csv) and the config to the tracker: the "fold_trained" event training emits."""
     if cfg.tracking == "none" or not _is_rank_zero():
         return
     if cfg.tracking == "mlflow":
@@ -367,6 +367,13 @@ def _experiments_of(comp: str) -> list[Config]:
         except Exception as exc:  # noqa: BLE001 - an old or odd config must not stop `make scores`
             log.debug("tracking: skipping %s (%s)", path, exc)
     return found
+
+
+def subscribe() -> None:
+    """Hear what stages announce (pipeline.core.events): the command layer calls this before a command runs."""
+    from pipeline.core import events
+
+    events.subscribe("fold_trained", sync_fold)
 
 
 SYNCED_STAGES = ("ensemble", "report", "scores")

@@ -136,6 +136,17 @@ def _last_error(log_file: Path) -> str:
     return errors[-1] if errors else (lines[-1] if lines else "no output")
 
 
+def make_folds(config: Path, settings: list[str]) -> None:
+    """The folds the trials train on, made as the trials themselves run: `python -m pipeline folds` in a subprocess."""
+    command = [sys.executable, "-m", "pipeline", "folds", "--config", str(config)]
+    done = subprocess.run(
+        [*command, *(["--set", " ".join(settings)] if settings else [])], capture_output=True, text=True
+    )
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        raise UserError(lines[-1].removeprefix("error: ") if lines else f"sweep: `folds` exited {done.returncode}")
+
+
 def watch(trial: Any, process: subprocess.Popen, log_csv: Path, metric: str) -> None:
     """Report each finished epoch's score; stop the training (SIGTERM: it checkpoints) when Optuna prunes it."""
     optuna = _optuna()
@@ -313,9 +324,7 @@ def run(args: argparse.Namespace) -> None:
             log.info("sweep %s: resuming; %d interrupted trial(s) run again with their parameters", spec.name, retried)
         settings = [*args.overrides, *([f"sample={spec.sample}"] if spec.sample else [])]
         if not paths.for_config(load_config(args.config, settings)).folds_csv.exists():
-            from pipeline.api import run_stage
-
-            run_stage("folds", ["--config", str(args.config), *(["--set", " ".join(settings)] if settings else [])])
+            make_folds(args.config, settings)
         optimize(study, cfg, spec, args)
         table = write_results(study, cfg, spec)
     print(table.drop(columns=["run"]).to_string(index=False, na_rep=""))
