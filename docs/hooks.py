@@ -4,7 +4,8 @@ A page holds a marker line `<!-- generated: NAME -->`; `on_page_markdown` replac
 GENERATORS[NAME]:
 
     commands      every command record (pipeline.commands.COMMANDS): make target, help, flags, folds, refit
-    make-targets  every Make target `make help` lists (the Makefile's `target: ... ## help` lines)
+    make-targets  every Make target `make help` lists (pipeline/commands/make_help.py: a command's record, else the
+                  Makefile's `## ` comment)
     config        every config key of pipeline/core/schema.py: type, default, range, and its `# comment`
     choices       the schema's named choice lists (module-level tuples of names)
     code-map      every module of the pipeline package, by package in layer order, with its docstring's first sentence
@@ -29,8 +30,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
-# The Makefile's help lines, exactly what `make help` greps: `target: prerequisites ## help`.
-MAKE_HELP_LINE = re.compile(r"^([a-zA-Z_-]+):.*?## (.*)$", re.MULTILINE)
 
 
 # ---------------------------------------------------------------- markdown helpers
@@ -65,12 +64,9 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 
 def make_targets(makefile: Path = ROOT / "Makefile") -> dict[str, str]:
     """target -> help, for every target `make help` lists, read the way `make help` reads them."""
-    text = makefile.read_text()
-    try:
-        from pipeline.commands.make_help import help_lines
-    except ImportError:  # TEMPORARY until pipeline.commands lands: `make help` greps the `## ` lines
-        return dict(MAKE_HELP_LINE.findall(text))
-    return dict(help_lines(text))
+    from pipeline.commands.make_help import help_lines
+
+    return dict(help_lines(makefile.read_text()))
 
 
 def make_target_of(command: Any) -> str | None:
@@ -310,32 +306,9 @@ def _is_unit(path: Path) -> bool:
 
 
 def command_records() -> Mapping[str, Any]:
-    try:
-        from pipeline.commands import COMMANDS
-    except ImportError:  # TEMPORARY until pipeline.commands lands on main: the same records from cli's tables
-        return _records_from_cli()
+    from pipeline.commands import COMMANDS
+
     return COMMANDS
-
-
-def _records_from_cli() -> Mapping[str, Any]:
-    from types import SimpleNamespace
-
-    from pipeline.core import cli
-
-    runs = dict(re.findall(r"^([a-z-]+):.*\n\t.*-m pipeline ([a-z-]+)", (ROOT / "Makefile").read_text(), re.M))
-    targets = {command: target for target, command in runs.items()}
-    return {
-        name: SimpleNamespace(
-            name=name,
-            module=module,
-            help=help_text,
-            flags=tuple(cli.COMMAND_FLAGS.get(name, [])),
-            reads_folds=name not in cli.NOT_READING_FOLDS,
-            accepts_refit=name in cli.REFIT_STAGES,
-            make_target=targets.get(name),
-        )
-        for name, (module, help_text) in cli.COMMANDS.items()
-    }
 
 
 def _schema() -> ModuleType:

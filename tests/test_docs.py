@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.commands import COMMANDS
 from pipeline.core import schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,6 @@ def _load_hooks():
 
 
 hooks = _load_hooks()
-COMMANDS = hooks.command_records()  # pipeline.commands.COMMANDS: what the site documents
 
 
 def _build(project: Path, site: Path) -> subprocess.CompletedProcess:
@@ -57,6 +57,7 @@ def test_site_builds_strict_with_every_command_and_key(tmp_path: Path) -> None:
     assert "<!-- generated:" not in commands_html + config_html  # every marker was replaced
 
 
+@pytest.mark.slow  # a second site build (~3 s) that guards mkdocs.yml's strictness; the build above is in test-fast
 def test_strict_build_fails_on_a_broken_link_and_a_page_missing_from_nav(tmp_path: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(ROOT / "docs", project / "docs", ignore=shutil.ignore_patterns("__pycache__"))
