@@ -17,7 +17,7 @@ the OOF predictions. Then:
 A blend bundle (bundle.json of kind "blend": make kaggle-bundle BLEND=<name>) holds every member's own bundle under
 the prefix `<exp>--`: `run_blend` stages and predicts each member exactly as above (its own config: image size,
 views), ensembles each, then blends their test.csv with the weights and combine method `make blend` chose, through
-pipeline.inference.blending (the function `make blend` itself calls), into data/runs/<comp>/blend/<name>/test.csv
+pipeline.inference.blend_apply (the function `make blend` itself calls), into data/runs/<comp>/blend/<name>/test.csv
 and submissions/<comp>/<name>.csv, copied to /kaggle/working/submission.csv last.
 """
 
@@ -196,18 +196,18 @@ def stage_members(bundle: Path, manifest: dict, device_of: Any) -> list[tuple[Co
 
 
 def blend_members(manifest: dict, configs: list[Config]) -> Path:
-    """Blend the members' test.csv exactly as `make blend` did (pipeline.inference.blending); the submission path."""
+    """Blend the members' test.csv exactly as `make blend` did (pipeline.inference.blend_apply); the submission path."""
     import numpy as np
 
-    from pipeline.inference import blending
-    from pipeline.inference.predictions import read_probs
+    from pipeline.inference import blend_apply
+    from pipeline.inference.predictions import read_probs, submission_frame
 
     cfg, names = configs[0], [m["exp"] for m in manifest["members"]]
     tests = [read_probs(paths.for_config(c).test_blend, c.data.classes) for c in configs]
     weights = np.array([float(manifest["weights"][name]) for name in names])
-    frame = blending.blend_tables(tests, names, weights, manifest["combine"], cfg)
+    frame = blend_apply.blend_tables(tests, names, weights, manifest["combine"], cfg)
     submission = paths.Paths(cfg.comp, manifest["blend"]).submission
-    formatted = blending.submission_frame(cfg, frame, submission)
+    formatted = submission_frame(cfg, frame, submission)
     artifacts.write_csv(paths.Paths(cfg.comp).blend_test(manifest["blend"]), frame)
     artifacts.write_csv(submission, formatted)
     return submission

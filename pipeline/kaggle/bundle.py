@@ -387,7 +387,7 @@ RUNTIME_FILES = ("requirements.txt", "dataset-metadata.json")  # per member: rep
 
 def blend_scores(comp: str, name: str) -> dict[str, Any]:
     """The blend's scores.json, checked current against blend.yaml and its members' files (one `error:` line)."""
-    from pipeline.inference.blending import check_current
+    from pipeline.inference.blend_apply import check_current
 
     path = paths.Paths(comp).blend_scores(name)
     if not path.is_file():
