@@ -244,12 +244,22 @@ def _module_or_attribute_exists(dotted: str) -> bool:
     return parent.is_file() and re.search(rf'^(def |class )?{name}\b|"{name}"', parent.read_text(), re.M) is not None
 
 
+def _named_missing(text: str) -> list[str]:
+    missing = [p for p in PATH.findall(text) if "<" not in p and not (ROOT / p.rstrip(".")).exists()]
+    return missing + [m for m in MODULE.findall(text) if not _module_or_attribute_exists(m.rstrip("."))]
+
+
 @pytest.mark.parametrize("page", [README, *DOC_PAGES], ids=lambda p: p.name)
 def test_code_paths_named_in_the_docs_exist(page: Path) -> None:
-    text = page.read_text()
-    missing = [p for p in PATH.findall(text) if "<" not in p and not (ROOT / p.rstrip(".")).exists()]
-    missing += [m for m in MODULE.findall(text) if not _module_or_attribute_exists(m.rstrip("."))]
+    missing = _named_missing(page.read_text())
     assert not missing, f"{page.name} names paths or modules that do not exist: {sorted(set(missing))}"
+
+
+@pytest.mark.parametrize("section", sorted(hooks.GENERATORS))
+def test_code_paths_named_in_generated_sections_exist(section: str) -> None:
+    """The generated pages quote the code's own comments and help texts: a module they name must exist too."""
+    missing = _named_missing(hooks.render(f"<!-- generated: {section} -->"))
+    assert not missing, f"generated section {section} names paths or modules that do not exist: {sorted(set(missing))}"
 
 
 @pytest.mark.parametrize("page", [README, *DOC_PAGES], ids=lambda p: p.name)
