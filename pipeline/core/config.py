@@ -113,7 +113,7 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation} for {key}")  # a bug in this module
 
 
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     """Build dataclass `cls` from `values`, rejecting unknown keys and wrong types by name."""
     if not isinstance(values, dict):
         raise ConfigError(f"{section}: expected a mapping of keys, got {values!r}")
@@ -131,7 +131,7 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
         key = f"{section}.{yaml_key}" if section else yaml_key
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value if value is not None else {}, key)
+            kwargs[name] = build_section(annotation, value if value is not None else {}, key)
         else:
             kwargs[name] = _check_type(value, annotation, key)
             if name in ranges:
@@ -150,7 +150,7 @@ def _check_range(value: Any, allowed: Range, key: str) -> None:
 
 def check_ranges(obj: Any, section: str = "") -> None:
     """Every ranged field of a built config (and its sections) within its range: configs made in code, not read
-    from YAML (the notebook API, sweeps), get the same one-line errors as `_build` gives a file."""
+    from YAML (the notebook API, sweeps), get the same one-line errors as `build_section` gives a file."""
     for f in dataclasses.fields(obj):
         key = f"{section}.{f.name}" if section else f.name
         value = getattr(obj, f.name)
@@ -160,7 +160,7 @@ def check_ranges(obj: Any, section: str = "") -> None:
             _check_range(value, f.metadata["range"], key)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError as exc:
@@ -193,7 +193,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _apply_override(values: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+def apply_override(values: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
     node = values
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -211,19 +211,21 @@ def config_paths(path: Path) -> tuple[Path, str, str]:
     return path.parent / "competition.yaml", comp, exp
 
 
-def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Merge competition.yaml (beside `path`) with the experiment yaml and overrides; validate."""
+def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> Config:
+    """Merge competition.yaml (beside `path`) with the experiment yaml and overrides; keys, types and ranges are
+    always checked; `check` also runs the cross-field checks (validate: metric, loss, timm choices), which `info`
+    skips because Make asks it for facts several times per run."""
     path = Path(path)
     comp_path, comp, exp = config_paths(path)
     if not path.exists():
         raise ConfigError(f"config file {path} not found; run `make init COMP=<slug>` or check CONFIG=")
-    competition = _read_yaml(comp_path) if comp_path.exists() else {}
+    competition = read_yaml(comp_path) if comp_path.exists() else {}
     misplaced = sorted(set(competition) - set(COMPETITION_KEYS))
     if misplaced:
         raise ConfigError(f"{comp_path}: unknown key(s) {', '.join(misplaced)}; known: {', '.join(COMPETITION_KEYS)}")
     values: dict[str, Any] = dict(competition)
     if exp:
-        experiment = _read_yaml(path)
+        experiment = read_yaml(path)
         for key, value in experiment.items():
             if key in values and isinstance(value, dict) and isinstance(values[key], dict):
                 values[key] = {**values[key], **value}
@@ -231,7 +233,7 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
                 values[key] = value
     for text in overrides:
         parts, value = parse_override(text)
-        _apply_override(values, parts, value, text)
+        apply_override(values, parts, value, text)
     for key in ("comp", "exp"):
         if key in values:
             raise ConfigError(f"{path}: key {key!r} is set from the file's location, remove it")
@@ -241,8 +243,9 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
         from pipeline.core.metrics import canonical
 
         values["metric"] = canonical(values["metric"])
-    cfg = _build(Config, values, "")
-    validate(cfg)
+    cfg = build_section(Config, values, "")
+    if check:
+        validate(cfg)
     return one_seed_as_seed(cfg)
 
 
@@ -455,6 +458,12 @@ def fingerprint(cfg: Config, sections: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def training_fingerprint(cfg: Config) -> str:
+    """What trained a fold's weights (the TRAINING_SECTIONS): the one fingerprint weights, predictions, bundles and
+    trackers record and compare."""
+    return fingerprint(cfg, TRAINING_SECTIONS)
+
+
 # What a fold's trained weights depend on; a checkpoint made under another fingerprint is not resumed.
 TRAINING_SECTIONS = ("data", "folds", "model", "train", "augment", "sample")
 # Settings that change how fast work runs, not what it produces: changing them never blocks a resume.
@@ -478,7 +487,7 @@ FINGERPRINTED_WHEN_ON = (
 
 def config_from_values(values: dict[str, Any]) -> Config:
     """A Config from a full mapping such as `to_dict` writes (a run's resolved config.yaml); validated."""
-    cfg = _build(Config, values, "")
+    cfg = build_section(Config, values, "")
     validate(cfg)
     return one_seed_as_seed(cfg)
 

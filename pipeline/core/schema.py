@@ -36,7 +36,7 @@ class Range:
 
 def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False, factory: Any = None) -> Any:  # fmt: skip
-    """A dataclass field whose number value (or each number of its list) must lie in the range; `_build` checks it."""
+    """A dataclass field whose number value (or each number of its list) must lie in the range (checked on load)."""
     metadata = {"range": Range(low, high, low_open, high_open)}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)

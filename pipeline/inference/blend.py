@@ -98,8 +98,8 @@ class Experiment:
 
 
 def load_experiment(cfg: Config, name: str, folds: pd.DataFrame, test_ids: list[str] | None) -> Experiment:
-    run = paths.Paths(cfg.comp, name).run
-    oof_path, test_path = run / "oof.csv", run / "test.csv"
+    out = paths.Paths(cfg.comp, name)
+    oof_path, test_path = out.oof_all, out.test_blend
     for path in (oof_path, test_path):
         if not path.exists():
             raise UserError(f"{path} not found; run `make ensemble CONFIG=configs/{cfg.comp}/{name}.yaml` first")
@@ -112,7 +112,7 @@ def load_experiment(cfg: Config, name: str, folds: pd.DataFrame, test_ids: list[
         )
     fold_ids = []
     for k in sorted(folds["fold"].unique()):
-        part = run / f"fold{k}" / "oof.csv"
+        part = out.oof(int(k))
         fold_ids.append(frozenset(read_csv(part, "fold oof")["id"]) if part.exists() else frozenset())
     targets = encode_targets(folds["label"], cfg.data)
     probs = oof[cfg.data.classes].astype(float).to_numpy()
@@ -181,11 +181,7 @@ def run(args: argparse.Namespace) -> None:
     comp = args.comp or (args.config and Path(args.config).resolve().parent.name)
     if not comp:
         raise UserError("blend: COMP=<competition slug> is required")
-    blend_path = (
-        Path(args.config)
-        if args.config and args.config.endswith("blend.yaml")
-        else paths.configs_dir(comp) / "blend.yaml"
-    )
+    blend_path = Path(args.config) if args.config and args.config.endswith("blend.yaml") else paths.blend_config(comp)
     blend = load_blend_config(blend_path)
     check_name_free(comp, blend.name, blend_path)
     cfg = load_config(paths.configs_dir(comp) / "competition.yaml", args.overrides)
@@ -196,7 +192,7 @@ def run(args: argparse.Namespace) -> None:
     test_ids: list[str] = []
     for name in blend.experiments:
         experiments.append(load_experiment(cfg, name, folds, None if not experiments else test_ids))
-        test_ids = list(read_csv(paths.Paths(comp, name).run / "test.csv", "test probabilities")["id"])
+        test_ids = list(read_csv(paths.Paths(comp, name).test_blend, "test probabilities")["id"])
         if experiments[-1].fold_ids != experiments[0].fold_ids:
             raise UserError(f"{name} and {experiments[0].name} were trained on different folds; they cannot be blended")
     stack = np.stack([e.oof for e in experiments])
@@ -211,12 +207,11 @@ def run(args: argparse.Namespace) -> None:
                   combine=method, member_files=blend_apply.member_files(comp, blend.experiments),
                   cv=score(cfg.metric, targets, oof_blend), sample=0,
                   folds_digest=artifacts.file_digest(out.folds_csv))  # fmt: skip
-    run_dir = out.blend_dir(blend.name)
     oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)
     oof_frame.insert(0, "id", folds["id"].to_numpy())
     submission = paths.Paths(comp, blend.name).submission
     formatted = submission_frame(cfg, test_frame, submission, require_sample=False)
-    artifacts.write_csv(run_dir / "oof.csv", oof_frame)
+    artifacts.write_csv(out.blend_oof(blend.name), oof_frame)
     artifacts.write_csv(out.blend_test(blend.name), test_frame)
     artifacts.write_json(out.blend_scores(blend.name), result)
     artifacts.write_csv(submission, formatted)

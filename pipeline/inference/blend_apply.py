@@ -61,9 +61,8 @@ def load_blend_config(path: Path) -> BlendConfig:
 def check_name_free(comp: str, name: str, blend_yaml: Path) -> None:
     """A blend writes submissions/<comp>/<name>.csv: a name an experiment already uses would overwrite that
     experiment's submission (and confuse scores and bundles), so it is refused, naming the key to change."""
-    experiment = paths.configs_dir(comp) / f"{name}.yaml"
-    run = paths.Paths(comp, name).run
-    taken = experiment if experiment.is_file() else run if (run / "scores.json").is_file() else None
+    experiment, scores = paths.experiment_config(comp, name), paths.Paths(comp, name).scores
+    taken = experiment if experiment.is_file() else scores.parent if scores.is_file() else None
     if taken is not None or name in ("competition", "blend.yaml"):
         raise ConfigError(f"{blend_yaml}: name {name!r} is an experiment's ({taken or name}); its submission would be "
                           "overwritten; give the blend its own name, e.g. name: blend")  # fmt: skip

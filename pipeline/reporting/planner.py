@@ -384,7 +384,7 @@ def make_blend_plan(comp: str, name: str, limit_s: float, test_images: int | Non
     if not scores_path.is_file():
         raise UserError(f"{scores_path} not found; run `make blend COMP={comp}` first")
     scores = json.loads(scores_path.read_text())
-    blend_apply.check_current(comp, name, scores, paths.configs_dir(comp) / "blend.yaml")
+    blend_apply.check_current(comp, name, scores, paths.blend_config(comp))
     members = list(scores["members"])
     configs = [config_of_member(comp, exp, "plan") for exp in members]
     costs, notes = [], []

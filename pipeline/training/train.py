@@ -32,7 +32,7 @@ import torch
 
 from pipeline.core import artifacts, budget, events, paths
 from pipeline.core.bag import bag_seeds, describe, member_config
-from pipeline.core.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
+from pipeline.core.config import Config, dump_yaml, to_dict, training_fingerprint
 from pipeline.core.errors import Stopped, UserError
 from pipeline.core.metrics import is_better, score
 from pipeline.core.progress import len_of_batch, progress
@@ -195,7 +195,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
                      cfg.train.seed)  # fmt: skip
     cfg = member_config(cfg, seed)  # a member trains as if train.seed were its seed (pipeline.core.bag)
     out = paths.for_config(cfg).member(seed)
-    fp = fingerprint(cfg, TRAINING_SECTIONS)
+    fp = training_fingerprint(cfg)
     weights = out.weights(fold)
     if weights.exists():
         if trained_fingerprint(weights) == fp and trained_sources(weights) != sources_stamp(cfg):
