@@ -55,7 +55,7 @@ def baseline(data: DataConfig, image_size: int) -> dict[str, Any]:
     """The first experiment. The training recipe follows `make bench-recipe` (README, "Training recipe"): ImageNet
     weights fine-tuned whole at lr 1e-3 with a zero-initialised head, weight EMA, hflip TTA, 5 folds, the last epoch
     kept (honest OOF). Warmup, augmentation strength and EMA decay are left to the code's budget-aware defaults
-    (pipeline.training.recipe: they follow train.epochs), so editing `epochs` here keeps the recipe sensible."""
+    (pipeline.core.budget: they follow train.epochs), so editing `epochs` here keeps the recipe sensible."""
     return {
         "model": {"name": BASELINE_MODEL, "pretrained": choose_weights(BASELINE_MODEL)},
         "train": {"epochs": 5, "batch_size": 32, "lr": 1.0e-3, "image_size": image_size, "ema": True},

@@ -148,8 +148,8 @@ class TrainConfig:
         None, 0, low_open=True
     )  # e.g. 8h30m: stop cleanly (resumable) when reached
     checkpoint_every: int = ranged(0, 0)  # also checkpoint every N steps within an epoch (0: at epoch ends only)
-    # The recipe (pipeline.training.recipe). Defaults reproduce plain fine-tuning; init's baseline.yaml sets the
-    # measured ones.
+    # The recipe (pipeline.training: optim, schedule, averaging, losses). Defaults reproduce plain fine-tuning;
+    # init's baseline.yaml sets the measured ones.
     freeze_epochs: int = ranged(
         0, 0
     )  # first N of `epochs` train the head only (fastai's fine_tune); norm layers stay trainable
@@ -188,7 +188,7 @@ class TrainConfig:
 class AugmentConfig:
     hflip: float = ranged(0.5, 0, 1)
     vflip: float = ranged(0.0, 0, 1)
-    # RandomResizedCrop's lower area bound; None: budget-aware (pipeline.training.recipe)
+    # RandomResizedCrop's lower area bound; None: budget-aware (pipeline.core.budget)
     scale_min: float | None = ranged(None, 0, 1, low_open=True)
     ratio_range: float = ranged(1 / 3, 0)  # crop aspect ratio in [1/(1+r), 1+r] (timm's 3/4..4/3); 0: square crops
     # brightness/contrast/saturation strength; 0 disables; None: budget-aware

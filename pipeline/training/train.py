@@ -1,4 +1,4 @@
-"""train: fine-tune a timm backbone on one fold (or each fold in turn), with the recipe of pipeline.training.recipe.
+"""train: fine-tune a timm backbone on one fold (or each fold in turn), with the recipe in pipeline.training.
 
 Reads data/processed/<comp>/folds.csv and the images under the competition's raw folder; writes, per
 fold, data/runs/<comp>/<exp>/fold<k>/: log.csv (one row per epoch), oof_plain.csv (validation-row
