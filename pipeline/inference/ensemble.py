@@ -103,6 +103,22 @@ def apply_auto_views(cfg: Config, views: list[str], fold_ids: list[int]) -> None
     tta_auto.write_choice(cfg, views)
 
 
+def check_one_code_version(cfg: Config, fold_ids: list[int]) -> None:
+    """Folds predicted by different pipeline code (predict.json's `code`) are not blended silently: an upgrade between
+    two folds' predict runs could change TTA, preprocessing or the output activation for some folds only."""
+    out = paths.for_config(cfg)
+    seen: dict[str, list[int]] = {}
+    for k in fold_ids:
+        marker = out.predict_marker(k)
+        code = artifacts.read_json(marker).get("code", "unrecorded") if marker.exists() else "unrecorded"
+        seen.setdefault(str(code), []).append(k)
+    if len(seen) > 1:
+        mix = "; ".join(f"fold(s) {', '.join(map(str, ks))} by {code}" for code, ks in seen.items())
+        redo = f"python -m pipeline predict --config configs/{cfg.comp}/{cfg.exp}.yaml"
+        raise UserError(f"{out.run}: folds were predicted by different pipeline versions ({mix}); `{redo}` "
+                        "re-predicts the older ones with this version")  # fmt: skip
+
+
 def blend_folds(cfg: Config, fold_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
     """(oof over the folds' rows in folds.csv order, mean test probabilities, per-fold scores)."""
     out = paths.for_config(cfg)
@@ -190,6 +206,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
     fold_ids, partial = folds_to_blend(args, cfg)
+    check_one_code_version(cfg, fold_ids)
     auto = choose_auto_views(cfg, fold_ids) if cfg.tta.views == "auto" else None
     if auto:
         apply_auto_views(cfg, auto["chosen"], fold_ids)
