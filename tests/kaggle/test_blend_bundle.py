@@ -242,19 +242,34 @@ def test_plan_of_a_blend_sums_its_members_and_orders_drops_by_gain_per_second(
 def test_the_kernel_script_hands_a_blend_bundle_to_run_blend(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """kernel.py runs the pipeline's own `kernel-predict` command on the bundle it found; that command hands a blend
+    bundle to run_blend and returns its status."""
+    import sys
+
     from pipeline.commands import kernel_predict
+    from pipeline.commands.cli import main
     from pipeline.kaggle import kernel as kernel_script
 
-    (tmp_path / "toy-blend-geo-bundle").symlink_to(dataset_of(project, "geo"))
+    bundle = tmp_path / "toy-blend-geo-bundle"
+    bundle.symlink_to(dataset_of(project, "geo"))
     monkeypatch.setattr(kernel_script, "INPUT", tmp_path)
     monkeypatch.setattr(kernel_script, "SETTINGS", {"bundle": "toy-blend-geo-bundle"})
     monkeypatch.setattr(kernel_script, "install", lambda bundle, manifest: None)  # the wheels: tested in test_bundle
+    commands: list[list[str]] = []
+    monkeypatch.setattr(kernel_script.subprocess, "call", lambda command: commands.append(command) or 0)
+    assert kernel_script.main() == 0
+    assert commands == [[sys.executable, "-m", "pipeline", "kernel-predict", "--bundle", str(bundle)]]
+
     monkeypatch.setenv("PIPELINE_ROOT", str(tmp_path / "kernel-work"))
     called = []
     monkeypatch.setattr(kernel_predict, "run_blend", lambda bundle: called.append(("blend", bundle)) or 0)
     monkeypatch.setattr(kernel_predict, "run_bundle", lambda bundle: called.append(("single", bundle)) or 0)
-    assert kernel_script.main() == 0
-    assert called == [("blend", tmp_path / "toy-blend-geo-bundle")]
+    assert main(commands[0][3:]) == 0
+    assert called == [("blend", bundle)]
+    monkeypatch.setattr(kernel_predict, "run_blend", lambda bundle: 2)
+    with pytest.raises(SystemExit) as stopped:
+        main(commands[0][3:])
+    assert stopped.value.code == 2
 
 
 @pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
