@@ -218,6 +218,7 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
         _SCORE_WAIT_FLAG,
         ("--kernel-wait", {"type": float, "default": 10800.0, "help": "seconds to wait for the kernel's run"}),
         ("--message", {"default": None, "help": "the submission's description (default: experiment, CV, commit)"}),
+        ("--no-follow", {"action": "store_true", "help": "do not stream the kernel's log while it runs"}),
     ],
     "plan": [*_PLAN_FLAGS, _BLEND_FLAG],
     "sweep": [_SWEEP_FLAG],

@@ -203,7 +203,7 @@ def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
     assert sorted(uploaded) == sorted(p.name for p in dataset.iterdir() if p.name != "dataset-metadata.json")
     assert uploaded["fold1.safetensors"] == (dataset / "fold1.safetensors").read_bytes()
     (saved,) = fake_kaggle.kernels[KERNEL]
-    assert saved["competitionDataSources"] == [COMP] and saved["datasetDataSources"] == [DATASET]
+    assert saved["competitionDataSources"] == [COMP] and saved["datasetDataSources"] == [f"{DATASET}/1"]  # pinned
     assert (saved["enableInternet"], saved["kernelType"], saved["language"], saved["isPrivate"]) == (
         False, "script", "python", True)  # fmt: skip
     assert saved["text"] == (kernel / "kernel.py").read_text() and saved["newTitle"] == "toy tiny inference"
@@ -220,6 +220,7 @@ def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
     assert len(created.versions) == 2 and created.notes[1] == "second try"
     (call,) = fake_kaggle.calls("CreateDatasetVersion")
     assert (call.json()["ownerSlug"], call.json()["datasetSlug"]) == (USER, "toy-tiny-bundle")
+    assert fake_kaggle.kernels[KERNEL][-1]["datasetDataSources"] == [f"{DATASET}/2"]  # the version just uploaded
 
 
 PUSH_FAILURES = {
@@ -420,7 +421,8 @@ def test_push_waits_for_the_new_version_then_kaggle_submit_reaches_a_score(
     submitted = push("kaggle-submit", "--config", CONFIG)
     assert submitted.returncode == 0, submitted.stderr
     assert "kernel fake-user/toy-tiny-inference: queued" in submitted.stderr
-    assert "kernel fake-user/toy-tiny-inference: running" in submitted.stderr
+    assert "  | log line 0" in submitted.stderr and "  | log line 29" in submitted.stderr  # the log, streamed
+    assert submitted.stderr.count("  | log line 7") == 1
     (code,) = fake_kaggle.calls("CreateCodeSubmission")
     body = code.json()
     assert (body["kernelOwner"], body["kernelSlug"], body["kernelVersion"], body["fileName"]) == (
