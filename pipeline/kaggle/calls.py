@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pipeline.core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
@@ -64,17 +66,12 @@ def follow_log(kaggle: Any, ref: str) -> Iterator[str]:  # noqa: ANN401
     """The kernel's log lines as Kaggle streams them (live while it runs, the stored log once it ended).
 
     A broken stream ends the iteration quietly: the log is a view, the status polls decide (wait.py)."""
-    import requests
-
     try:
         with kaggle.errors(ref, "stream the log of kernel", kind="kernel"):
             for event in kaggle.api.kernels_logs_stream(ref):
                 data = event.get("data") if isinstance(event, dict) else None
-                for line in str(data or "").splitlines():
-                    yield line
-    except Exception as exc:  # noqa: BLE001 - UserError or a broken stream: the run goes on without its log
-        if not isinstance(exc, (requests.RequestException, ValueError)) and type(exc).__name__ != "UserError":
-            raise
+                yield from str(data or "").splitlines()
+    except UserError as exc:
         log.debug("log stream of %s ended: %s", ref, exc)
 
 

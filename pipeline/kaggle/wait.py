@@ -196,8 +196,9 @@ def wait_for_kernel_version(kaggle: Any, ref: str, version: int | None, seconds:
         else:
             status = f"waiting for version {version} to start (Kaggle still reports the previous run: {status})"
         if time.monotonic() >= deadline:
-            raise UserError(f"kernel {ref} version {version or '?'} is still {status} after {seconds:.0f} s; re-run "
-                            f"`make kaggle-submit` later (it waits again), or see https://www.kaggle.com/code/{ref}")  # fmt: skip
+            raise UserError(f"kernel {ref} version {version or '?'} is still {status} after {seconds:.0f} s; "
+                            "re-run `make kaggle-submit` later (it waits again), or see "
+                            f"https://www.kaggle.com/code/{ref}")  # fmt: skip
         log.info("kernel %s: %s (%.0f s)", ref, status, time.monotonic() - started_at)
         if not ended:
             follower.follow()  # returns when the run's log ends (or the stream breaks): then poll again

@@ -356,7 +356,11 @@ class FakeKaggle:
             size = int(body.get("pageSize") or 20)
             start = int(body.get("pageToken") or 0)
             more = start + size < len(rows)
-            return 200, {"submissions": rows[start : start + size], "nextPageToken": str(start + size) if more else ""}, {}
+            return (
+                200,
+                {"submissions": rows[start : start + size], "nextPageToken": str(start + size) if more else ""},
+                {},
+            )
         if method == "GetSubmissionLimits":
             used = len(competition.submissions)
             left = max(competition.max_daily - used, 0)
@@ -429,8 +433,15 @@ class FakeKaggle:
             if body.get("search", "") not in ref or (body.get("user") and not ref.startswith(f"{body['user']}/")):
                 continue
             started = [r.started for r in self.runs.get(ref, []) if r.started]
-            kernels.append({"ref": ref, "title": saved[-1].get("newTitle", ""), "slug": ref.split("/")[1],
-                            "currentVersionNumber": len(saved), **({"lastRunTime": started[-1]} if started else {})})
+            kernels.append(
+                {
+                    "ref": ref,
+                    "title": saved[-1].get("newTitle", ""),
+                    "slug": ref.split("/")[1],
+                    "currentVersionNumber": len(saved),
+                    **({"lastRunTime": started[-1]} if started else {}),
+                }
+            )
         return 200, {"kernels": kernels, "nextPageToken": ""}, {}
 
     def stream_log(self, path: str) -> bytes | None:
@@ -515,7 +526,11 @@ class FakeKaggle:
             size = int(body.get("pageSize") or 20)
             start = int(body.get("pageToken") or 0)
             more = start + size < len(files)
-            return 200, {"datasetFiles": files[start : start + size], "nextPageToken": str(start + size) if more else ""}, {}
+            return (
+                200,
+                {"datasetFiles": files[start : start + size], "nextPageToken": str(start + size) if more else ""},
+                {},
+            )
         if method == "GetDataset":
             if dataset.lag_left > 0:
                 dataset.lag_left -= 1

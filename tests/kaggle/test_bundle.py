@@ -477,19 +477,27 @@ def test_only_pure_wheels_are_repacked_compiled_ones_are_fetched_for_kaggle(
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
 
     assert wheels.bundle_wheel("purepkg", dest).name == "purepkg-1.0-py3-none-any.whl"
-    with pytest.raises(UserError, match=r"fastpkg 2\.0 is compiled.*pip download .*--platform manylinux2014_x86_64"):
+    with pytest.raises(
+        UserError,
+        match=r"fastpkg 2\.0 is compiled.*pip download .*--platform manylinux2014_x86_64"
+        r".*--python-version 3\.12.*utility notebook with internet on.*kernel_sources",
+    ):
         wheels.bundle_wheel("fastpkg", dest)
     assert sorted(p.name for p in dest.iterdir()) == ["purepkg-1.0-py3-none-any.whl"]  # nothing of this machine's
 
-    kaggles = index / "fastpkg-2.0-cp311-cp311-manylinux2014_x86_64.whl"  # what the index holds for Kaggle
-    with zipfile.ZipFile(kaggles, "w") as wheel:
-        wheel.writestr("fastpkg/__init__.py", "VALUE = 2\n")
-        wheel.writestr("fastpkg-2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fastpkg\nVersion: 2.0\n")
-        wheel.writestr("fastpkg-2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
-                       "Tag: cp311-cp311-manylinux2014_x86_64\n")  # fmt: skip
-        wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
+    for python in ("cp311", "cp312"):  # what the index holds: the wheel for Kaggle's Python, and another
+        with zipfile.ZipFile(index / f"fastpkg-2.0-{python}-{python}-manylinux2014_x86_64.whl", "w") as wheel:
+            wheel.writestr("fastpkg/__init__.py", f"VALUE = '{python}'\n")
+            wheel.writestr("fastpkg-2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fastpkg\nVersion: 2.0\n")
+            wheel.writestr("fastpkg-2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
+                           f"Tag: {python}-{python}-manylinux2014_x86_64\n")  # fmt: skip
+            wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
+    kaggles = index / "fastpkg-2.0-cp312-cp312-manylinux2014_x86_64.whl"  # Kaggle's image runs CPython 3.12
     fetched = wheels.bundle_wheel("fastpkg", dest)
     assert fetched.name == kaggles.name and fetched.read_bytes() == kaggles.read_bytes()
+    monkeypatch.setenv("PIPELINE_KAGGLE_PYTHON", "3.11")  # the one setting, when Kaggle's image moves
+    fetched.unlink()
+    assert wheels.bundle_wheel("fastpkg", dest).name == "fastpkg-2.0-cp311-cp311-manylinux2014_x86_64.whl"
 
 
 def test_a_custom_metric_module_ships_in_the_bundle_and_the_kernel_imports_it(project: Path, tmp_path: Path) -> None:
