@@ -199,7 +199,7 @@ $(BUNDLE)/dataset/bundle.json: | $(BUNDLE_NEEDS)
 	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
 
 kaggle-push: $(BUNDLE)/dataset/bundle.json ## upload the bundle as a private Kaggle dataset (or a new version), push + run its kernel
-	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)
+	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)$(if $(FORCE), --force)
 
 kaggle-submit: ## code competitions, after kaggle-push: wait for the kernel's run, submit its output, wait for the score
 	$(PY) -m pipeline kaggle-submit $(KAGGLE_ARGS)$(WAIT_FLAG)

@@ -284,6 +284,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         "metric": scores.get("metric"),
         "cv": scores.get("cv"),
         "output_file": output_file_name(cfg.data.test_csv),  # what the kernel writes and kaggle-submit submits
+        "planned_seconds": planned_seconds(cfg),  # make plan's inference kernel: kaggle-push checks the GPU quota
         "git_commit": git_commit(Path(__file__).resolve().parent),  # the code's commit, wherever the project is
     }
     (folder / "dataset-metadata.json").write_text(json.dumps({
@@ -295,6 +296,17 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
                        f"{scores.get('cv')}), for the offline inference kernel {names.kernel}.",
     }, indent=2) + "\n")  # fmt: skip
     return manifest
+
+
+def planned_seconds(cfg: Config) -> float | None:
+    """What `make plan` expects the inference kernel to take (seconds), or None when it cannot tell."""
+    from pipeline.reporting.planner import DEFAULT_LIMIT, make_plan, parse_duration
+
+    try:
+        return round(float(make_plan(cfg, parse_duration(DEFAULT_LIMIT)).table["total"].iloc[0]), 1)
+    except (UserError, OSError, ValueError, KeyError) as exc:  # no training log to measure speed from: no plan
+        log.debug("no time plan for the bundle: %s", exc)
+        return None
 
 
 def choose_accelerator(cfg: Config, explicit: str | None, configured: str = "") -> str:

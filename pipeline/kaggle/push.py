@@ -162,7 +162,44 @@ def wait_until_ready(kaggle: Any, ref: str, seconds: float, record: Path, versio
         time.sleep(poll_seconds())
 
 
-def push(target: BundleTarget, wait: float, message: str | None = None) -> None:
+def check_quota(kaggle: Any, manifest: dict[str, Any], kernel: dict[str, Any], force: bool = False) -> None:  # noqa: ANN401
+    """Show the weekly GPU quota left; UserError (before anything is uploaded) when the planned run (bundle.json's
+    planned_seconds, from `make plan`) needs more than that, or more than Kaggle's run-time limit. `force` warns."""
+    from pipeline.kaggle.calls import gpu_quota
+    from pipeline.reporting.planner import DEFAULT_LIMIT, MARGIN, format_hours, parse_duration
+
+    if not kernel.get("enable_gpu"):
+        return
+    try:
+        quota = gpu_quota(kaggle)
+    except UserError as exc:  # a hint only: Kaggle decides at run time anyway
+        log.warning("warning: could not read the GPU quota (%s)", exc)
+        quota = None
+    planned = manifest.get("planned_seconds")
+    plan = f"make plan expects ~{format_hours(planned)}" if planned else "no time plan in the bundle"
+    if quota is not None:
+        log.info("kaggle-push: GPU quota %.1f h left of %.1f h this week (refreshes %s); %s", quota.left_hours,
+                 quota.allowed_hours, quota.refresh or "weekly", plan)  # fmt: skip
+    if not planned:
+        return
+    limit = parse_duration(DEFAULT_LIMIT) * (1 - MARGIN)
+    problems = []
+    if quota is not None and planned > quota.left_hours * 3600:
+        problems.append(f"only {quota.left_hours:.1f} h of GPU quota are left this week (refreshes "
+                        f"{quota.refresh or 'weekly'})")  # fmt: skip
+    if planned > limit:
+        problems.append(f"Kaggle stops a kernel after {DEFAULT_LIMIT} ({format_hours(limit)} usable)")
+    if not problems:
+        return
+    text = f"the kernel's planned run ({plan}) does not fit: {'; '.join(problems)}"
+    if force:
+        log.warning("warning: %s; pushing anyway (--force)", text)
+        return
+    raise UserError(f"{text}; nothing was uploaded. Cut folds or TTA views (`make plan` lists what saves most), "
+                    "run on CPU (--accelerator none), or push anyway with FORCE=1 (--force)")  # fmt: skip
+
+
+def push(target: BundleTarget, wait: float, message: str | None = None, force: bool = False) -> None:
     from pipeline.kaggle.client import Kaggle  # imports the client: only when Kaggle is really called
 
     manifest, kernel = read_bundle(target)
@@ -173,6 +210,7 @@ def push(target: BundleTarget, wait: float, message: str | None = None) -> None:
         raise UserError(f"the bundle belongs to Kaggle user '{owner}' but the credentials are '{user}'s; rebuild it: "
                         f"make kaggle-bundle {target.make_args} KAGGLE_USER={user}")  # fmt: skip
     place = target.place
+    check_quota(kaggle, manifest, kernel, force)
     dataset_version = upload_dataset(kaggle, target, manifest, message or version_notes(manifest))
     wait_until_ready(kaggle, manifest["dataset"], wait, place.pushed, dataset_version)
     verify_upload(kaggle, target, dataset_version)
@@ -195,4 +233,4 @@ def run(args: argparse.Namespace) -> None:
     target = target_from_args(args)  # --blend NAME: the whole blend's bundle (make kaggle-bundle BLEND=...)
     if args.wait < 0:
         raise UserError(f"--wait {args.wait}: must be 0 or more seconds")
-    push(target, args.wait, args.message)
+    push(target, args.wait, args.message, force=getattr(args, "force", False))

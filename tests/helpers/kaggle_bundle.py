@@ -30,7 +30,8 @@ def write_bundle(root: Path, output_file: str = "submission.csv", accelerator: s
     for name, data in (FILES if files is None else files).items():
         (dataset / name).write_bytes(data)
     manifest: dict[str, Any] = {"format": 1, "comp": COMP, "exp": EXP, "dataset": DATASET, "kernel": KERNEL,
-                                "metric": "accuracy", "cv": 0.5, "git_commit": "abc", "output_file": output_file}  # fmt: skip
+                                "metric": "accuracy", "cv": 0.5, "git_commit": "abc",
+                                "output_file": output_file}  # fmt: skip
     (dataset / "bundle.json").write_text(json.dumps(manifest))
     (dataset / "dataset-metadata.json").write_text(json.dumps(
         {"title": "toy tiny bundle", "id": DATASET, "licenses": [{"name": "CC0-1.0"}]}))  # fmt: skip

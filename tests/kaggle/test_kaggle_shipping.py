@@ -193,7 +193,8 @@ def test_p100_and_l4_say_what_kaggle_does_with_them(
 @pytest.mark.parametrize(("sample", "expected"), [("sample_submission.csv", "submission.csv"),
                                                   ("sample_predictions.csv", "predictions.csv"),
                                                   ("data/sampleSubmission.csv", "submission.csv"),
-                                                  ("test.csv", "submission.csv"), (None, "submission.csv")])  # fmt: skip
+                                                  ("test.csv", "submission.csv"),
+                                                  (None, "submission.csv")])  # fmt: skip
 def test_the_output_file_is_named_after_the_sample_submission(sample: str | None, expected: str) -> None:
     from pipeline.kaggle.bundle_format import output_file_name
 
@@ -223,3 +224,66 @@ def test_kaggle_submit_submits_the_file_the_competition_names(tmp_path: Path, fa
 
     ok(push("kaggle-submit", "--config", CONFIG, "--wait", "0", "--no-follow"))
     assert fake_kaggle.calls("CreateCodeSubmission")[0].json()["fileName"] == "predictions.csv"
+
+
+# quota before pushing ----------------------------------------------------------------------------------------------
+
+
+def _plan(root: Path, seconds: float) -> None:
+    """bundle.json's planned_seconds, as kaggle-bundle writes it from `make plan`."""
+    import json
+
+    manifest = root / "data" / "runs" / COMP / "tiny" / "kaggle-bundle" / "dataset" / "bundle.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "planned_seconds": seconds}))
+
+
+def test_a_gpu_push_beyond_the_quota_left_is_refused_before_uploading(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    fake_kaggle.gpu_quota_hours = (29.0, 30.0)  # 1 h left this week
+    _plan(push.root, 2 * 3600)
+
+    user_error(push("kaggle-push", "--config", CONFIG), "planned run", "only 1.0 h of GPU quota", "--force")
+    assert fake_kaggle.calls("GetAcceleratorQuotaStatistics") and not fake_kaggle.calls("StartBlobUpload")
+
+    _plan(push.root, 20 * 60)  # 20 minutes fit in the hour left
+    result = ok(push("kaggle-push", "--config", CONFIG))
+    assert "GPU quota 1.0 h left of 30.0 h" in result.stderr and KERNEL in fake_kaggle.kernels
+
+
+def test_a_run_longer_than_kaggles_limit_is_refused_unless_forced(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    _plan(push.root, 10 * 3600)  # quota: 30 h left; Kaggle's limit: 9 h
+    user_error(push("kaggle-push", "--config", CONFIG), "stops a kernel after 9h")
+    result = ok(push("kaggle-push", "--config", CONFIG, "--force"))
+    assert "pushing anyway (--force)" in result.stderr
+
+
+# where you stand ---------------------------------------------------------------------------------------------------
+
+
+def test_scores_adds_the_public_rank_and_the_gaps_to_the_top_and_the_medals(
+    tmp_path: Path, fake_kaggle: FakeKaggle
+) -> None:
+    import pandas as pd
+
+    root = tmp_path / "project"
+    write_bundle(root)
+    board = [(f"team{i}", round(0.95 - 0.01 * i, 2)) for i in range(30)]  # 0.95 ... 0.66, best first
+    competition = fake_kaggle.add_competition(COMP, leaderboard=board, pending_polls=0, public_score="0.905")
+    fake_kaggle.add_submission(competition, "tiny | CV accuracy 0.5 | abc", b"")
+    push = pusher(root, fake_kaggle, tmp_path)
+
+    result = ok(push("scores", "--comp", COMP))
+    assert len(fake_kaggle.calls("GetLeaderboard")) == 1  # 30 teams: one page of 100
+    line = result.stdout.strip().splitlines()[-1]
+    # 0.905 sits behind 0.95, 0.94, 0.93, 0.92, 0.91: rank 6 of 30; gold = top 10% = rank 3 (0.93)
+    assert "public rank 6 of 30 with 0.905 (top 0.95, gap 0.045)" in line, line
+    assert "gold to rank 3 (0.93: 0.025 to go)" in line and "silver to rank 6 (0.9: in it)" in line, line
+    table = pd.read_csv(root / "data" / "runs" / COMP / "leaderboard.csv")
+    assert table.loc[table["experiment"] == "tiny", "public_rank"].tolist() == [6]
+
+
+@pytest.mark.parametrize(("teams", "zones"), [(30, (3, 6, 12)), (200, (10, 40, 80)), (500, (11, 50, 100)),
+                                              (2000, (14, 100, 200))])  # fmt: skip
+def test_medal_zones_follow_kaggles_rules(teams: int, zones: tuple[int, int, int]) -> None:
+    from pipeline.kaggle.leaderboard import medal_zones
+
+    assert tuple(medal_zones(teams).values()) == zones
