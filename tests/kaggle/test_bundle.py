@@ -437,7 +437,7 @@ def test_kaggle_submit_shows_a_failed_runs_log(project: Path, fake_kaggle: FakeK
     push = pusher(project, fake_kaggle, tmp_path)
     assert push("kaggle-push", "--config", CONFIG).returncode == 0
 
-    failed = push("kaggle-submit", "--config", CONFIG)
+    failed = push("kaggle-submit", "--config", CONFIG, "--no-follow")  # the log's tail only, not its stream
     assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: kernel fake-user/toy-tiny-inference") and "ended error" in last, last
