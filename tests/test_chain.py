@@ -20,7 +20,7 @@ def write_competition_yaml(project: Path, layout: str, comp: str = "toy") -> Non
     """competition.yaml as init infers it (without baseline.yaml, which needs weights)."""
     import yaml
 
-    from pipeline.data.init import infer_data
+    from pipeline.data.layout import infer_data
 
     raw = write_competition(project / "data" / "raw" / comp, layout, n_train=30, n_test=6)
     data, metric, _ = infer_data(raw)

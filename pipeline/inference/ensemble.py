@@ -6,7 +6,7 @@ the folds' test probabilities) and, last, scores.json: `metric`, `cv` (the metri
 `folds` (per-fold scores), `higher_is_better`, `holdout` (when data.holdout gives test labels), and the
 seed, config, git commit and package versions that produced them. Before scores.json it writes
 thresholds.json: per-label thresholds (multi-label) or cut points on the expected class (ordinal) fitted
-on all OOF rows with the competition metric (pipeline.training.recipe.fit_thresholds), kept only when they beat
+on all OOF rows with the competition metric (pipeline.training.thresholds.fit_thresholds), kept only when they beat
 0.5/argmax there, else {"kind": "none"}; scores.json then also holds `cv_thresholded` and
 `holdout_thresholded` (optimistic for the CV: fitted on the rows it scores). With ensemble.refit the full-data
 refit's refit/test.csv (make refit) joins test.csv as one more model, weight 1/(n_folds+1); it has no OOF, so `cv`
@@ -44,9 +44,9 @@ from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference import tta_auto
 from pipeline.inference.predictions import read_probs
 from pipeline.inference.seed_bag import seed_bag_facts
-from pipeline.training import recipe, refit
+from pipeline.inference.thresholds import fit_thresholds, hard_probs
+from pipeline.training import averaging, refit
 from pipeline.training.fold import read_folds
-from pipeline.training.recipe import fit_thresholds, hard_probs
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> None:
         "holdout_thresholded": holdout_score(cfg, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
         "refit": refit_facts,  # make refit: no OOF; how its test predictions were weighted (ensemble.refit)
-        "oof_selection": recipe.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
+        "oof_selection": averaging.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
         "tta_views": tta_auto.effective_views(cfg),
         "tta_auto": auto,
         "model": cfg.model.name,

@@ -31,7 +31,7 @@ import torch
 
 from pipeline.core import artifacts, paths
 from pipeline.core.bag import bag_seeds, describe, member_config
-from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
+from pipeline.core.config import Config, training_fingerprint
 from pipeline.core.errors import UserError
 from pipeline.data.tables import read_csv
 from pipeline.inference import view_scores
@@ -123,7 +123,7 @@ def predict_auto(
 
 def identity_of(cfg: Config) -> dict[str, Any]:
     """What predictions depend on: the training fingerprint and the views (a seed bag's: the whole list's)."""
-    return {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views_or_identity(cfg.tta.views)}
+    return {"fingerprint": training_fingerprint(cfg), "views": views_or_identity(cfg.tta.views)}
 
 
 def write_outputs(cfg: Config, fold: int, oof: pd.DataFrame, test_probs: pd.DataFrame, seed: int | None = None) -> None:

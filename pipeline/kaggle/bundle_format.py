@@ -15,7 +15,7 @@ from pipeline.core.errors import UserError
 if TYPE_CHECKING:
     from pipeline.core.config import Config
 
-MANIFEST_FORMAT = 1  # bundle.json's layout; pipeline.kaggle.kernel_predict refuses others
+MANIFEST_FORMAT = 1  # bundle.json's layout; pipeline.commands.kernel_predict refuses others
 DEFAULT_OUTPUT = "submission.csv"  # what a kernel writes when the competition's sample submission says nothing else
 EVALUATION_SERVER = "kaggle_evaluation"  # the package of competitions scored through Kaggle's evaluation server
 

@@ -25,7 +25,7 @@ from pipeline.kaggle import wait as kaggle_wait
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILE = "submission.csv"  # what pipeline.kaggle.kernel_predict writes into /kaggle/working
+OUTPUT_FILE = "submission.csv"  # what pipeline.commands.kernel_predict writes into /kaggle/working
 LOG_LINES = 20
 
 

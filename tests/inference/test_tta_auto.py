@@ -78,8 +78,8 @@ def test_auto_bundle_kernel_scores_the_views_it_predicts(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Kernel fits CV (and thresholds) on the bundled OOF: those must hold the views its test predictions use."""
+    from pipeline.commands import kernel_predict as kernel
     from pipeline.core import paths
-    from pipeline.kaggle import kernel_predict as kernel
 
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, tta={"views": "auto"})

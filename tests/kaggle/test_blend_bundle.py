@@ -1,7 +1,7 @@
 """make kaggle-bundle BLEND=<name>: a whole blend in the Kaggle Kernel, on a real tiny competition.
 
 Two members with their own configs (image size, TTA views) are trained, predicted, ensembled and blended once per
-module. The blend's bundle is then run by the Kernel's own code (pipeline.kaggle.kernel_predict.run_blend) against
+module. The blend's bundle is then run by the Kernel's own code (pipeline.commands.kernel_predict.run_blend) against
 simulated /kaggle/input and /kaggle/working folders: it must blend to the local blend's probabilities and write
 its submission. Refusals and kaggle-push run on copies or against tests/helpers/fake_kaggle.py.
 """
@@ -98,7 +98,7 @@ def test_blend_bundle_holds_each_member_bundle_and_the_blends_weights(project: P
 def test_the_kernels_blend_equals_the_local_blend(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    from pipeline.kaggle.kernel_predict import run_blend
+    from pipeline.commands.kernel_predict import run_blend
 
     kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
     (kaggle_input / "competitions").mkdir(parents=True)
@@ -239,8 +239,8 @@ def test_plan_of_a_blend_sums_its_members_and_orders_drops_by_gain_per_second(
 def test_the_kernel_script_hands_a_blend_bundle_to_run_blend(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pipeline.commands import kernel_predict
     from pipeline.kaggle import kernel as kernel_script
-    from pipeline.kaggle import kernel_predict
 
     (tmp_path / "toy-blend-geo-bundle").symlink_to(dataset_of(project, "geo"))
     monkeypatch.setattr(kernel_script, "INPUT", tmp_path)

@@ -301,7 +301,7 @@ def test_kernel_finds_its_bundle_where_kaggle_mounts_it(tmp_path: Path, monkeypa
 def test_bundled_kernel_reads_the_competition_under_either_mount(
     project: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount: str
 ) -> None:
-    from pipeline.kaggle.kernel_predict import run_bundle
+    from pipeline.commands.kernel_predict import run_bundle
 
     kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
     (kaggle_input / mount).parent.mkdir(parents=True, exist_ok=True)
@@ -536,7 +536,7 @@ def test_a_custom_metric_module_ships_in_the_bundle_and_the_kernel_imports_it(pr
     (kaggle_input / COMP).symlink_to(root / "data/raw" / COMP)
     env = clean_env(PIPELINE_ROOT=str(tmp_path / "kernel-work"), KAGGLE_INPUT_ROOT=str(kaggle_input),
                     KAGGLE_WORKING_ROOT=str(working), PYTHONPATH=os.environ.get("PYTHONPATH", ""))  # fmt: skip
-    script = "import sys; from pathlib import Path; from pipeline.kaggle.kernel_predict import run_bundle; "
+    script = "import sys; from pathlib import Path; from pipeline.commands.kernel_predict import run_bundle; "
     script += "sys.exit(run_bundle(Path(sys.argv[1])))"
     done = subprocess.run([sys.executable, "-c", script, str(bundle)], cwd=elsewhere, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip  # a fresh process: nothing imported from home

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from helpers.builders import REPO, run_cli, tiny_experiment, write_competition
 from pipeline.__main__ import main
-from pipeline.data.init import infer_data
+from pipeline.data.layout import infer_data
 
 EPOCHS = 2
 TRAIN = {"epochs": EPOCHS, "batch_size": 4, "deterministic": True, "checkpoint_every": 2, "ema": True, "mixup": 0.2}

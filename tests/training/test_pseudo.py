@@ -33,7 +33,7 @@ from pipeline.core.config import (
 from pipeline.data import soft_targets
 from pipeline.data.sources import sources_stamp
 from pipeline.training import fold as fold_module
-from pipeline.training import recipe
+from pipeline.training import losses
 from test_chain import run_chain, write_competition_yaml
 
 CLASSES_COLUMN_START = 1
@@ -98,7 +98,7 @@ def test_soft_pseudo_targets_are_the_source_probabilities_times_the_weight(toy: 
     np.testing.assert_allclose(dataset.targets[n_labelled:], 0.5 * probs, rtol=1e-5, atol=1e-6)
     _, target = dataset[n_labelled]  # what the loader hands the loss
     np.testing.assert_allclose(target.numpy(), 0.5 * probs[0], rtol=1e-5, atol=1e-6)
-    criterion = recipe.build_criterion(f.cfg, f.train_targets, mixing=f.dense_targets)
+    criterion = losses.build_criterion(f.cfg, f.train_targets, mixing=f.dense_targets)
     logits = torch.randn(2, len(f.cfg.data.classes))
     rows = torch.as_tensor(dataset.targets[[0, n_labelled]])
     per_row = -(torch.as_tensor(rows) * torch.log_softmax(logits, -1)).sum(-1)
@@ -122,7 +122,7 @@ def test_distillation_target_is_the_mix_of_one_hot_and_the_source_oof(toy: Path)
 
 def test_mixup_mixes_dense_targets_with_the_image_lambda(toy: Path) -> None:
     cfg = load_config(pseudo_config(toy, soft=True))
-    mixer = recipe.BatchMixer(cfg.train.__class__(mixup=0.4), len(cfg.data.classes), "single_label", "classifier")
+    mixer = losses.BatchMixer(cfg.train.__class__(mixup=0.4), len(cfg.data.classes), "single_label", "classifier")
     images = torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)])
     targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.25, 0.25]])
     mixed_images, mixed = mixer(images, targets)

@@ -21,7 +21,7 @@ from pipeline.core.config import (
     fingerprint,
     load_config,
 )
-from pipeline.training import recipe
+from pipeline.training import averaging
 from test_chain import run_chain, write_competition_yaml
 
 RUN = "data/runs/toy/tiny"
@@ -68,7 +68,7 @@ def test_swa_saves_the_mean_of_the_last_epochs_only_when_not_worse(
 ) -> None:
     config, seen = train_recording(project, capsys, monkeypatch)
     decided: list[tuple[float, float]] = []
-    monkeypatch.setattr(recipe, "swa_wins", lambda metric, swa, kept: decided.append((swa, kept)) or wins)
+    monkeypatch.setattr(averaging, "swa_wins", lambda metric, swa, kept: decided.append((swa, kept)) or wins)
     result = run_main(capsys, "train", "--config", str(config), "--fold", "0")
     assert result.returncode == 0, result.stderr
     weights, facts = saved(project)
@@ -83,7 +83,7 @@ def test_swa_saves_the_mean_of_the_last_epochs_only_when_not_worse(
         assert any(not torch.allclose(weights[k], seen[2][k]) for k in stats)  # re-estimated, not the last epoch's
     else:
         assert facts["weights"] == "raw" and all(torch.equal(weights[k], seen[2][k]) for k in params + stats)
-    selection = recipe.oof_selection(load_config(config))
+    selection = averaging.oof_selection(load_config(config))
     assert selection["swa_chosen_on_fold"] and selection["folds"][0]["swa"]["kept"] is wins
 
 
@@ -102,7 +102,7 @@ def test_swa_resumes_with_its_average_after_a_kill(
     assert run_main(capsys, "train", "--config", str(config), "--fold", "0").returncode != 0  # interrupted
     assert (project / RUN / "fold0/work/last.pt").exists() and not (project / RUN / "fold0/model.safetensors").exists()
     monkeypatch.setattr(train_module, "apply_swa", original)
-    monkeypatch.setattr(recipe, "swa_wins", lambda *args: True)
+    monkeypatch.setattr(averaging, "swa_wins", lambda *args: True)
     assert run_main(capsys, "train", "--config", str(config), "--fold", "0").returncode == 0
     weights, facts = saved(project)
     assert len(seen) == 3 and facts["swa"]["averaged"] == 2  # the resumed run trained no epoch again
@@ -111,11 +111,11 @@ def test_swa_resumes_with_its_average_after_a_kill(
 
 
 def test_swa_rule_follows_the_metric_direction_and_the_last_epochs() -> None:
-    assert recipe.swa_wins("accuracy", 0.8, 0.8) and not recipe.swa_wins("accuracy", 0.7, 0.8)
-    assert recipe.swa_wins("log_loss", 0.3, 0.4) and not recipe.swa_wins("log_loss", 0.5, 0.4)
+    assert averaging.swa_wins("accuracy", 0.8, 0.8) and not averaging.swa_wins("accuracy", 0.7, 0.8)
+    assert averaging.swa_wins("log_loss", 0.3, 0.4) and not averaging.swa_wins("log_loss", 0.5, 0.4)
     cfg = TrainConfig(epochs=5, swa=SwaConfig(epochs=2))
-    assert [e for e in range(1, 6) if recipe.swa_takes(e, cfg)] == [4, 5]
-    assert not any(recipe.swa_takes(e, TrainConfig(epochs=5)) for e in range(1, 6))
+    assert [e for e in range(1, 6) if averaging.swa_takes(e, cfg)] == [4, 5]
+    assert not any(averaging.swa_takes(e, TrainConfig(epochs=5)) for e in range(1, 6))
 
 
 def test_swa_key_retrains_when_on_and_keeps_older_fingerprints(project: Path) -> None:
