@@ -200,7 +200,7 @@ $(BUNDLE)/dataset/bundle.json: | $(BUNDLE_NEEDS)
 	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
 
 kaggle-push: $(BUNDLE)/dataset/bundle.json
-	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)
+	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)$(if $(FORCE), --force)
 
 kaggle-submit:
 	$(PY) -m pipeline kaggle-submit $(KAGGLE_ARGS)$(WAIT_FLAG)

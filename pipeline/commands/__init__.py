@@ -112,7 +112,9 @@ COMMANDS: dict[str, Command] = {
                 flags=(_BLEND, _SCORE_WAIT, ("--kernel-wait", {"type": float, "default": 10800.0,
                                                                "help": "seconds to wait for the kernel's run"}),
                        ("--message", {"default": None, "help": "the submission's description (default: experiment, "
-                                                               "CV, commit)"}))),
+                                                               "CV, commit)"}),
+                       ("--no-follow", {"action": "store_true", "help": "do not stream the kernel's log while it "
+                                                                       "runs"}))),
         Command("sweep", "pipeline.tuning.sweep", "Optuna sweep per SWEEP=configs/<comp>/sweep.yaml: one fold (or "
                 "SAMPLE) per trial, resumable", flags=(_SWEEP,)),
         Command("sweep-best", "pipeline.tuning.sweep", "write the sweep's best trial as "

@@ -123,10 +123,11 @@ def predict_test(cfg: Config, device: torch.device) -> None:
         log.info("kernel: fold %d predicted %d test images on %s (%d model(s))", fold, len(test), device, len(probs))
 
 
-def publish_submission(cfg: Config) -> Path:
-    """Copy the validated submission to /kaggle/working/submission.csv (where Kaggle looks for it)."""
+def publish_submission(cfg: Config, name: str = "submission.csv") -> Path:
+    """Copy the validated submission to /kaggle/working/<name> (where Kaggle looks for it: the manifest's
+    output_file, the name the competition's sample submission implies)."""
     source = paths.for_config(cfg).submission
-    target = paths.KAGGLE_WORKING / "submission.csv"
+    target = paths.KAGGLE_WORKING / name
     with artifacts.atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
@@ -145,6 +146,7 @@ def run_bundle(bundle: Path) -> int:
         manifest = read_manifest(bundle)
         staged["cfg"] = cfg = stage_bundle(bundle, manifest)
         staged["config"] = str(paths.configs_dir(cfg.comp) / manifest["config"]["experiment"])
+        staged["output"] = str(manifest.get("output_file") or "submission.csv")
         predict_test(cfg, resolve_device(cfg.device))
 
     code = cli.run_task(prepare, debug)
@@ -153,7 +155,7 @@ def run_bundle(bundle: Path) -> int:
     if code:
         return code
     cfg = staged["cfg"]
-    target = publish_submission(cfg)
+    target = publish_submission(cfg, staged["output"])
     scores = artifacts.read_json(paths.for_config(cfg).scores)
     log.info("kernel: wrote %s (%d rows; bundled CV %s = %.4f)", target, sum(1 for _ in target.open()) - 1,
              scores["metric"], scores["cv"])  # fmt: skip
@@ -235,7 +237,7 @@ def run_blend(bundle: Path) -> int:
     code = code or cli.run_task(blend, debug)
     if code:
         return code
-    target = paths.KAGGLE_WORKING / "submission.csv"
+    target = paths.KAGGLE_WORKING / str(staged["manifest"].get("output_file") or "submission.csv")
     with artifacts.atomic_path(target) as tmp:
         shutil.copyfile(staged["submission"], tmp)
     manifest = staged["manifest"]

@@ -206,7 +206,7 @@ def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
     assert sorted(uploaded) == sorted(p.name for p in dataset.iterdir() if p.name != "dataset-metadata.json")
     assert uploaded["fold1.safetensors"] == (dataset / "fold1.safetensors").read_bytes()
     (saved,) = fake_kaggle.kernels[KERNEL]
-    assert saved["competitionDataSources"] == [COMP] and saved["datasetDataSources"] == [DATASET]
+    assert saved["competitionDataSources"] == [COMP] and saved["datasetDataSources"] == [f"{DATASET}/1"]  # pinned
     assert (saved["enableInternet"], saved["kernelType"], saved["language"], saved["isPrivate"]) == (
         False, "script", "python", True)  # fmt: skip
     assert saved["text"] == (kernel / "kernel.py").read_text() and saved["newTitle"] == "toy tiny inference"
@@ -223,6 +223,7 @@ def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
     assert len(created.versions) == 2 and created.notes[1] == "second try"
     (call,) = fake_kaggle.calls("CreateDatasetVersion")
     assert (call.json()["ownerSlug"], call.json()["datasetSlug"]) == (USER, "toy-tiny-bundle")
+    assert fake_kaggle.kernels[KERNEL][-1]["datasetDataSources"] == [f"{DATASET}/2"]  # the version just uploaded
 
 
 PUSH_FAILURES = {
@@ -426,7 +427,8 @@ def test_push_waits_for_the_new_version_then_kaggle_submit_reaches_a_score(
     submitted = push("kaggle-submit", "--config", CONFIG)
     assert submitted.returncode == 0, submitted.stderr
     assert "kernel fake-user/toy-tiny-inference: queued" in submitted.stderr
-    assert "kernel fake-user/toy-tiny-inference: running" in submitted.stderr
+    assert "  | log line 0" in submitted.stderr and "  | log line 29" in submitted.stderr  # the log, streamed
+    assert submitted.stderr.count("  | log line 7") == 1
     (code,) = fake_kaggle.calls("CreateCodeSubmission")
     body = code.json()
     assert (body["kernelOwner"], body["kernelSlug"], body["kernelVersion"], body["fileName"]) == (
@@ -442,7 +444,7 @@ def test_kaggle_submit_shows_a_failed_runs_log(project: Path, fake_kaggle: FakeK
     push = pusher(project, fake_kaggle, tmp_path)
     assert push("kaggle-push", "--config", CONFIG).returncode == 0
 
-    failed = push("kaggle-submit", "--config", CONFIG)
+    failed = push("kaggle-submit", "--config", CONFIG, "--no-follow")  # the log's tail only, not its stream
     assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: kernel fake-user/toy-tiny-inference") and "ended error" in last, last
@@ -482,19 +484,27 @@ def test_only_pure_wheels_are_repacked_compiled_ones_are_fetched_for_kaggle(
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
 
     assert wheels.bundle_wheel("purepkg", dest).name == "purepkg-1.0-py3-none-any.whl"
-    with pytest.raises(UserError, match=r"fastpkg 2\.0 is compiled.*pip download .*--platform manylinux2014_x86_64"):
+    with pytest.raises(
+        UserError,
+        match=r"fastpkg 2\.0 is compiled.*pip download .*--platform manylinux2014_x86_64"
+        r".*--python-version 3\.12.*utility notebook with internet on.*kernel_sources",
+    ):
         wheels.bundle_wheel("fastpkg", dest)
     assert sorted(p.name for p in dest.iterdir()) == ["purepkg-1.0-py3-none-any.whl"]  # nothing of this machine's
 
-    kaggles = index / "fastpkg-2.0-cp311-cp311-manylinux2014_x86_64.whl"  # what the index holds for Kaggle
-    with zipfile.ZipFile(kaggles, "w") as wheel:
-        wheel.writestr("fastpkg/__init__.py", "VALUE = 2\n")
-        wheel.writestr("fastpkg-2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fastpkg\nVersion: 2.0\n")
-        wheel.writestr("fastpkg-2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
-                       "Tag: cp311-cp311-manylinux2014_x86_64\n")  # fmt: skip
-        wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
+    for python in ("cp311", "cp312"):  # what the index holds: the wheel for Kaggle's Python, and another
+        with zipfile.ZipFile(index / f"fastpkg-2.0-{python}-{python}-manylinux2014_x86_64.whl", "w") as wheel:
+            wheel.writestr("fastpkg/__init__.py", f"VALUE = '{python}'\n")
+            wheel.writestr("fastpkg-2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fastpkg\nVersion: 2.0\n")
+            wheel.writestr("fastpkg-2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
+                           f"Tag: {python}-{python}-manylinux2014_x86_64\n")  # fmt: skip
+            wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
+    kaggles = index / "fastpkg-2.0-cp312-cp312-manylinux2014_x86_64.whl"  # Kaggle's image runs CPython 3.12
     fetched = wheels.bundle_wheel("fastpkg", dest)
     assert fetched.name == kaggles.name and fetched.read_bytes() == kaggles.read_bytes()
+    monkeypatch.setenv("PIPELINE_KAGGLE_PYTHON", "3.11")  # the one setting, when Kaggle's image moves
+    fetched.unlink()
+    assert wheels.bundle_wheel("fastpkg", dest).name == "fastpkg-2.0-cp311-cp311-manylinux2014_x86_64.whl"
 
 
 @pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
