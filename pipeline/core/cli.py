@@ -159,6 +159,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.kaggle.bundle",
         "data/runs/<comp>/<exp>/kaggle-bundle/: weights, config, wheels, kernel",
     ),
+    "remote-train": (
+        "pipeline.kaggle.remote",
+        "train one fold (--fold K [--seed S]) in a Kaggle notebook and bring it home (make train RUNNER=kaggle)",
+    ),
     "kaggle-push": ("pipeline.kaggle.push", "upload the bundle as a private Kaggle dataset, then push its kernel"),
     "kaggle-submit": (
         "pipeline.kaggle.submit_kernel",
@@ -205,6 +209,11 @@ COMMAND_FLAGS: dict[str, list[tuple[str, dict]]] = {
             },
         ),
     ],  # fmt: skip
+    "remote-train": [
+        ("--seed", {"type": int, "default": None, "help": "one member of a seed bag (train.seeds) only"}),
+        ("--user", {"default": None, "help": "Kaggle username that owns the notebooks (default: login)"}),
+        ("--accelerator", {"default": None, "help": "the notebooks' GPU: t4x2 (default), l4, p100 or none"}),
+    ],
     "kaggle-push": [
         _BLEND_FLAG,
         ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to process the dataset"}),
