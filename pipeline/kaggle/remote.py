@@ -135,8 +135,9 @@ class Remote:
         ref, title = remote_bundle.kernel_names(self.cfg, unit.key, self.user)
         nonce = secrets.token_hex(8)
         settings = {"bundle": self.dataset.split("/", 1)[1], "comp": self.cfg.comp, "exp": self.cfg.exp,
-                    "unit": unit.key, "fold": unit.fold, "seed": unit.seed, "nonce": nonce, "session": session,
-                    "time_budget": round(self.budget), "internet": bool(self.cfg.kaggle.internet)}  # fmt: skip
+                    "unit": unit.key, "fold": unit.fold, "seed": "" if unit.seed is None else unit.seed, "nonce": nonce,
+                    "session": session, "time_budget": round(self.budget, 3),
+                    "internet": "1" if self.cfg.kaggle.internet else ""}  # strings and ints: kernel.py is Python  # fmt: skip
         folder = paths.for_config(self.cfg).member(unit.seed).remote_work(unit.fold) / "kernel"
         remote_bundle.write_kernel(folder, self.cfg, ref, title, settings, self.dataset, self.accelerator, resume)
         try:
@@ -311,7 +312,8 @@ class Remote:
                     "nonce") == state["nonce"]:  # fmt: skip
                     write_state(self.cfg, unit, state)  # seen_running, progress
             self.say(unit, line)
-        self.top_up(first)
+        if read_state(self.cfg, first).get("state") != FAILED:  # this call is about to fail: push nothing more
+            self.top_up(first)
         for unit in units_of(self.cfg):
             state = read_state(self.cfg, unit)
             if state.get("state") == RUNNING and unit.key not in self.lines:

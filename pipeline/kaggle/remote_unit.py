@@ -115,18 +115,19 @@ def run_unit(bundle: Path, settings: dict[str, Any]) -> int:
 
     manifest = json.loads((bundle / "bundle.json").read_text())
     config = stage(bundle, manifest)
-    fold, seed = int(settings["fold"]), settings.get("seed")
-    cfg = member_config(load_config(config), None if seed is None else int(seed))
+    fold, seed = int(settings["fold"]), (None if settings.get("seed") in (None, "") else int(settings["seed"]))
+    cfg = member_config(load_config(config), seed)
     fp = fingerprint(cfg, TRAINING_SECTIONS)
-    fold_dir = paths.for_config(cfg).member(None if seed is None else int(seed)).fold_dir(fold)
+    fold_dir = paths.for_config(cfg).member(seed).fold_dir(fold)
     previous = previous_output(settings["unit"], fp)
     if previous is not None:
         restore(fold_dir, *previous)
-    budget = max(float(settings["time_budget"]) - (time.monotonic() - STARTED), 1.0)
-    args = ["train", "--config", str(config), "--fold", str(fold), "--set", f"train.time_budget={budget:.0f}"]
+    # What is left of the session's budget; at least a moment, since training always does a step before it stops.
+    budget = max(float(settings["time_budget"]) - (time.monotonic() - STARTED), 0.001)
+    args = ["train", "--config", str(config), "--fold", str(fold), "--set", f"train.time_budget={budget:.3f}"]
     if seed is not None:
         args += ["--seed", str(seed)]
-    print(f"unit {settings['unit']}: training with a time budget of {budget:.0f} s", flush=True)
+    print(f"unit {settings['unit']}: training with a time budget of {budget:.3f} s", flush=True)
     code = cli.main(args)
     from pipeline.training.checkpoint import EXIT_STOPPED
 
