@@ -137,7 +137,7 @@ class Remote:
         settings = {"bundle": self.dataset.split("/", 1)[1], "comp": self.cfg.comp, "exp": self.cfg.exp,
                     "unit": unit.key, "fold": unit.fold, "seed": "" if unit.seed is None else unit.seed, "nonce": nonce,
                     "session": session, "time_budget": round(self.budget, 3),
-                    "internet": "1" if self.cfg.kaggle.internet else ""}  # strings and ints: kernel.py is Python  # fmt: skip
+                    "internet": "1" if self.cfg.kaggle.internet else ""}  # str and int only: kernel.py is Python  # fmt: skip
         folder = paths.for_config(self.cfg).member(unit.seed).remote_work(unit.fold) / "kernel"
         remote_bundle.write_kernel(folder, self.cfg, ref, title, settings, self.dataset, self.accelerator, resume)
         try:
