@@ -18,7 +18,7 @@ STAGES = {
     "inference.submission", "kaggle.submit", "kaggle.leaderboard", "benchmarks.data_path", "inference.blend",
     "reporting.summary", "training.lr_find", "reporting.report", "reporting.experiments", "reporting.doctor",
     "kaggle.bundle", "kaggle.push", "kaggle.submit_kernel", "kaggle.kernel_predict", "tuning.sweep",
-    "training.pseudo",
+    "training.pseudo", "kaggle.remote",
 }  # fmt: skip
 # Building blocks that also answer a command whose run() only calls the block's own functions and prints: stages
 # may use them like any block (train/predict read the cache, init prepares weights, report draws the plan).

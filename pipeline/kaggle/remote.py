@@ -55,8 +55,7 @@ from pipeline.kaggle.remote_state import (
     weights_path,
     write_state,
 )
-from pipeline.kaggle.submit_kernel import log_tail
-from pipeline.kaggle.wait import KERNEL_DONE, KERNEL_FAILED, poll_seconds
+from pipeline.kaggle.wait import KERNEL_DONE, KERNEL_FAILED, log_tail, poll_seconds
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +117,8 @@ class Remote:
 
     # the dataset
     def upload(self) -> None:
-        from pipeline.kaggle.bundle_format import BundleTarget
-        from pipeline.kaggle.push import upload_dataset, wait_until_ready
-
         bundle = remote_bundle.build_train_bundle(self.cfg, self.user)
-        out = paths.for_config(self.cfg)
-        place = paths.BundlePlace(out.kaggle_train, out.kaggle_train / "push.json", out.kaggle_train / "output")
-        target = BundleTarget(self.cfg.comp, self.cfg.exp, place, f"CONFIG=configs/{self.cfg.comp}/{self.cfg.exp}.yaml")
-        version = upload_dataset(self.kaggle, target, bundle.manifest, f"{self.cfg.exp}: training bundle")
-        wait_until_ready(self.kaggle, bundle.ref, 900.0, place.pushed, version)
+        remote_bundle.upload(self.kaggle, self.cfg, bundle)
         self.dataset = bundle.ref
 
     # pushing
@@ -361,8 +353,8 @@ class Remote:
 
 def run(args: argparse.Namespace) -> None:
     from pipeline.core.cli import config_from_args, seeds_from_args
-    from pipeline.kaggle.bundle import choose_accelerator, kaggle_user
     from pipeline.kaggle.client import Kaggle
+    from pipeline.kaggle.remote_bundle import choose_accelerator, kaggle_user
 
     cfg = config_from_args(args)
     if args.fold is None or args.fold == paths.REFIT:

@@ -10,10 +10,12 @@ completes or fails. Progress goes to the log; the poll interval is PIPELINE_KAGG
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import UserError
@@ -138,3 +140,19 @@ def finish(kaggle: Any, comp: str, ref: int, wait: float) -> None:  # noqa: ANN4
     if limits is not None:
         log.info("%d submission(s) left today; `make scores COMP=%s` shows the leaderboard", limits.num_allowed_now,
                  comp)  # fmt: skip
+
+
+LOG_LINES = 20
+
+
+def log_tail(files: list[Path], lines: int = LOG_LINES) -> list[str]:
+    """The last `lines` lines of a kernel's log (Kaggle's JSON list of {stream_name, time, data}, or plain text)."""
+    logs = [f for f in files if f.suffix == ".log"]
+    if not logs:
+        return []
+    text = logs[0].read_text(errors="replace")
+    try:
+        text = "".join(str(entry.get("data", "")) for entry in json.loads(text) if isinstance(entry, dict))
+    except ValueError:
+        pass  # already plain text
+    return text.rstrip().splitlines()[-lines:]
