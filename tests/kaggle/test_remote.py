@@ -207,3 +207,24 @@ def test_make_all_on_kaggle_gives_the_local_submission_with_a_unit_in_two_sessio
         assert saved[1]["kernelDataSources"] == [f"{USER}/toy-tiny-fold{fold}-train"]  # its own output: the checkpoint
     assert fake.peak_sessions == 1 and "waits for a free one" in stderr  # refused pushes waited, then went
     assert "stopped at its time budget" in stderr and "remote fold 1: done" in stderr
+
+
+def test_make_sends_each_unit_to_remote_train_with_runner_kaggle(tmp_path: Path) -> None:
+    project = make_project(tmp_path, seeds=[7, 8])
+    (project / "data/raw" / COMP / ".complete").touch()
+    env = {k: v for k, v in kernel_env().items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    makefile = str(Path(__file__).resolve().parents[2] / "Makefile")
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "--no-print-directory", "-f", makefile, *args], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    planned = make("-n", "train", f"CONFIG={CONFIG}", "RUNNER=kaggle", "KAGGLE_USER=someone")
+    assert planned.returncode == 0, planned.stderr
+    units = sorted(line.split("--fold ")[1] for line in planned.stdout.splitlines() if " remote-train " in line)
+    assert units == ["0 --seed 7", "0 --seed 8", "1 --seed 7", "1 --seed 8"], planned.stdout
+    assert " train --config" not in planned.stdout and "--user someone" in planned.stdout
+    local = make("-n", "train", f"CONFIG={CONFIG}")
+    assert " remote-train " not in local.stdout and " train --config" in local.stdout
+    wrong = make("-n", "train", f"CONFIG={CONFIG}", "RUNNER=cloud")
+    assert wrong.returncode != 0 and "RUNNER=cloud: use RUNNER=local" in wrong.stderr
