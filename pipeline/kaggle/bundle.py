@@ -46,12 +46,11 @@ from pipeline.core.bag import bag_seeds, member_config, members
 from pipeline.core.cli import config_from_args
 from pipeline.core.config import (
     COMPETITION_KEYS,
-    TRAINING_SECTIONS,
     Config,
     dump_yaml,
-    fingerprint,
     load_config,
     to_dict,
+    training_fingerprint,
 )
 from pipeline.core.errors import UserError
 from pipeline.core.run_config import config_of_member, config_of_run
@@ -139,7 +138,7 @@ def check_run(cfg: Config) -> None:
             weights = out.member(seed).weights(fold)
             if not weights.is_file():
                 raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
-            if trained_fingerprint(weights) != fingerprint(member_config(cfg, seed), TRAINING_SECTIONS):
+            if trained_fingerprint(weights) != training_fingerprint(member_config(cfg, seed)):
                 raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
         if not out.oof(fold).is_file():
             raise UserError(f"{out.oof(fold)} not found; run `make predict CONFIG=...` first")
@@ -167,7 +166,7 @@ def check_reloads(cfg: Config, competition: dict[str, Any], experiment: dict[str
         (folder / "competition.yaml").write_text(dump_yaml(competition))
         (folder / f"{cfg.exp}.yaml").write_text(dump_yaml(experiment))
         reloaded = load_config(folder / f"{cfg.exp}.yaml")
-    if fingerprint(reloaded, TRAINING_SECTIONS) != fingerprint(cfg, TRAINING_SECTIONS):  # a bug, not a user mistake
+    if training_fingerprint(reloaded) != training_fingerprint(cfg):  # a bug, not a user mistake
         raise RuntimeError("the bundled config does not reload to the trained fingerprint")
 
 
@@ -262,7 +261,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         "exp": cfg.exp,
         "n_folds": cfg.folds.n_folds,
         "model": cfg.model.name,
-        "fingerprint": fingerprint(cfg, TRAINING_SECTIONS),
+        "fingerprint": training_fingerprint(cfg),
         "dataset": names.dataset,
         "kernel": names.kernel,
         "package": {"name": wheels.DISTRIBUTION, "version": package.name.split("-")[1], "wheel": package.name},
@@ -387,14 +386,14 @@ RUNTIME_FILES = ("requirements.txt", "dataset-metadata.json")  # per member: rep
 
 def blend_scores(comp: str, name: str) -> dict[str, Any]:
     """The blend's scores.json, checked current against blend.yaml and its members' files (one `error:` line)."""
-    from pipeline.inference.blending import check_current
+    from pipeline.inference.blend_apply import check_current
 
     path = paths.Paths(comp).blend_scores(name)
     if not path.is_file():
         raise UserError(f"{path} not found; run `make blend COMP={comp}` with `name: {name}` in "
-                        f"{paths.configs_dir(comp) / 'blend.yaml'} first")  # fmt: skip
+                        f"{paths.blend_config(comp)} first")  # fmt: skip
     scores = artifacts.read_json(path)
-    check_current(comp, name, scores, paths.configs_dir(comp) / "blend.yaml")
+    check_current(comp, name, scores, paths.blend_config(comp))
     return scores
 
 

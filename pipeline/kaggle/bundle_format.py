@@ -13,7 +13,7 @@ from pipeline.core.errors import UserError
 if TYPE_CHECKING:
     from pipeline.core.config import Config
 
-MANIFEST_FORMAT = 1  # bundle.json's layout; pipeline.kaggle.kernel_predict refuses others
+MANIFEST_FORMAT = 1  # bundle.json's layout; pipeline.commands.kernel_predict refuses others
 
 
 def fold_weight_files(entry: dict[str, Any]) -> dict[int | None, str]:

@@ -2,9 +2,10 @@
 
 It runs inside a Kaggle Kernel with internet off: it finds this experiment's bundle among the Kernel's inputs
 (/kaggle/input/<bundle slug>, or deeper where Kaggle mounts it deeper), installs the pipeline from the bundle's
-wheels with `pip --no-index` (nothing is downloaded; torch, timm, ... are the image's own), then hands over to
-pipeline.kaggle.kernel_predict, which predicts the test images with every fold's weights, blends the folds and writes
-/kaggle/working/submission.csv (a blend bundle: every member so, then the blend of the members).
+wheels with `pip --no-index` (nothing is downloaded; torch, timm, ... are the image's own), then runs the command
+`python -m pipeline kernel-predict` (pipeline.commands.kernel_predict), which predicts the test images with every
+fold's weights, blends the folds and writes /kaggle/working/submission.csv (a blend bundle: every member so, then
+the blend of the members).
 
 Standalone on purpose: nothing of the pipeline can be imported before it is installed. pipeline.kaggle.bundle
 copies this file and fills in SETTINGS; run locally, KAGGLE_INPUT_ROOT / KAGGLE_WORKING_ROOT / PIPELINE_ROOT move
@@ -92,10 +93,10 @@ def main() -> int:
     print(f"bundle {manifest['dataset']} ({manifest['comp']}/{manifest['exp']}, {what}) at {bundle}", flush=True)
     install(bundle, manifest)
     import pipeline
-    from pipeline.kaggle.kernel_predict import run_blend, run_bundle
 
     print(f"pipeline {manifest['package']['version']} from {Path(pipeline.__file__).parent}", flush=True)
-    return run_blend(bundle) if blend else run_bundle(bundle)
+    # the pipeline's own command (pipeline.commands.kernel_predict), as a user would run it: its exit status is ours
+    return subprocess.call([sys.executable, "-m", "pipeline", "kernel-predict", "--bundle", str(bundle)])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pipeline.kaggle.wait import log_tail  # noqa: F401 - also used here, and im
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILE = "submission.csv"  # what pipeline.kaggle.kernel_predict writes into /kaggle/working
+OUTPUT_FILE = "submission.csv"  # what pipeline.commands.kernel_predict writes into /kaggle/working
 
 
 def pushed_kernel(record: Path, make_args: str = "CONFIG=...") -> tuple[str, int | None]:
