@@ -115,9 +115,17 @@ $(LITE0):
 $(CONFIG): | $(COMP_YAML)
 	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
+# RUNNER=kaggle: each unit (fold, or fold and seed) trains in a Kaggle notebook and comes home checked
+# (pipeline.kaggle.remote); a plain make pushes up to kaggle.sessions units at once. RUNNER=local (default): here.
+RUNNER ?= local
+ifeq ($(filter local kaggle,$(RUNNER)),)
+$(error error: RUNNER=$(RUNNER): use RUNNER=local (train here, the default) or RUNNER=kaggle (Kaggle notebooks))
+endif
+train_unit = $(if $(filter kaggle,$(RUNNER)),$(PY) -m pipeline remote-train $(ARGS)$(BUNDLE_FLAGS),$(call fold_gpu,$(1)$(if $(2), + $(2)))$(LAUNCH) train $(ARGS)) --fold $(1)$(if $(2), --seed $(2))
+
 train: $(WEIGHTS)
 $(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(FORCE_IF_SET)
-	$(call fold_gpu,$(call stem_fold,$*)$(if $(call stem_seed,$*), + $(call stem_seed,$*)))$(LAUNCH) train $(ARGS) --fold $(call stem_fold,$*)$(if $(call stem_seed,$*), --seed $(call stem_seed,$*))
+	$(call train_unit,$(call stem_fold,$*),$(call stem_seed,$*))
 
 predict: $(TEST_PROBS)
 .SECONDEXPANSION:

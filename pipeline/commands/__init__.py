@@ -58,7 +58,7 @@ COMMANDS: dict[str, Command] = {
         Command("folds", "pipeline.data.folds", "stratified k-fold table shared by every experiment",
                 reads_folds=False),
         Command("train", "pipeline.training.train", "fine-tune every fold (one Make target per fold, or per fold and "
-                "seed of a bag: make -j N works)", accepts_refit=True,
+                "seed of a bag: make -j N works; RUNNER=kaggle: in Kaggle notebooks)", accepts_refit=True,
                 flags=(("--seed", {"type": int, "default": None,
                                    "help": "one member of a seed bag (train.seeds) only"}),)),
         Command("predict", "pipeline.inference.predict", "out-of-fold and test probabilities with TTA, per fold (a "
@@ -101,6 +101,12 @@ COMMANDS: dict[str, Command] = {
                 "whole blend's): weights, config, wheels, offline kernel",
                 flags=(_BLEND, ("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: "
                                                                    "login)"}), _ACCELERATOR)),
+        Command("remote-train", "pipeline.kaggle.remote", "train one fold (--fold K [--seed S]) in a Kaggle notebook "
+                "and bring it home checked (make train RUNNER=kaggle)", make_target=None,
+                flags=(("--seed", {"type": int, "default": None, "help": "one member of a seed bag (train.seeds) "
+                                                                           "only"}),
+                       ("--user", {"default": None, "help": "Kaggle username that owns the notebooks (default: "
+                                                           "login)"}), _ACCELERATOR)),
         Command("kaggle-push", "pipeline.kaggle.push", "upload the bundle as a private Kaggle dataset (or a new "
                 "version), push + run its kernel", reads_folds=False,
                 flags=(_BLEND, ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to "

@@ -337,6 +337,22 @@ class Paths:
         """The inference kernel: kernel.py + kernel-metadata.json."""
         return self.kaggle_bundle / "kernel"
 
+    # RUNNER=kaggle (pipeline.kaggle.remote): units trained in Kaggle notebooks
+    @property
+    def kaggle_train(self) -> Path:
+        """data/runs/<comp>/<exp>/kaggle-train/: the training dataset (dataset/) every unit's notebook mounts, and
+        what was uploaded of it (push.json)."""
+        return self.run / "kaggle-train"
+
+    def remote_state(self, fold: int) -> Path:
+        """A remote unit's state (kernel, version, session, nonce): fold<k>/[seed<s>/]remote.json; Ctrl-C keeps it,
+        so the next make re-attaches to the running notebook."""
+        return self.fold_dir(fold) / "remote.json"
+
+    def remote_work(self, fold: int) -> Path:
+        """Where a remote unit's kernel folder and downloads are staged before they land (fold<k>/.remote/)."""
+        return self.fold_dir(fold) / ".remote"
+
     @property
     def kaggle_pushed(self) -> Path:
         """What kaggle-push last uploaded (dataset ref, file digests): outside the bundle, so a rebuild keeps it."""

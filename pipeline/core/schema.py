@@ -214,6 +214,10 @@ ACCELERATORS = ("t4x2", "l4", "p100", "none")  # kaggle.accelerator (pipeline.ka
 @dataclass
 class KaggleConfig:
     accelerator: str = ""  # t4x2 | l4 | p100 | none; empty: t4x2 (none when device is cpu); flag > env > this
+    # RUNNER=kaggle (pipeline.kaggle.remote): each training unit runs as a Kaggle notebook
+    internet: bool = True  # the training notebooks have internet (hub weights download there)
+    session_limit: str | float = ranged("12h", 0, low_open=True)  # a session's limit; units stop (resumably) before
+    sessions: int = ranged(2, 1)  # notebooks running at once; a push Kaggle refuses for too many sessions waits
 
 
 @dataclass

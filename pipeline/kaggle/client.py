@@ -327,6 +327,15 @@ class Kaggle:
                               kind="kernel")  # fmt: skip
         return [Path(f) for f in files]
 
+    def gpu_quota(self) -> tuple[float, float] | None:
+        """(hours used, hours allowed) of this week's GPU quota (`kaggle quota`), or None when Kaggle says nothing."""
+        answer = self._read("gpu", "read the accelerator quota", lambda: self.api.quota_view(), kind="quota")
+        quota = getattr(answer, "gpu_quota", None)
+        used, total = getattr(quota, "time_used", None), getattr(quota, "total_time_allowed", None)
+        if total is None:
+            return None
+        return (used.total_seconds() if used is not None else 0.0) / 3600, total.total_seconds() / 3600
+
     def create_dataset(self, ref: str, folder: Path, public: bool = False) -> str:
         """Upload every file in `folder` as the new dataset its dataset-metadata.json names; returns its URL."""
         quiet = not sys.stderr.isatty()
@@ -351,9 +360,11 @@ class Kaggle:
             raise UserError(f"Kaggle did not {action} '{ref}': {detail}")
         return str(getattr(answer, "url", None) or f"https://www.kaggle.com/datasets/{ref}")
 
-    def push_kernel(self, ref: str, folder: Path) -> Any:
-        """Save a new version of the kernel in `folder` (kernel-metadata.json + its code file); Kaggle then runs it."""
-        answer = self._write(ref, "push kernel", lambda: self.api.kernels_push(str(folder)), kind="kernel")
+    def push_kernel(self, ref: str, folder: Path, timeout: int | None = None) -> Any:
+        """Save a new version of the kernel in `folder` (kernel-metadata.json + its code file); Kaggle then runs it.
+        `timeout`: the session's limit in seconds (RUNNER=kaggle), else Kaggle's default."""
+        push = lambda: self.api.kernels_push(str(folder), timeout=str(timeout) if timeout else None)  # noqa: E731
+        answer = self._write(ref, "push kernel", push, kind="kernel")
         problems = [str(getattr(answer, "error", None) or "")]
         for field_name in ("dataset", "competition", "kernel", "model"):
             invalid = list(getattr(answer, f"invalid_{field_name}_sources", None) or [])

@@ -77,10 +77,17 @@ def install(bundle: Path, manifest: dict) -> None:
 def main() -> int:
     # Before the pipeline is imported: its paths come from the environment.
     os.environ.setdefault("PIPELINE_ROOT", str(Path(tempfile.gettempdir()) / "pipeline"))  # keeps /kaggle/working tidy
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no internet: never wait on the hub
+    if not SETTINGS.get("internet"):  # a training notebook (RUNNER=kaggle) may have internet for hub weights
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no internet: never wait on the hub
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     bundle = find_bundle(SETTINGS["bundle"])
     manifest = json.loads((bundle / MANIFEST).read_text())
+    if manifest.get("kind") == "train":  # RUNNER=kaggle: train one unit (pipeline.kaggle.remote_unit)
+        print(f"unit {SETTINGS['unit']} nonce {SETTINGS['nonce']} session {SETTINGS['session']}", flush=True)
+        install(bundle, manifest)
+        from pipeline.kaggle.remote_unit import run_unit
+
+        return run_unit(bundle, SETTINGS)
     blend = manifest.get("kind") == "blend"  # a whole blend: every member's bundle under its prefix
     what = f"blend of {len(manifest['members'])} experiments" if blend else f"{manifest['n_folds']} folds"
     print(f"bundle {manifest['dataset']} ({manifest['comp']}/{manifest['exp']}, {what}) at {bundle}", flush=True)

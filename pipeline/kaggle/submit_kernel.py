@@ -13,7 +13,6 @@ With --blend NAME (Make: BLEND=<name>) the same files of the blend's bundle, und
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -22,11 +21,11 @@ from typing import Any
 from pipeline.core import artifacts
 from pipeline.core.errors import UserError
 from pipeline.kaggle import wait as kaggle_wait
+from pipeline.kaggle.wait import log_tail
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FILE = "submission.csv"  # what pipeline.commands.kernel_predict writes into /kaggle/working
-LOG_LINES = 20
 
 
 def pushed_at(record: Path) -> datetime | None:
@@ -45,19 +44,6 @@ def pushed_kernel(record: Path, make_args: str = "CONFIG=...") -> tuple[str, int
         raise UserError(f"{record} names no pushed kernel; run `make kaggle-push {make_args}` first")
     version = values.get("kernel_version")
     return str(values["kernel"]), int(version) if version else None
-
-
-def log_tail(files: list[Path], lines: int = LOG_LINES) -> list[str]:
-    """The last `lines` lines of a kernel's log (Kaggle's JSON list of {stream_name, time, data}, or plain text)."""
-    logs = [f for f in files if f.suffix == ".log"]
-    if not logs:
-        return []
-    text = logs[0].read_text(errors="replace")
-    try:
-        text = "".join(str(entry.get("data", "")) for entry in json.loads(text) if isinstance(entry, dict))
-    except ValueError:
-        pass  # already plain text
-    return text.rstrip().splitlines()[-lines:]
 
 
 def submit_kernel(target: Any, kernel_wait: float, wait: float, message: str | None,  # noqa: ANN401

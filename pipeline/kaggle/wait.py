@@ -15,10 +15,12 @@ and its latest run started after the push. While the run goes on, its log is str
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import UserError
@@ -203,3 +205,19 @@ def wait_for_kernel_version(kaggle: Any, ref: str, version: int | None, seconds:
         if not ended:
             follower.follow()  # returns when the run's log ends (or the stream breaks): then poll again
         time.sleep(poll_seconds())
+
+
+LOG_LINES = 20
+
+
+def log_tail(files: list[Path], lines: int = LOG_LINES) -> list[str]:
+    """The last `lines` lines of a kernel's log (Kaggle's JSON list of {stream_name, time, data}, or plain text)."""
+    logs = [f for f in files if f.suffix == ".log"]
+    if not logs:
+        return []
+    text = logs[0].read_text(errors="replace")
+    try:
+        text = "".join(str(entry.get("data", "")) for entry in json.loads(text) if isinstance(entry, dict))
+    except ValueError:
+        pass  # already plain text
+    return text.rstrip().splitlines()[-lines:]
