@@ -25,7 +25,7 @@ import yaml
 
 from pipeline.benchmarks.recipe_bench import cli, materialise
 from pipeline.core import artifacts, paths
-from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
+from pipeline.core.config import load_config, training_fingerprint
 from pipeline.training import checkpoint, distributed, train
 from pipeline.training.runtime import output_activation
 
@@ -46,7 +46,7 @@ def prepare_run(n_images: int = EPOCH_IMAGES, epochs: int = EPOCHS) -> train.Fol
     artifacts.write_text(config, yaml.safe_dump(values, sort_keys=False))
     cfg = load_config(config)
     shutil.rmtree(paths.for_config(cfg).run, ignore_errors=True)  # a fresh run, never a resumed one
-    return train.build_run(cfg, 0, torch.device("cpu"), fingerprint(cfg, TRAINING_SECTIONS), distributed.SINGLE)
+    return train.build_run(cfg, 0, torch.device("cpu"), training_fingerprint(cfg), distributed.SINGLE)
 
 
 def real_epoch(run: train.FoldRun) -> float:
