@@ -37,12 +37,13 @@ class StepLosses:
     """Per-batch losses and batch sizes since the last read; the losses stay on the device until `read`."""
 
     device: torch.device
-    size: int = SYNC_EVERY
+    size: int = 0  # 0: SYNC_EVERY as it is when the run starts
     buffer: torch.Tensor = field(init=False)
     counts: list[int] = field(default_factory=list)
     first_step: int = 0  # the step (1-based, within the epoch) of buffer[0]
 
     def __post_init__(self) -> None:
+        self.size = self.size or SYNC_EVERY
         self.buffer = torch.zeros(self.size, device=self.device, dtype=torch.float32)
 
     def record(self, loss: torch.Tensor, n: int, step: int) -> None:

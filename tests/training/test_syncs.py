@@ -76,3 +76,47 @@ def test_training_steps_read_the_device_only_within_budget(
     budget = math.ceil(steps / hot_path.SYNC_EVERY)
     assert reads <= budget, f"{reads} reads of the loss buffer over {steps} steps (budget {budget})"
     assert math.isfinite(run.state.partial["loss"]) and run.state.partial["loss"] > 0  # the losses were all read
+
+
+def test_the_loss_buffer_names_the_first_non_finite_step_and_sums_the_finite_ones() -> None:
+    losses = hot_path.StepLosses(torch.device("cpu"), size=8)
+    for step, (value, n) in enumerate([(1.0, 2), (3.0, 4), (float("nan"), 4), (float("inf"), 4)], start=5):
+        losses.record(torch.tensor(value), n, step)
+    assert not losses.full
+    total, bad = losses.read()
+    assert total == 1.0 * 2 + 3.0 * 4 and bad is not None and bad[0] == 7 and math.isnan(bad[1])
+    assert losses.read() == (0.0, None)  # read empties it
+    for step in range(1, 9):
+        losses.record(torch.tensor(0.5), 1, step)
+    assert losses.full and losses.read() == (4.0, None)
+
+
+def test_cached_ema_matches_timms_ema_step_for_step() -> None:
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))  # fmt: skip
+    model(torch.randn(2, 3, 6, 6))
+    ours, timms = hot_path.CachedEma(model, decay=0.9, use_warmup=True), ModelEmaV3(model, decay=0.9, use_warmup=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(5):
+        model(torch.randn(4, 3, 6, 6)).sum().backward()  # BatchNorm's running stats and counter move too
+        optimizer.step()
+        optimizer.zero_grad()
+        ours.update(model, step=step)
+        timms.update(model, step=step)
+    expected = timms.module.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in ours.module.state_dict().items())
+    assert not torch.equal(ours.module.state_dict()["0.weight"], model.state_dict()["0.weight"])
+
+
+@pytest.mark.parametrize(
+    ("keep", "early_stopping", "scored"),
+    [("last", 0, [False, False, True]), ("best", 0, [True] * 3), ("last", 2, [True] * 3)],
+)
+def test_ema_is_scored_where_its_score_decides(keep: str, early_stopping: int, scored: list[bool]) -> None:
+    from pipeline.core.config import TrainConfig
+
+    cfg = TrainConfig(epochs=3, ema=True, keep=keep, early_stopping=early_stopping)
+    assert [hot_path.ema_scored(epoch, cfg) for epoch in range(3)] == scored
