@@ -347,3 +347,54 @@ def test_pair_kernels_have_distinct_names_within_kaggles_title_limit(tmp_path: P
         keys = [f"fold{a}-seed{s}-fold{b}-seed{s}" for a in range(3) for b in range(3) for s in (7, 1234567)]
         names = [kernel_names(cfg, key, USER) for key in keys]
         assert len({ref for ref, _ in names}) == len(keys) and all(len(title) <= 50 for _, title in names)
+
+
+def test_each_unit_of_an_ended_notebook_is_settled_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared notebook's units: one done lands (and tells the trackers), one stopped is queued to resume from this
+    kernel, one failed fails with its own lines, one without a record in a killed session is queued with a strike."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.core import events, paths
+    from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
+    from pipeline.kaggle.remote_land import read_record
+    from pipeline.kaggle.remote_poll import Poller
+    from pipeline.kaggle.remote_state import Unit, read_state
+    from pipeline.kaggle.remote_unit import UnitRun, pack
+
+    write_competition_config(tmp_path, n_folds=4)
+    tiny_experiment(tmp_path, train=TRAIN)
+    heard: list[int] = []
+    monkeypatch.setattr(events, "_handlers", {"fold_trained": [lambda cfg, fold: heard.append(fold)]})
+    with in_project(tmp_path):
+        cfg = load_config(CONFIG)
+        fp = fingerprint(cfg, TRAINING_SECTIONS)
+        ended = {0: "done", 1: "stopped", 2: "failed"}
+        for fold, state in ended.items():
+            folder = tmp_path / "notebook" / f"fold{fold}"
+            folder.mkdir(parents=True)
+            save_file({"w": torch.ones(2)}, str(folder / "model.safetensors"), metadata={"fingerprint": fp})
+            (folder / "log.csv").write_text("epoch,seconds\n1,2.0\n")
+            pack(UnitRun({"unit": f"fold{fold}", "session": 1}, fp, folder, state=state, code=2 if fold == 2 else 0),
+                 {"nonce": "n1"})  # fmt: skip
+        output = paths.KAGGLE_WORKING
+        lines = ["[fold2] Traceback (most recent call last):", "[fold2] error: out of memory", "[fold0] fine"]
+        kernel = f"{USER}/toy-tiny-fold0-fold1-train"
+        poller = Poller(cfg, kaggle=None)
+        said = {}
+        for fold in range(4):
+            unit = Unit(fold)
+            state = {"state": "running", "kernel": kernel, "version": 1, "nonce": "n1", "session": 1,
+                     "notebook": ["fold0", "fold1"]}  # fmt: skip
+            record = read_record(output, unit)
+            ending = ("error", "Your notebook exceeded its maximum run time", f"{kernel} v1")
+            said[fold] = poller.settle(unit, state, record, ending, output, lines)
+        assert said[0].startswith("done") and heard == [0]
+        fold0 = tmp_path / f"data/runs/{COMP}/{EXP}/fold0"
+        assert (fold0 / "model.safetensors").is_file() and (fold0 / "log.csv").is_file()
+        assert read_state(cfg, Unit(1)) | {"state": "queued", "checkpoint": kernel} == read_state(cfg, Unit(1))
+        assert not (tmp_path / f"data/runs/{COMP}/{EXP}/fold1/model.safetensors").exists()
+        failed = read_state(cfg, Unit(2))
+        assert failed["state"] == "failed" and failed["log"][-1] == "error: out of memory", failed
+        assert "exited with code 2" in failed["message"] and failed["output"].endswith("fold0/.remote")
+        assert read_state(cfg, Unit(3))["state"] == "queued" and read_state(cfg, Unit(3))["strikes"] == 1
