@@ -831,7 +831,6 @@ def test_pretrained_file_with_another_head_just_works(tmp_path: Path, head: int,
     assert all(torch.equal(loaded[k], original[k]) for k in backbone)
 
 
-@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_one_line_unwraps_a_dataloader_worker_error_and_joins_others() -> None:
     from pipeline.core.cli import one_line
 
