@@ -170,7 +170,7 @@ class Poller:
             return self.fail(unit, state, f"{MAX_SESSIONS} sessions without finishing; raise kaggle.session_limit", [])
         kept = {k: v for k, v in state.items() if k not in ("seen_running", "progress", "nonce")}
         write_state(self.cfg, unit, {**kept, "state": QUEUED})
-        log.info("%s: session %d %s; its session %d waits to be pushed", unit.label, state["session"], why,
+        log.info("%s: session %d %s; resuming in session %d", unit.label, state["session"], why,
                  state["session"] + 1)  # fmt: skip
         return f"queued for session {state['session'] + 1}"
 
