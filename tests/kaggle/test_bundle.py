@@ -25,7 +25,7 @@ from helpers.fake_kaggle import FakeKaggle
 from pipeline.__main__ import main
 from pipeline.core import paths
 from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
-from pipeline.kaggle.bundle import kaggle_names, slugify
+from pipeline.kaggle.bundle_assembly import kaggle_names, slugify
 from pipeline.kaggle.wheels import _wheel_tag, canonical
 
 pytest_plugins = ["helpers.kaggle_env"]
@@ -362,7 +362,8 @@ def test_kernel_metadata_asks_for_the_chosen_accelerator(
 ) -> None:  # fmt: skip
     import dataclasses
 
-    from pipeline.kaggle.bundle import build_kernel, choose_accelerator
+    from pipeline.kaggle.bundle import build_kernel
+    from pipeline.kaggle.bundle_assembly import choose_accelerator
 
     with in_project(project):
         cfg = dataclasses.replace(load_config(project / CONFIG), device=device)
@@ -560,7 +561,7 @@ def test_kaggle_accelerator_config_key_reaches_the_kernel_metadata(
     import shutil
 
     from pipeline.core.config import ACCELERATORS as CONFIG_ACCELERATORS
-    from pipeline.kaggle.bundle import ACCELERATORS
+    from pipeline.kaggle.bundle_assembly import ACCELERATORS
 
     assert set(CONFIG_ACCELERATORS) == set(ACCELERATORS)  # the config validates what the bundle maps
     root = tmp_path / "home"

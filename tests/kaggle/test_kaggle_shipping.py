@@ -177,7 +177,7 @@ def test_p100_and_l4_say_what_kaggle_does_with_them(
 ) -> None:
     from types import SimpleNamespace
 
-    from pipeline.kaggle.bundle import choose_accelerator
+    from pipeline.kaggle.bundle_assembly import choose_accelerator
 
     monkeypatch.delenv("KAGGLE_ACCELERATOR", raising=False)
     with caplog.at_level("WARNING"):
