@@ -380,6 +380,11 @@ class BundlePlace:
     def kernel(self) -> Path:
         return self.folder / "kernel"
 
+    @property
+    def model(self) -> Path:
+        """The fold weights when they travel as a Kaggle Model (kaggle.weights: model), beside dataset/."""
+        return self.folder / "model"
+
 
 def bundle_place(out: Paths) -> BundlePlace:
     """An experiment's bundle: data/runs/<comp>/<exp>/kaggle-bundle/ (the Paths.kaggle_* properties)."""

@@ -68,6 +68,7 @@ from pipeline.kaggle.bundle_format import (
     fold_weight_files,
     output_file_name,
 )
+from pipeline.kaggle.model_upload import model_names, write_model_metadata
 from pipeline.training.checkpoint import trained_fingerprint
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,9 @@ def resolved_config(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     return competition, experiment
 
 
-def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, Any]:
-    """Fill `folder` with the dataset's files; returns the manifest (written last)."""
+def build_dataset(cfg: Config, names: KaggleNames, folder: Path, weights: Path | None = None) -> dict[str, Any]:
+    """Fill `folder` with the dataset's files (the fold weights into `weights` when given: a Kaggle Model's); returns
+    the manifest (written last)."""
     out = paths.for_config(cfg)
     competition, experiment = resolved_config(cfg)
     check_reloads(cfg, competition, experiment)
@@ -121,7 +123,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
     for fold in range(cfg.folds.n_folds):
         entry = fold_entry(fold, bag_seeds(cfg))
         for seed, name in fold_weight_files(entry).items():  # a seed bag ships every member
-            place_file(out.member(seed).weights(fold), folder / name)
+            place_file(out.member(seed).weights(fold), (weights or folder) / name)
         place_file(out.oof(fold), folder / entry["oof"])
         folds.append(entry)
     modules = {}
@@ -203,13 +205,42 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR) -> Path:
-    """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place."""
+def model_folder(dataset: Path, travel: str) -> Path | None:
+    """Where the weights go: None (the dataset) or, for kaggle.weights: model, model/ beside the staged dataset/
+    (assemble renames the whole staging folder into place)."""
+    if travel != "model":
+        return None
+    folder = dataset.parent / "model"
+    folder.mkdir()
+    return folder
+
+
+def with_model(manifest: dict[str, Any], names: KaggleNames, weights: Path | None, what: str) -> dict[str, Any]:
+    """The manifest, and for weights that travel as a Kaggle Model its `weights_model` entry (the instance and its
+    files) and the client's metadata files in `weights`."""
+    if weights is None:
+        return manifest
+    instance, title = model_names(manifest["comp"], manifest["exp"] if what == "exp" else f"blend-{manifest['exp']}",
+                                  names.dataset.split("/", 1)[0])  # fmt: skip
+    files = sorted(p.name for p in weights.iterdir())
+    write_model_metadata(weights, instance, title, f"Fold weights of `{manifest['exp']}` for `{manifest['comp']}` "
+                         f"(CV {manifest.get('metric')} = {manifest.get('cv')}), for the inference kernel "
+                         f"{names.kernel}; config and wheels: the dataset {names.dataset}.")  # fmt: skip
+    return {**manifest, "weights_model": {"instance": instance, "files": files}}
+
+
+def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR, travel: str = "dataset") -> Path:
+    """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place; `travel`: how the
+    weights go (kaggle.weights: dataset, or model: a Kaggle Model uploaded from kaggle-bundle/model/)."""
     check_run(cfg)
     out = paths.for_config(cfg)
     names = kaggle_names(cfg.comp, cfg.exp, user)
-    manifest = assemble(out.kaggle_bundle, lambda dataset: build_dataset(cfg, names, dataset),
-                        lambda kernel: build_kernel(cfg, names, kernel, accelerator))  # fmt: skip
+
+    def dataset(folder: Path) -> dict[str, Any]:
+        weights = model_folder(folder, travel)
+        return with_model(build_dataset(cfg, names, folder, weights), names, weights, "exp")
+
+    manifest = assemble(out.kaggle_bundle, dataset, lambda kernel: build_kernel(cfg, names, kernel, accelerator))
     size = sum(p.stat().st_size for p in out.kaggle_dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: %d folds, %d wheels) -> dataset %s, kernel %s", out.kaggle_bundle, size,
              cfg.folds.n_folds, 1 + len(manifest["wheels"]), names.dataset, names.kernel)  # fmt: skip
@@ -220,14 +251,13 @@ def run(args: argparse.Namespace) -> None:
     if getattr(args, "blend", None):
         from pipeline.core.cli import comp_from_args
 
-        build_blend_bundle(comp_from_args(args), args.blend, kaggle_user(args.user), getattr(args, "accelerator", None))
+        build_blend_bundle(comp_from_args(args), args.blend, kaggle_user(args.user), getattr(args, "accelerator", None),
+                           getattr(args, "weights", None))  # fmt: skip
         return
     cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
-    configured = config_from_args(
-        args
-    ).kaggle.accelerator  # not a training setting: the experiment yaml as it reads now
-    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None), configured)
-    build_bundle(cfg, kaggle_user(args.user), accelerator)
+    configured = config_from_args(args).kaggle  # not training settings: the experiment yaml as it reads now
+    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None), configured.accelerator)
+    build_bundle(cfg, kaggle_user(args.user), accelerator, getattr(args, "weights", None) or configured.weights)
 
 
 # A whole blend (make kaggle-bundle BLEND=<name>): every member's own bundle files, side by side in one flat dataset
@@ -278,26 +308,32 @@ def check_members(comp: str, name: str, members: list[str]) -> list[Config]:
     return configs
 
 
-def add_member(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, str]:
-    """The member's own bundle (build_dataset) moved into `folder` under its prefix; its entry in the blend manifest."""
+def add_member(cfg: Config, names: KaggleNames, folder: Path, weights: Path | None = None) -> dict[str, str]:
+    """The member's own bundle (build_dataset) moved into `folder` under its prefix (its weights into `weights` when
+    given: the blend's Kaggle Model); its entry in the blend manifest."""
     prefix = f"{cfg.exp}{MEMBER_SEPARATOR}"
-    with tempfile.TemporaryDirectory(prefix="bundle-member-", dir=folder.parent) as tmp:
+    with (tempfile.TemporaryDirectory(prefix="bundle-member-", dir=folder.parent) as tmp,
+          tempfile.TemporaryDirectory(prefix="bundle-member-weights-", dir=folder.parent) as tmp_weights):  # fmt: skip
         member = Path(tmp)
-        manifest = build_dataset(cfg, names, member)
+        manifest = build_dataset(cfg, names, member, Path(tmp_weights) if weights else None)
         (member / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for path in sorted(member.iterdir()):
             if path.suffix != ".whl" and path.name not in RUNTIME_FILES:
                 os.replace(path, folder / f"{prefix}{path.name}")
+        for path in sorted(Path(tmp_weights).iterdir()):
+            os.replace(path, (weights or folder) / f"{prefix}{path.name}")
     entry = {"exp": cfg.exp, "prefix": prefix, "manifest": f"{prefix}bundle.json"}
     return {**entry, "fingerprint": manifest["fingerprint"]}
 
 
 def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dict[str, Any], names: KaggleNames,
-                        folder: Path) -> dict[str, Any]:  # fmt: skip
-    """Fill `folder` with every member's files and one set of wheels; returns the blend manifest (written last)."""
+                        folder: Path, travel: str = "dataset") -> dict[str, Any]:  # fmt: skip
+    """Fill `folder` with every member's files and one set of wheels (the weights into model/ beside it for
+    kaggle.weights: model); returns the blend manifest (written last)."""
     from pipeline.core.provenance import git_commit
 
-    members = [add_member(cfg, names, folder) for cfg in configs]
+    weights = model_folder(folder, travel)
+    members = [add_member(cfg, names, folder, weights) for cfg in configs]
     package, extras = write_runtime(folder)
     (folder / "dataset-metadata.json").write_text(json.dumps({
         "title": names.dataset_title, "id": names.dataset, "licenses": [{"name": LICENSE}],
@@ -305,7 +341,7 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
                        f"({scores['chosen']}, CV {scores.get('metric')} = {scores.get('cv')}): every member's fold "
                        f"weights and config, for the offline inference kernel {names.kernel}.",
     }, indent=2) + "\n")  # fmt: skip
-    return {
+    return with_model({
         "format": MANIFEST_FORMAT, "kind": BLEND_KIND, "comp": comp, "exp": name, "blend": name,
         "members": members, "weights": scores["weights"], "combine": scores["combine"], "chosen": scores["chosen"],
         "method": scores.get("method"), "dataset": names.dataset, "kernel": names.kernel,
@@ -313,17 +349,19 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
         "wheels": extras, "requirements": "requirements.txt", "metric": scores.get("metric"), "cv": scores.get("cv"),
         "output_file": output_file_name(configs[0].data.test_csv),
         "git_commit": git_commit(Path(__file__).resolve().parent),
-    }  # fmt: skip
+    }, names, weights, "blend")  # fmt: skip
 
 
-def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: str | None = None) -> Path:
+def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: str | None = None,
+                       travel: str | None = None) -> Path:  # fmt: skip
     """Build data/runs/<comp>/blend/<name>/kaggle-bundle/ in a hidden folder, then rename it into place."""
     scores = blend_scores(comp, name)
     configs = check_members(comp, name, list(scores["members"]))
     accelerator = choose_accelerator(configs[0], explicit_accelerator, configs[0].kaggle.accelerator)
-    place = paths.blend_bundleplace_file(comp, name)
+    travel = travel or configs[0].kaggle.weights
+    place = paths.blend_bundle_place(comp, name)
     names = kaggle_names(comp, f"blend-{name}", user)
-    assemble(place.folder, lambda dataset: build_blend_dataset(comp, name, configs, scores, names, dataset),
+    assemble(place.folder, lambda dataset: build_blend_dataset(comp, name, configs, scores, names, dataset, travel),
              lambda kernel: build_kernel(configs[0], names, kernel, accelerator, label=name))  # fmt: skip
     size = sum(p.stat().st_size for p in place.dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: blend %s of %s, %s weights %s) -> dataset %s, kernel %s", place.folder, size,

@@ -65,7 +65,8 @@ def upload_dataset(kaggle: Any, target: BundleTarget, manifest: dict[str, Any], 
         url = kaggle.create_dataset_version(ref, place.dataset, notes)
     version = current + 1
     # "pending", not "files": nothing counts as uploaded before Kaggle lists it (verify_upload)
-    artifacts.write_json(place.pushed, {"dataset": ref, "url": url, "notes": notes, "pending": files,
+    kept = {"model": previous["model"]} if "model" in previous else {}  # the weights' Model: recorded on its own
+    artifacts.write_json(place.pushed, {**kept, "dataset": ref, "url": url, "notes": notes, "pending": files,
                                         "version": version})  # fmt: skip
     log.info("kaggle-push: dataset %s version %d accepted (%s)", ref, version, url)
     return version

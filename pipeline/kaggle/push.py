@@ -89,10 +89,39 @@ def check_quota(kaggle: Any, manifest: dict[str, Any], kernel: dict[str, Any], f
                     "run on CPU (--accelerator none), or push anyway with FORCE=1 (--force)")  # fmt: skip
 
 
-def push(target: BundleTarget, wait: float, message: str | None = None, force: bool = False) -> None:
+def check_weights(target: BundleTarget, manifest: dict[str, Any], wanted: str | None) -> str | None:
+    """The Model instance the bundle's weights travel in (None: in the dataset); UserError when --weights (Make:
+    MODEL=1) asks for the other way than the bundle was built for: the bundle decides, so rebuild it."""
+    instance = (manifest.get("weights_model") or {}).get("instance")
+    built = "model" if instance else "dataset"
+    if wanted and wanted != built:
+        make = " MODEL=1" if wanted == "model" else ""
+        raise UserError(f"--weights {wanted}: the bundle {target.place.folder} carries its weights in the {built}; "
+                        f"rebuild it first: make kaggle-bundle {target.make_args}{make} (or set kaggle.weights: "
+                        f"{wanted})")  # fmt: skip
+    if instance and not target.place.model.is_dir():
+        raise UserError(f"{target.place.model} not found, but bundle.json says the weights travel as a Kaggle Model; "
+                        f"rebuild the bundle: make kaggle-bundle {target.make_args} MODEL=1")  # fmt: skip
+    return instance
+
+
+def push_model(kaggle: Any, target: BundleTarget, instance: str, notes: str, wait: float) -> list[str]:  # noqa: ANN401
+    """Upload model/ as the next version of the Model instance, wait for it, check its files: the kernel's
+    model_sources, pinned to that version."""
+    from pipeline.kaggle.model_upload import upload_model, verify_model, wait_for_model
+
+    version = upload_model(kaggle, target, instance, notes)
+    wait_for_model(kaggle, instance, version, wait)
+    verify_model(kaggle, target, instance, version)
+    return [f"{instance}/{version}"]
+
+
+def push(target: BundleTarget, wait: float, message: str | None = None, force: bool = False,
+         weights: str | None = None) -> None:  # fmt: skip
     from pipeline.kaggle.client import Kaggle  # imports the client: only when Kaggle is really called
 
     manifest, kernel = read_bundle(target)
+    instance = check_weights(target, manifest, weights)
     kaggle = Kaggle()
     owner = manifest["dataset"].split("/", 1)[0]
     user = kaggle.credentials.username
@@ -101,13 +130,15 @@ def push(target: BundleTarget, wait: float, message: str | None = None, force: b
                         f"make kaggle-bundle {target.make_args} KAGGLE_USER={user}")  # fmt: skip
     place = target.place
     check_quota(kaggle, manifest, kernel, force)
-    dataset_version = upload_dataset(kaggle, target, manifest, message or version_notes(manifest))
+    notes = message or version_notes(manifest)
+    models = push_model(kaggle, target, instance, notes, wait) if instance else None  # the weights first
+    dataset_version = upload_dataset(kaggle, target, manifest, notes)
     wait_until_ready(kaggle, manifest["dataset"], wait, place.pushed, dataset_version)
     verify_upload(kaggle, target, dataset_version)
     pushed_at = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="kaggle-kernel-") as tmp:
         answer = kaggle.push_kernel(kernel["id"], pinned_kernel(place.kernel, Path(tmp), manifest["dataset"],
-                                                                dataset_version))  # fmt: skip
+                                                                dataset_version, models))  # fmt: skip
     version = getattr(answer, "version_number", None)
     url = getattr(answer, "url", None) or f"https://www.kaggle.com/code/{kernel['id']}"
     record = artifacts.read_json(place.pushed) if place.pushed.is_file() else {}
@@ -123,4 +154,4 @@ def run(args: argparse.Namespace) -> None:
     target = target_from_args(args)  # --blend NAME: the whole blend's bundle (make kaggle-bundle BLEND=...)
     if args.wait < 0:
         raise UserError(f"--wait {args.wait}: must be 0 or more seconds")
-    push(target, args.wait, args.message, force=getattr(args, "force", False))
+    push(target, args.wait, args.message, force=getattr(args, "force", False), weights=getattr(args, "weights", None))
