@@ -202,7 +202,7 @@ KAGGLE_ARGS := $(if $(BLEND),--comp $(COMP) --blend $(BLEND),$(ARGS))
 BUNDLE_NEEDS := $(if $(BLEND),,$(RUN)/scores.json)
 WEIGHTS_FLAG := $(if $(MODEL), --weights model)
 BUNDLE_FLAGS := $(if $(KAGGLE_USER), --user $(KAGGLE_USER))$(if $(KAGGLE_ACCELERATOR), --accelerator $(KAGGLE_ACCELERATOR))$(WEIGHTS_FLAG)
-.PHONY: kaggle-bundle kaggle-push kaggle-submit
+.PHONY: kaggle-bundle kaggle-push kaggle-submit kaggle-wheels
 
 kaggle-bundle: $(BUNDLE_NEEDS)
 	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
@@ -215,6 +215,11 @@ kaggle-push: $(BUNDLE)/dataset/bundle.json
 
 kaggle-submit:
 	$(PY) -m pipeline kaggle-submit $(KAGGLE_ARGS)$(WAIT_FLAG)
+
+# A compiled wheel no index has for the Kernel's Python: build it on Kaggle (PACKAGES="name==version ..." or the
+# ones kaggle-bundle could not fetch); kaggle-bundle then attaches that notebook's output (kernel_sources).
+kaggle-wheels:
+	$(PY) -m pipeline kaggle-wheels $(KAGGLE_ARGS)$(if $(PACKAGES), --packages "$(PACKAGES)")$(if $(KAGGLE_USER), --user $(KAGGLE_USER))
 
 bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
 	$(PY) -m pipeline.benchmarks.recipe_bench

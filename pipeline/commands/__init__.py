@@ -116,6 +116,15 @@ COMMANDS: dict[str, Command] = {
                                                                                   "process the dataset"}),
                        ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, "
                                                                "CV, commit)"}), _WEIGHTS)),
+        Command("kaggle-wheels", "pipeline.kaggle.wheels_kernel", "build on Kaggle (a notebook with internet on) the "
+                "compiled wheels no index has for the Kernel's Python; kaggle-bundle attaches it (kernel_sources)",
+                reads_folds=False,
+                flags=(("--packages", {"default": None, "help": "name==version ... to build (Make: PACKAGES=; default: "
+                                                                "the compiled wheels that cannot be fetched)"}),
+                       ("--user", {"default": None, "help": "Kaggle username that owns the notebook (default: "
+                                                           "login)"}),
+                       ("--wait", {"type": float, "default": None, "help": "seconds to wait for its run (default "
+                                                                           "3600)"}))),
         Command("kaggle-submit", "pipeline.kaggle.submit_kernel", "code competitions, after kaggle-push: wait for the "
                 "kernel's run, submit its output, wait for the score", reads_folds=False,
                 flags=(_BLEND, _SCORE_WAIT, ("--kernel-wait", {"type": float, "default": 10800.0,

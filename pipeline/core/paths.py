@@ -391,6 +391,12 @@ def bundle_place(out: Paths) -> BundlePlace:
     return BundlePlace(out.kaggle_bundle, out.kaggle_pushed, out.run / "kaggle-kernel-output")
 
 
+def kaggle_wheels_dir(comp: str) -> Path:
+    """make kaggle-wheels: data/runs/<comp>/kaggle-wheels/ (kernel/, output/, kaggle-wheels.json): the utility
+    notebook that builds on Kaggle the wheels no index has for the Kernel's Python."""
+    return project_root() / "data" / "runs" / comp / "kaggle-wheels"
+
+
 def blend_bundle_place(comp: str, name: str) -> BundlePlace:
     """A whole blend's bundle: data/runs/<comp>/blend/<name>/kaggle-bundle/ (make kaggle-bundle BLEND=<name>)."""
     run = Paths(comp).blend_dir(name)

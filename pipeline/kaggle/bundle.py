@@ -59,7 +59,8 @@ from pipeline.kaggle.bundle_assembly import (
     metric_module_files,
     module_file_name,
     place_file,
-    write_runtime,
+    wheels_notebook,
+    write_runtime_with,
 )
 from pipeline.kaggle.bundle_format import (
     MANIFEST_FORMAT,
@@ -130,7 +131,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path, weights: Path |
     for relative, source in metric_module_files(cfg).items():
         modules[module_file_name(relative)] = relative
         shutil.copyfile(source, folder / module_file_name(relative))
-    package, extras = write_runtime(folder)
+    package, extras, runtime = runtime_with_notebook(cfg.comp, folder)
     scores = artifacts.read_json(out.scores)
     from pipeline.core.provenance import git_commit
 
@@ -153,6 +154,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path, weights: Path |
         "metric": scores.get("metric"),
         "cv": scores.get("cv"),
         "output_file": output_file_name(cfg.data.test_csv),  # what the kernel writes and kaggle-submit submits
+        **runtime,  # kaggle_wheels: what the wheels notebook (make kaggle-wheels) brings instead
         "planned_seconds": planned_seconds(cfg),  # make plan's inference kernel: kaggle-push checks the GPU quota
         "git_commit": git_commit(Path(__file__).resolve().parent),  # the code's commit, wherever the project is
     }
@@ -167,6 +169,15 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path, weights: Path |
     return manifest
 
 
+def runtime_with_notebook(comp: str, folder: Path) -> tuple[Path, list[str], dict[str, Any]]:
+    """write_runtime, where the wheels `make kaggle-wheels` built on Kaggle need not be fetched: (the package wheel,
+    the bundled wheels, the manifest's `kaggle_wheels` entry: the notebook the kernel mounts and what it brings)."""
+    notebook = wheels_notebook(comp)
+    package, extras, from_kaggle = write_runtime_with(folder, notebook["requirements"] if notebook else ())
+    entry = {"kaggle_wheels": {"kernel": notebook["kernel"], "requirements": from_kaggle}} if from_kaggle else {}
+    return package, extras, entry
+
+
 def planned_seconds(cfg: Config) -> float | None:
     """What `make plan` expects the inference kernel to take (seconds), or None when it cannot tell."""
     from pipeline.reporting.planner import DEFAULT_LIMIT, make_plan, parse_duration
@@ -179,9 +190,11 @@ def planned_seconds(cfg: Config) -> float | None:
 
 
 def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str = DEFAULT_ACCELERATOR,
-                 label: str | None = None) -> None:  # fmt: skip
-    """kernel.py and kernel-metadata.json; `label`: what the kernel predicts (the experiment, or a blend's name)."""
+                 label: str | None = None, manifest: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """kernel.py and kernel-metadata.json; `label`: what the kernel predicts (the experiment, or a blend's name);
+    `manifest`: the dataset's, whose wheels notebook (make kaggle-wheels) the kernel mounts through kernel_sources."""
     settings = {"bundle": names.dataset.split("/", 1)[1], "comp": cfg.comp, "exp": label or cfg.exp}
+    notebook = (manifest or {}).get("kaggle_wheels")
     (folder / "kernel.py").write_text(kernel_script(settings))
     metadata = {
         "id": names.kernel,
@@ -195,8 +208,8 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str
         "enable_internet": False,  # code competitions require it off; the bundle brings what pip would fetch
         "dataset_sources": [names.dataset],
         "competition_sources": [cfg.comp],
-        "kernel_sources": [],
-        "model_sources": [],
+        "kernel_sources": [notebook["kernel"]] if notebook else [],  # make kaggle-wheels' output: more wheels
+        "model_sources": [],  # kaggle-push pins the weights' Kaggle Model version here (kaggle.weights: model)
         # the image of the first run, every re-run: a rerun months later still has the torch/timm it was tested with
         "docker_image_pinning_type": DOCKER_PINNING,
     }
@@ -240,7 +253,12 @@ def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR,
         weights = model_folder(folder, travel)
         return with_model(build_dataset(cfg, names, folder, weights), names, weights, "exp")
 
-    manifest = assemble(out.kaggle_bundle, dataset, lambda kernel: build_kernel(cfg, names, kernel, accelerator))
+    built: dict[str, Any] = {}  # the dataset's manifest, built before the kernel
+    manifest = assemble(
+        out.kaggle_bundle,
+        lambda folder: built.setdefault("manifest", dataset(folder)),
+        lambda kernel: build_kernel(cfg, names, kernel, accelerator, manifest=built["manifest"]),
+    )
     size = sum(p.stat().st_size for p in out.kaggle_dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: %d folds, %d wheels) -> dataset %s, kernel %s", out.kaggle_bundle, size,
              cfg.folds.n_folds, 1 + len(manifest["wheels"]), names.dataset, names.kernel)  # fmt: skip
@@ -334,7 +352,7 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
 
     weights = model_folder(folder, travel)
     members = [add_member(cfg, names, folder, weights) for cfg in configs]
-    package, extras = write_runtime(folder)
+    package, extras, runtime = runtime_with_notebook(comp, folder)
     (folder / "dataset-metadata.json").write_text(json.dumps({
         "title": names.dataset_title, "id": names.dataset, "licenses": [{"name": LICENSE}],
         "description": f"The `{name}` blend of {', '.join(scores['members'])} for the `{comp}` competition "
@@ -347,7 +365,7 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
         "method": scores.get("method"), "dataset": names.dataset, "kernel": names.kernel,
         "package": {"name": wheels.DISTRIBUTION, "version": package.name.split("-")[1], "wheel": package.name},
         "wheels": extras, "requirements": "requirements.txt", "metric": scores.get("metric"), "cv": scores.get("cv"),
-        "output_file": output_file_name(configs[0].data.test_csv),
+        "output_file": output_file_name(configs[0].data.test_csv), **runtime,
         "git_commit": git_commit(Path(__file__).resolve().parent),
     }, names, weights, "blend")  # fmt: skip
 
@@ -361,8 +379,11 @@ def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: st
     travel = travel or configs[0].kaggle.weights
     place = paths.blend_bundle_place(comp, name)
     names = kaggle_names(comp, f"blend-{name}", user)
-    assemble(place.folder, lambda dataset: build_blend_dataset(comp, name, configs, scores, names, dataset, travel),
-             lambda kernel: build_kernel(configs[0], names, kernel, accelerator, label=name))  # fmt: skip
+    built: dict[str, Any] = {}  # the dataset's manifest, built before the kernel
+    assemble(place.folder, lambda dataset: built.setdefault("manifest", build_blend_dataset(
+                 comp, name, configs, scores, names, dataset, travel)),
+             lambda kernel: build_kernel(configs[0], names, kernel, accelerator, label=name,
+                                         manifest=built["manifest"]))  # fmt: skip
     size = sum(p.stat().st_size for p in place.dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: blend %s of %s, %s weights %s) -> dataset %s, kernel %s", place.folder, size,
              name, ", ".join(scores["members"]), scores["combine"], scores["weights"], names.dataset,

@@ -15,7 +15,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -157,13 +157,49 @@ def module_file_name(relative: str) -> str:
 def write_runtime(folder: Path) -> tuple[Path, list[str]]:
     """requirements.txt, this package's wheel and the wheels Kaggle's image lacks, into `folder`:
     (the package wheel, the other wheels' file names)."""
+    package, extras, _ = write_runtime_with(folder)
+    return package, extras
+
+
+def write_runtime_with(folder: Path, built_on_kaggle: Sequence[str] = ()) -> tuple[Path, list[str], list[str]]:
+    """write_runtime, where a wheel that cannot be fetched may instead come from the wheels notebook
+    (`make kaggle-wheels`, pipeline.kaggle.wheels_kernel) when `built_on_kaggle` lists it (`name==version`):
+    (the package wheel, the other wheels' file names, the requirements left to that notebook)."""
     requirements = wheels.runtime_requirements()
     (folder / "requirements.txt").write_text(
         "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n"
         + "".join(f"{line}\n" for line in requirements)
     )
     package = wheels.build_package_wheel(folder)
-    return package, [wheels.bundle_wheel(dist, folder).name for dist in wheels.bundled_distributions(requirements)]
+    extras, from_kaggle = [], []
+    for dist in wheels.bundled_distributions(requirements):
+        try:
+            extras.append(wheels.bundle_wheel(dist, folder).name)
+        except UserError as exc:
+            pinned = f"{wheels.canonical(dist)}=={wheels._distribution(dist).version}"
+            if pinned not in built_on_kaggle:
+                raise UserError(f"{exc}; `make kaggle-wheels CONFIG=... PACKAGES={pinned}` does that for you, then "
+                                "re-run kaggle-bundle") from exc  # fmt: skip
+            log.info("kaggle-bundle: %s comes from the wheels notebook (make kaggle-wheels), not the bundle", pinned)
+            from_kaggle.append(pinned)
+    return package, extras, from_kaggle
+
+
+WHEELS_RECORD = (
+    "kaggle-wheels.json"  # make kaggle-wheels' record (pipeline.kaggle.wheels_kernel), read by kaggle-bundle
+)
+
+
+def wheels_notebook(comp: str) -> dict[str, Any] | None:
+    """The competition's wheels notebook (`make kaggle-wheels`: its kernel ref and the `requirements` it builds) when
+    it was built for the Kernel's Python today, else None."""
+    from pipeline.core import paths
+
+    path = paths.kaggle_wheels_dir(comp) / WHEELS_RECORD
+    if not path.is_file():
+        return None
+    record = artifacts.read_json(path)
+    return record if record.get("python") == wheels.kaggle_target()[0] else None
 
 
 def choose_accelerator(cfg: Config, explicit: str | None, configured: str = "") -> str:

@@ -92,14 +92,34 @@ def pip_install(*args: str) -> int:
     return subprocess.run(command, env={**os.environ, "PIP_CONFIG_FILE": os.devnull}, check=False).returncode
 
 
+def find_notebook_output(ref: str) -> Path:
+    """Where Kaggle mounted the output of notebook `ref` (kernel_sources): the wheels `make kaggle-wheels` built on
+    Kaggle for wheels no index has. /kaggle/input/<slug>, or the same under a notebooks/<owner>/ folder."""
+    owner, slug = ref.split("/")
+    for pattern in (slug, f"*/{owner}/{slug}", f"*/{slug}"):
+        found = [p for p in sorted(INPUT.glob(pattern)) if p.is_dir() and any(p.glob("*.whl"))]
+        if found:
+            return found[0]
+    raise SystemExit(
+        f"error: the wheels notebook {ref}'s output is not under {INPUT}; add it to the Kernel's inputs "
+        "(kernel-metadata.json's kernel_sources) or re-run `make kaggle-wheels` and `make kaggle-bundle`"
+    )
+
+
 def install(bundle: Path, manifest: dict) -> None:
-    """The requirements (resolved against the image, missing ones from the bundle), then the pipeline's own wheel."""
-    links = ("--find-links", str(bundle))
+    """The requirements (resolved against the image, missing ones from the bundle and the wheels notebook's output),
+    then the pipeline's own wheel."""
+    links: tuple[str, ...] = ("--find-links", str(bundle))
+    notebook = manifest.get("kaggle_wheels")
+    built = sorted(find_notebook_output(notebook["kernel"]).glob("*.whl")) if notebook else []
+    if built:
+        links += ("--find-links", str(built[0].parent))
     if pip_install(*links, "-r", str(bundle / manifest["requirements"])) != 0:
         # Usually an image package outside the pipeline's tested range: say so, install what is missing, go on.
         print(f"warning: the Kernel's packages do not meet {manifest['requirements']} (see pip's message above); "
               "installing the bundled wheels without dependency checks", file=sys.stderr, flush=True)  # fmt: skip
-        if pip_install(*links, "--no-deps", *(str(bundle / name) for name in manifest["wheels"])) != 0:
+        wheels = [*(str(bundle / name) for name in manifest["wheels"]), *(str(path) for path in built)]
+        if pip_install(*links, "--no-deps", *wheels) != 0:
             raise SystemExit(f"error: pip could not install the wheels bundled in {bundle}")
     wheel = bundle / manifest["package"]["wheel"]
     if pip_install(*links, "--no-deps", "--force-reinstall", str(wheel)) != 0:
