@@ -16,6 +16,12 @@ saves a new version of the kernel, which Kaggle then runs. The kernel's dataset_
 checked (`owner/slug/N`), so a later push never changes what an old kernel version ran. kaggle-push.json records the
 kernel, the version number SaveKernel returned and when it was pushed; `make kaggle-submit` waits for that version's
 run and submits exactly that version's output (pipeline.kaggle.submit_kernel).
+
+A bundle built with kaggle.weights: model (`make kaggle-bundle kaggle-push MODEL=1`) has its fold weights in
+kaggle-bundle/model/: they go up first, as the next version of the Kaggle Model instance bundle.json names
+(pipeline.kaggle.model_upload: created the first time, checked like the dataset, recorded under `model` in
+kaggle-push.json so an unchanged one is not uploaded again), and the kernel's model_sources pin that version.
+--weights (MODEL=1) that disagrees with how the bundle was built asks for a rebuild.
 """
 
 from __future__ import annotations
