@@ -160,6 +160,7 @@ REFUSALS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_blend_the_kernel_could_not_redo_is_refused(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str

@@ -209,6 +209,7 @@ def test_make_all_on_kaggle_gives_the_local_submission_with_a_unit_in_two_sessio
     assert "stopped at its time budget" in stderr and "remote fold 1: done" in stderr
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_make_sends_each_unit_to_remote_train_with_runner_kaggle(tmp_path: Path) -> None:
     project = make_project(tmp_path, seeds=[7, 8])
     (project / "data/raw" / COMP / ".complete").touch()
