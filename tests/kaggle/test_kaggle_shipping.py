@@ -370,6 +370,7 @@ def test_a_dropped_weight_upload_is_named_and_the_kernel_is_not_pushed(
     assert fake_kaggle.kernels[KERNEL][0]["modelDataSources"] == [f"{MODEL}/2"]
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_model_flag_on_a_dataset_bundle_asks_for_a_rebuild(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     user_error(push("kaggle-push", "--config", CONFIG, "--weights", "model"), "carries its weights in the dataset",
                "make kaggle-bundle CONFIG=configs/toy/tiny.yaml MODEL=1")  # fmt: skip
