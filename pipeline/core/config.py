@@ -35,6 +35,7 @@ from pipeline.core.schema import (  # noqa: F401 - the schema, re-exported: conf
     TASKS,
     TRACKERS,
     TTA_VIEWS,
+    WEIGHTS_TRAVEL,
     AugmentConfig,
     Config,
     DataConfig,
@@ -287,6 +288,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"tracking: {cfg.tracking!r} is not one of {', '.join(TRACKERS)}")
     if cfg.kaggle.accelerator and cfg.kaggle.accelerator not in ACCELERATORS:
         raise ConfigError(f"kaggle.accelerator: {cfg.kaggle.accelerator!r} is not one of {', '.join(ACCELERATORS)}")
+    if cfg.kaggle.weights not in WEIGHTS_TRAVEL:
+        raise ConfigError(f"kaggle.weights: {cfg.kaggle.weights!r} is not one of {', '.join(WEIGHTS_TRAVEL)}")
     from pipeline.core.metrics import check_task
 
     check_task(cfg.metric, cfg.data.task)  # an unknown or malformed metric fails here, naming `metric`

@@ -209,11 +209,13 @@ class TTAConfig:
 
 
 ACCELERATORS = ("t4x2", "l4", "p100", "none")  # kaggle.accelerator (pipeline.kaggle.bundle maps them to Kaggle's)
+WEIGHTS_TRAVEL = ("dataset", "model")  # kaggle.weights: how kaggle-push ships the fold weights (pipeline.kaggle.push)
 
 
 @dataclass
 class KaggleConfig:
     accelerator: str = ""  # t4x2 | l4 | p100 | none; empty: t4x2 (none when device is cpu); flag > env > this
+    weights: str = "dataset"  # dataset: in the bundle's dataset; model: a versioned Kaggle Model (--weights, MODEL=1)
     # RUNNER=kaggle (pipeline.kaggle.remote): each training unit runs as a Kaggle notebook
     internet: bool = True  # the training notebooks have internet (hub weights download there)
     session_limit: str | float = ranged("12h", 0, low_open=True)  # a session's limit; units stop (resumably) before
