@@ -12,8 +12,11 @@ scored on the held-out fold (nested CV). The guard then never loses to a member:
 nested CV beats both the plain mean and the best single experiment, else the mean when that beats the best
 single, else the best single experiment alone. scores.json's `chosen` and `reason` say which and why; `weights`
 (full precision), `combine` and `members` say exactly how to redo it, and `member_files` (digests of each member's
-oof.csv/test.csv) tell whether it is still current. The blending itself is pipeline.inference.blending, which a Kaggle
-Kernel running the blend's bundle (make kaggle-bundle BLEND=<name>) calls too.
+oof.csv/test.csv) tell whether it is still current. For single-label data scored by a metric that weights classes
+equally, per-class logit offsets are fitted on the blend's OOF (pipeline.inference.prior_shift, kept only when nested
+CV improves): scores.json's `decision` and `cv_decided`; the submission, and a Kernel, apply them. The blending
+itself is pipeline.inference.blending, which a Kaggle Kernel running the blend's bundle (make kaggle-bundle
+BLEND=<name>) calls too.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pipeline.core.config import Config, ConfigError, load_config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import goodness, higher_is_better, is_better, score
 from pipeline.data.tables import encode_targets, read_csv
-from pipeline.inference import blending
+from pipeline.inference import blending, prior_shift
 from pipeline.inference.blending import combine
 from pipeline.inference.blending import normalise as _normalise
 
@@ -234,11 +237,14 @@ def run(args: argparse.Namespace) -> None:
                   combine=method, member_files=blending.member_files(comp, blend.experiments),
                   cv=score(cfg.metric, targets, oof_blend), sample=0,
                   folds_digest=artifacts.file_digest(out.folds_csv))  # fmt: skip
+    # per-class logit offsets on the blend's own OOF (nested CV decides), applied to its submission and in the Kernel
+    decision = prior_shift.choose_offsets(cfg.metric, cfg.data.task, targets, oof_blend, folds["fold"].to_numpy())
+    result.update(decision=decision, cv_decided=score(cfg.metric, targets, prior_shift.decide(oof_blend, decision)))
     run_dir = out.blend_dir(blend.name)
     oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)
     oof_frame.insert(0, "id", folds["id"].to_numpy())
     submission = paths.Paths(comp, blend.name).submission
-    formatted = blending.submission_frame(cfg, test_frame, submission)
+    formatted = blending.submission_frame(cfg, test_frame, submission, decision)
     artifacts.write_csv(run_dir / "oof.csv", oof_frame)
     artifacts.write_csv(out.blend_test(blend.name), test_frame)
     artifacts.write_json(out.blend_scores(blend.name), result)

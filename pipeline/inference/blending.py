@@ -4,7 +4,8 @@ so the Kernel blends exactly as the blend did at home.
 
 Inputs: members' probability tables (id + one column per class; ensemble's data/runs/<comp>/<exp>/test.csv or
 oof.csv), the weights and the combine method that `make blend` chose (its scores.json: `weights`, `combine`).
-Outputs: the blended table, and the submission frame in sample_submission's format (predictions.format_submission,
+Outputs: the blended table, and the submission frame in sample_submission's format (under the blend's per-class
+logit offsets when it fitted them: scores.json `decision`) (predictions.format_submission,
 checked against sample_submission as the submission stage does). `check_current` says whether a blend's
 scores.json still describes its members' files (the digests it recorded).
 """
@@ -23,6 +24,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.metrics import submission_top_k
 from pipeline.data.tables import read_csv, read_typed_csv
 from pipeline.inference.predictions import format_submission
+from pipeline.inference.prior_shift import shift_table
 
 # scores.json keys a blend bundle needs: without them the blend was made by an older version (re-run make blend)
 RECORDED = ("members", "combine", "weights", "member_files")
@@ -65,11 +67,13 @@ def blend_tables(tables: list[pd.DataFrame], names: list[str], weights: np.ndarr
     return frame
 
 
-def submission_frame(cfg: Config, probs: pd.DataFrame, where: Path) -> pd.DataFrame:
+def submission_frame(cfg: Config, probs: pd.DataFrame, where: Path, decision: dict | None = None) -> pd.DataFrame:
     """The blend's submission: the submission stage's formatting, in sample_submission's column order, checked
-    against it where the competition's files are present (always in a Kernel)."""
+    against it where the competition's files are present (always in a Kernel). `decision`: the blend's per-class
+    logit offsets (scores.json `decision`, pipeline.inference.prior_shift) or None."""
     from pipeline.inference.validate import check_submission
 
+    probs = shift_table(probs, cfg.data.classes, decision)
     frame = format_submission(probs, cfg.data, top_k=submission_top_k(cfg.metric))
     sample_path = paths.raw_dir(cfg.comp) / cfg.data.test_csv if cfg.data.test_csv else None
     if sample_path is not None and sample_path.is_file():  # blends of probability files alone have no raw data

@@ -5,7 +5,8 @@ writes submissions/<comp>/<exp>.csv with exactly sample_submission's ids, row or
 format (data.submission_format): `label` (the most probable class), `probabilities` (one column per
 class), `labels` (space-separated classes above the threshold; multi-label), or `numeric` (the class as
 a number; ordinal targets). When ensemble wrote thresholds.json, its per-label thresholds (`labels`) or
-ordinal cut points (`label`, `numeric`) decide instead of 0.5/argmax. A MAP@k competition (metric map@K)
+ordinal cut points (`label`, `numeric`), or its per-class logit offsets (a prior shift, single-label:
+pipeline.inference.prior_shift) decide instead of 0.5/argmax. A MAP@k competition (metric map@K)
 writes the K most probable classes, space-separated, in the `label`/`labels` column. The file is checked
 against sample_submission before it is written.
 """
@@ -21,6 +22,7 @@ from pipeline.core.cli import config_from_args
 from pipeline.core.metrics import submission_top_k
 from pipeline.data.tables import read_typed_csv
 from pipeline.inference.predictions import format_submission, read_probs  # noqa: F401 - format_submission: re-exported
+from pipeline.inference.prior_shift import shift_table
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> None:
     probs = read_probs(out.test_blend, cfg.data.classes)
     found = read_json(out.thresholds) if out.thresholds.exists() else {"kind": "none"}
     threshold = found["thresholds"] if found["kind"] == "multi_label" else 0.5
+    probs = shift_table(probs, cfg.data.classes, found)  # per-class logit offsets (prior shift) decide the argmax
     frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"), top_k=submission_top_k(cfg.metric))
     if found["kind"] != "none":
         log.info("submission: %s thresholds from %s", found["kind"], out.thresholds)

@@ -261,13 +261,10 @@ def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
 def build_criterion(cfg: Config, train_targets: np.ndarray, mixing: bool) -> Callable[..., torch.Tensor]:
     """The loss for the task and head: CE (hard or soft targets), BCE (multi-label) or MSE (regression)."""
     weight = class_weights(train_targets, cfg.num_classes) if cfg.train.class_weights == "balanced" else None
-    if cfg.train.loss in (
-        "focal",
-        "asymmetric",
-    ):  # pipeline.training.losses; auto, cross_entropy and bce are built here
+    if cfg.train.loss in ("focal", "asymmetric", "logit_adjusted"):  # pipeline.training.losses; auto, CE, BCE here
         from pipeline.training.losses import build_loss
 
-        return build_loss(cfg, weight)
+        return build_loss(cfg, weight, train_targets)
     if cfg.model.head == "regression":
         return lambda logits, targets: F.mse_loss(logits.squeeze(1).float(), targets.float())
     if cfg.data.task == "multi_label":
