@@ -42,7 +42,7 @@ from pipeline.core.provenance import git_commit, package_versions
 from pipeline.data import soft_targets
 from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference import prior_shift, tta_auto
-from pipeline.inference.fold_check import ensemble_vs_folds
+from pipeline.inference.fold_check import ensemble_vs_folds, holdout_targets
 from pipeline.inference.predictions import read_probs
 from pipeline.inference.seed_bag import seed_bag_facts
 from pipeline.training import recipe, refit
@@ -172,15 +172,6 @@ def add_refit(cfg: Config, blended: pd.DataFrame) -> tuple[pd.DataFrame, dict[st
     }
     log.info("ensemble: refit included with weight %.3f (trained %d epochs; no OOF)", weight, plan["epochs"])
     return mixed, facts
-
-
-def holdout_targets(cfg: Config, ids: pd.Series) -> np.ndarray | None:
-    """The held-out labels of `ids` when the competition provides them (data.holdout; the demo does), else None."""
-    if not cfg.data.holdout:
-        return None
-    labels = read_csv(paths.raw_dir(cfg.comp) / cfg.data.holdout, "holdout labels")
-    truth = labels.set_index(labels.columns[0]).loc[ids, cfg.data.label_column or "label"]
-    return encode_targets(truth, cfg.data)
 
 
 def holdout_score(cfg: Config, blended: pd.DataFrame, thresholds: dict[str, Any] | None = None) -> float | None:

@@ -6,7 +6,7 @@ probabilities and their blend. Output: {"oof": {...}, "holdout": {...} or None, 
 decision, in the competition metric. On OOF the "ensemble" is the pooled CV (every row scored once, by its own fold)
 against the mean of the per-fold scores; on held-out rows it is the blend of the folds against the mean fold. An
 ensemble below its mean fold on held-out rows means the averaging drifts (to the majority, on skewed classes): the
-warning says so. Writes nothing.
+warning says so. `holdout_targets` reads the held-out labels (data.holdout) for ensemble and report. Writes nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +14,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from pipeline.core import paths
+from pipeline.core.config import Config
 from pipeline.core.metrics import goodness, score
+from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference.prior_shift import decide
+
+
+def holdout_targets(cfg: Config, ids: pd.Series) -> np.ndarray | None:
+    """The held-out labels of `ids` when the competition provides them (data.holdout; the demo does), else None."""
+    if not cfg.data.holdout:
+        return None
+    labels = read_csv(paths.raw_dir(cfg.comp) / cfg.data.holdout, "holdout labels")
+    truth = labels.set_index(labels.columns[0]).loc[ids, cfg.data.label_column or "label"]
+    return encode_targets(truth, cfg.data)
 
 
 def _compare(metric: str, ensemble: float, folds: list[float]) -> dict[str, Any]:

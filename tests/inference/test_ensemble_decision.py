@@ -80,6 +80,25 @@ def test_macro_f1_gets_offsets_and_the_submission_uses_them(project: Path, capsy
     assert f1_score(truth, submitted["label"], average="macro") == pytest.approx(scores["holdout_thresholded"])
 
 
+def test_report_shows_per_class_recall_of_folds_and_ensemble(project: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.core import paths
+    from pipeline.core.config import load_config
+    from pipeline.reporting.class_recall import recall_table
+    from pipeline.reporting.report import read_oof
+
+    build(project, "f1_macro")
+    assert run_main(capsys, "ensemble", "--config", "configs/toy/baseline.yaml").returncode == 0
+    cfg = load_config(project / "configs/toy/baseline.yaml")
+    folds, targets, probs = read_oof(cfg, paths.for_config(cfg))
+    table = recall_table(cfg, folds, targets, probs)
+    assert list(table.columns) == ["class", "share", *[f"fold{k}" for k in range(5)], "all OOF",
+                                   "held-out mean fold", "held-out ensemble"]  # fmt: skip
+    small = table.set_index("class").loc["small"]
+    plain_recall = np.mean(probs[targets == 2].argmax(axis=1) == 2)
+    assert small["all OOF"] > plain_recall + 0.1  # under the offsets the minority is found far more often
+    assert 0 < small["held-out ensemble"] <= 1
+
+
 def test_accuracy_keeps_argmax_and_the_plain_mean(project: Path, capsys: pytest.CaptureFixture) -> None:
     """Accuracy is unchanged: no offsets, the folds' plain mean of probabilities, argmax submission."""
     build(project, "accuracy")
