@@ -78,7 +78,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques FORCE
+.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques bench-imbalance FORCE
 
 help: ## one line per target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -206,6 +206,9 @@ kaggle-submit: ## code competitions, after kaggle-push: wait for the kernel's ru
 
 bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
 	$(PY) -m pipeline.benchmarks.recipe_bench
+
+bench-imbalance: ## class_weights, sampler, logit-adjusted and focal loss vs baseline and starter on skewed Fashion-MNIST (acc. + macro-F1)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline.benchmarks.imbalance
 
 bench-techniques: ## soup, refit, seed bag, pseudo-labels, distillation vs the baseline, held-out (Fashion-MNIST; ~30 min)
 	$(PY) -m pipeline.benchmarks.techniques
