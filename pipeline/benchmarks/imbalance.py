@@ -126,10 +126,11 @@ def held_out(comp: str, probs: pd.DataFrame, thresholds: dict[str, Any] | None) 
     from pipeline.inference.prior_shift import decide
 
     truth = read_csv(paths.raw_dir(comp) / "solution.csv", "solution").set_index("id")["label"]
-    targets = np.array([CLASSES.index(c) for c in truth.loc[probs["id"]]])
-    matrix = probs[CLASSES].astype(float).to_numpy()
+    classes = [c for c in probs.columns if c != "id"]  # the run's own order (data.classes): the offsets follow it
+    targets = np.array([classes.index(c) for c in truth.loc[probs["id"]]])
+    matrix = probs[classes].astype(float).to_numpy()
     decided = decide(matrix, thresholds)
-    recalls = [np.mean(decided[targets == k].argmax(axis=1) == k) for k in range(len(CLASSES))]
+    recalls = [np.mean(decided[targets == k].argmax(axis=1) == k) for k in range(len(classes))]
     return {"accuracy": accuracy(targets, matrix), "f1_macro": f1_macro(targets, matrix),
             "accuracy_decided": accuracy(targets, decided), "f1_macro_decided": f1_macro(targets, decided),
             "min_recall": float(min(recalls))}  # fmt: skip
