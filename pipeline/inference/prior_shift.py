@@ -9,7 +9,7 @@ fitted on OOF rows recovers much of what the minorities lost, without retraining
   folds' rows score each fold's rows); kept only when the nested CV beats argmax. Returns what thresholds.json holds:
   {"kind": "prior_shift", "offsets": [...], ...evidence} or {"kind": "none", ...evidence}.
 - `decide`: probabilities -> what the metric scores under thresholds.json's decision (prior shift, or the
-  multi-label thresholds / ordinal cut points of pipeline.training.recipe.hard_probs): the one function that
+  multi-label thresholds / ordinal cut points of pipeline.inference.thresholds.hard_probs): the one function that
   ensemble, submission, blend and the Kaggle Kernel (through those stages) call.
 - `shift_table`: a probability table under the prior shift, for the submission formatter (submission, blends).
 - `average_folds`: the folds' test probabilities averaged in the decision's space (log space when offsets decide).
@@ -25,24 +25,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.metrics import METRICS, goodness, is_better, weights_classes_equally
-from pipeline.training.recipe import hard_probs
+from pipeline.inference.thresholds import hard_probs, shift
 
 GRID = np.round(np.arange(-3.0, 3.01, 0.25), 2)  # natural-log offsets: up to e^3 = 20x a class's odds
 ROUNDS = 2
 
 
-def shift(probs: np.ndarray, offsets: np.ndarray | list[float]) -> np.ndarray:
-    """softmax(log p + offsets): the probabilities the offsets decide on (rows sum to 1)."""
-    logits = np.log(np.clip(probs, 1e-12, None)) + np.asarray(offsets, dtype=np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
-
-
 def decide(probs: np.ndarray, thresholds: dict[str, Any] | None) -> np.ndarray:
-    """The probabilities (or 0/1 rows) the metric scores under a thresholds.json decision."""
-    if thresholds and thresholds.get("kind") == "prior_shift":
-        return shift(probs, thresholds["offsets"])
+    """The probabilities (or 0/1 rows) the metric scores under a thresholds.json decision: the prior shift, the
+    multi-label thresholds or the ordinal cut points (pipeline.inference.thresholds.hard_probs applies them all)."""
     return hard_probs(probs, thresholds)
 
 

@@ -2,7 +2,7 @@
 
 A checkpoint holds everything a run needs to continue exactly where it stopped: model, optimizer,
 scheduler, grad scaler and EMA states, the best epoch's weights, probabilities and score with the
-early-stopping counter (pipeline.training.recipe.BestKeeper), the torch/numpy/python RNG states (mixup draws from
+early-stopping counter (pipeline.training.averaging.BestKeeper), the torch/numpy/python RNG states (mixup draws from
 numpy's), the epoch and the step within it, the per-epoch history and the config fingerprint it was made
 under, with the pseudo-label / distillation sources' identities (pipeline.data.sources.sources_stamp) beside
 it. It is written atomically and loaded with torch.load(weights_only=True): tensors and plain containers only,
@@ -30,12 +30,6 @@ from pipeline.core import artifacts
 from pipeline.core.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
-
-EXIT_STOPPED = 75  # EX_TEMPFAIL: not finished, not failed; re-running the same command resumes
-
-
-class Stopped(Exception):
-    """Training stopped early on purpose (signal or time budget) after saving a checkpoint."""
 
 
 def rng_state() -> dict[str, Any]:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from helpers.builders import write_competition
+from pipeline.commands import init as init_stage
 from pipeline.data import class_balance
-from pipeline.data import init as init_stage
 
 
 def skew(raw: Path, counts: dict[str, int]) -> None:
