@@ -23,8 +23,10 @@ from pipeline.data.tables import encode_targets, read_train_table
 IMBALANCE_RATIO = 5.0  # largest class / smallest class above this: init warns
 # `make bench-imbalance` (docs/imbalance.md): the training change that beat the plain baseline on held-out macro-F1,
 # merged into baseline.yaml's train section when the metric weights classes equally and the classes are skewed.
-# Empty: no arm beat the baseline (plus its fitted per-class offsets) by more than the noise, so nothing is turned on.
-WINNER: dict[str, Any] = {}
+# Measured (Fashion-MNIST at 50/20/10/5/4/3/3/2/2/1 %, 5 folds + TTA, 3 epochs): the balanced sampler, macro-F1
+# .670 against .325 for the plain baseline with its fitted offsets, .435 class weights, .424 logit-adjusted loss.
+# Accuracy-scored competitions never get it: their baseline is unchanged.
+WINNER: dict[str, Any] = {"sampler": "balanced"}
 
 
 def class_shares(data: DataConfig, raw: Path) -> dict[str, float] | None:

@@ -37,13 +37,14 @@ def run_init(project: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, di
 def test_skewed_classes_are_shown_and_warned_about(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = write_competition(project / "data" / "raw" / "toy", "csv")
     skew(raw, {"cat": 36, "dog": 2, "fox": 2})
-    out, competition, _ = run_init(project, capsys)
+    out, competition, baseline = run_init(project, capsys)
     assert "class shares: cat 90.0%, dog 5.0%, fox 5.0%" in out
     assert "WARNING: imbalanced classes: the largest (cat) is 18x the smallest" in out
     assert "Accuracy favours the majority" in out and "docs/imbalance.md" in out
     # hand-placed data: today's metric, and a note saying it was inferred, not read from Kaggle
     assert competition["metric"] == "accuracy"
     assert "no Kaggle metadata recorded" in out and "set `metric:`" in out
+    assert "sampler" not in baseline["train"]  # an accuracy competition's baseline is today's
 
 
 def test_balanced_classes_get_no_warning(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,17 +54,16 @@ def test_balanced_classes_get_no_warning(project: Path, capsys: pytest.CaptureFi
     assert "imbalanced" not in out
 
 
-def test_kaggles_macro_f1_on_skewed_classes(project: Path, capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_kaggles_macro_f1_on_skewed_classes(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = write_competition(project / "data" / "raw" / "toy", "csv")
     skew(raw, {"cat": 36, "dog": 2, "fox": 2})
     (raw / ".complete").write_text(json.dumps({"comp": "toy", "evaluation_metric": "MacroFScore"}))
-    monkeypatch.setattr(class_balance, "WINNER", {"loss": "logit_adjusted"})  # as if the benchmark had a winner
     out, competition, baseline = run_init(project, capsys)
     assert competition["metric"] == "f1_macro"
     assert "metric: f1_macro (Kaggle's evaluation metric: 'MacroFScore')" in out
     assert "weights classes equally: ensemble fits per-class logit offsets" in out
-    assert baseline["train"]["loss"] == "logit_adjusted"
+    assert baseline["train"]["sampler"] == "balanced"  # make bench-imbalance's winner (class_balance.WINNER)
+    assert "(make bench-imbalance)" in out
 
 
 @pytest.mark.parametrize(("metric", "task", "shares", "turned_on"), [
