@@ -116,7 +116,8 @@ $(CONFIG): | $(COMP_YAML)
 	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
 # RUNNER=kaggle: each unit (fold, or fold and seed) trains in a Kaggle notebook and comes home checked
-# (pipeline.kaggle.remote); a plain make pushes up to kaggle.sessions units at once. RUNNER=local (default): here.
+# (pipeline.kaggle.remote); a plain make pushes up to kaggle.sessions notebooks at once, two units per T4 x2 notebook
+# (kaggle.units_per_notebook). RUNNER=local (default): here.
 RUNNER ?= local
 ifeq ($(filter local kaggle,$(RUNNER)),)
 $(error error: RUNNER=$(RUNNER): use RUNNER=local (train here, the default) or RUNNER=kaggle (Kaggle notebooks))

@@ -225,6 +225,7 @@ class KaggleConfig:
     internet: bool = True  # the training notebooks have internet (hub weights download there)
     session_limit: str | float = ranged("12h", 0, low_open=True)  # a session's limit; units stop (resumably) before
     sessions: int = ranged(2, 1)  # notebooks running at once; a push Kaggle refuses for too many sessions waits
+    units_per_notebook: int | None = ranged(None, 1, 2)  # null: 2 on t4x2 (one unit per GPU), else 1
 
 
 @dataclass

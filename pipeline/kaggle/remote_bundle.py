@@ -13,8 +13,8 @@ metric's module; writes data/runs/<comp>/<exp>/kaggle-train/dataset/, uploaded a
 
 `key` is a digest of everything the notebook's training depends on (config, folds, sources, this package's code):
 a bundle with the current key is not rebuilt, so the many `remote-train` calls of one `make` build it once.
-Each unit's kernel folder (kernel.py with its SETTINGS, kernel-metadata.json) is written per push by
-`write_kernel`: the competition and the dataset attached, the kernel's own latest output too when it resumes.
+Each notebook's kernel folder (kernel.py with its SETTINGS, kernel-metadata.json) is written per push by
+`write_kernel`: the competition and the dataset attached, and the kernels holding its resuming units' checkpoints.
 """
 
 from __future__ import annotations
@@ -60,8 +60,12 @@ def dataset_names(cfg: Config, user: str) -> tuple[str, str]:
 
 
 def kernel_names(cfg: Config, unit: str, user: str) -> tuple[str, str]:
-    """(ref, title) of unit `unit`'s notebook (`fold0`, `fold0-seed43`): one kernel per unit, a version per session."""
+    """(ref, title) of the notebook of unit(s) `unit` (`fold0`, `fold0-seed43`, `fold0-fold1`): one kernel per unit
+    or pair, a version per session. A name too long for Kaggle's 50-character title ends in a digest instead, so two
+    pairs never share a kernel."""
     exp = cfg.exp + ("" if not cfg.sample else f"-s{cfg.sample}")
+    if len(f"{exp} {unit} train") > 44:
+        unit = f"{unit.split('-')[0]}-{hashlib.sha256(unit.encode()).hexdigest()[:8]}"
     title = inference_bundle._title(cfg.comp, f"{exp} {unit}", "train")
     return f"{user}/{inference_bundle.slugify(title)}", title
 
@@ -157,8 +161,9 @@ def build_train_bundle(cfg: Config, user: str) -> TrainBundle:
 
 
 def write_kernel(folder: Path, cfg: Config, ref: str, title: str, settings: dict[str, Any], dataset: str,
-                 accelerator: str, resume: bool) -> None:  # fmt: skip
-    """A unit's kernel.py (SETTINGS: the dataset, unit, nonce, time budget) and kernel-metadata.json."""
+                 accelerator: str, checkpoints: list[str]) -> None:  # fmt: skip
+    """A notebook's kernel.py (SETTINGS: the dataset, units, nonce, time budget) and kernel-metadata.json;
+    `checkpoints`: the kernels whose latest output holds a resuming unit's last checkpoint (attached)."""
     folder.mkdir(parents=True, exist_ok=True)
     artifacts.write_text(folder / "kernel.py", inference_bundle.kernel_script(settings))
     shape = inference_bundle.ACCELERATORS[accelerator]
@@ -167,7 +172,7 @@ def write_kernel(folder: Path, cfg: Config, ref: str, title: str, settings: dict
         "is_private": True, "enable_gpu": shape is not None, "enable_tpu": False,
         "enable_internet": bool(cfg.kaggle.internet),  # hub weights download there
         "dataset_sources": [dataset], "competition_sources": [cfg.comp],
-        "kernel_sources": [ref] if resume else [],  # its own latest output: the previous session's checkpoint
+        "kernel_sources": checkpoints,  # their latest output: the resuming units' checkpoints
         "model_sources": [],
     }  # fmt: skip
     if shape:

@@ -160,6 +160,7 @@ REFUSALS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_blend_the_kernel_could_not_redo_is_refused(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str
@@ -192,7 +193,7 @@ def test_push_and_submit_a_blend_bundle(project: Path, fake_kaggle: FakeKaggle, 
     assert {"bundle.json", "tiny--bundle.json", "wide--bundle.json", "wide--fold1.safetensors"} <= set(uploaded)
     assert uploaded["bundle.json"] == (dataset_of(project, "forced") / "bundle.json").read_bytes()
     (saved,) = fake_kaggle.kernels[kernel]
-    assert saved["datasetDataSources"] == [dataset] and saved["competitionDataSources"] == [COMP]
+    assert saved["datasetDataSources"] == [f"{dataset}/1"] and saved["competitionDataSources"] == [COMP]  # pinned
     record = json.loads((project / f"data/runs/{COMP}/blend/forced/kaggle-push.json").read_text())
     assert (record["dataset"], record["kernel"]) == (dataset, kernel)
     assert "make kaggle-submit COMP=toy BLEND=forced" in pushed.stderr

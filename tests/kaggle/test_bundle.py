@@ -234,6 +234,7 @@ PUSH_FAILURES = {
 }
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize("case", PUSH_FAILURES)
 def test_push_failures_are_one_clear_line(project: Path, fake_kaggle: FakeKaggle, tmp_path: Path, case: str) -> None:
     competitions, env, needles = PUSH_FAILURES[case]
@@ -323,6 +324,7 @@ def test_bundled_kernel_reads_the_competition_under_either_mount(
     pd.testing.assert_frame_equal(submitted, pd.read_csv(project / "submissions/toy/tiny.csv", dtype=str))
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_token_auth_takes_the_username_from_the_client(
     project: Path, dataset: Path, fake_kaggle: FakeKaggle, tmp_path: Path
 ) -> None:

@@ -238,6 +238,7 @@ def test_missing_credentials_list_the_three_ways_before_importing_kaggle(
     assert fake_kaggle.seen == []
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize("mode, warned", [(0o644, True), (0o600, False)])
 def test_kaggle_json_readable_by_others_is_warned_about(
     pipeline: Pipeline, fake_kaggle: FakeKaggle, mode: int, warned: bool
@@ -318,6 +319,7 @@ def test_submit_validates_before_any_call(pipeline: Pipeline, fake_kaggle: FakeK
     assert fake_kaggle.seen == []
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize(
     "setup, needles",
     [
@@ -340,6 +342,7 @@ def test_submit_reports_a_refusal_even_where_the_client_would_not(
     assert fake_kaggle.calls("CreateSubmission") == []
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_scores_joins_leaderboard_to_local_cv(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
     competition = fake_kaggle.add_competition(SLUG, FILES)
     competition.submissions = [
@@ -374,6 +377,7 @@ def test_scores_joins_leaderboard_to_local_cv(pipeline: Pipeline, fake_kaggle: F
     assert "baseline" in result.stdout and "0.861" in result.stdout
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_the_key_is_never_written_printed_or_logged(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.key = "k3y-" + "5ecret" * 5
     pipeline.env["KAGGLE_KEY"] = fake_kaggle.key

@@ -82,6 +82,7 @@ def test_an_unchanged_bundle_is_still_checked_against_what_kaggle_lists(
 # 2. 403 for a dataset that does not exist yet --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_first_push_creates_the_dataset_kaggle_answered_403_for(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     result = ok(push("kaggle-push", "--config", CONFIG))
 
@@ -91,6 +92,7 @@ def test_a_first_push_creates_the_dataset_kaggle_answered_403_for(push: Pipeline
     assert "only be written by its owner" not in result.stderr
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_403_on_another_accounts_dataset_stays_a_refusal(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.username = "someone-else"  # the same key now logs in as another account
     push.env["KAGGLE_USERNAME"] = "someone-else"
@@ -118,6 +120,7 @@ def test_kaggle_submit_waits_for_the_pushed_version_not_the_previous_runs_comple
     assert fake_kaggle.runs[KERNEL][1].steps == ["COMPLETE"]  # version 2's own run had ended when it was submitted
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_run_that_ended_before_kaggle_submit_looked_is_recognised_by_the_listing(
     push: Pipeline, fake_kaggle: FakeKaggle
 ) -> None:
@@ -132,6 +135,7 @@ def test_a_run_that_ended_before_kaggle_submit_looked_is_recognised_by_the_listi
     )
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_kaggle_submit_streams_the_kernels_log_while_it_runs(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     ok(push("kaggle-push", "--config", CONFIG))
     result = ok(push("kaggle-submit", "--config", CONFIG, "--wait", "0"))
@@ -144,6 +148,7 @@ def test_kaggle_submit_streams_the_kernels_log_while_it_runs(push: Pipeline, fak
 # 5 and 8. the client's login at import ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_token_rejected_at_introspection_is_one_line_naming_its_source(
     push: Pipeline, fake_kaggle: FakeKaggle
 ) -> None:
@@ -156,6 +161,7 @@ def test_a_token_rejected_at_introspection_is_one_line_naming_its_source(
     assert {s.path.rsplit("/", 1)[-1] for s in fake_kaggle.calls()} == {"IntrospectToken"}  # nothing sent logged out
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_stalled_login_at_import_times_out_and_is_named_the_network(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.token = "the-right-token"
     push.without_credentials()
@@ -237,6 +243,7 @@ def _plan(root: Path, seconds: float) -> None:
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "planned_seconds": seconds}))
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_gpu_push_beyond_the_quota_left_is_refused_before_uploading(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.gpu_quota_hours = (29.0, 30.0)  # 1 h left this week
     _plan(push.root, 2 * 3600)
@@ -249,6 +256,7 @@ def test_a_gpu_push_beyond_the_quota_left_is_refused_before_uploading(push: Pipe
     assert "GPU quota 1.0 h left of 30.0 h" in result.stderr and KERNEL in fake_kaggle.kernels
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_run_longer_than_kaggles_limit_is_refused_unless_forced(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     _plan(push.root, 10 * 3600)  # quota: 30 h left; Kaggle's limit: 9 h
     user_error(push("kaggle-push", "--config", CONFIG), "stops a kernel after 9h")
