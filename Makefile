@@ -78,7 +78,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test test-fast lint paths lr-find bench-recipe bench-techniques FORCE
+.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test test-fast lint paths lr-find bench-recipe bench-techniques bench-imbalance FORCE
 
 # A command's help line is its record's (pipeline/commands/__init__.py); other targets keep their `## ` comment.
 help: ## one line per target
@@ -224,6 +224,9 @@ kaggle-wheels:
 
 bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
 	$(PY) -m pipeline.benchmarks.recipe_bench
+
+bench-imbalance: ## class_weights, sampler, logit-adjusted and focal loss vs baseline and starter on skewed Fashion-MNIST (acc. + macro-F1)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline.benchmarks.imbalance
 
 bench-techniques: ## soup, refit, seed bag, pseudo-labels, distillation vs the baseline, held-out (Fashion-MNIST; ~30 min)
 	$(PY) -m pipeline.benchmarks.techniques

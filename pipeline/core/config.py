@@ -311,6 +311,10 @@ def validate_loss(cfg: Config) -> None:
         raise ConfigError("train.loss: cross_entropy is for single-label data; use bce, focal or asymmetric")
     if t.loss == "bce" and task != "multi_label":
         raise ConfigError(f"train.loss: bce is for multi-label data; use cross_entropy, focal or asymmetric ({task})")
+    if t.loss == "logit_adjusted" and (task == "multi_label" or cfg.model.head == "regression"):
+        raise ConfigError(f"train.loss: logit_adjusted is for single-label data with a classifier head ({task})")
+    if t.class_weights != "none" and t.loss == "logit_adjusted":
+        raise ConfigError("train.class_weights: logit_adjusted already balances the classes; use none")
     if t.class_weights != "none" and (t.loss == "asymmetric" and task != "multi_label" or
                                       t.loss == "focal" and task == "multi_label"):  # fmt: skip
         raise ConfigError(f"train.class_weights: {t.loss} loss on {task} data takes no class weights; use none")

@@ -362,6 +362,7 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
     return with_model({
         "format": MANIFEST_FORMAT, "kind": BLEND_KIND, "comp": comp, "exp": name, "blend": name,
         "members": members, "weights": scores["weights"], "combine": scores["combine"], "chosen": scores["chosen"],
+        "decision": scores.get("decision"),  # the blend's per-class logit offsets (prior shift), or none
         "method": scores.get("method"), "dataset": names.dataset, "kernel": names.kernel,
         "package": {"name": wheels.DISTRIBUTION, "version": package.name.split("-")[1], "wheel": package.name},
         "wheels": extras, "requirements": "requirements.txt", "metric": scores.get("metric"), "cv": scores.get("cv"),

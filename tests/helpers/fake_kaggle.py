@@ -79,6 +79,7 @@ class Competition:
     pending_polls: int = 1  # listings during which a new submission stays PENDING
     public_score: str = "0.875"
     error_description: str | None = None  # set: scoring ends in ERROR with this description
+    evaluation_metric: str = "Categorization Accuracy"  # ListCompetitions' evaluationMetric (Kaggle's own name)
     repeat_pages: bool = False  # ListSubmissions ignores the page asked for (a server bug the client must survive)
     leaderboard: list[tuple[str, str]] = field(default_factory=list)  # (team name, public score), best first
 
@@ -296,6 +297,7 @@ class FakeKaggle:
                     "deadline": c.deadline,
                     "mergerDeadline": c.merger_deadline,
                     "maxDailySubmissions": c.max_daily,
+                    "evaluationMetric": c.evaluation_metric,
                 }
                 for slug, c in self.competitions.items()
                 if search in slug
