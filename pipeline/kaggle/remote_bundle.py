@@ -29,10 +29,9 @@ from typing import Any
 from pipeline.core import artifacts, paths
 from pipeline.core.config import COMPETITION_KEYS, TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 
-# The bundle and push stages' building blocks this module shares (to move into blocks of their own once the
-# concurrent push/wait fixes have landed: a stage should import blocks only).
-from pipeline.kaggle import bundle as inference_bundle
-from pipeline.kaggle.bundle import choose_accelerator, kaggle_user  # noqa: F401 - remote-train's, re-exported
+# The bundle building blocks kaggle-bundle uses too (a stage imports blocks only, never the kaggle-bundle stage).
+from pipeline.kaggle import bundle_assembly as inference_bundle
+from pipeline.kaggle.bundle_assembly import choose_accelerator, kaggle_user  # noqa: F401 - remote-train's, re-exported
 from pipeline.kaggle.bundle_format import MANIFEST_FORMAT
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ def write_kernel(folder: Path, cfg: Config, ref: str, title: str, settings: dict
 def upload(kaggle: Any, cfg: Config, bundle: TrainBundle) -> None:  # noqa: ANN401 - pipeline.kaggle.client.Kaggle
     """Upload the training dataset (a new version only when its files changed) and wait until Kaggle serves it."""
     from pipeline.kaggle.bundle_format import BundleTarget
-    from pipeline.kaggle.push import upload_dataset, wait_until_ready
+    from pipeline.kaggle.dataset_upload import upload_dataset, wait_until_ready
 
     out = paths.for_config(cfg)
     place = paths.BundlePlace(out.kaggle_train, out.kaggle_train / "push.json", out.kaggle_train / "output")
