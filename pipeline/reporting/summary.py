@@ -67,6 +67,17 @@ def bag_seeds(config: Path, overrides: list[str]) -> list[int]:
     return [int(seed) for seed in seeds] if isinstance(seeds, list) and len(seeds) >= 2 else []
 
 
+def retrained_folds(out: paths.Paths, n_folds: int, seeds: list[int | None], started: float) -> list[int]:
+    """The folds with a member trained since `started`. Judged by fold<k>/oof_plain.csv, which train writes only when
+    it trains: a train that finds the weights current touches them (so Make sees them up to date), so their mtime
+    says nothing about whether this run trained them."""
+
+    def trained_since(file: Path) -> bool:
+        return file.exists() and file.stat().st_mtime >= started
+
+    return [k for k in range(n_folds) if any(trained_since(out.member(seed).oof_plain(k)) for seed in seeds)]
+
+
 INFO = {"n_folds": lambda config, overrides: n_folds(config, overrides),
         "seeds": lambda config, overrides: " ".join(map(str, bag_seeds(config, overrides))),
         "sources": lambda config, overrides: " ".join(map(str, source_files(config, overrides)))}  # fmt: skip
@@ -89,10 +100,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"submission: {out.submission}")
     started = float(os.environ.get("PIPELINE_MAKE_START", "0") or 0)
     if started:
-        weights = {k: [out.member(seed).weights(k) for seed in members(cfg)] for k in range(cfg.folds.n_folds)}
-        retrained = [
-            k for k, files in weights.items() if any(w.exists() and w.stat().st_mtime >= started for w in files)
-        ]
+        retrained = retrained_folds(out, cfg.folds.n_folds, members(cfg), started)
         if retrained:
             print(f"this run trained fold(s) {', '.join(map(str, retrained))}")
         else:
