@@ -30,8 +30,6 @@ SAMPLE ?=
 TRACK ?=
 SETS := $(strip $(SET) $(if $(SAMPLE),sample=$(SAMPLE)) $(if $(TRACK),tracking=$(TRACK)))
 ARGS := --config $(CONFIG)$(if $(SETS), --set "$(SETS)")
-# Overrides are not files, so Make can't see them: with SET, let Python decide what is up to date.
-FORCE_IF_SET := $(if $(strip $(SET)),FORCE)
 
 # Paths mirror pipeline/core/paths.py (tests/test_make.py checks they agree).
 SUFFIX := $(if $(SAMPLE),-sample$(SAMPLE))
@@ -40,13 +38,19 @@ COMP_YAML := configs/$(COMP)/competition.yaml
 PROC := data/processed/$(COMP)$(if $(SAMPLE),/sample$(SAMPLE))
 RUN := data/runs/$(COMP)/$(EXP)$(SUFFIX)
 SUBMISSION := submissions/$(COMP)/$(EXP)$(SUFFIX).csv
+# Overrides are not files, so Make can't see them: SET is written to a stamp in the run folder, rewritten only when
+# it changes, and the stages the config feeds depend on it. A changed SET re-runs them once (Python then decides what
+# is current: a skipped fold is touched, so Make sees it up to date); the same SET again runs nothing.
+SET_STAMP := $(if $(strip $(SET)),$(RUN)/.overrides)
 LITE0 := data/weights/tf_efficientnet_lite0.safetensors
 DEMO_DEPS := $(if $(filter demo,$(COMP)),$(LITE0))
 
-NFOLDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) n_folds 2>/dev/null || echo 5)
+# The fold count, then a seed bag's seeds (train.seeds: [42, 43, 44]), from one Python start (no torch).
+FACTS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) n_folds seeds 2>/dev/null)
+NFOLDS := $(or $(firstword $(FACTS)),5)
 FOLD_IDS := $(shell seq 0 $$(( $(NFOLDS) - 1 )))
-# A seed bag (train.seeds: [42, 43, 44]): one model per (fold, seed) in fold<k>/seed<s>/, one Make target each.
-SEEDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) seeds 2>/dev/null)
+# A seed bag: one model per (fold, seed) in fold<k>/seed<s>/, one Make target each.
+SEEDS := $(wordlist 2,$(words $(FACTS)),$(FACTS))
 fold_models = $(if $(SEEDS),$(foreach s,$(SEEDS),$(RUN)/fold$(1)/seed$(s)/model.safetensors),$(RUN)/fold$(1)/model.safetensors)
 WEIGHTS := $(foreach k,$(FOLD_IDS),$(call fold_models,$(k)))
 # A model target's stem: `k` (fold k) or `k/seed<s>` (member (k, s)).
@@ -115,18 +119,23 @@ $(CONFIG): | $(COMP_YAML)
 	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
 train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold, or per fold and seed of a bag: make -j N works)
-$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(FORCE_IF_SET)
+$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(SET_STAMP)
 	$(call fold_gpu,$(call stem_fold,$*)$(if $(call stem_seed,$*), + $(call stem_seed,$*)))$(LAUNCH) train $(ARGS) --fold $(call stem_fold,$*)$(if $(call stem_seed,$*), --seed $(call stem_seed,$*))
+
+ifneq ($(SET_STAMP),)
+$(SET_STAMP): FORCE
+	@mkdir -p $(@D) && new='$(subst ','\'',$(strip $(SET)))' && { [ "$$(cat $@ 2>/dev/null)" = "$$new" ] || printf '%s\n' "$$new" > $@; }
+endif
 
 predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold (a bag's: its members' mean)
 .SECONDEXPANSION:
-$(RUN)/fold%/test.csv: $$(call fold_models,$$*) $(CONFIG) $(FORCE_IF_SET)
+$(RUN)/fold%/test.csv: $$(call fold_models,$$*) $(CONFIG) $(SET_STAMP)
 	$(call fold_gpu,$*)$(LAUNCH) predict $(ARGS) --fold $*
 
 refit: $(RUN)/refit/test.csv ## one model on every training row (the folds' median best epoch), test predictions
-$(RUN)/refit/model.safetensors: $(WEIGHTS) $(CONFIG) $(FORCE_IF_SET)
+$(RUN)/refit/model.safetensors: $(WEIGHTS) $(CONFIG) $(SET_STAMP)
 	$(LAUNCH) train $(ARGS) --fold refit
-$(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(FORCE_IF_SET)
+$(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(SET_STAMP)
 	$(LAUNCH) predict $(ARGS) --fold refit
 
 # Pseudo-labels: FROM=<experiment or blend> whose test predictions label; NAME= names the new experiment.
@@ -231,6 +240,6 @@ lint: ## ruff format --check + ruff check
 	$(VENV)/bin/ruff check pipeline tests
 
 paths: ## print the artifact paths Make uses for CONFIG
-	@echo "raw_stamp=$(RAW_STAMP) folds=$(PROC)/folds.csv run=$(RUN) submission=$(SUBMISSION) n_folds=$(NFOLDS) seeds=$(subst $(space),$(comma),$(SEEDS)) weights=$(subst $(space),$(comma),$(strip $(WEIGHTS)))"
+	@echo "raw_stamp=$(RAW_STAMP) folds=$(PROC)/folds.csv run=$(RUN) submission=$(SUBMISSION) n_folds=$(NFOLDS) seeds=$(subst $(space),$(comma),$(SEEDS)) overrides_stamp=$(RUN)/.overrides weights=$(subst $(space),$(comma),$(strip $(WEIGHTS)))"
 
 FORCE:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.config import Config, config_paths, load_config
-from pipeline.core.errors import UserError
+from pipeline.core.errors import EXIT_STOPPED, Stopped, UserError
 from pipeline.core.paths import REFIT
 
 # Stages that build or never read folds.csv; every other stage checks it still matches competition.yaml, once, early.
@@ -301,8 +301,6 @@ def run_task(task: Callable[[], object], debug: bool = False) -> int:
     """The one error contract of every entry point (CLI and Kaggle Kernel): 0 when `task` finishes; a user mistake
     (UserError) -> one `error:` line on stderr and 2; a stop that saved a checkpoint -> `stopped:` and 75; Ctrl-C ->
     130. Anything else is a bug and propagates with its traceback. `debug` also prints UserError tracebacks."""
-    from pipeline.training.checkpoint import EXIT_STOPPED, Stopped
-
     try:
         task()
     except UserError as exc:

@@ -148,6 +148,12 @@ class Paths:
     def run(self) -> Path:
         return project_root() / "data" / "runs" / self.comp / f"{self.exp}{self._suffix}"
 
+    @property
+    def overrides_stamp(self) -> Path:
+        """Make's record of the last SET= overrides (written by the Makefile only, rewritten when they change), so a
+        no-op `make all SET=...` sees every stage current without starting Python for each."""
+        return self.run / ".overrides"
+
     def fold_dir(self, fold: int) -> Path:
         """fold<k>/, or refit/ for the full-data refit (fold id REFIT): the same file names inside; a bag member's
         fold<k>/seed<s>/."""

@@ -27,15 +27,9 @@ import numpy as np
 import torch
 
 from pipeline.core import artifacts
-from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.errors import EXIT_STOPPED, ConfigError, Stopped, UserError  # noqa: F401 (re-exported: checkpoint.Stopped)
 
 log = logging.getLogger(__name__)
-
-EXIT_STOPPED = 75  # EX_TEMPFAIL: not finished, not failed; re-running the same command resumes
-
-
-class Stopped(Exception):
-    """Training stopped early on purpose (signal or time budget) after saving a checkpoint."""
 
 
 def rng_state() -> dict[str, Any]:
