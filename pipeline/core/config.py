@@ -31,6 +31,7 @@ from pipeline.core.schema import (  # noqa: F401 - the schema, re-exported: conf
     TASKS,
     TRACKERS,
     AugmentConfig,
+    CacheConfig,
     Config,
     DataConfig,
     EnsembleConfig,

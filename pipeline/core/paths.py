@@ -139,6 +139,11 @@ class Paths:
         return self.processed / "folds.json"
 
     @property
+    def checked(self) -> Path:
+        """Checks of the image listing already made, keyed by the listing's mtimes and sizes (pipeline.data.listing)."""
+        return self.processed / "checked.json"
+
+    @property
     def test_csv(self) -> Path:
         """The resolved test listing (id, file) that every experiment predicts, in submission order."""
         return self.processed / "test.csv"

@@ -297,10 +297,17 @@ def high_depth_to_uint8(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
     return np.rint(array * scale).clip(0, 255).astype(np.uint8)
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Decode any common image as RGB uint8 (H, W, 3): EXIF rotation, gray, RGBA, palette, 16-bit, CMYK."""
+def load_image(path: Path, at_least: int | None = None) -> np.ndarray:
+    """Decode any common image as RGB uint8 (H, W, 3): EXIF rotation, gray, RGBA, palette, 16-bit, CMYK.
+
+    `at_least`: the caller resizes to that side next, so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (the codec's
+    DCT scaling, PIL's `draft`) as long as both sides stay at least that large: several times faster for a photo ten
+    times larger than the target, and close to decoding in full and resizing (tests/data/test_decode.py).
+    """
     try:
         with Image.open(path) as image:
+            if at_least and image.format == "JPEG":
+                image.draft(None, (at_least, at_least))
             image = ImageOps.exif_transpose(image)
             if image.mode.startswith("I") or image.mode == "F":  # 16-bit, 32-bit integer or float gray
                 return np.stack([high_depth_to_uint8(np.asarray(image, dtype=np.float64), image.mode, path)] * 3, -1)
