@@ -147,8 +147,19 @@ def write_json(path: Path, payload: Any) -> Path:
     return write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
+CSV_CHUNK_ROWS = 2_000  # rows formatted at a time (pandas holds ~1 kB a row while it formats them)
+
+
 def write_csv(path: Path, frame: pd.DataFrame, float_format: str | None = None) -> Path:
-    return write_text(path, frame.to_csv(index=False, float_format=float_format, lineterminator="\n"))
+    """`frame` as CSV (no index, \\n line ends), streamed into the temp file in chunks of rows, published whole."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            for start in range(0, max(len(frame), 1), CSV_CHUNK_ROWS):  # pandas' own chunksize still peaks at 2x
+                chunk = frame.iloc[start : start + CSV_CHUNK_ROWS]
+                chunk.to_csv(handle, index=False, header=start == 0, float_format=float_format, lineterminator="\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # a full disk can surface only here on some file systems
+    return path
 
 
 def save_torch(path: Path, payload: Any) -> Path:
