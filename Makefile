@@ -82,7 +82,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques FORCE
+.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques bench-scale FORCE
 
 help: ## one line per target
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -218,6 +218,9 @@ bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MN
 
 bench-techniques: ## soup, refit, seed bag, pseudo-labels, distillation vs the baseline, held-out (Fashion-MNIST; ~30 min)
 	$(PY) -m pipeline.benchmarks.techniques
+
+bench-scale: ## every stage on synthetic photo competitions of N images: wall, CPU, peak RSS, growth (N="2000 5000 10000")
+	$(PY) -m pipeline.benchmarks.scale$(if $(N), --n $(N))$(if $(LAYOUTS), --layouts $(LAYOUTS))
 
 # Sweeps and tracking. SWEEP=configs/<comp>/sweep.yaml (the default); TRACK=mlflow|tensorboard|wandb on any target.
 SWEEP ?= configs/$(COMP)/sweep.yaml

@@ -93,6 +93,15 @@ def bench_json() -> Path:
     return bench_dir() / "bench.json"
 
 
+def bench_scale_dir() -> Path:
+    """`make bench-scale`: one project folder per (layout, N) under data/bench/scale/, and scale.json."""
+    return bench_dir() / "scale"
+
+
+def bench_scale_json() -> Path:
+    return bench_scale_dir() / "scale.json"
+
+
 def configs_dir(comp: str) -> Path:
     return project_root() / "configs" / comp
 
