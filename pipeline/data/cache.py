@@ -1,11 +1,12 @@
-"""cache: every image decoded and resized once into a uint8 memory-mapped store, shared by all folds,
-epochs and TTA views.
+"""cache: every image decoded and resized once into a uint8 store (one fixed-size record per image, read by
+offset), shared by all folds, epochs and TTA views.
 
 Reads folds.csv and test.csv (data/processed/<comp>/) and the images they list; writes
 data/processed/<comp>/cache/<side>px/images.u8 (N x side x side x 3, uint8, row order of index.csv)
 and then index.csv (image path, source size and mtime) last, so a half-built cache never looks done.
 `side` is the training size plus the margin random crops need. The cache is rebuilt only when the
-image size changes (a different folder) or any source image's size/mtime changes.
+image size changes (a different folder) or any source image's size/mtime changes (checked image by image only when
+the listing changed: see below).
 
 Its size is known before it is built (N x side x side x 3 bytes), so free space is checked first; it is written
 with ordinary sequential writes (not through a writable memory map, which dies with SIGBUS when the disk fills),
