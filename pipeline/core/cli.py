@@ -129,7 +129,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.kaggle.leaderboard",
         "leaderboard scores joined to local CV: data/runs/<comp>/leaderboard.csv",
     ),
-    "cache": ("pipeline.data.cache", "decode every image once into a uint8 cache (every core; streams instead if it won't fit)"),
+    "cache": ("pipeline.data.cache", "decode every image once into a uint8 cache, on every core"),
     "bench": (
         "pipeline.benchmarks.data_path",
         "measure the data path: loader, training efficiency, TTA overhead, growth",
