@@ -250,6 +250,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layouts", nargs="+", default=["csv", "folder_per_class"],
                         choices=["csv", "folder_per_class"])  # fmt: skip
     parser.add_argument("--extrapolate-to", type=int, default=100_000, help="N the linear fits are evaluated at")
+    parser.add_argument("--resume", action="store_true", help="keep the runs scale.json already holds; do the rest")
     parser.add_argument("--keep", action="store_true", help="keep each project folder (data/bench/scale/<layout>-<N>)")
     parser.add_argument("--data-path", default=None, help=argparse.SUPPRESS)  # internal: one measured stage
     parser.add_argument("--write", nargs=2, default=None, help=argparse.SUPPRESS)  # internal: layout, N
@@ -270,17 +271,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(decode_speedup(paths.raw_dir(COMP))))
         return 0
     runs: dict[str, dict[int, dict[str, Any]]] = {}
+    if args.resume and paths.bench_scale_json().is_file():  # the (layout, N) runs a killed benchmark finished
+        done = artifacts.read_json(paths.bench_scale_json())["runs"]
+        runs = {layout: {int(n): run for n, run in by_n.items()} for layout, by_n in done.items()}
     for layout in args.layouts:
         for n in sorted(args.n):
+            if n in runs.get(layout, {}):
+                continue
             root = paths.bench_scale_dir() / f"{layout}-{n}"
             written = prepare(root, layout, n)
             runs.setdefault(layout, {})[n] = {**run_one(root), "write": {"seconds": round(written, 1)}}
             print(f"bench-scale: {layout} N={n} done", file=sys.stderr)
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
+            result = {"cores": os.cpu_count(), "runs": runs, "fits": summarise(runs, args.extrapolate_to)}
+            artifacts.write_json(paths.bench_scale_json(), result)  # after each run: a kill keeps what finished
     summary = summarise(runs, args.extrapolate_to)
     result = {"cores": os.cpu_count(), "runs": runs, "fits": summary}
-    artifacts.write_json(paths.bench_scale_json(), result)
     print(table(runs, summary, args.extrapolate_to))
     print(json.dumps(result))
     return 0
