@@ -82,10 +82,11 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test lint paths lr-find bench-recipe bench-techniques bench-scale FORCE
+.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test test-fast lint paths lr-find bench-recipe bench-techniques bench-scale FORCE
 
+# A command's help line is its record's (pipeline/commands/__init__.py); other targets keep their `## ` comment.
 help: ## one line per target
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
+	@python3 $(ROOT)/pipeline/commands/make_help.py $(MAKEFILE_LIST)
 
 install: $(INSTALLED) ## create .venv and install the pinned stack (every target does this itself)
 
@@ -97,16 +98,16 @@ $(INSTALLED): $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
 all: $(SUBMISSION) ## the whole chain: download, init, folds, train, predict, ensemble, submission
 	@$(PY) -m pipeline summary $(ARGS)
 
-download: $(RAW_STAMP) ## fetch the competition's files into data/raw/<comp>/ (COMP=<slug>)
+download: $(RAW_STAMP)
 $(RAW_STAMP):
 	$(PY) -m pipeline download --comp $(COMP)
 
-init: ## infer configs/<comp>/competition.yaml and baseline.yaml (COMP=<slug>)
+init:
 	$(PY) -m pipeline init --comp $(COMP)
 configs/%/competition.yaml: | data/raw/%/.complete
 	$(PY) -m pipeline init --comp $*
 
-folds: $(PROC)/folds.csv ## stratified k-fold table shared by every experiment
+folds: $(PROC)/folds.csv
 $(PROC)/folds.csv: $(COMP_YAML) | $(RAW_STAMP)
 	$(PY) -m pipeline folds $(ARGS)
 
@@ -118,16 +119,24 @@ $(LITE0):
 $(CONFIG): | $(COMP_YAML)
 	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
-train: $(WEIGHTS) ## fine-tune every fold (one Make target per fold, or per fold and seed of a bag: make -j N works)
+# RUNNER=kaggle: each unit (fold, or fold and seed) trains in a Kaggle notebook and comes home checked
+# (pipeline.kaggle.remote); a plain make pushes up to kaggle.sessions units at once. RUNNER=local (default): here.
+RUNNER ?= local
+ifeq ($(filter local kaggle,$(RUNNER)),)
+$(error error: RUNNER=$(RUNNER): use RUNNER=local (train here, the default) or RUNNER=kaggle (Kaggle notebooks))
+endif
+train_unit = $(if $(filter kaggle,$(RUNNER)),$(PY) -m pipeline remote-train $(ARGS)$(BUNDLE_FLAGS),$(call fold_gpu,$(1)$(if $(2), + $(2)))$(LAUNCH) train $(ARGS)) --fold $(1)$(if $(2), --seed $(2))
+
+train: $(WEIGHTS)
 $(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(SET_STAMP)
-	$(call fold_gpu,$(call stem_fold,$*)$(if $(call stem_seed,$*), + $(call stem_seed,$*)))$(LAUNCH) train $(ARGS) --fold $(call stem_fold,$*)$(if $(call stem_seed,$*), --seed $(call stem_seed,$*))
+	$(call train_unit,$(call stem_fold,$*),$(call stem_seed,$*))
 
 ifneq ($(SET_STAMP),)
 $(SET_STAMP): FORCE
 	@mkdir -p $(@D) && new='$(subst ','\'',$(strip $(SET)))' && { [ "$$(cat $@ 2>/dev/null)" = "$$new" ] || printf '%s\n' "$$new" > $@; }
 endif
 
-predict: $(TEST_PROBS) ## out-of-fold and test probabilities with TTA, per fold (a bag's: its members' mean)
+predict: $(TEST_PROBS)
 .SECONDEXPANSION:
 $(RUN)/fold%/test.csv: $$(call fold_models,$$*) $(CONFIG) $(SET_STAMP)
 	$(call fold_gpu,$*)$(LAUNCH) predict $(ARGS) --fold $*
@@ -139,18 +148,18 @@ $(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(SET_STAMP)
 	$(LAUNCH) predict $(ARGS) --fold refit
 
 # Pseudo-labels: FROM=<experiment or blend> whose test predictions label; NAME= names the new experiment.
-pseudo: ## write configs/<comp>/<exp>-pseudo.yaml (train.pseudo.from=FROM; NAME=) and run its chain (make all)
+pseudo:
 	@new=$$($(PY) -m pipeline pseudo $(ARGS)$(if $(FROM), --from $(FROM))$(if $(NAME), --name $(NAME))) && \
 	  $(MAKE) --no-print-directory -f $(ROOT)/Makefile all CONFIG=$$new
 
-lr-find: $(PROC)/folds.csv $(DEMO_DEPS) ## LR range test on fold 0: lr_find.png + a suggested LR (usable as train.lr: auto)
+lr-find: $(PROC)/folds.csv $(DEMO_DEPS)
 	$(PY) -m pipeline lr-find $(ARGS)
 
-ensemble: $(RUN)/scores.json ## blend the folds; CV score -> scores.json
+ensemble: $(RUN)/scores.json
 $(RUN)/scores.json: $(TEST_PROBS) $(wildcard $(RUN)/refit/test.csv)
 	$(PY) -m pipeline ensemble $(ARGS)
 
-submission: $(SUBMISSION) ## submissions/<comp>/<exp>.csv in sample_submission's format
+submission: $(SUBMISSION)
 $(SUBMISSION): $(RUN)/scores.json
 	$(PY) -m pipeline submission $(ARGS)
 
@@ -158,19 +167,19 @@ $(SUBMISSION): $(RUN)/scores.json
 WAIT ?=
 WAIT_FLAG := $(if $(WAIT), --wait $(WAIT))
 
-submit: $(SUBMISSION) ## validate the submission, upload it (kaggle client), wait for its score (WAIT=0: don't)
+submit: $(SUBMISSION)
 	$(PY) -m pipeline submit $(ARGS)$(WAIT_FLAG)
 
-scores: ## leaderboard scores of COMP's submissions joined to local CV -> data/runs/<comp>/leaderboard.csv
+scores:
 	$(PY) -m pipeline scores --comp $(COMP)
 
-blend: ## blend COMP's experiments per configs/<comp>/blend.yaml (OOF-fitted weights, nested-CV guard)
+blend:
 	$(PY) -m pipeline blend --comp $(COMP)
 
-cache: $(PROC)/folds.csv ## decode every image once into data/processed/<comp>/cache/ (automatic when training)
+cache: $(PROC)/folds.csv
 	$(PY) -m pipeline cache $(ARGS)
 
-bench: ## data-path benchmark: loader vs naive, training efficiency, TTA overhead, growth (table + JSON)
+bench:
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pipeline bench
 
 # Looking at results. TTA=1 (or TTA=all) measures each TTA view on the OOF rows; LIMIT=9h (the kernel's time
@@ -178,16 +187,16 @@ bench: ## data-path benchmark: loader vs naive, training efficiency, TTA overhea
 PLAN_FLAGS := $(if $(LIMIT), --time-limit $(LIMIT))$(if $(TEST_IMAGES), --test-images $(TEST_IMAGES))$(if $(SLOWDOWN), --slowdown $(SLOWDOWN))
 .PHONY: report experiments doctor plan
 
-report: $(RUN)/scores.json ## data/runs/<comp>/<exp>/report.html: curves, CV, confusion, top losses, TTA, time plan
+report: $(RUN)/scores.json
 	$(PY) -m pipeline report $(ARGS)$(PLAN_FLAGS)$(if $(TTA), --tta $(filter all,$(TTA)))
 
-experiments: ## every experiment of COMP: CV, fold spread, leaderboard, differing config keys -> experiments.csv
+experiments:
 	$(PY) -m pipeline experiments --comp $(COMP)
 
-doctor: ## versions, GPUs, Kaggle credentials, Kaggle Kernel or not, free disk
+doctor:
 	$(PY) -m pipeline doctor
 
-plan: ## will folds x TTA views x test images fit the Kaggle Kernel time limit (LIMIT=9h; BLEND=<name>: a whole blend)?
+plan:
 	$(PY) -m pipeline plan $(if $(BLEND),--comp $(COMP) --blend $(BLEND),$(ARGS))$(PLAN_FLAGS)
 
 # Kaggle Kernel: KAGGLE_USER=<name> names the account that will own the dataset and kernel (default: credentials').
@@ -201,16 +210,16 @@ BUNDLE_NEEDS := $(if $(BLEND),,$(RUN)/scores.json)
 BUNDLE_FLAGS := $(if $(KAGGLE_USER), --user $(KAGGLE_USER))$(if $(KAGGLE_ACCELERATOR), --accelerator $(KAGGLE_ACCELERATOR))
 .PHONY: kaggle-bundle kaggle-push kaggle-submit
 
-kaggle-bundle: $(BUNDLE_NEEDS) ## data/runs/<comp>/<exp>/kaggle-bundle/ (BLEND=<name>: a whole blend's): weights, config, wheels, offline kernel
+kaggle-bundle: $(BUNDLE_NEEDS)
 	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
 
 $(BUNDLE)/dataset/bundle.json: | $(BUNDLE_NEEDS)
 	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
 
-kaggle-push: $(BUNDLE)/dataset/bundle.json ## upload the bundle as a private Kaggle dataset (or a new version), push + run its kernel
-	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)
+kaggle-push: $(BUNDLE)/dataset/bundle.json
+	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)$(if $(FORCE), --force)
 
-kaggle-submit: ## code competitions, after kaggle-push: wait for the kernel's run, submit its output, wait for the score
+kaggle-submit:
 	$(PY) -m pipeline kaggle-submit $(KAGGLE_ARGS)$(WAIT_FLAG)
 
 bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
@@ -226,17 +235,20 @@ bench-scale: ## every stage on synthetic photo competitions of N images: wall, C
 SWEEP ?= configs/$(COMP)/sweep.yaml
 .PHONY: sweep sweep-best mlflow-ui
 
-sweep: $(COMP_YAML) $(DEMO_DEPS) | $(RAW_STAMP) ## Optuna sweep per SWEEP=configs/<comp>/sweep.yaml: one fold (or SAMPLE) per trial, resumable
+sweep: $(COMP_YAML) $(DEMO_DEPS) | $(RAW_STAMP)
 	$(PY) -m pipeline sweep $(ARGS) --sweep $(SWEEP)
 
-sweep-best: ## write the sweep's best trial as configs/<comp>/<name>-best.yaml (then make all CONFIG=...)
+sweep-best:
 	$(PY) -m pipeline sweep-best $(ARGS) --sweep $(SWEEP)
 
-mlflow-ui: ## MLflow's UI on 127.0.0.1 over data/mlruns (TRACK=mlflow runs; needs the full mlflow package)
+mlflow-ui:
 	$(PY) -m pipeline mlflow-ui$(if $(PORT), --port $(PORT))
 
-test: ## run the test suite (CI calls this)
+test: ## run the whole test suite, slow end-to-end cases included (CI calls this)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: ## the contributor loop: unit and contract tests, no training beyond a few steps, no make/subprocess chains
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 
 lint: ## ruff format --check + ruff check
 	$(VENV)/bin/ruff format --check pipeline tests

@@ -1,30 +1,23 @@
 """A Kaggle image-classification pipeline: each stage reads and writes files at fixed paths.
 
-`python -m pipeline <command>` (pipeline.core.cli holds the command table and the one error contract; every make
-target calls it). Packages by concern; a stage imports building blocks, never another stage, and nothing imports in
-a cycle (tests/test_architecture.py checks both):
+`python -m pipeline <command>`: the command layer (pipeline.commands) holds one record per command, read by the CLI,
+the notebook API (pipeline.api), `make help` and the docs. Packages by concern, in layers that point one way (a
+module imports its own layer or lower ones, never higher; tests/test_architecture.py checks it, function-level and
+importlib imports included):
 
-    core/       schema (config sections, defaults, ranges), config (loading, overrides, checks), paths (the only
-                place artifact paths are built), artifacts (the only writer, atomic),
-                errors, metrics (and "is higher better"), progress, provenance, cli, locks, run_config,
-                bag (seed bags: a fold's members); no torch
-    data/       tables (CSV readers, image decoding), init (layout inference), folds, folds_record, cache, loader,
-                augment, augment_policies, demo, raw_data (hand-placed competition files), sources and soft_targets
-                (pseudo-labels and distillation: the source run, the extra rows and dense targets)
-    training/   model, recipe, budget (budget-aware defaults), losses, train, lr_find, lr_range, checkpoint,
-                distributed, weights, fold (one fold's data and model), runtime (AMP, seeding, activation), refit,
-                pseudo (make pseudo)
-    inference/  tta, tta_auto (effective_views: the TTA views actually used), predict, fold_model, predictions,
-                seed_bag (a fold's members averaged), ensemble, blend, blending (the one blend function, also in the
-                Kernel), submission, validate, view_scores
-    kaggle/     client, auth, retry, wait, download, submit, submit_kernel (kaggle-submit), leaderboard (scores),
-                bundle, bundle_format, push (kaggle-push), wheels, kernel_predict (runs inside the Kernel), kernel
-                (the script shipped as kernel.py)
-    reporting/  report, plots, interpret, gradcam, experiments, planner, doctor, summary, tracking
-    tuning/     sweep, sweep_spec, sweep_results (Optuna sweeps)
-    benchmarks/ data_path (make bench), recipe_bench and starter (make bench-recipe), fashion, coverage_variants,
-                techniques (make bench-techniques)
-    api.py      Experiment: the same stages from a notebook
+    core < data < training < inference < kaggle, reporting < tuning, benchmarks < api, commands
+
+    core/        schema (config sections, defaults, choice lists), config, paths (the only place artifact paths are
+                 built), artifacts (the only writer, atomic), errors, events, locks, budget, metrics, cli; no torch
+    data/        tables, layout (init's inference), folds, cache, loader, augment + augment_policies (one policy table)
+    training/    model, optim, schedule, averaging (EMA, SWA, the kept epoch), losses, train, checkpoint, distributed
+    inference/   tta, predict, ensemble, thresholds, blend + blend_apply (the Kernel's blend step), submission
+    kaggle/      client, download, submit, bundle, push, wait, leaderboard, kernel (the script a bundle ships)
+    reporting/   report, plots, experiments, planner, doctor, summary, tracking (hears training's events)
+    tuning/      Optuna sweeps;  benchmarks/  make bench, bench-recipe, bench-techniques
+    commands/    the command records, the CLI, init's command, kernel_predict (runs inside the Kernel)
+
+docs/architecture.md holds the full map, generated from each module's docstring.
 """
 
 import os

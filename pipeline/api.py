@@ -8,7 +8,7 @@
 Every method runs the same stage function as `python -m pipeline <stage>` with the same arguments, so it
 reads and writes the same files at the same paths. A user mistake raises `PipelineError`, whose message is
 exactly the CLI's `error:` line; a stopped training (time budget, Ctrl-C, the notebook's stop button)
-raises `pipeline.training.checkpoint.Stopped`: run the same cell again to resume.
+raises `pipeline.core.errors.Stopped`: run the same cell again to resume.
 """
 
 from __future__ import annotations
@@ -50,19 +50,13 @@ def _ensure_logging() -> None:
 
 
 def run_stage(command: str, argv: list[str]) -> None:
-    """Run one stage as `python -m pipeline <command> <argv>` would, in this process; errors as PipelineError."""
-    import importlib
-
-    from pipeline.core.cli import COMMANDS, build_parser, one_line, split_overrides
+    """Run one command as `python -m pipeline <command> <argv>` would, in this process; errors as PipelineError."""
+    from pipeline.commands.cli import run_command
+    from pipeline.core.cli import one_line
 
     _ensure_logging()
     try:
-        args = build_parser().parse_args([command, *argv])
-        args.overrides = split_overrides(args.overrides)
-        importlib.import_module(COMMANDS[command][0]).run(args)
-        from pipeline.reporting.tracking import after_stage
-
-        after_stage(args)
+        run_command([command, *argv])
     except PipelineError:
         raise
     except UserError as exc:

@@ -1,5 +1,5 @@
-"""Architecture rules, checked on the source: no import cycle (function-level imports count), no stage importing
-another stage, no function longer than a reader can hold in their head."""
+"""Architecture rules, checked on the source: layers that point one way and no import cycle (function-level and
+importlib imports count), no stage importing another stage, no function longer than a reader can hold in their head."""
 
 from __future__ import annotations
 
@@ -11,18 +11,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 
-# The modules behind `python -m pipeline <command>` (and the Kernel's entry point): each may import building
-# blocks, never another stage. __main__ and kernel_script only dispatch to stages.
-STAGES = {
-    "kaggle.download", "data.init", "data.folds", "training.train", "inference.predict", "inference.ensemble",
-    "inference.submission", "kaggle.submit", "kaggle.leaderboard", "benchmarks.data_path", "inference.blend",
-    "reporting.summary", "training.lr_find", "reporting.report", "reporting.experiments", "reporting.doctor",
-    "kaggle.bundle", "kaggle.push", "kaggle.submit_kernel", "kaggle.kernel_predict", "tuning.sweep",
-    "training.pseudo",
-}  # fmt: skip
-# Building blocks that also answer a command whose run() only calls the block's own functions and prints: stages
-# may use them like any block (train/predict read the cache, init prepares weights, report draws the plan).
-BLOCKS_WITH_A_COMMAND = {"data.cache", "training.weights", "reporting.planner", "reporting.tracking"}
+# Layers, lowest first: a module may import its own layer or lower ones, never a higher one, not even inside a function
+# or through importlib with a constant name. api (the notebook API) and commands (the CLI) are the top: api runs
+# commands, so it may import them; the command layer never imports api.
+RANK = {"core": 0, "data": 1, "training": 2, "inference": 3, "kaggle": 4, "reporting": 4, "tuning": 5,
+        "benchmarks": 5, "api": 6, "commands": 6, "__main__": 7, "__init__": 0}  # fmt: skip
 # pipeline/ itself holds only entry modules; everything else lives in a sub-package by concern.
 ENTRY_MODULES = {"__init__", "__main__", "api"}
 MAX_LINES = 80
@@ -35,13 +28,15 @@ def modules() -> dict[str, ast.Module]:
 
 
 def imports(tree: ast.Module, known: set[str]) -> set[str]:
-    """Every pipeline module `tree` imports, anywhere in the file (inside functions too)."""
+    """Every pipeline module `tree` imports, anywhere in the file (inside functions too), importlib included."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            names = [a.value for a in node.args[:1] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
         else:
             continue
         for name in names:
@@ -77,10 +72,33 @@ def test_no_import_cycle() -> None:
     assert not cycles, cycles
 
 
-def test_stages_import_only_building_blocks() -> None:
+def layer(module: str) -> int:
+    return RANK[module.split(".")[0]]
+
+
+def test_layers_point_one_way() -> None:
+    """No exceptions list: every upward import is a failure, function-level and importlib ones included."""
     edges = graph()
-    assert STAGES | BLOCKS_WITH_A_COMMAND <= set(edges), STAGES - set(edges)
-    reaching = {f"{s} -> {t}" for s in STAGES for t in edges[s] & STAGES}
+    upward = sorted(f"{s} -> {t}" for s, targets in edges.items() for t in targets if layer(t) > layer(s))
+    assert not upward, upward
+
+
+def test_commands_never_import_the_notebook_api() -> None:
+    assert not [f"{s} -> {t}" for s, ts in graph().items() if s.startswith("commands") for t in ts if t == "api"]
+
+
+def stages() -> set[str]:
+    """The modules behind `python -m pipeline <command>` (the command records): each may import building blocks,
+    never another stage. A record marked stage=False is a building block's own command: stages may use that block."""
+    from pipeline.commands import COMMANDS
+
+    return {c.module.removeprefix("pipeline.") for c in COMMANDS.values() if c.stage}
+
+
+def test_stages_import_only_building_blocks() -> None:
+    edges, names = graph(), stages()
+    assert names <= set(edges), names - set(edges)
+    reaching = {f"{s} -> {t}" for s in names for t in edges[s] & names if not s.startswith("commands")}
     assert not reaching, sorted(reaching)
 
 
@@ -98,13 +116,22 @@ def test_pipeline_holds_only_entry_modules_beside_its_packages() -> None:
     top = {p.stem for p in PACKAGE.glob("*.py")}
     assert top == ENTRY_MODULES, sorted(top - ENTRY_MODULES)
     packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
-    assert packages == {"core", "data", "training", "inference", "kaggle", "reporting", "tuning", "benchmarks"}
+    assert packages == {
+        "core",
+        "data",
+        "training",
+        "inference",
+        "kaggle",
+        "reporting",
+        "tuning",
+        "benchmarks",
+        "commands",
+    }
 
 
-def test_every_command_is_a_known_stage_or_block() -> None:
-    from pipeline.core.cli import COMMANDS
+def test_every_command_record_names_a_module_with_run() -> None:
+    from pipeline.commands import COMMANDS
 
-    modules_of_commands = {module.removeprefix("pipeline.") for module, _ in COMMANDS.values()}
-    assert modules_of_commands <= STAGES | BLOCKS_WITH_A_COMMAND, sorted(
-        modules_of_commands - STAGES - BLOCKS_WITH_A_COMMAND
-    )
+    for command in COMMANDS.values():
+        tree = modules()[command.module.removeprefix("pipeline.")]
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body), command.module

@@ -4,6 +4,7 @@ generated competition: one case combines one metric, one loss and one policy, so
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from helpers.builders import tiny_experiment
-from test_chain import run_chain, write_competition_yaml
+from helpers.chain import run_chain, write_competition_yaml
 
 CASES = [  # layout, metric, train, augment, model
     ("csv", {"name": "map", "k": 2}, {"loss": "focal"}, {"policy": "light"}, {}),
@@ -50,6 +51,7 @@ CASES = [  # layout, metric, train, augment, model
 ]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize(("layout", "metric", "train", "augment", "model"), CASES, ids=[str(c[1]) for c in CASES])
 def test_metric_loss_policy_through_the_chain(
     project: Path, capsys: pytest.CaptureFixture, layout: str, metric: object, train: dict, augment: dict, model: dict
@@ -67,6 +69,9 @@ def test_metric_loss_policy_through_the_chain(
     run = project / "data/runs/toy/tiny"
     scores = json.loads((run / "scores.json").read_text())
     assert scores["metric"] != "" and isinstance(scores["cv"], float)
+    assert all(math.isfinite(value) for value in [scores["cv"], *scores["folds"]]), scores  # NaN is a failed metric
+    oof = pd.read_csv(run / "oof.csv")
+    assert oof.drop(columns="id").notna().all().all() and len(oof) == 30  # every training row, finite probabilities
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["train"]["loss"] == train.get("loss", "auto") and resolved["augment"]["policy"] == augment["policy"]
     for key, value in model.items():

@@ -25,7 +25,7 @@ import yaml
 from safetensors.torch import save_file
 
 from helpers.builders import TINY_MODEL, run_cli, run_main, tiny_experiment, write_source_run
-from test_chain import write_competition_yaml
+from helpers.chain import write_competition_yaml
 
 COMP = "toy"
 OUTPUTS = {  # each stage's final output, which must not exist after it refused
@@ -368,11 +368,11 @@ def hub_unreachable(c: Ctx) -> None:
     """pretrained=true, no network, nothing cached: fail at once (no minute of retries), without HF_HUB_OFFLINE."""
     from huggingface_hub import constants
 
-    import pipeline.data.init
+    import pipeline.commands.init
 
     c.ok("folds")
     c.edit_experiment("model", pretrained=True)
-    c.monkeypatch.setattr(pipeline.data.init, "hub_reachable", lambda timeout=3.0: False)
+    c.monkeypatch.setattr(pipeline.commands.init, "hub_reachable", lambda timeout=3.0: False)
     c.monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     c.monkeypatch.setattr(constants, "HF_HUB_CACHE", str(c.project / "empty-hf-cache"))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from helpers.builders import REPO, tiny_experiment
+from helpers.chain import write_competition_yaml
 from pipeline.core.paths import Paths
-from test_chain import write_competition_yaml
 
 
 def make(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -27,6 +27,7 @@ def make_project(project: Path) -> Path:
     return project
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("sample", ["", "50"])
 def test_make_paths_match_python(make_project: Path, sample: str) -> None:
     write_competition_yaml(make_project, "csv")
@@ -44,6 +45,7 @@ def test_make_paths_match_python(make_project: Path, sample: str) -> None:
     assert facts["n_folds"] == "2"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_make_all_then_nothing_to_retrain(make_project: Path) -> None:
     write_competition_yaml(make_project, "csv")
     config = str(tiny_experiment(make_project).relative_to(make_project))
@@ -79,6 +81,7 @@ def test_make_all_then_nothing_to_retrain(make_project: Path) -> None:
     assert again.returncode == 0 and "pipeline train" not in again.stdout and "pipeline predict" not in again.stdout
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_missing_config_or_one_with_a_space_is_our_error(make_project: Path) -> None:
     write_competition_yaml(make_project, "csv")
     tiny_experiment(make_project)
@@ -90,6 +93,7 @@ def test_a_missing_config_or_one_with_a_space_is_our_error(make_project: Path) -
     assert spaced.returncode != 0 and "contains a space" in spaced.stderr and "No rule" not in spaced.stderr
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_seed_bag_is_one_make_target_per_fold_and_seed(make_project: Path) -> None:
     """Make's member paths are paths.py's; each member is its own train target (so `make -j2 train` runs two at a
     time), predict fold k waits for its members only, and with every file in place nothing runs."""

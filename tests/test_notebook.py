@@ -30,6 +30,7 @@ def test_import_pipeline_stays_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_api_writes_what_the_cli_writes(project: Path, capsys: pytest.CaptureFixture) -> None:
     from pipeline import Experiment
 

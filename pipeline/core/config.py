@@ -24,12 +24,17 @@ import yaml
 from pipeline.core.errors import ConfigError
 from pipeline.core.schema import (  # noqa: F401 - the schema, re-exported: config is where callers import it
     ACCELERATORS,
+    AUGMENT_POLICIES,
+    BLEND_METHODS,
     COMPETITION_KEYS,
     EXPERIMENT_KEYS,
+    LOSSES,
+    RANDAUGMENT_OPS,
     SEED_MAX,
     SUBMISSION_FORMATS,
     TASKS,
     TRACKERS,
+    TTA_VIEWS,
     AugmentConfig,
     CacheConfig,
     Config,
@@ -109,7 +114,7 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation} for {key}")  # a bug in this module
 
 
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
     """Build dataclass `cls` from `values`, rejecting unknown keys and wrong types by name."""
     if not isinstance(values, dict):
         raise ConfigError(f"{section}: expected a mapping of keys, got {values!r}")
@@ -127,7 +132,7 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
         key = f"{section}.{yaml_key}" if section else yaml_key
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value if value is not None else {}, key)
+            kwargs[name] = build_section(annotation, value if value is not None else {}, key)
         else:
             kwargs[name] = _check_type(value, annotation, key)
             if name in ranges:
@@ -146,7 +151,7 @@ def _check_range(value: Any, allowed: Range, key: str) -> None:
 
 def check_ranges(obj: Any, section: str = "") -> None:
     """Every ranged field of a built config (and its sections) within its range: configs made in code, not read
-    from YAML (the notebook API, sweeps), get the same one-line errors as `_build` gives a file."""
+    from YAML (the notebook API, sweeps), get the same one-line errors as `build_section` gives a file."""
     for f in dataclasses.fields(obj):
         key = f"{section}.{f.name}" if section else f.name
         value = getattr(obj, f.name)
@@ -156,7 +161,7 @@ def check_ranges(obj: Any, section: str = "") -> None:
             _check_range(value, f.metadata["range"], key)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError as exc:
@@ -189,7 +194,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _apply_override(values: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+def apply_override(values: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
     node = values
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -207,21 +212,21 @@ def config_paths(path: Path) -> tuple[Path, str, str]:
     return path.parent / "competition.yaml", comp, exp
 
 
-def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), cross_check: bool = True) -> Config:
-    """Merge competition.yaml (beside `path`) with the experiment yaml and overrides; validate (types and names
-    always; the cross-field checks of `validate` unless `cross_check` is False: they import torch and sklearn, which
-    a report on finished files, such as `make all`'s closing summary, need not pay for)."""
+def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> Config:
+    """Merge competition.yaml (beside `path`) with the experiment yaml and overrides; keys, types and ranges are
+    always checked; `check` also runs the cross-field checks (validate: metric, loss, timm choices), which `info`
+    skips because Make asks it for facts several times per run."""
     path = Path(path)
     comp_path, comp, exp = config_paths(path)
     if not path.exists():
         raise ConfigError(f"config file {path} not found; run `make init COMP=<slug>` or check CONFIG=")
-    competition = _read_yaml(comp_path) if comp_path.exists() else {}
+    competition = read_yaml(comp_path) if comp_path.exists() else {}
     misplaced = sorted(set(competition) - set(COMPETITION_KEYS))
     if misplaced:
         raise ConfigError(f"{comp_path}: unknown key(s) {', '.join(misplaced)}; known: {', '.join(COMPETITION_KEYS)}")
     values: dict[str, Any] = dict(competition)
     if exp:
-        experiment = _read_yaml(path)
+        experiment = read_yaml(path)
         for key, value in experiment.items():
             if key in values and isinstance(value, dict) and isinstance(values[key], dict):
                 values[key] = {**values[key], **value}
@@ -229,7 +234,7 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), c
                 values[key] = value
     for text in overrides:
         parts, value = parse_override(text)
-        _apply_override(values, parts, value, text)
+        apply_override(values, parts, value, text)
     for key in ("comp", "exp"):
         if key in values:
             raise ConfigError(f"{path}: key {key!r} is set from the file's location, remove it")
@@ -239,8 +244,8 @@ def load_config(path: Path | str, overrides: list[str] | tuple[str, ...] = (), c
         from pipeline.core.metrics import canonical
 
         values["metric"] = canonical(values["metric"])
-    cfg = _build(Config, values, "")
-    if cross_check:
+    cfg = build_section(Config, values, "")
+    if check:
         validate(cfg)
     return one_seed_as_seed(cfg)
 
@@ -277,26 +282,62 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.classes: {duplicated} listed more than once; each class once, in a fixed order")
     validate_recipe(cfg)
     check_timm_choices(cfg.train)
-    from pipeline.training.losses import validate_loss
-
     validate_loss(cfg)
-    if cfg.augment.policy != "default" or cfg.augment.custom:  # albumentations is imported only when needed
-        from pipeline.data.augment_policies import validate_augment
-
-        validate_augment(cfg.augment)
+    validate_augment(cfg.augment)
     if cfg.tracking not in TRACKERS:
         raise ConfigError(f"tracking: {cfg.tracking!r} is not one of {', '.join(TRACKERS)}")
     if cfg.kaggle.accelerator and cfg.kaggle.accelerator not in ACCELERATORS:
         raise ConfigError(f"kaggle.accelerator: {cfg.kaggle.accelerator!r} is not one of {', '.join(ACCELERATORS)}")
     from pipeline.core.metrics import check_task
-    from pipeline.inference.tta import VIEWS
 
     check_task(cfg.metric, cfg.data.task)  # an unknown or malformed metric fails here, naming `metric`
     if isinstance(cfg.tta.views, str) and cfg.tta.views != "auto":
         raise ConfigError(f"tta.views: expected a list of views or auto, got {cfg.tta.views!r}")
     for i, view in enumerate(cfg.tta.views if isinstance(cfg.tta.views, list) else []):
-        if view not in VIEWS:
-            raise ConfigError(f"tta.views[{i}]: unknown view {view!r}; known: {', '.join(VIEWS)}")
+        if view not in TTA_VIEWS:
+            raise ConfigError(f"tta.views[{i}]: unknown view {view!r}; known: {', '.join(TTA_VIEWS)}")
+
+
+def validate_loss(cfg: Config) -> None:
+    """ConfigError for a loss that cannot train this task/head, or a parameter out of range."""
+    t, task = cfg.train, cfg.data.task
+    if t.loss not in LOSSES:
+        raise ConfigError(f"train.loss: {t.loss!r} is not one of {', '.join(LOSSES)}")
+    if cfg.model.head == "regression" and t.loss != "auto":
+        raise ConfigError(f"train.loss: a regression head trains with MSE; use train.loss: auto, not {t.loss}")
+    if t.loss == "cross_entropy" and task == "multi_label":
+        raise ConfigError("train.loss: cross_entropy is for single-label data; use bce, focal or asymmetric")
+    if t.loss == "bce" and task != "multi_label":
+        raise ConfigError(f"train.loss: bce is for multi-label data; use cross_entropy, focal or asymmetric ({task})")
+    if t.class_weights != "none" and (t.loss == "asymmetric" and task != "multi_label" or
+                                      t.loss == "focal" and task == "multi_label"):  # fmt: skip
+        raise ConfigError(f"train.class_weights: {t.loss} loss on {task} data takes no class weights; use none")
+    for key in ("focal_gamma", "asl_gamma_neg", "asl_gamma_pos"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}: must be 0 or more, got {getattr(t, key)}")
+    if t.focal_alpha is not None and not 0 <= t.focal_alpha <= 1:
+        raise ConfigError(f"train.focal_alpha: must be between 0 and 1, or null (off), got {t.focal_alpha}")
+    if not 0 <= t.asl_clip < 1:
+        raise ConfigError(f"train.asl_clip: must be in [0, 1), got {t.asl_clip}")
+
+
+def validate_augment(cfg: AugmentConfig) -> None:
+    """ConfigError for an unknown policy, a custom list without policy custom, or an out-of-range knob. Each custom
+    transform is checked on a sample image when the policy is built (pipeline.data.augment_policies), where
+    albumentations is imported."""
+    if cfg.policy not in AUGMENT_POLICIES:
+        raise ConfigError(f"augment.policy: {cfg.policy!r} is not one of {', '.join(AUGMENT_POLICIES)}")
+    if cfg.custom and cfg.policy != "custom":
+        raise ConfigError(f"augment.custom: set augment.policy: custom to use it (policy is {cfg.policy})")
+    if cfg.policy == "custom" and not cfg.custom:
+        raise ConfigError("augment.custom: policy custom needs a list of transforms, e.g. [CLAHE, {Affine: {p: 0.5}}]")
+    if not 0 <= cfg.magnitude <= 10:
+        raise ConfigError(f"augment.magnitude: must be between 0 and 10, got {cfg.magnitude}")
+    if not 1 <= cfg.num_ops <= len(RANDAUGMENT_OPS):
+        raise ConfigError(f"augment.num_ops: must be 1..{len(RANDAUGMENT_OPS)}, got {cfg.num_ops}")
+    for key in ("erasing", "coarse_dropout"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise ConfigError(f"augment.{key}: must be a probability between 0 and 1, got {getattr(cfg, key)}")
 
 
 # Names seen to work, so the common case costs no timm import (~2 s); anything else is checked against timm itself.
@@ -418,6 +459,12 @@ def fingerprint(cfg: Config, sections: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def training_fingerprint(cfg: Config) -> str:
+    """What trained a fold's weights (the TRAINING_SECTIONS): the one fingerprint weights, predictions, bundles and
+    trackers record and compare."""
+    return fingerprint(cfg, TRAINING_SECTIONS)
+
+
 # What a fold's trained weights depend on; a checkpoint made under another fingerprint is not resumed.
 TRAINING_SECTIONS = ("data", "folds", "model", "train", "augment", "sample")
 # Settings that change how fast work runs, not what it produces: changing them never blocks a resume.
@@ -441,7 +488,7 @@ FINGERPRINTED_WHEN_ON = (
 
 def config_from_values(values: dict[str, Any]) -> Config:
     """A Config from a full mapping such as `to_dict` writes (a run's resolved config.yaml); validated."""
-    cfg = _build(Config, values, "")
+    cfg = build_section(Config, values, "")
     validate(cfg)
     return one_seed_as_seed(cfg)
 

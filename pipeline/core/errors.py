@@ -1,8 +1,5 @@
-"""The exception for user mistakes (the CLI prints it as a single `error:` line, exit 2), and Stopped (exit 75).
-
-Stopped lives here, not in pipeline.training.checkpoint, so the CLI's error contract catches it without importing torch
-(every command, `info` and `summary` included, runs under it).
-"""
+"""The exceptions every entry point maps to an exit status (pipeline.core.cli.run_task): a user mistake prints one
+`error:` line and exits 2; a stop that saved a checkpoint prints `stopped:` and exits EXIT_STOPPED."""
 
 
 class UserError(Exception):

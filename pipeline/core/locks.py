@@ -1,4 +1,5 @@
-"""One process per fold: an advisory lock (fcntl.flock) on data/runs/<comp>/<exp>/fold<k>/.lock.
+"""One process per fold (or sweep): an advisory lock (fcntl.flock) on data/runs/<comp>/<exp>/fold<k>/.lock, or a
+sweep's .lock. The one lock helper of the package.
 
 Two `train` (or `predict`) runs of the same fold at once would write the same checkpoint and weights; the second
 one stops at once with one `error:` line naming who holds the fold (pid, host, stage, since when). The kernel
@@ -20,9 +21,14 @@ from pathlib import Path
 from pipeline.core.errors import UserError
 
 
+def fold_lock(path: Path, fold: int, stage: str) -> contextlib.AbstractContextManager[None]:
+    """Hold a fold's lock while the block runs, or raise UserError naming the current holder."""
+    return exclusive(path, f"fold {fold}", stage)
+
+
 @contextlib.contextmanager
-def fold_lock(path: Path, fold: int, stage: str) -> Iterator[None]:
-    """Hold `path` exclusively while the block runs, or raise UserError naming the current holder."""
+def exclusive(path: Path, what: str, stage: str) -> Iterator[None]:
+    """Hold `path` exclusively while the block runs, or raise UserError saying `what` is busy and who holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's whole life
     try:
@@ -36,7 +42,7 @@ def fold_lock(path: Path, fold: int, stage: str) -> Iterator[None]:
                 holder = {}
             since = time.strftime("%H:%M:%S", time.localtime(holder["since"])) if "since" in holder else "?"
             raise UserError(
-                f"fold {fold} is busy: `{holder.get('stage', '?')}` holds {path} (pid {holder.get('pid', '?')} on "
+                f"{what} is busy: `{holder.get('stage', '?')}` holds {path} (pid {holder.get('pid', '?')} on "
                 f"{holder.get('host', '?')}, since {since}); wait for it to finish or stop that process, then re-run"
             ) from exc
         handle.seek(0)

@@ -102,6 +102,16 @@ def bench_scale_json() -> Path:
     return bench_scale_dir() / "scale.json"
 
 
+def experiment_config(comp: str, exp: str) -> Path:
+    """configs/<comp>/<exp>.yaml: an experiment's (or a sweep's, a pseudo round's) config file."""
+    return configs_dir(comp) / f"{exp}.yaml"
+
+
+def blend_config(comp: str) -> Path:
+    """configs/<comp>/blend.yaml: the competition's blend."""
+    return configs_dir(comp) / "blend.yaml"
+
+
 def configs_dir(comp: str) -> Path:
     return project_root() / "configs" / comp
 
@@ -289,6 +299,9 @@ class Paths:
         """make blend's scores.json: what it chose (`chosen`, `combine`, `weights`) and the members' file digests."""
         return self.blend_dir(name) / "scores.json"
 
+    def blend_oof(self, name: str) -> Path:
+        return self.blend_dir(name) / "oof.csv"
+
     def blend_test(self, name: str) -> Path:
         """The blend's test probabilities (id + one column per class)."""
         return self.blend_dir(name) / "test.csv"
@@ -296,6 +309,10 @@ class Paths:
     # sweeps (pipeline.tuning.sweep): data/runs/<comp>/sweeps/<name>/
     def sweep_dir(self, name: str) -> Path:
         return self.runs / "sweeps" / name
+
+    def sweep_lock(self, name: str) -> Path:
+        """Held by the process running this sweep (pipeline.core.locks)."""
+        return self.sweep_dir(name) / ".lock"
 
     def sweep_study(self, name: str) -> Path:
         """The Optuna study (SQLite): every trial's parameters, per-epoch scores and state; a re-run resumes it."""
@@ -339,6 +356,22 @@ class Paths:
     def kaggle_kernel(self) -> Path:
         """The inference kernel: kernel.py + kernel-metadata.json."""
         return self.kaggle_bundle / "kernel"
+
+    # RUNNER=kaggle (pipeline.kaggle.remote): units trained in Kaggle notebooks
+    @property
+    def kaggle_train(self) -> Path:
+        """data/runs/<comp>/<exp>/kaggle-train/: the training dataset (dataset/) every unit's notebook mounts, and
+        what was uploaded of it (push.json)."""
+        return self.run / "kaggle-train"
+
+    def remote_state(self, fold: int) -> Path:
+        """A remote unit's state (kernel, version, session, nonce): fold<k>/[seed<s>/]remote.json; Ctrl-C keeps it,
+        so the next make re-attaches to the running notebook."""
+        return self.fold_dir(fold) / "remote.json"
+
+    def remote_work(self, fold: int) -> Path:
+        """Where a remote unit's kernel folder and downloads are staged before they land (fold<k>/.remote/)."""
+        return self.fold_dir(fold) / ".remote"
 
     @property
     def kaggle_pushed(self) -> Path:

@@ -49,3 +49,12 @@ def experiment_from_description(text: str | None) -> str | None:
     """The experiment name `describe` put in a submission's description, or None for other submissions."""
     match = DESCRIPTION.match(text or "")
     return match.group("exp").strip() if match else None
+
+
+def code_version() -> str:
+    """The pipeline code that produced an artifact: its package version, plus the commit of the pipeline's own git
+    checkout when it runs from one (not the user's project repository, whose commits change with their configs)."""
+    from pipeline import __version__
+
+    commit = git_commit(Path(__file__).resolve().parent)
+    return f"{__version__}+{commit}" if commit else __version__

@@ -36,7 +36,7 @@ class Range:
 
 def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False, factory: Any = None) -> Any:  # fmt: skip
-    """A dataclass field whose number value (or each number of its list) must lie in the range; `_build` checks it."""
+    """A dataclass field whose number value (or each number of its list) must lie in the range (checked on load)."""
     metadata = {"range": Range(low, high, low_open, high_open)}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -44,6 +44,15 @@ def ranged(default: Any, low: float | None = None, high: float | None = None, *,
 
 
 SUBMISSION_FORMATS = ("label", "probabilities", "labels", "numeric")
+
+# Named choices the config is checked against here, without importing what builds them (torch, albumentations):
+# each builder's table is keyed by the same names (tests/core/test_schema_choices.py checks they agree).
+LOSSES = ("auto", "cross_entropy", "bce", "focal", "asymmetric")  # train.loss (pipeline.training.losses)
+AUGMENT_POLICIES = ("default", "light", "medium", "heavy", "randaugment", "trivialaugment", "custom")  # augment.policy
+RANDAUGMENT_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast",
+                   "saturation", "sharpness", "posterize", "solarize", "equalize", "autocontrast")  # fmt: skip
+TTA_VIEWS = ("identity", "hflip", "vflip", "hvflip", "rot90", "rot270", "transpose", "zoom")  # tta.views
+BLEND_METHODS = ("mean", "geometric", "rank", "fitted", "greedy")  # blend.yaml's method (pipeline.inference.blend)
 
 
 @dataclass
@@ -84,7 +93,7 @@ class ModelConfig:
 
 @dataclass
 class SwaConfig:
-    """train.swa: a checkpoint soup of the last epochs (pipeline.training.recipe.swa_*)."""
+    """train.swa: a checkpoint soup of the last epochs (pipeline.training.averaging)."""
 
     epochs: int = ranged(0, 0)  # average the weights of the last N epochs (BatchNorm re-estimated); 0: off
 
@@ -116,7 +125,7 @@ class TrainConfig:
         1.0e-3, 0, low_open=True
     )  # a number, or auto: lr-find's suggestion (data/runs/<comp>/<exp>/lr_find.json)
     weight_decay: float = ranged(0.05, 0)
-    # None: budget-aware, WARMUP_FRACTION of the run (pipeline.training.recipe.budget)
+    # None: budget-aware, WARMUP_FRACTION of the run (pipeline.core.budget)
     warmup_epochs: float | None = ranged(None, 0)
     min_lr: float = ranged(1.0e-6, 0)
     opt: str = "adamw"  # any timm.optim.create_optimizer_v2 name
@@ -139,8 +148,8 @@ class TrainConfig:
         None, 0, low_open=True
     )  # e.g. 8h30m: stop cleanly (resumable) when reached
     checkpoint_every: int = ranged(0, 0)  # also checkpoint every N steps within an epoch (0: at epoch ends only)
-    # The recipe (pipeline.training.recipe). Defaults reproduce plain fine-tuning; init's baseline.yaml sets the
-    # measured ones.
+    # The recipe (pipeline.training: optim, schedule, averaging, losses). Defaults reproduce plain fine-tuning;
+    # init's baseline.yaml sets the measured ones.
     freeze_epochs: int = ranged(
         0, 0
     )  # first N of `epochs` train the head only (fastai's fine_tune); norm layers stay trainable
@@ -179,7 +188,7 @@ class TrainConfig:
 class AugmentConfig:
     hflip: float = ranged(0.5, 0, 1)
     vflip: float = ranged(0.0, 0, 1)
-    # RandomResizedCrop's lower area bound; None: budget-aware (pipeline.training.recipe)
+    # RandomResizedCrop's lower area bound; None: budget-aware (pipeline.core.budget)
     scale_min: float | None = ranged(None, 0, 1, low_open=True)
     ratio_range: float = ranged(1 / 3, 0)  # crop aspect ratio in [1/(1+r), 1+r] (timm's 3/4..4/3); 0: square crops
     # brightness/contrast/saturation strength; 0 disables; None: budget-aware
@@ -205,6 +214,10 @@ ACCELERATORS = ("t4x2", "l4", "p100", "none")  # kaggle.accelerator (pipeline.ka
 @dataclass
 class KaggleConfig:
     accelerator: str = ""  # t4x2 | l4 | p100 | none; empty: t4x2 (none when device is cpu); flag > env > this
+    # RUNNER=kaggle (pipeline.kaggle.remote): each training unit runs as a Kaggle notebook
+    internet: bool = True  # the training notebooks have internet (hub weights download there)
+    session_limit: str | float = ranged("12h", 0, low_open=True)  # a session's limit; units stop (resumably) before
+    sessions: int = ranged(2, 1)  # notebooks running at once; a push Kaggle refuses for too many sessions waits
 
 
 @dataclass

@@ -12,8 +12,9 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from pipeline.core.budget import budget_augment
 from pipeline.core.config import AugmentConfig
-from pipeline.training.budget import budget_augment
+from pipeline.data.augment_policies import policy_steps
 
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
@@ -30,27 +31,10 @@ def _size_and_interp(data_cfg: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def train_transform(cfg: AugmentConfig, data_cfg: dict[str, Any], epochs: int = 5) -> A.Compose:
-    """Null (budget-aware) strengths are resolved for `epochs` (pipeline.training.budget.budget_augment)."""
-    cfg = budget_augment(cfg, epochs)
+    """`augment.policy`'s transforms (pipeline.data.augment_policies.POLICIES) at the backbone's size; null
+    (budget-aware) strengths are resolved for `epochs` (pipeline.core.budget.budget_augment)."""
     height, width, interp = _size_and_interp(data_cfg)
-    from pipeline.data.augment_policies import extra_steps, policy_steps  # augment.policy other than default
-
-    if cfg.policy != "default":
-        return A.Compose(policy_steps(cfg, height, width, interp) + extra_steps(cfg))
-    ratio = (1 / (1 + cfg.ratio_range), 1 + cfg.ratio_range)
-    steps: list[Any] = [
-        A.RandomResizedCrop(size=(height, width), scale=(cfg.scale_min, 1.0), ratio=ratio, interpolation=interp)
-    ]
-    if cfg.hflip > 0:
-        steps.append(A.HorizontalFlip(p=cfg.hflip))
-    if cfg.vflip > 0:
-        steps.append(A.VerticalFlip(p=cfg.vflip))
-    if cfg.rotate > 0:
-        steps.append(A.Rotate(limit=cfg.rotate, interpolation=interp, p=0.5))
-    if cfg.color_jitter > 0:
-        j = cfg.color_jitter
-        steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
-    return A.Compose(steps + extra_steps(cfg))
+    return A.Compose(policy_steps(budget_augment(cfg, epochs), height, width, interp))
 
 
 def eval_transform(data_cfg: dict[str, Any]) -> A.Compose:

@@ -1,13 +1,13 @@
 """Named training augmentation policies (`augment.policy`), built from albumentations 2.0.8 transforms.
 
-- default: today's pipeline.data.augment.train_transform (crop, flips, rotation, colour jitter from `augment`).
+- default: RandomResizedCrop (scale_min, ratio_range), flips, rotation, colour jitter from `augment`.
 - light: RandomResizedCrop (scale 0.8-1) and the configured flips.
 - medium: default's crop/flips/colour jitter plus an Affine (shift, scale, rotate) and a coarse dropout.
 - heavy: medium plus one of grid / elastic / optical distortion, blur or noise, and more dropout.
 - randaugment: crop + flips, then `augment.num_ops` ops drawn from RANDAUGMENT_OPS at `augment.magnitude` (0-10).
 - trivialaugment: crop + flips, then one op from the same list at a random magnitude up to 10.
 - custom: crop + flips, then `augment.custom`: albumentations transform names with arguments, e.g.
-  [CLAHE, {Affine: {rotate: [-15, 15], p: 0.5}}] (validated by name and argument when the config loads).
+  [CLAHE, {Affine: {rotate: [-15, 15], p: 0.5}}] (each checked on a sample image when the policy is built).
 Any policy adds random erasing (`augment.erasing`, A.Erasing) and coarse dropout (`augment.coarse_dropout`)
 with those probabilities. Input and output are uint8 H x W x C at the backbone's size; randomness comes
 only from the Compose's generator, so the loader's per-sample seeds make every policy reproducible.
@@ -16,6 +16,7 @@ only from the Compose's generator, so the loader's per-sample seeds make every p
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import albumentations as A
@@ -25,8 +26,6 @@ from pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only
     from pipeline.core.schema import AugmentConfig
-
-POLICIES = ("default", "light", "medium", "heavy", "randaugment", "trivialaugment", "custom")
 
 
 def _ops(m: float) -> list[A.BasicTransform]:
@@ -47,10 +46,6 @@ def _ops(m: float) -> list[A.BasicTransform]:
         A.Equalize(p=1.0),
         A.AutoContrast(p=1.0),
     ]
-
-
-RANDAUGMENT_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast",
-                   "saturation", "sharpness", "posterize", "solarize", "equalize", "autocontrast")  # fmt: skip
 
 
 def _crop_flips(cfg: AugmentConfig, height: int, width: int, interp: int, scale_min: float) -> list[Any]:
@@ -88,22 +83,70 @@ def _heavy(interp: int) -> list[Any]:
     ]
 
 
-def policy_steps(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
-    """The transforms of `cfg.policy` (not default: pipeline.data.augment builds that one)."""
-    policy = cfg.policy
-    steps = _crop_flips(cfg, height, width, interp, 0.8 if policy == "light" else cfg.scale_min)
-    if policy in ("medium", "heavy"):
-        steps += _medium(cfg, interp)
-    if policy == "heavy":
-        steps += _heavy(interp)
-    if policy == "randaugment":
-        steps.append(A.SomeOf(_ops(cfg.magnitude / 10), n=cfg.num_ops, replace=False, p=1.0))
-    if policy == "trivialaugment":  # one op at a magnitude drawn per image: one OneOf branch per magnitude level
-        steps.append(A.OneOf([A.OneOf(_ops(level / 10), p=1.0) for level in range(1, 11)], p=1.0))
-    if policy == "custom":
-        steps += [_custom_step(item, i) for i, item in enumerate(cfg.custom)]
-        steps.append(A.Resize(height, width, interpolation=interp))  # a custom crop or pad keeps the cached size
+def _default(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
+    """RandomResizedCrop with the aspect-ratio range, the configured flips, rotation and colour jitter."""
+    ratio = (1 / (1 + cfg.ratio_range), 1 + cfg.ratio_range)
+    steps: list[Any] = [
+        A.RandomResizedCrop(size=(height, width), scale=(cfg.scale_min, 1.0), ratio=ratio, interpolation=interp)
+    ]
+    if cfg.hflip > 0:
+        steps.append(A.HorizontalFlip(p=cfg.hflip))
+    if cfg.vflip > 0:
+        steps.append(A.VerticalFlip(p=cfg.vflip))
+    if cfg.rotate > 0:
+        steps.append(A.Rotate(limit=cfg.rotate, interpolation=interp, p=0.5))
+    if cfg.color_jitter > 0:
+        j = cfg.color_jitter
+        steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=0.8))
     return steps
+
+
+def _light(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
+    return _crop_flips(cfg, height, width, interp, 0.8)
+
+
+def _medium_policy(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
+    return _crop_flips(cfg, height, width, interp, cfg.scale_min) + _medium(cfg, interp)
+
+
+def _heavy_policy(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
+    return _medium_policy(cfg, height, width, interp) + _heavy(interp)
+
+
+def _randaugment(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
+    ops = A.SomeOf(_ops(cfg.magnitude / 10), n=cfg.num_ops, replace=False, p=1.0)
+    return [*_crop_flips(cfg, height, width, interp, cfg.scale_min), ops]
+
+
+def _trivialaugment(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
+    # one op at a magnitude drawn per image: one OneOf branch per magnitude level
+    ops = A.OneOf([A.OneOf(_ops(level / 10), p=1.0) for level in range(1, 11)], p=1.0)
+    return [*_crop_flips(cfg, height, width, interp, cfg.scale_min), ops]
+
+
+def _custom(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
+    check_custom_steps(cfg)
+    steps = _crop_flips(cfg, height, width, interp, cfg.scale_min)
+    steps += [_custom_step(item, i) for i, item in enumerate(cfg.custom)]
+    steps.append(A.Resize(height, width, interpolation=interp))  # a custom crop or pad keeps the cached size
+    return steps
+
+
+# augment.policy -> its transforms at (height, width); keyed by pipeline.core.schema.AUGMENT_POLICIES.
+POLICIES: dict[str, Callable[[AugmentConfig, int, int, int], list[Any]]] = {
+    "default": _default,
+    "light": _light,
+    "medium": _medium_policy,
+    "heavy": _heavy_policy,
+    "randaugment": _randaugment,
+    "trivialaugment": _trivialaugment,
+    "custom": _custom,
+}
+
+
+def policy_steps(cfg: AugmentConfig, height: int, width: int, interp: int) -> list[Any]:
+    """The transforms of `cfg.policy`, then random erasing and coarse dropout (any policy)."""
+    return POLICIES[cfg.policy](cfg, height, width, interp) + extra_steps(cfg)
 
 
 def extra_steps(cfg: AugmentConfig) -> list[Any]:
@@ -143,21 +186,9 @@ def _custom_step(item: Any, i: int) -> A.BasicTransform:
         raise ConfigError(f"{key}: {name}({args}) is invalid: {' '.join(first[:3])}") from exc
 
 
-def validate_augment(cfg: AugmentConfig) -> None:
-    """ConfigError for an unknown policy, a bad custom list, or an out-of-range knob (called by config.validate)."""
-    if cfg.policy not in POLICIES:
-        raise ConfigError(f"augment.policy: {cfg.policy!r} is not one of {', '.join(POLICIES)}")
-    if cfg.custom and cfg.policy != "custom":
-        raise ConfigError(f"augment.custom: set augment.policy: custom to use it (policy is {cfg.policy})")
-    if cfg.policy == "custom" and not cfg.custom:
-        raise ConfigError("augment.custom: policy custom needs a list of transforms, e.g. [CLAHE, {Affine: {p: 0.5}}]")
-    if not 0 <= cfg.magnitude <= 10:
-        raise ConfigError(f"augment.magnitude: must be between 0 and 10, got {cfg.magnitude}")
-    if not 1 <= cfg.num_ops <= len(RANDAUGMENT_OPS):
-        raise ConfigError(f"augment.num_ops: must be 1..{len(RANDAUGMENT_OPS)}, got {cfg.num_ops}")
-    for key in ("erasing", "coarse_dropout"):
-        if not 0 <= getattr(cfg, key) <= 1:
-            raise ConfigError(f"augment.{key}: must be a probability between 0 and 1, got {getattr(cfg, key)}")
+def check_custom_steps(cfg: AugmentConfig) -> None:
+    """ConfigError naming augment.custom[i] for a transform that fails on (or does not return) an RGB uint8 image.
+    The names and knobs are checked when the config loads (pipeline.core.config.validate_augment)."""
     sample = np.zeros((16, 16, 3), dtype=np.uint8)
     for i, item in enumerate(cfg.custom if cfg.policy == "custom" else []):
         step = _custom_step(item, i)

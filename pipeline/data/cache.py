@@ -201,7 +201,7 @@ def listed_images(out: paths.Paths) -> list[str]:
 def run(args: argparse.Namespace) -> None:
     import timm
 
-    from pipeline.training.model import check_model_name
+    from pipeline.data.backbone import check_model_name
 
     cfg = config_from_args(args)
     out = paths.for_config(cfg)

@@ -81,6 +81,26 @@ class EpochSampler(Sampler[int]):
         return len(self.order()) - self.skip
 
 
+class BalancedEpochSampler(EpochSampler):
+    """Rows drawn with replacement, probability inverse to their class frequency, keyed by (seed, epoch).
+
+    Each draw's key encodes its position too, so a row drawn twice in an epoch gets two augmentations.
+    """
+
+    def __init__(self, targets: np.ndarray, seed: int, drop_last_batch_of: int = 0) -> None:
+        super().__init__(len(targets), seed, drop_last_batch_of)
+        counts = np.bincount(targets)
+        self.weights = torch.tensor(1.0 / counts[targets], dtype=torch.float64)
+
+    def order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
+        picks = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+        keys = (picks + self.n * (self.epoch * self.n + torch.arange(self.n))).tolist()
+        if self.drop and self.n > self.drop:
+            keys = keys[: self.n - self.n % self.drop]
+        return keys
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,

@@ -67,9 +67,9 @@ def finished_files(comp: str, names: list[str], sample: int) -> list[Path]:
     a pseudo / distillation experiment's folds, so a source that re-ran sends them back to train."""
     found = []
     for name in names:
-        for run in (paths.Paths(comp, name, sample).run, paths.Paths(comp).blend_dir(name)):
-            if (run / "scores.json").is_file():
-                found.append(run / "scores.json")
+        for scores in (paths.Paths(comp, name, sample).scores, paths.Paths(comp).blend_scores(name)):
+            if scores.is_file():
+                found.append(scores)
                 break
     return found
 

@@ -230,7 +230,11 @@ def _check_files(table: pd.DataFrame, raw: Path, what: str) -> None:
 
 
 def read_test_table(data: DataConfig, raw: Path) -> pd.DataFrame:
-    """The test listing (id, image) in submission order: sample_submission's ids, else every test image."""
+    """The test listing (id, image) in submission order: sample_submission's ids, else every test image.
+
+    Without a sample submission, one rule for every layout: a test id is the image's path under the test folder
+    written as train ids are written, i.e. without `data.image_ext` when train ids leave it out (a CSV of bare ids)
+    and with the file's own extension otherwise (ids that carry it, folder-per-class layouts)."""
     if data.test_csv:
         path = raw / data.test_csv
         frame = read_csv(path, "test listing")

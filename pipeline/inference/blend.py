@@ -12,8 +12,8 @@ scored on the held-out fold (nested CV). The guard then never loses to a member:
 nested CV beats both the plain mean and the best single experiment, else the mean when that beats the best
 single, else the best single experiment alone. scores.json's `chosen` and `reason` say which and why; `weights`
 (full precision), `combine` and `members` say exactly how to redo it, and `member_files` (digests of each member's
-oof.csv/test.csv) tell whether it is still current. The blending itself is pipeline.inference.blending, which a Kaggle
-Kernel running the blend's bundle (make kaggle-bundle BLEND=<name>) calls too.
+oof.csv/test.csv) tell whether it is still current. The blending itself is pipeline.inference.blend_apply, which
+a Kaggle Kernel running the blend's bundle (make kaggle-bundle BLEND=<name>) calls too.
 """
 
 from __future__ import annotations
@@ -21,51 +21,27 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.optimize import minimize
 
 from pipeline.core import artifacts, paths
-from pipeline.core.config import Config, ConfigError, load_config
+from pipeline.core.config import BLEND_METHODS, Config, load_config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import goodness, higher_is_better, is_better, score
 from pipeline.data.tables import encode_targets, read_csv
-from pipeline.inference import blending
-from pipeline.inference.blending import combine
-from pipeline.inference.blending import normalise as _normalise
+from pipeline.inference import blend_apply
+from pipeline.inference.blend_apply import BlendConfig, check_name_free, combine, load_blend_config
+from pipeline.inference.blend_apply import normalise as _normalise
+from pipeline.inference.predictions import submission_frame
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mean", "geometric", "rank", "fitted", "greedy")
+METHODS = BLEND_METHODS
 GREEDY_ROUNDS = 25  # ensemble-selection steps (members may be picked again: weights are multiples of 1/rounds)
-
-
-@dataclass
-class BlendConfig:
-    name: str = "blend"
-    experiments: list[str] = field(default_factory=list)
-    method: str = "fitted"
-
-
-def load_blend_config(path: Path) -> BlendConfig:
-    if not path.exists():
-        raise UserError(
-            f"{path} not found; write it with `experiments: [exp1, exp2]` and `method: {'|'.join(METHODS)}`"
-        )
-    values = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(values) - {"name", "experiments", "method"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: experiments, method, name")
-    cfg = BlendConfig(**values)
-    if cfg.method not in METHODS:
-        raise ConfigError(f"{path}: method {cfg.method!r} is not one of {', '.join(METHODS)}")
-    if not isinstance(cfg.experiments, list) or len(cfg.experiments) < 2:
-        raise ConfigError(f"{path}: experiments must list at least two experiment names")
-    return cfg
 
 
 def fit_weights(stack: np.ndarray, targets: np.ndarray, metric: str, task: str) -> np.ndarray:
@@ -122,8 +98,8 @@ class Experiment:
 
 
 def load_experiment(cfg: Config, name: str, folds: pd.DataFrame, test_ids: list[str] | None) -> Experiment:
-    run = paths.Paths(cfg.comp, name).run
-    oof_path, test_path = run / "oof.csv", run / "test.csv"
+    out = paths.Paths(cfg.comp, name)
+    oof_path, test_path = out.oof_all, out.test_blend
     for path in (oof_path, test_path):
         if not path.exists():
             raise UserError(f"{path} not found; run `make ensemble CONFIG=configs/{cfg.comp}/{name}.yaml` first")
@@ -136,7 +112,7 @@ def load_experiment(cfg: Config, name: str, folds: pd.DataFrame, test_ids: list[
         )
     fold_ids = []
     for k in sorted(folds["fold"].unique()):
-        part = run / f"fold{k}" / "oof.csv"
+        part = out.oof(int(k))
         fold_ids.append(frozenset(read_csv(part, "fold oof")["id"]) if part.exists() else frozenset())
     targets = encode_targets(folds["label"], cfg.data)
     probs = oof[cfg.data.classes].astype(float).to_numpy()
@@ -205,12 +181,9 @@ def run(args: argparse.Namespace) -> None:
     comp = args.comp or (args.config and Path(args.config).resolve().parent.name)
     if not comp:
         raise UserError("blend: COMP=<competition slug> is required")
-    blend_path = (
-        Path(args.config)
-        if args.config and args.config.endswith("blend.yaml")
-        else paths.configs_dir(comp) / "blend.yaml"
-    )
+    blend_path = Path(args.config) if args.config and args.config.endswith("blend.yaml") else paths.blend_config(comp)
     blend = load_blend_config(blend_path)
+    check_name_free(comp, blend.name, blend_path)
     cfg = load_config(paths.configs_dir(comp) / "competition.yaml", args.overrides)
     out = paths.Paths(comp)
     folds = read_csv(out.folds_csv, "folds table").astype({"fold": int})
@@ -219,27 +192,26 @@ def run(args: argparse.Namespace) -> None:
     test_ids: list[str] = []
     for name in blend.experiments:
         experiments.append(load_experiment(cfg, name, folds, None if not experiments else test_ids))
-        test_ids = list(read_csv(paths.Paths(comp, name).run / "test.csv", "test probabilities")["id"])
+        test_ids = list(read_csv(paths.Paths(comp, name).test_blend, "test probabilities")["id"])
         if experiments[-1].fold_ids != experiments[0].fold_ids:
             raise UserError(f"{name} and {experiments[0].name} were trained on different folds; they cannot be blended")
     stack = np.stack([e.oof for e in experiments])
     result, method, weights = choose_blend(blend, experiments, stack, targets, folds["fold"].to_numpy(), cfg)
     best, mean_cv = result["best_single"], result["mean_cv"]
-    oof_blend = blending.apply(stack, weights, method, cfg.data.task)
+    oof_blend = blend_apply.apply(stack, weights, method, cfg.data.task)
     tests = [read_csv(paths.Paths(comp, name).test_blend, "test probabilities") for name in blend.experiments]
-    test_frame = blending.blend_tables(tests, blend.experiments, weights, method, cfg)  # what a Kernel bundle redoes
+    test_frame = blend_apply.blend_tables(tests, blend.experiments, weights, method, cfg)  # what a Kernel bundle redoes
     # weights at full precision and the combine method: a Kaggle Kernel bundle (kaggle-bundle --blend) blends with
     # exactly these; member_files: the digests that tell whether this scores.json still describes the members
     result.update(weights=dict(zip(blend.experiments, weights.tolist(), strict=True)), members=blend.experiments,
-                  combine=method, member_files=blending.member_files(comp, blend.experiments),
+                  combine=method, member_files=blend_apply.member_files(comp, blend.experiments),
                   cv=score(cfg.metric, targets, oof_blend), sample=0,
                   folds_digest=artifacts.file_digest(out.folds_csv))  # fmt: skip
-    run_dir = out.blend_dir(blend.name)
     oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)
     oof_frame.insert(0, "id", folds["id"].to_numpy())
     submission = paths.Paths(comp, blend.name).submission
-    formatted = blending.submission_frame(cfg, test_frame, submission)
-    artifacts.write_csv(run_dir / "oof.csv", oof_frame)
+    formatted = submission_frame(cfg, test_frame, submission, require_sample=False)
+    artifacts.write_csv(out.blend_oof(blend.name), oof_frame)
     artifacts.write_csv(out.blend_test(blend.name), test_frame)
     artifacts.write_json(out.blend_scores(blend.name), result)
     artifacts.write_csv(submission, formatted)

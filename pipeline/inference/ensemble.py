@@ -6,7 +6,7 @@ the folds' test probabilities) and, last, scores.json: `metric`, `cv` (the metri
 `folds` (per-fold scores), `higher_is_better`, `holdout` (when data.holdout gives test labels), and the
 seed, config, git commit and package versions that produced them. Before scores.json it writes
 thresholds.json: per-label thresholds (multi-label) or cut points on the expected class (ordinal) fitted
-on all OOF rows with the competition metric (pipeline.training.recipe.fit_thresholds), kept only when they beat
+on all OOF rows with the competition metric (pipeline.training.thresholds.fit_thresholds), kept only when they beat
 0.5/argmax there, else {"kind": "none"}; scores.json then also holds `cv_thresholded` and
 `holdout_thresholded` (optimistic for the CV: fitted on the rows it scores). With ensemble.refit the full-data
 refit's refit/test.csv (make refit) joins test.csv as one more model, weight 1/(n_folds+1); it has no OOF, so `cv`
@@ -44,9 +44,9 @@ from pipeline.data.tables import encode_targets, read_csv
 from pipeline.inference import tta_auto
 from pipeline.inference.predictions import read_probs
 from pipeline.inference.seed_bag import seed_bag_facts
-from pipeline.training import recipe, refit
+from pipeline.inference.thresholds import fit_thresholds, hard_probs
+from pipeline.training import averaging, refit
 from pipeline.training.fold import read_folds
-from pipeline.training.recipe import fit_thresholds, hard_probs
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,22 @@ def apply_auto_views(cfg: Config, views: list[str], fold_ids: list[int]) -> None
             table = read_csv(source, "per-view probabilities").astype(floats)
             artifacts.write_csv(target, tta_auto.mean_of_views(table, views, cfg.data.classes))
     tta_auto.write_choice(cfg, views)
+
+
+def check_one_code_version(cfg: Config, fold_ids: list[int]) -> None:
+    """Folds predicted by different pipeline code (predict.json's `code`) are not blended silently: an upgrade between
+    two folds' predict runs could change TTA, preprocessing or the output activation for some folds only."""
+    out = paths.for_config(cfg)
+    seen: dict[str, list[int]] = {}
+    for k in fold_ids:
+        marker = out.predict_marker(k)
+        code = artifacts.read_json(marker).get("code", "unrecorded") if marker.exists() else "unrecorded"
+        seen.setdefault(str(code), []).append(k)
+    if len(seen) > 1:
+        mix = "; ".join(f"fold(s) {', '.join(map(str, ks))} by {code}" for code, ks in seen.items())
+        redo = f"python -m pipeline predict --config configs/{cfg.comp}/{cfg.exp}.yaml"
+        raise UserError(f"{out.run}: folds were predicted by different pipeline versions ({mix}); `{redo}` "
+                        "re-predicts the older ones with this version")  # fmt: skip
 
 
 def blend_folds(cfg: Config, fold_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
@@ -190,6 +206,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
     fold_ids, partial = folds_to_blend(args, cfg)
+    check_one_code_version(cfg, fold_ids)
     auto = choose_auto_views(cfg, fold_ids) if cfg.tta.views == "auto" else None
     if auto:
         apply_auto_views(cfg, auto["chosen"], fold_ids)
@@ -214,7 +231,7 @@ def run(args: argparse.Namespace) -> None:
         "holdout_thresholded": holdout_score(cfg, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
         "refit": refit_facts,  # make refit: no OOF; how its test predictions were weighted (ensemble.refit)
-        "oof_selection": recipe.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
+        "oof_selection": averaging.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
         "tta_views": tta_auto.effective_views(cfg),
         "tta_auto": auto,
         "model": cfg.model.name,

@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from pipeline.core import paths
-from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
+from pipeline.core.config import Config, training_fingerprint
 from pipeline.core.errors import UserError
 from pipeline.core.progress import len_of_batch, progress
 from pipeline.data.augment import eval_transform
@@ -48,7 +48,7 @@ def load_fold_model(
     if broken:
         raise UserError(f"{weights}: {len(broken)} tensor(s) hold NaN or infinite values (e.g. {broken[0]!r}): "
                         f"training diverged; lower train.lr, then {retrain}")  # fmt: skip
-    if meta.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
+    if meta.get("fingerprint") != training_fingerprint(cfg):
         raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
     model = build_model(cfg.model, cfg.num_classes, pretrained=False, image_size=cfg.train.image_size)
     try:

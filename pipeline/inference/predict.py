@@ -31,8 +31,9 @@ import torch
 
 from pipeline.core import artifacts, paths
 from pipeline.core.bag import bag_seeds, describe, member_config
-from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
+from pipeline.core.config import Config, training_fingerprint
 from pipeline.core.errors import UserError
+from pipeline.core.provenance import code_version
 from pipeline.data.tables import read_csv
 from pipeline.inference import view_scores
 from pipeline.inference.fold_model import load_fold_model, predict_table
@@ -89,6 +90,8 @@ def up_to_date(cfg: Config, fold: int, identity: dict[str, Any], seed: int | Non
         return False
     if {key: recorded.get(key) for key in identity} != identity:
         return False
+    if recorded.get("code", "unrecorded") != code_version():  # other code may predict differently (TTA, activation)
+        return False
     refit_fold = fold == refit.REFIT  # has no per-view OOF to cache
     if (
         cfg.tta.views == "auto"
@@ -123,7 +126,7 @@ def predict_auto(
 
 def identity_of(cfg: Config) -> dict[str, Any]:
     """What predictions depend on: the training fingerprint and the views (a seed bag's: the whole list's)."""
-    return {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views_or_identity(cfg.tta.views)}
+    return {"fingerprint": training_fingerprint(cfg), "views": views_or_identity(cfg.tta.views)}
 
 
 def write_outputs(cfg: Config, fold: int, oof: pd.DataFrame, test_probs: pd.DataFrame, seed: int | None = None) -> None:
@@ -131,7 +134,7 @@ def write_outputs(cfg: Config, fold: int, oof: pd.DataFrame, test_probs: pd.Data
     out = paths.for_config(cfg).member(seed)
     artifacts.write_csv(out.oof(fold), oof)
     artifacts.write_csv(out.test_probs(fold), test_probs)
-    marker = {**identity_of(cfg), "digests": digests(cfg, fold, seed)}
+    marker = {**identity_of(cfg), "digests": digests(cfg, fold, seed), "code": code_version()}
     artifacts.write_json(out.predict_marker(fold), marker)  # last: it vouches for the files above
 
 

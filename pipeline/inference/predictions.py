@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import DataConfig
+from pipeline.core import paths
+from pipeline.core.config import Config, DataConfig
 from pipeline.core.errors import UserError
-from pipeline.data.tables import read_csv
-from pipeline.training.recipe import ordinal_classes
+from pipeline.data.tables import read_csv, read_typed_csv
+from pipeline.inference.thresholds import ordinal_classes
 
 
 def read_probs(path: Path, classes: list[str]) -> pd.DataFrame:
@@ -90,3 +91,28 @@ def mean_of_members(frames: Sequence[pd.DataFrame], classes: list[str], what: st
     mean = frames[0][keys].reset_index(drop=True).copy()
     mean[classes] = np.mean([frame[classes].to_numpy(dtype=float) for frame in frames], axis=0)
     return mean
+
+
+def submission_frame(cfg: Config, probs: pd.DataFrame, where: Path, thresholds: dict | None = None,
+                     require_sample: bool = True) -> pd.DataFrame:  # fmt: skip
+    """The submission of `probs` (id + class probabilities): formatted with the fitted decisions (`thresholds`: the
+    ensemble's thresholds.json), in sample_submission's column order (its id column need not be first), checked
+    against it (`require_sample`: a missing sample_submission is an error; make blend also runs on probability files
+    alone). The submission stage, make blend and a Kernel's blend all call this one function."""
+    from pipeline.core.metrics import submission_top_k
+    from pipeline.inference.validate import check_submission
+
+    found = thresholds or {"kind": "none"}
+    threshold = found["thresholds"] if found["kind"] == "multi_label" else 0.5
+    frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"), top_k=submission_top_k(cfg.metric))
+    sample_path = paths.raw_dir(cfg.comp) / cfg.data.test_csv if cfg.data.test_csv else None
+    if sample_path is not None and (require_sample or sample_path.is_file()):
+        sample = read_typed_csv(sample_path, "sample submission")  # ids verbatim; number columns stay numbers
+        if cfg.sample:  # a sample run predicts the first N test rows (pipeline.data.folds)
+            sample = sample.head(cfg.sample)
+        if set(frame.columns) == set(sample.columns):
+            frame = frame[list(sample.columns)]
+        check_submission(frame, sample, where=str(where),
+                         probability_columns=cfg.data.submission_format == "probabilities",
+                         id_column=cfg.data.submission_id_column)  # fmt: skip
+    return frame

@@ -18,33 +18,18 @@ import logging
 from pipeline.core import artifacts, paths
 from pipeline.core.artifacts import read_json
 from pipeline.core.cli import config_from_args
-from pipeline.core.metrics import submission_top_k
-from pipeline.data.tables import read_typed_csv
-from pipeline.inference.predictions import format_submission, read_probs  # noqa: F401 - format_submission: re-exported
+from pipeline.inference.predictions import format_submission, read_probs, submission_frame  # noqa: F401 - re-export
 
 log = logging.getLogger(__name__)
 
 
 def run(args: argparse.Namespace) -> None:
-    from pipeline.inference.validate import check_submission
-
     cfg = config_from_args(args)
     out = paths.for_config(cfg)
     probs = read_probs(out.test_blend, cfg.data.classes)
     found = read_json(out.thresholds) if out.thresholds.exists() else {"kind": "none"}
-    threshold = found["thresholds"] if found["kind"] == "multi_label" else 0.5
-    frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"), top_k=submission_top_k(cfg.metric))
     if found["kind"] != "none":
         log.info("submission: %s thresholds from %s", found["kind"], out.thresholds)
-    if cfg.data.test_csv:
-        sample_path = paths.raw_dir(cfg.comp) / cfg.data.test_csv
-        sample = read_typed_csv(sample_path, "sample submission")  # ids verbatim; number columns stay numbers
-        if cfg.sample:  # a sample run predicts the first N test rows (pipeline.data.folds)
-            sample = sample.head(cfg.sample)
-        if set(frame.columns) == set(sample.columns):  # the sample's column order (its id column need not be first)
-            frame = frame[list(sample.columns)]
-        check_submission(frame, sample, where=str(out.submission),
-                         probability_columns=cfg.data.submission_format == "probabilities",
-                         id_column=cfg.data.submission_id_column)  # fmt: skip
+    frame = submission_frame(cfg, probs, out.submission, found)
     artifacts.write_csv(out.submission, frame)
     log.info("submission: %d rows -> %s", len(frame), out.submission)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import artifacts, paths
-from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
+from pipeline.core.config import Config, training_fingerprint
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import goodness, is_better, score
 from pipeline.inference.tta import AUTO_CANDIDATES, views_or_identity
@@ -45,14 +45,14 @@ def read_choice(cfg: Config) -> list[str] | None:
     if not path.exists():
         return None
     recorded = artifacts.read_json(path)
-    if recorded.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
+    if recorded.get("fingerprint") != training_fingerprint(cfg):
         return None
     return list(recorded["views"])
 
 
 def write_choice(cfg: Config, views: list[str]) -> None:
     artifacts.write_json(paths.for_config(cfg).tta_choice,
-                         {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views})  # fmt: skip
+                         {"fingerprint": training_fingerprint(cfg), "views": views})  # fmt: skip
 
 
 def candidates(available: list[str]) -> list[str]:

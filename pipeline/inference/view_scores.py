@@ -23,7 +23,7 @@ import torch
 
 from pipeline.core import artifacts, paths
 from pipeline.core.bag import member_config, members
-from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
+from pipeline.core.config import Config, training_fingerprint
 from pipeline.core.metrics import goodness, score
 from pipeline.data.tables import read_csv
 from pipeline.inference.fold_model import load_fold_model, predict_table
@@ -56,7 +56,7 @@ def cached_views(cfg: Config, fold: int, seed: int | None = None) -> list[str]:
     """Views whose OOF probabilities fold<k>/oof_by_view.csv holds for the current weights ([] if none); `seed`: a
     seed bag member's (fold<k>/seed<s>/, cfg being its member config)."""
     stamp = _stamp(paths.for_config(cfg).member(seed), fold)
-    if not stamp or stamp.get("fingerprint") != fingerprint(cfg, TRAINING_SECTIONS):
+    if not stamp or stamp.get("fingerprint") != training_fingerprint(cfg):
         return []
     return list(stamp.get("views", []))
 
@@ -88,7 +88,7 @@ def write_view_oof(cfg: Config, fold: int, frame: pd.DataFrame, views: list[str]
     `seed`: a seed bag member's (fold<k>/seed<s>/)."""
     out = paths.for_config(cfg).member(seed)
     artifacts.write_csv(out.oof_by_view(fold), frame)
-    stamp = {"fingerprint": fingerprint(cfg, TRAINING_SECTIONS), "views": views, "images": len(frame) // len(views),
+    stamp = {"fingerprint": training_fingerprint(cfg), "views": views, "images": len(frame) // len(views),
              "seconds": round(seconds, 3), "device": str(device)}  # fmt: skip
     artifacts.write_json(out.oof_by_view_stamp(fold), stamp)
     log.info("fold %d: OOF of %d views x %d images in %.1f s", fold, len(views), stamp["images"], seconds)

@@ -46,18 +46,23 @@ from pipeline.core.bag import bag_seeds, member_config, members
 from pipeline.core.cli import config_from_args
 from pipeline.core.config import (
     COMPETITION_KEYS,
-    TRAINING_SECTIONS,
     Config,
     dump_yaml,
-    fingerprint,
     load_config,
     to_dict,
+    training_fingerprint,
 )
 from pipeline.core.errors import UserError
 from pipeline.core.run_config import config_of_member, config_of_run
 from pipeline.inference.tta_auto import effective_views
 from pipeline.kaggle import wheels
-from pipeline.kaggle.bundle_format import MANIFEST_FORMAT, fold_entry, fold_weight_files
+from pipeline.kaggle.bundle_format import (
+    MANIFEST_FORMAT,
+    check_no_evaluation_server,
+    fold_entry,
+    fold_weight_files,
+    output_file_name,
+)
 from pipeline.training.checkpoint import trained_fingerprint
 
 log = logging.getLogger(__name__)
@@ -65,12 +70,14 @@ log = logging.getLogger(__name__)
 LICENSE = "CC0-1.0"  # the client's own default; the dataset is private unless you publish it
 SETTINGS_LINE = "SETTINGS: dict[str, str] = {}  # filled in by pipeline.kaggle.bundle: bundle (dataset slug), comp, exp"
 USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-# --accelerator / KAGGLE_ACCELERATOR / kaggle.accelerator -> kernel-metadata.json's machine_shape. Without one
-# Kaggle may hand out a P100, and today's image (torch for cu128) has no kernels for it: the first CUDA op fails.
-# NvidiaTeslaT4 is the editor's "GPU T4 x2" (a single T4 is not offered). Keys: config.ACCELERATORS.
+# --accelerator / KAGGLE_ACCELERATOR / kaggle.accelerator -> kernel-metadata.json's machine_shape. A plain account is
+# offered T4 x2 and TPU only: NvidiaTeslaT4 is the editor's "GPU T4 x2" (a single T4 is not offered), the default.
+# The P100 is retired (Kaggle silently runs a P100 request elsewhere) and the L4 is not offered to every account.
+# Keys: config.ACCELERATORS.
 ACCELERATORS: dict[str, str | None] = {"t4x2": "NvidiaTeslaT4", "l4": "NvidiaL4", "p100": "NvidiaTeslaP100",
                                        "none": None}  # fmt: skip
 DEFAULT_ACCELERATOR = "t4x2"
+DOCKER_PINNING = "original"  # kernel-metadata.json's docker_image_pinning_type: "original" or "latest"
 
 
 @dataclass(frozen=True)
@@ -139,13 +146,14 @@ def check_run(cfg: Config) -> None:
             weights = out.member(seed).weights(fold)
             if not weights.is_file():
                 raise UserError(f"{weights} not found; run `make train CONFIG=...` first")
-            if trained_fingerprint(weights) != fingerprint(member_config(cfg, seed), TRAINING_SECTIONS):
+            if trained_fingerprint(weights) != training_fingerprint(member_config(cfg, seed)):
                 raise UserError(f"{weights} was trained under a different config; retrain it or restore that config")
         if not out.oof(fold).is_file():
             raise UserError(f"{out.oof(fold)} not found; run `make predict CONFIG=...` first")
     for path in (out.folds_csv, out.scores):
         if not path.is_file():
             raise UserError(f"{path} not found; run `make ensemble CONFIG=...` first")
+    check_no_evaluation_server(paths.raw_dir(cfg.comp), cfg.comp)
 
 
 def resolved_config(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -167,7 +175,7 @@ def check_reloads(cfg: Config, competition: dict[str, Any], experiment: dict[str
         (folder / "competition.yaml").write_text(dump_yaml(competition))
         (folder / f"{cfg.exp}.yaml").write_text(dump_yaml(experiment))
         reloaded = load_config(folder / f"{cfg.exp}.yaml")
-    if fingerprint(reloaded, TRAINING_SECTIONS) != fingerprint(cfg, TRAINING_SECTIONS):  # a bug, not a user mistake
+    if training_fingerprint(reloaded) != training_fingerprint(cfg):  # a bug, not a user mistake
         raise RuntimeError("the bundled config does not reload to the trained fingerprint")
 
 
@@ -262,7 +270,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         "exp": cfg.exp,
         "n_folds": cfg.folds.n_folds,
         "model": cfg.model.name,
-        "fingerprint": fingerprint(cfg, TRAINING_SECTIONS),
+        "fingerprint": training_fingerprint(cfg),
         "dataset": names.dataset,
         "kernel": names.kernel,
         "package": {"name": wheels.DISTRIBUTION, "version": package.name.split("-")[1], "wheel": package.name},
@@ -274,6 +282,8 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         "metric_modules": modules,  # {dataset file: path under the competition's configs folder}
         "metric": scores.get("metric"),
         "cv": scores.get("cv"),
+        "output_file": output_file_name(cfg.data.test_csv),  # what the kernel writes and kaggle-submit submits
+        "planned_seconds": planned_seconds(cfg),  # make plan's inference kernel: kaggle-push checks the GPU quota
         "git_commit": git_commit(Path(__file__).resolve().parent),  # the code's commit, wherever the project is
     }
     (folder / "dataset-metadata.json").write_text(json.dumps({
@@ -287,6 +297,17 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
     return manifest
 
 
+def planned_seconds(cfg: Config) -> float | None:
+    """What `make plan` expects the inference kernel to take (seconds), or None when it cannot tell."""
+    from pipeline.reporting.planner import DEFAULT_LIMIT, make_plan, parse_duration
+
+    try:
+        return round(float(make_plan(cfg, parse_duration(DEFAULT_LIMIT)).table["total"].iloc[0]), 1)
+    except (UserError, OSError, ValueError, KeyError) as exc:  # no training log to measure speed from: no plan
+        log.debug("no time plan for the bundle: %s", exc)
+        return None
+
+
 def choose_accelerator(cfg: Config, explicit: str | None, configured: str = "") -> str:
     """--accelerator, else $KAGGLE_ACCELERATOR, else the config's kaggle.accelerator (`configured`, validated by
     load_config), else t4x2 (none when the config's device is cpu)."""
@@ -296,10 +317,17 @@ def choose_accelerator(cfg: Config, explicit: str | None, configured: str = "") 
     if choice not in ACCELERATORS:
         raise UserError(f"accelerator {choice!r} (--accelerator / KAGGLE_ACCELERATOR): use one of "
                         f"{', '.join(ACCELERATORS)}")  # fmt: skip
-    if choice == "p100":
-        log.warning("warning: Kaggle's current image (torch for cu128) has no CUDA kernels for the P100: the kernel "
-                    "may fail at its first GPU operation; t4x2 or l4 work")  # fmt: skip
+    if choice in ACCELERATOR_WARNINGS:
+        log.warning("warning: %s", ACCELERATOR_WARNINGS[choice])
     return choice
+
+
+ACCELERATOR_WARNINGS = {
+    "p100": "accelerator p100: Kaggle retired the P100 and silently replaces it, so the kernel runs elsewhere (on "
+            "what Kaggle picks, not on the GPU asked for); use t4x2, what a plain account is offered",
+    "l4": "accelerator l4: Kaggle does not offer the L4 to every account (a plain one sees T4 x2 and TPU only), so "
+          "the push may be refused or run elsewhere; t4x2 is offered to all",
+}  # fmt: skip
 
 
 def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str = DEFAULT_ACCELERATOR,
@@ -321,6 +349,8 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str
         "competition_sources": [cfg.comp],
         "kernel_sources": [],
         "model_sources": [],
+        # the image of the first run, every re-run: a rerun months later still has the torch/timm it was tested with
+        "docker_image_pinning_type": DOCKER_PINNING,
     }
     if ACCELERATORS[accelerator]:
         metadata["machine_shape"] = ACCELERATORS[accelerator]
@@ -387,14 +417,14 @@ RUNTIME_FILES = ("requirements.txt", "dataset-metadata.json")  # per member: rep
 
 def blend_scores(comp: str, name: str) -> dict[str, Any]:
     """The blend's scores.json, checked current against blend.yaml and its members' files (one `error:` line)."""
-    from pipeline.inference.blending import check_current
+    from pipeline.inference.blend_apply import check_current
 
     path = paths.Paths(comp).blend_scores(name)
     if not path.is_file():
         raise UserError(f"{path} not found; run `make blend COMP={comp}` with `name: {name}` in "
-                        f"{paths.configs_dir(comp) / 'blend.yaml'} first")  # fmt: skip
+                        f"{paths.blend_config(comp)} first")  # fmt: skip
     scores = artifacts.read_json(path)
-    check_current(comp, name, scores, paths.configs_dir(comp) / "blend.yaml")
+    check_current(comp, name, scores, paths.blend_config(comp))
     return scores
 
 
@@ -458,6 +488,7 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
         "method": scores.get("method"), "dataset": names.dataset, "kernel": names.kernel,
         "package": {"name": wheels.DISTRIBUTION, "version": package.name.split("-")[1], "wheel": package.name},
         "wheels": extras, "requirements": "requirements.txt", "metric": scores.get("metric"), "cv": scores.get("cv"),
+        "output_file": output_file_name(configs[0].data.test_csv),
         "git_commit": git_commit(Path(__file__).resolve().parent),
     }  # fmt: skip
 

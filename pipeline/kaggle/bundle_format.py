@@ -4,7 +4,9 @@ and reading a built bundle's manifests (kaggle-push, kaggle-submit)."""
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import artifacts, paths
@@ -13,7 +15,34 @@ from pipeline.core.errors import UserError
 if TYPE_CHECKING:
     from pipeline.core.config import Config
 
-MANIFEST_FORMAT = 1  # bundle.json's layout; pipeline.kaggle.kernel_predict refuses others
+MANIFEST_FORMAT = 1  # bundle.json's layout; pipeline.commands.kernel_predict refuses others
+DEFAULT_OUTPUT = "submission.csv"  # what a kernel writes when the competition's sample submission says nothing else
+EVALUATION_SERVER = "kaggle_evaluation"  # the package of competitions scored through Kaggle's evaluation server
+
+
+def output_file_name(sample: str | None) -> str:
+    """The file a code competition wants the kernel to write: its sample submission's name without `sample`
+    (sample_submission.csv -> submission.csv), else submission.csv. UserError for a format the kernel cannot write."""
+    name = Path(sample or "").name
+    if not re.match(r"sample", name, re.IGNORECASE):  # a plain test listing (test.csv): nothing to learn from it
+        return DEFAULT_OUTPUT
+    stripped = re.sub(r"^sample[_\- ]?", "", name, flags=re.IGNORECASE)
+    if Path(stripped).suffix.lower() != ".csv":
+        raise UserError(f"the competition's sample submission is {name}: it wants a {Path(name).suffix or 'file'} "
+                        "output, and the bundle's kernel writes CSV only")  # fmt: skip
+    return DEFAULT_OUTPUT if stripped.lower() == DEFAULT_OUTPUT else stripped
+
+
+def check_no_evaluation_server(raw: Path, comp: str) -> None:
+    """UserError when competition `comp` is scored through Kaggle's evaluation server (its data ships the
+    kaggle_evaluation package): such a kernel must serve predictions through that API, not write a file."""
+    folders = [raw, *(p for p in raw.iterdir() if p.is_dir())] if raw.is_dir() else []  # the zip's top, unwrapped
+    found = next((f / EVALUATION_SERVER for f in folders if (f / EVALUATION_SERVER).is_dir()), None)
+    if found is not None:
+        raise UserError(f"'{comp}' is scored through Kaggle's evaluation server ({found} is in its "
+                        "data): its kernel must answer the kaggle_evaluation API, not write a submission file, and "
+                        "this pipeline's bundle does not do that; submit from a notebook built on the competition's "
+                        "starter instead")  # fmt: skip
 
 
 def fold_weight_files(entry: dict[str, Any]) -> dict[int | None, str]:

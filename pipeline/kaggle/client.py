@@ -6,8 +6,11 @@ likely cause (rules not accepted, competition closed, team-merger deadline), unk
 (pipeline.kaggle.retry); writes are tried once. The API key is never printed, logged or written: messages and the
 client's own chatter pass through `scrub` first.
 
-Credentials are checked (pipeline.kaggle.auth) before `import kaggle`: importing it authenticates at once, and
-without credentials it prints a page of help text on stdout. The client also reads its environment
+Credentials are checked (pipeline.kaggle.auth) before `import kaggle`: importing it authenticates at once (an access
+token is introspected by a call to Kaggle), and without credentials it prints a page of help text on stdout and
+calls exit. The timeouts are installed before that import, so the introspection cannot hang; when the client's own
+check fails (kaggle 2.2.4 swallows the exit and stays logged out) `Kaggle()` asks once more itself, and names what
+failed: the token Kaggle rejected (its source), or the network. The client also reads its environment
 (KAGGLE_API_ENVIRONMENT, VERBOSE) at import time, which is why tests run the stages in a subprocess.
 """
 
@@ -65,17 +68,47 @@ class Kaggle:
         # VERBOSE makes the client print request headers, Authorization included: never let it.
         for name in ("VERBOSE", "VERBOSE_OUTPUT"):
             os.environ.pop(name, None)
+        kaggle_retry.install_timeouts()  # the client sends its requests without any timeout, the import's included
         try:
             with _client_output(self.credentials):
                 import kaggle  # authenticates on import: only after the credentials check
         except OSError as exc:  # it creates its config folder at import
             raise UserError(f"the Kaggle client cannot start: {exc}; check KAGGLE_CONFIG_DIR and HOME") from exc
+        except SystemExit as exc:  # a client that lets its failed login's exit() through
+            raise UserError(self._login_failed("the client's login check failed")) from exc
         self.api: Any = kaggle.api
-        kaggle_retry.install_timeouts()  # the client sends its requests without any timeout
+        if not getattr(self.api, "_authenticated", True):
+            self._login_again()
         # The account the client logged in as: a token's owner comes from Kaggle's answer, not from the environment.
         username = self.api.get_config_value("username") or self.credentials.username
         self.credentials = dataclasses.replace(self.credentials, username=username)
         log.debug("kaggle credentials from %s (user %s)", self.credentials.source, username)
+
+    def _login_failed(self, why: str) -> str:
+        return (f"Kaggle did not accept the credentials from {self.credentials.source} ({why}); check them or "
+                f"create a new token at {TOKEN_URL}")  # fmt: skip
+
+    def _login_again(self) -> None:
+        """The client's login at import failed and was swallowed (kaggle 2.2.4 catches its own exit): log in once
+        more, with our timeouts, and turn what fails into one line: rejected credentials, or no network."""
+        import requests
+
+        try:
+            with _client_output(self.credentials):
+                self.api.authenticate()
+        except SystemExit as exc:  # the token was introspected and found inactive, and nothing else is configured
+            raise UserError(self._login_failed("Kaggle rejected the token when the client checked it")) from exc
+        except requests.HTTPError as exc:
+            if _status_of(exc) == 401:
+                raise UserError(self._login_failed("401 when the client checked the token")) from exc
+            raise UserError(f"Kaggle answered {_status_of(exc)} when the client checked the credentials from "
+                            f"{self.credentials.source}; try again later") from exc  # fmt: skip
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise UserError(
+                f"could not reach Kaggle to check the credentials from {self.credentials.source} "
+                f"({type(exc).__name__}, timeout {kaggle_retry.read_timeout():.0f} s); this is the network, not "
+                "the credentials: check the connection or proxy settings and re-run"
+            ) from exc
 
     @contextlib.contextmanager
     def errors(self, slug: str, action: str, kind: str = "competition") -> Iterator[None]:
@@ -254,14 +287,22 @@ class Kaggle:
 
     # datasets and kernels (kaggle-push); `ref` is `owner/slug`
     def dataset_status(self, ref: str) -> str | None:
-        """The dataset's processing status ('ready', 'blobs_received', ...), or None when it does not exist."""
+        """The dataset's processing status ('ready', 'blobs_received', ...), or None when it does not exist.
+
+        Kaggle answers 403, not 404, for a dataset the caller cannot see, and a dataset that does not exist yet is
+        one: on the caller's own slug a 403 means "not created yet" (the create call decides); on another
+        account's, it stays a refusal.
+        """
         import requests
 
         try:
             status = self._read(ref, "read the status of dataset", lambda: self.api.dataset_status(ref), kind="dataset")
             return str(status).lower()
         except UserError as exc:
-            if isinstance(exc.__cause__, requests.HTTPError) and _status_of(exc.__cause__) == 404:
+            code = _status_of(exc.__cause__) if isinstance(exc.__cause__, requests.HTTPError) else None
+            own = (self.credentials.username or "").lower() == ref.split("/", 1)[0].lower()
+            if code == 404 or (code == 403 and own):
+                log.debug("dataset %s: %s, taken as not created yet", ref, code)
                 return None
             raise
 
@@ -285,6 +326,15 @@ class Kaggle:
                               lambda: self.api.kernels_output(ref, str(folder), force=True, quiet=True),
                               kind="kernel")  # fmt: skip
         return [Path(f) for f in files]
+
+    def gpu_quota(self) -> tuple[float, float] | None:
+        """(hours used, hours allowed) of this week's GPU quota (`kaggle quota`), or None when Kaggle says nothing."""
+        answer = self._read("gpu", "read the accelerator quota", lambda: self.api.quota_view(), kind="quota")
+        quota = getattr(answer, "gpu_quota", None)
+        used, total = getattr(quota, "time_used", None), getattr(quota, "total_time_allowed", None)
+        if total is None:
+            return None
+        return (used.total_seconds() if used is not None else 0.0) / 3600, total.total_seconds() / 3600
 
     def create_dataset(self, ref: str, folder: Path, public: bool = False) -> str:
         """Upload every file in `folder` as the new dataset its dataset-metadata.json names; returns its URL."""
@@ -310,9 +360,11 @@ class Kaggle:
             raise UserError(f"Kaggle did not {action} '{ref}': {detail}")
         return str(getattr(answer, "url", None) or f"https://www.kaggle.com/datasets/{ref}")
 
-    def push_kernel(self, ref: str, folder: Path) -> Any:
-        """Save a new version of the kernel in `folder` (kernel-metadata.json + its code file); Kaggle then runs it."""
-        answer = self._write(ref, "push kernel", lambda: self.api.kernels_push(str(folder)), kind="kernel")
+    def push_kernel(self, ref: str, folder: Path, timeout: int | None = None) -> Any:
+        """Save a new version of the kernel in `folder` (kernel-metadata.json + its code file); Kaggle then runs it.
+        `timeout`: the session's limit in seconds (RUNNER=kaggle), else Kaggle's default."""
+        push = lambda: self.api.kernels_push(str(folder), timeout=str(timeout) if timeout else None)  # noqa: E731
+        answer = self._write(ref, "push kernel", push, kind="kernel")
         problems = [str(getattr(answer, "error", None) or "")]
         for field_name in ("dataset", "competition", "kernel", "model"):
             invalid = list(getattr(answer, f"invalid_{field_name}_sources", None) or [])

@@ -2,9 +2,10 @@
 
 It runs inside a Kaggle Kernel with internet off: it finds this experiment's bundle among the Kernel's inputs
 (/kaggle/input/<bundle slug>, or deeper where Kaggle mounts it deeper), installs the pipeline from the bundle's
-wheels with `pip --no-index` (nothing is downloaded; torch, timm, ... are the image's own), then hands over to
-pipeline.kaggle.kernel_predict, which predicts the test images with every fold's weights, blends the folds and writes
-/kaggle/working/submission.csv (a blend bundle: every member so, then the blend of the members).
+wheels with `pip --no-index` (nothing is downloaded; torch, timm, ... are the image's own), then runs the command
+`python -m pipeline kernel-predict` (pipeline.commands.kernel_predict), which predicts the test images with every
+fold's weights, blends the folds and writes /kaggle/working/submission.csv (a blend bundle: every member so, then
+the blend of the members).
 
 Standalone on purpose: nothing of the pipeline can be imported before it is installed. pipeline.kaggle.bundle
 copies this file and fills in SETTINGS; run locally, KAGGLE_INPUT_ROOT / KAGGLE_WORKING_ROOT / PIPELINE_ROOT move
@@ -76,19 +77,26 @@ def install(bundle: Path, manifest: dict) -> None:
 def main() -> int:
     # Before the pipeline is imported: its paths come from the environment.
     os.environ.setdefault("PIPELINE_ROOT", str(Path(tempfile.gettempdir()) / "pipeline"))  # keeps /kaggle/working tidy
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no internet: never wait on the hub
+    if not SETTINGS.get("internet"):  # a training notebook (RUNNER=kaggle) may have internet for hub weights
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no internet: never wait on the hub
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     bundle = find_bundle(SETTINGS["bundle"])
     manifest = json.loads((bundle / MANIFEST).read_text())
+    if manifest.get("kind") == "train":  # RUNNER=kaggle: train one unit (pipeline.kaggle.remote_unit)
+        print(f"unit {SETTINGS['unit']} nonce {SETTINGS['nonce']} session {SETTINGS['session']}", flush=True)
+        install(bundle, manifest)
+        from pipeline.kaggle.remote_unit import run_unit
+
+        return run_unit(bundle, SETTINGS)
     blend = manifest.get("kind") == "blend"  # a whole blend: every member's bundle under its prefix
     what = f"blend of {len(manifest['members'])} experiments" if blend else f"{manifest['n_folds']} folds"
     print(f"bundle {manifest['dataset']} ({manifest['comp']}/{manifest['exp']}, {what}) at {bundle}", flush=True)
     install(bundle, manifest)
     import pipeline
-    from pipeline.kaggle.kernel_predict import run_blend, run_bundle
 
     print(f"pipeline {manifest['package']['version']} from {Path(pipeline.__file__).parent}", flush=True)
-    return run_blend(bundle) if blend else run_bundle(bundle)
+    # the pipeline's own command (pipeline.commands.kernel_predict), as a user would run it: its exit status is ours
+    return subprocess.call([sys.executable, "-m", "pipeline", "kernel-predict", "--bundle", str(bundle)])
 
 
 if __name__ == "__main__":

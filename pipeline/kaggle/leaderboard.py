@@ -4,6 +4,11 @@ Reads: the competition's submissions from the Kaggle API, and data/runs/<comp>/*
 Writes: data/runs/<comp>/leaderboard.csv, one row per submission (newest first) and one per experiment never
 submitted, and prints it. A submission belongs to an experiment when its description starts the way
 `pipeline.kaggle.submit.describe` writes it (`<exp> | CV ...`); others keep an empty experiment column.
+
+Where you stand: the public leaderboard (`competition_leaderboard_view`, every page) gives each scored submission
+the rank its public score would take (`public_rank`), and a line under the table says the rank of the best one,
+its gap to the top and to the gold, silver and bronze zones (Kaggle's medal rules for the number of teams). A
+leaderboard Kaggle will not show (rules not accepted, a closed competition's) leaves that out with a warning.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,7 @@ COLUMNS = [
     "metric",
     "cv",
     "public_score",
+    "public_rank",
     "private_score",
     "status",
     "error",
@@ -69,7 +76,7 @@ def submission_table(submissions: list[Any]) -> pd.DataFrame:
                 "description": item.description or "",
             }
         )
-    return pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("metric", "cv")])
+    return pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("metric", "cv", "public_rank")])
 
 
 def join_scores(local: pd.DataFrame, remote: pd.DataFrame) -> pd.DataFrame:
@@ -83,17 +90,76 @@ def join_scores(local: pd.DataFrame, remote: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=COLUMNS)
 
 
+def medal_zones(teams: int) -> dict[str, int]:
+    """The last rank of each medal zone for a competition of `teams` teams (Kaggle's progression rules)."""
+    if teams < 100:
+        cut = {"gold": math.ceil(0.1 * teams), "silver": math.ceil(0.2 * teams), "bronze": math.ceil(0.4 * teams)}
+    elif teams < 250:
+        cut = {"gold": 10, "silver": math.ceil(0.2 * teams), "bronze": math.ceil(0.4 * teams)}
+    elif teams < 1000:
+        cut = {"gold": 10 + teams // 500, "silver": 50, "bronze": 100}
+    else:
+        cut = {"gold": 10 + teams // 500, "silver": math.ceil(0.05 * teams), "bronze": math.ceil(0.1 * teams)}
+    return {medal: max(rank, 1) for medal, rank in cut.items()}
+
+
+def rank_of(board: list[float], score: float, higher_better: bool) -> int:
+    """The rank `score` takes on a public leaderboard of `board` (best first): 1 + the teams strictly ahead."""
+    return 1 + sum(1 for other in board if (other > score if higher_better else other < score))
+
+
+def standing(board: list[float], best: float) -> str:
+    """Where `best` (this account's best public score) stands: rank, gap to the top and to each medal zone."""
+    higher = board[0] >= board[-1]  # Kaggle lists the best first, whatever the metric's direction
+    rank, teams = rank_of(board, best, higher), len(board)
+    parts = [f"public rank {rank} of {teams} with {best:g} (top {board[0]:g}, gap {abs(board[0] - best):.5g})"]
+    for medal, last in medal_zones(teams).items():
+        edge = board[min(last, teams) - 1]
+        where = "in it" if rank <= last else f"{abs(edge - best):.5g} to go"
+        parts.append(f"{medal} to rank {last} ({edge:g}: {where})")
+    return "; ".join(parts)
+
+
+def add_ranks(table: pd.DataFrame, board: list[float]) -> pd.DataFrame:
+    """`public_rank`: the rank each scored submission's public score takes on `board`."""
+    if not board:
+        return table
+    higher = board[0] >= board[-1]
+    table = table.copy()
+    table["public_rank"] = [rank_of(board, float(score), higher) if pd.notna(score) else pd.NA
+                            for score in table["public_score"]]  # fmt: skip
+    return table
+
+
+def public_board(kaggle: object, comp: str) -> list[float]:
+    """The public leaderboard's scores, best first; [] (with a warning) when Kaggle will not show it."""
+    from pipeline.core.errors import UserError
+    from pipeline.kaggle.calls import leaderboard
+
+    try:
+        return [score for _, score in leaderboard(kaggle, comp)]
+    except UserError as exc:
+        log.warning("warning: no public leaderboard rank: %s", exc)
+        return []
+
+
 def run(args: argparse.Namespace) -> None:
     comp = comp_from_args(args)
     from pipeline.kaggle.client import Kaggle  # imports the client: after the arguments are known to be right
 
-    remote = submission_table(Kaggle().submissions(comp))
+    kaggle = Kaggle()
+    remote = submission_table(kaggle.submissions(comp))
+    board = public_board(kaggle, comp) if not remote.empty else []
     out = Paths(comp)
-    table = join_scores(local_scores(out.runs), remote)
+    table = add_ranks(join_scores(local_scores(out.runs), remote), board)
     write_csv(out.leaderboard_csv, table)
     if table.empty:
         print(f"{comp}: no submissions and no scored experiments yet")
     else:
         shown = table.drop(columns=["description"]).fillna("")
         print(shown.to_string(index=False))
+    scored = remote["public_score"].dropna()
+    if board and not scored.empty:
+        best = scored.max() if board[0] >= board[-1] else scored.min()
+        print(f"{comp}: {standing(board, float(best))}")
     log.info("wrote %s", out.leaderboard_csv)

@@ -10,9 +10,12 @@ Kernel reads /kaggle/input) are what a Kernel needs (runtime_requirements). Thos
 (KAGGLE_IMAGE), and everything those depend on, are never bundled; the rest are, with their own dependencies.
 
 Only pure-Python wheels (`py3-none-any`) are re-packed from this machine's install: a compiled one was built for
-this machine, not for the Kernel's (Linux x86_64, CPython KAGGLE_PYTHON). A compiled dependency is fetched for that
-platform with `pip download --platform ... --only-binary=:all:` (pip's own configuration, index or find-links,
-applies), or refused with the command that would fetch it.
+this machine, not for the Kernel's. The Kernel's interpreter and platform are one setting, `kaggle_target()`:
+KAGGLE_TARGET (what Kaggle's image, Kaggle/docker-python, runs today: CPython 3.12 on manylinux x86_64), overridden
+by PIPELINE_KAGGLE_PYTHON and PIPELINE_KAGGLE_PLATFORM (comma-separated) when Kaggle moves on. A compiled dependency
+is fetched for that target with `pip download --platform ... --only-binary=:all:` (pip's own configuration, index or
+find-links, applies), or refused with the two ways out: fetch it where there is internet, or build it on Kaggle
+itself with a utility notebook that has internet on (`wheels_kernel_script`), mounted through `kernel_sources`.
 """
 
 from __future__ import annotations
@@ -50,9 +53,20 @@ KERNEL_UNUSED = frozenset({"kaggle"})  # the Kaggle client: download/submit/scor
 _INSTALL_ONLY = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "RECORD.jws", "RECORD.p7s"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed times: the same files give the same wheel, byte for byte
 SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01: what setuptools stamps into the package's own wheel
-# The Kernel's platform (Kaggle's Python image): PIPELINE_KAGGLE_PYTHON overrides the version when Kaggle moves on.
+# The Kernel's interpreter and platform: Kaggle's Python image (Kaggle/docker-python) runs CPython 3.12 today.
 KAGGLE_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
-KAGGLE_PYTHON = "3.11"
+KAGGLE_PYTHON = "3.12"
+KAGGLE_TARGET = {"python": KAGGLE_PYTHON, "platforms": KAGGLE_PLATFORMS}
+
+
+def kaggle_target() -> tuple[str, tuple[str, ...]]:
+    """(Python version, wheel platform tags) of the Kernel: KAGGLE_TARGET, or PIPELINE_KAGGLE_PYTHON /
+    PIPELINE_KAGGLE_PLATFORM (comma-separated tags) where set. UserError for a version that is not `3.N`."""
+    python = (os.environ.get("PIPELINE_KAGGLE_PYTHON") or str(KAGGLE_TARGET["python"])).strip()
+    if not re.fullmatch(r"3\.\d+", python):
+        raise UserError(f"PIPELINE_KAGGLE_PYTHON={python!r}: expected a Python version such as 3.12")
+    platforms = tuple(p.strip() for p in (os.environ.get("PIPELINE_KAGGLE_PLATFORM") or "").split(",") if p.strip())
+    return python, platforms or tuple(KAGGLE_TARGET["platforms"])
 
 
 def canonical(name: str) -> str:
@@ -182,9 +196,9 @@ def bundle_wheel(name: str, dest: Path) -> Path:
 
 def fetch_for_kaggle(name: str, version: str, dest: Path) -> Path:
     """`pip download` the wheel of `name==version` built for the Kernel's platform into `dest`; UserError if none."""
-    python = os.environ.get("PIPELINE_KAGGLE_PYTHON") or KAGGLE_PYTHON
+    python, tags = kaggle_target()
     abi = "cp" + python.replace(".", "")
-    platforms = [arg for platform in KAGGLE_PLATFORMS for arg in ("--platform", platform)]
+    platforms = [arg for platform in tags for arg in ("--platform", platform)]
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
                "--only-binary=:all:", "--retries", "0", "--timeout", "30", *platforms, "--python-version", python,
                "--implementation", "cp", "--abi", abi, "--dest", str(dest), f"{name}=={version}"]  # fmt: skip
@@ -196,8 +210,10 @@ def fetch_for_kaggle(name: str, version: str, dest: Path) -> Path:
         raise UserError(
             f"{name} {version} is compiled, so this machine's copy may not run in a Kaggle Kernel, and no wheel for "
             f"Kaggle's platform (Linux x86_64, CPython {python}) could be fetched ({lines[-1].strip()}); run "
-            f"`pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 --python-version {python} "
-            f"--dest {dest} {name}=={version}` where there is internet, then rebuild the bundle"
+            f"`pip download --no-deps --only-binary=:all: --platform {tags[0]} --python-version {python} "
+            f"--dest {dest} {name}=={version}` where there is internet, then rebuild the bundle; or build it on "
+            f"Kaggle itself: a utility notebook with internet on running `pip wheel --wheel-dir /kaggle/working "
+            f"{name}=={version}`, added to the inference kernel's kernel_sources"
         )
     log.info("fetched %s for Kaggle's platform", fetched[0].name)
     return fetched[0]

@@ -314,11 +314,11 @@ def _blend_score(stack, weights, keep, combine: str, cfg: Config, targets) -> fl
     import numpy as np
 
     from pipeline.core.metrics import score
-    from pipeline.inference import blending
+    from pipeline.inference import blend_apply
 
     w = np.asarray(weights, dtype=float)[keep]
     w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
-    return score(cfg.metric, targets, blending.apply(stack[keep], w, combine, cfg.data.task))
+    return score(cfg.metric, targets, blend_apply.apply(stack[keep], w, combine, cfg.data.task))
 
 
 def experiment_drops(stack, weights, combine: str, cfg: Config, targets, costs: list[MemberCost]) -> list[Drop]:  # noqa: ANN001
@@ -376,7 +376,7 @@ def make_blend_plan(comp: str, name: str, limit_s: float, test_images: int | Non
     """The blend's inference-kernel time (the sum over its members) and the drops ordered by OOF gain per second."""
     from pipeline.core.run_config import config_of_member
     from pipeline.data.tables import encode_targets
-    from pipeline.inference import blending
+    from pipeline.inference import blend_apply
 
     if slowdown <= 0:
         raise UserError(f"--slowdown {slowdown}: must be more than zero (2 = the kernel is twice as slow)")
@@ -384,7 +384,7 @@ def make_blend_plan(comp: str, name: str, limit_s: float, test_images: int | Non
     if not scores_path.is_file():
         raise UserError(f"{scores_path} not found; run `make blend COMP={comp}` first")
     scores = json.loads(scores_path.read_text())
-    blending.check_current(comp, name, scores, paths.configs_dir(comp) / "blend.yaml")
+    blend_apply.check_current(comp, name, scores, paths.blend_config(comp))
     members = list(scores["members"])
     configs = [config_of_member(comp, exp, "plan") for exp in members]
     costs, notes = [], []
@@ -395,7 +395,7 @@ def make_blend_plan(comp: str, name: str, limit_s: float, test_images: int | Non
     cfg = configs[0]
     folds = read_csv(paths.for_config(cfg).folds_csv, "folds table")
     targets = encode_targets(folds["label"], cfg.data)
-    stack = blending.read_members_oof(comp, members, cfg.data.classes, list(folds["id"]))
+    stack = blend_apply.read_members_oof(comp, members, cfg.data.classes, list(folds["id"]))
     weights = [float(scores["weights"][exp]) for exp in members]
     drops = experiment_drops(stack, weights, scores["combine"], cfg, targets, costs)
     drops += view_drops(stack, weights, scores["combine"], configs, targets, costs, folds)

@@ -1,6 +1,6 @@
 """summary: what an experiment scored and whether this run rebuilt anything; info: facts for Make.
 
-`summary` reads scores.json and the artifact mtimes (Make passes the time it started in
+`summary` reads scores.json and the mtimes of train's oof_plain.csv files (Make passes the time it started in
 PIPELINE_MAKE_START), prints CV, per-fold spread and holdout, and says plainly when nothing was
 retrained. `info` prints one fact Make needs (e.g. n_folds) without importing torch.
 """
@@ -11,59 +11,26 @@ import argparse
 import os
 from pathlib import Path
 
-import yaml
-
 from pipeline.core import paths
 from pipeline.core.artifacts import read_json
-from pipeline.core.bag import members
-from pipeline.core.config import config_paths, load_config, parse_override
+from pipeline.core.bag import bag_seeds, members
+from pipeline.core.config import Config, load_config
 from pipeline.core.errors import UserError
 
 
-def n_folds(config: Path, overrides: list[str]) -> int:
-    """folds.n_folds from competition.yaml and overrides, read without validating (Make calls this often)."""
-    value = 5
-    comp_path, _, _ = config_paths(config)
-    if comp_path.exists():
-        folds = (yaml.safe_load(comp_path.read_text()) or {}).get("folds") or {}
-        value = folds.get("n_folds", value)
-    for text in overrides:
-        parts, parsed = parse_override(text)
-        if parts == ["folds", "n_folds"]:
-            value = parsed
-    return int(value)
-
-
-def source_files(config: Path, overrides: list[str]) -> list[Path]:
-    """The finished files of train.pseudo / soft_labels' sources, read without validating (Make's prerequisites)."""
+def source_files(cfg: Config) -> list[Path]:
+    """The finished files of train.pseudo / soft_labels' sources (Make's prerequisites of the folds)."""
     from pipeline.data.sources import finished_files
 
-    _, comp, exp = config_paths(config)
-    values = (yaml.safe_load(config.read_text()) or {}) if exp and config.is_file() else {}
-    train = values.get("train") if isinstance(values.get("train"), dict) else {}
-    named = {key: (train.get(key) or {}).get("from") if isinstance(train.get(key), dict) else None
-             for key in ("pseudo", "soft_labels")}  # fmt: skip
-    sample = values.get("sample") or 0
-    for text in overrides:
-        parts, parsed = parse_override(text)
-        if parts[:1] == ["sample"]:
-            sample = parsed or 0
-        elif len(parts) == 3 and parts[0] == "train" and parts[1] in named and parts[2] == "from":
-            named[parts[1]] = parsed
-    return finished_files(comp, [str(name) for name in named.values() if name], int(sample))
+    named = [section.from_ for section in (cfg.train.pseudo, cfg.train.soft_labels) if section.from_]
+    return finished_files(cfg.comp, [str(name) for name in named], cfg.sample)
 
 
-def bag_seeds(config: Path, overrides: list[str]) -> list[int]:
-    """train.seeds of a seed bag (two or more seeds) from the experiment yaml and overrides, read without validating
-    (load_config refuses a bad list when a stage runs); [] without a bag."""
-    seeds: object = []
-    if config.exists() and config.stem != "competition":
-        seeds = ((yaml.safe_load(config.read_text()) or {}).get("train") or {}).get("seeds", seeds)
-    for text in overrides:
-        parts, parsed = parse_override(text)
-        if parts == ["train", "seeds"]:
-            seeds = parsed
-    return [int(seed) for seed in seeds] if isinstance(seeds, list) and len(seeds) >= 2 else []
+# Facts Make asks for (`python -m pipeline info --config FILE <fact>`), from the config as load_config reads it,
+# without the cross-field checks (a stage that runs makes those and fails loudly; Make falls back quietly here).
+INFO = {"n_folds": lambda cfg: str(cfg.folds.n_folds),
+        "seeds": lambda cfg: " ".join(map(str, bag_seeds(cfg))),
+        "sources": lambda cfg: " ".join(map(str, source_files(cfg)))}  # fmt: skip
 
 
 def retrained_folds(out: paths.Paths, n_folds: int, seeds: list[int | None], started: float) -> list[int]:
@@ -77,23 +44,19 @@ def retrained_folds(out: paths.Paths, n_folds: int, seeds: list[int | None], sta
     return [k for k in range(n_folds) if any(trained_since(out.member(seed).oof_plain(k)) for seed in seeds)]
 
 
-INFO = {"n_folds": lambda config, overrides: n_folds(config, overrides),
-        "seeds": lambda config, overrides: " ".join(map(str, bag_seeds(config, overrides))),
-        "sources": lambda config, overrides: " ".join(map(str, source_files(config, overrides)))}  # fmt: skip
-
-
 def run(args: argparse.Namespace) -> None:
     if args.command == "info":
         if not args.what or any(what not in INFO for what in args.what) or not args.config:
             raise UserError(f"info: usage `python -m pipeline info --config FILE {'|'.join(INFO)} [...]`")
+        cfg = load_config(args.config, args.overrides, check=False)
         for what in args.what:  # one line each: Make asks for several facts with one Python start
-            print(INFO[what](Path(args.config), args.overrides))
+            print(INFO[what](cfg))
         return
     if not args.config:
         raise UserError("summary: --config configs/<comp>/<exp>.yaml is required (Make: CONFIG=...)")
     # Finished files only: no folds check, no cross-field checks (their torch/sklearn imports would be most of a
     # no-op `make all`'s time); the stages that wrote scores.json checked the same config.
-    cfg = load_config(args.config, args.overrides, cross_check=False)
+    cfg = load_config(args.config, args.overrides, check=False)
     out = paths.for_config(cfg)
     scores = read_json(out.scores)
     folds = scores["folds"]

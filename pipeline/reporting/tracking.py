@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.config import TRACKERS  # noqa: F401 - the tracking key's choices (one list, with the config)
+from pipeline.core.config import TRACKERS, training_fingerprint  # noqa: F401 - TRACKERS: the tracking key's choices
 
 if TYPE_CHECKING:
     import argparse
@@ -152,7 +152,6 @@ class MlflowSink:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         from pipeline.core import paths
-        from pipeline.core.config import TRAINING_SECTIONS, fingerprint
 
         self.cfg, self.out = cfg, paths.for_config(cfg)
         self.client = MlflowClient(mlflow_uri())
@@ -164,7 +163,7 @@ class MlflowSink:
             self.experiment_id = self.client.create_experiment(cfg.comp, artifact_location=location)
         else:
             self.experiment_id = found.experiment_id
-        self.fingerprint = fingerprint(cfg, TRAINING_SECTIONS)
+        self.fingerprint = training_fingerprint(cfg)
 
     def _find(self, tags: dict[str, str]) -> Any:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -328,7 +327,7 @@ def _is_rank_zero() -> bool:
 
 
 def sync_fold(cfg: Config, fold: int) -> None:
-    """A fold's epoch rows (log.csv) and the config to the tracker: train calls this when a fold ends."""
+    """A fold's epoch rows (log.csv) and the config to the tracker: the "fold_trained" event training emits."""
     if cfg.tracking == "none" or not _is_rank_zero():
         return
     if cfg.tracking == "mlflow":
@@ -355,7 +354,7 @@ def _experiments_of(comp: str) -> list[Config]:
     """Every experiment of a competition whose resolved config asks for a tracker (for `scores --comp`)."""
     import yaml
 
-    from pipeline.core.config import Config, _build
+    from pipeline.core.config import Config, build_section
     from pipeline.core.paths import Paths
 
     found = []
@@ -363,10 +362,17 @@ def _experiments_of(comp: str) -> list[Config]:
         try:
             values = yaml.safe_load(path.read_text()) or {}
             if values.get("tracking", "none") != "none":
-                found.append(_build(Config, values, ""))
+                found.append(build_section(Config, values, ""))
         except Exception as exc:  # noqa: BLE001 - an old or odd config must not stop `make scores`
             log.debug("tracking: skipping %s (%s)", path, exc)
     return found
+
+
+def subscribe() -> None:
+    """Hear what stages announce (pipeline.core.events): the command layer calls this before a command runs."""
+    from pipeline.core import events
+
+    events.subscribe("fold_trained", sync_fold)
 
 
 SYNCED_STAGES = ("ensemble", "report", "scores")

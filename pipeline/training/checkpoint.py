@@ -2,7 +2,7 @@
 
 A checkpoint holds everything a run needs to continue exactly where it stopped: model, optimizer,
 scheduler, grad scaler and EMA states, the best epoch's weights, probabilities and score with the
-early-stopping counter (pipeline.training.recipe.BestKeeper), the torch/numpy/python RNG states (mixup draws from
+early-stopping counter (pipeline.training.averaging.BestKeeper), the torch/numpy/python RNG states (mixup draws from
 numpy's), the epoch and the step within it, the per-epoch history and the config fingerprint it was made
 under, with the pseudo-label / distillation sources' identities (pipeline.data.sources.sources_stamp) beside
 it. It is written atomically and loaded with torch.load(weights_only=True): tensors and plain containers only,

@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.core import paths
+from pipeline.core import budget, paths
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
-from pipeline.data import soft_targets
+from pipeline.data import loader, soft_targets
 from pipeline.data.augment import eval_transform, train_transform
 from pipeline.data.cache import cache_for
 from pipeline.data.loader import EpochSampler, ImageDataset, make_loader
 from pipeline.data.sources import sources_stamp
 from pipeline.data.tables import encode_targets, read_csv
-from pipeline.training import budget, distributed, recipe
+from pipeline.training import distributed, optim
 from pipeline.training.distributed import World
 from pipeline.training.model import build_model, check_progressive_sizes, data_config
 from pipeline.training.runtime import seed_everything
@@ -73,10 +73,10 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
         raise UserError(f"{out.folds_csv}: fold {fold} has no training or no validation rows; rebuild folds")
     seed = cfg.train.seed + fold
     seed_everything(seed, cfg.train.deterministic)
-    cfg = budget.resolve_budget(cfg)  # null augmentation strengths -> the budget's (pipeline.training.budget)
+    cfg = budget.resolve_budget(cfg)  # null augmentation strengths -> the budget's (pipeline.core.budget)
     check_progressive_sizes(cfg.model.name, cfg.train.image_size, cfg.train.progressive_sizes)
     model = build_model(cfg.model, cfg.num_classes, image_size=cfg.train.image_size)
-    recipe.prepare_model(model, cfg.train)  # head init scale, frozen BatchNorm
+    optim.prepare_model(model, cfg.train)  # head init scale, frozen BatchNorm
     dcfg = data_config(model, cfg.train.image_size)
     raw = paths.raw_dir(cfg.comp)
     valid_targets = encode_targets(valid_rows["label"], cfg.data)
@@ -86,7 +86,7 @@ def prepare_fold(cfg: Config, fold: int, device: torch.device, fp: str, world: W
                             cache=cache)  # fmt: skip
     valid_ds = ImageDataset(raw, valid_rows["image"], valid_targets, eval_transform(dcfg), cache=cache)
     if cfg.train.sampler == "balanced":
-        sampler = recipe.BalancedEpochSampler(train_targets, seed, drop_last_batch_of=cfg.train.batch_size)
+        sampler = loader.BalancedEpochSampler(train_targets, seed, drop_last_batch_of=cfg.train.batch_size)
     else:
         sampler = EpochSampler(len(train_ds), seed, drop_last_batch_of=cfg.train.batch_size)
     workers = cfg.train.num_workers

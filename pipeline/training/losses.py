@@ -2,11 +2,14 @@
 
 - `auto` (default): cross-entropy (single-label, ordinal), BCE (multi-label), MSE (regression head);
   `cross_entropy` / `bce` name the same losses explicitly (single-label / multi-label only); all three are
-  built by pipeline.training.recipe.build_criterion.
+  built by build_criterion below.
 - `focal`: multi-label, torchvision.ops.sigmoid_focal_loss (train.focal_gamma, train.focal_alpha);
   single-label, the softmax focal loss  -sum_c t_c (1 - p_c)^gamma log p_c, which takes soft targets as is.
 - `asymmetric`: timm's AsymmetricLossMultiLabel (multi-label; soft targets, pos_weight, timm's batchmean) or
   AsymmetricLossSingleLabel (single-label, label smoothing as its eps).
+
+Also here: class weights (`train.class_weights: balanced`) and timm's Mixup/CutMix on a batch (BatchMixer), which
+turns targets soft.
 
 Every loss takes (logits (n, C), targets) where targets are class indices (n,) or soft/0-1 targets (n, C):
 mixup/cutmix (timm.data.Mixup) hand soft targets, label smoothing is applied where targets are hard.
@@ -17,40 +20,16 @@ loss on each row's two largest target classes (the mixed pair), as mixup is appl
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from pipeline.core.errors import ConfigError
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 
-if TYPE_CHECKING:  # torch, timm and torchvision load when a loss is built, not when a config is checked
-    import torch
+from pipeline.core.config import Config, TrainConfig
 
-    from pipeline.core.schema import Config
-
-LOSSES = ("auto", "cross_entropy", "bce", "focal", "asymmetric")
 Loss = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
-
-
-def validate_loss(cfg: Config) -> None:
-    """ConfigError for a loss that cannot train this task/head, or a parameter out of range."""
-    t, task = cfg.train, cfg.data.task
-    if t.loss not in LOSSES:
-        raise ConfigError(f"train.loss: {t.loss!r} is not one of {', '.join(LOSSES)}")
-    if cfg.model.head == "regression" and t.loss != "auto":
-        raise ConfigError(f"train.loss: a regression head trains with MSE; use train.loss: auto, not {t.loss}")
-    if t.loss == "cross_entropy" and task == "multi_label":
-        raise ConfigError("train.loss: cross_entropy is for single-label data; use bce, focal or asymmetric")
-    if t.loss == "bce" and task != "multi_label":
-        raise ConfigError(f"train.loss: bce is for multi-label data; use cross_entropy, focal or asymmetric ({task})")
-    if t.class_weights != "none" and (t.loss == "asymmetric" and task != "multi_label" or
-                                      t.loss == "focal" and task == "multi_label"):  # fmt: skip
-        raise ConfigError(f"train.class_weights: {t.loss} loss on {task} data takes no class weights; use none")
-    for key in ("focal_gamma", "asl_gamma_neg", "asl_gamma_pos"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"train.{key}: must be 0 or more, got {getattr(t, key)}")
-    if t.focal_alpha is not None and not 0 <= t.focal_alpha <= 1:
-        raise ConfigError(f"train.focal_alpha: must be between 0 and 1, or null (off), got {t.focal_alpha}")
-    if not 0 <= t.asl_clip < 1:
-        raise ConfigError(f"train.asl_clip: must be in [0, 1), got {t.asl_clip}")
 
 
 def _soft(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
@@ -118,3 +97,59 @@ def build_loss(cfg: Config, weight: torch.Tensor | None) -> Loss:
                                        pos_weight=weight)  # fmt: skip
         return lambda logits, targets: asl(logits, targets)
     raise ValueError(f"build_loss: {t.loss} is built by recipe.build_criterion")  # a bug, config checked it
+
+
+class BatchMixer:
+    """timm's Mixup/CutMix on a batch; returns float images and soft targets.
+
+    Single-label: timm's one-hot soft targets (with label smoothing). Multi-label: timm's multi_label mode.
+    Regression: the same image mix, with the numeric targets mixed by the same lambda.
+    """
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, task: str, head: str) -> None:
+        self.regression = head == "regression"
+        self.mixup = Mixup(
+            mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob, mode="batch",
+            label_smoothing=0.0 if self.regression else cfg.label_smoothing, num_classes=num_classes,
+            multi_label=task == "multi_label",
+        )  # fmt: skip
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.float()  # pixels may arrive as uint8; timm mixes in place
+        if self.regression or targets.ndim == 2 and not self.mixup.multi_label:
+            # numbers, or dense single-label targets (train.pseudo / soft_labels: already smoothed and weighted),
+            # which timm's single-label mixup_target does not take: the same image mix, targets by the same lambda
+            lam = self.mixup._mix_batch(images)
+            targets = targets.float()
+            return images, targets * lam + targets.flip(0) * (1 - lam)
+        return self.mixup(images, targets)
+
+
+def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Balanced loss weights: n / (C * count_c) per class; multi-label: pos_weight = negatives / positives."""
+    if targets.ndim == 2:
+        positives = targets.sum(axis=0)
+        return torch.tensor((len(targets) - positives) / np.maximum(positives, 1), dtype=torch.float32)
+    counts = np.bincount(targets, minlength=num_classes)
+    return torch.tensor(len(targets) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def build_criterion(cfg: Config, train_targets: np.ndarray, mixing: bool) -> Callable[..., torch.Tensor]:
+    """The loss for the task and head: CE (hard or soft targets), BCE (multi-label) or MSE (regression)."""
+    weight = class_weights(train_targets, cfg.num_classes) if cfg.train.class_weights == "balanced" else None
+    if cfg.train.loss in ("focal", "asymmetric"):
+        return build_loss(cfg, weight)
+    if cfg.model.head == "regression":
+        return lambda logits, targets: F.mse_loss(logits.squeeze(1).float(), targets.float())
+    if cfg.data.task == "multi_label":
+        return torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+    if not mixing:
+        return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
+    if weight is None:
+        return SoftTargetCrossEntropy()
+
+    def weighted_soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        w = weight.to(logits.device)
+        return -(targets * w * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean() / (targets * w).sum(-1).mean()
+
+    return weighted_soft_ce

@@ -26,8 +26,9 @@ from pipeline.core import artifacts, paths
 from pipeline.core.bag import first_member
 from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
 from pipeline.core.errors import UserError
-from pipeline.training import recipe
+from pipeline.training import optim
 from pipeline.training.fold import prepare_fold
+from pipeline.training.losses import BatchMixer, build_criterion
 from pipeline.training.runtime import amp_settings
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,12 @@ def range_test(cfg: Config, device: torch.device, steps: int = STEPS) -> tuple[l
     """(lrs, smoothed losses) of one exponential LR sweep on fold 0's training rows."""
     t = cfg.train
     f = prepare_fold(cfg, 0, device, lr_find_fingerprint(cfg))
-    optimizer = recipe.build_optimizer(f.model, t, START_LR)
-    recipe.set_backbone_frozen(f.model, t.freeze_epochs > 0)
+    optimizer = optim.build_optimizer(f.model, t, START_LR)
+    optim.set_backbone_frozen(f.model, t.freeze_epochs > 0)
     amp = amp_settings(device, t.amp, t.cpu_bf16)
     scaler = torch.amp.GradScaler("cuda", enabled=amp[0] and amp[1] == torch.float16)
-    mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
-    criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
+    mixer = BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
+    criterion = build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
     f.model.train()
     lrs: list[float] = []
     losses: list[float] = []
@@ -70,7 +71,7 @@ def range_test(cfg: Config, device: torch.device, steps: int = STEPS) -> tuple[l
             if not torch.isfinite(loss):
                 return lrs, losses
             scaler.scale(loss).backward()
-            recipe.clip_and_step(optimizer, scaler, f.model.parameters(), t.clip_grad)
+            optim.clip_and_step(optimizer, scaler, f.model.parameters(), t.clip_grad)
             average = SMOOTHING * average + (1 - SMOOTHING) * loss.item()
             smoothed = average / (1 - SMOOTHING ** (len(lrs) + 1))
             lrs.append(lr)

@@ -8,7 +8,6 @@ so offline machines and Kaggle kernels use exactly the code path that online use
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import pickle
 import re
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 
 from pipeline.core.config import ModelConfig
 from pipeline.core.errors import UserError
+from pipeline.data.backbone import check_model_name
 from pipeline.training.weights import hub_reachable
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("device: mps requested but not available; use device=auto")
     return torch.device(name)
-
-
-def check_model_name(name: str) -> None:
-    if name in timm.list_models() or timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise UserError(f"model.name: unknown timm model {name!r}{hint}")
 
 
 def pretrained_kwargs(pretrained: bool | str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.core import artifacts
 from pipeline.core.cli import config_from_args
-from pipeline.core.config import _apply_override, _read_yaml, config_paths, dump_yaml
+from pipeline.core.config import apply_override, config_paths, dump_yaml, read_yaml
 from pipeline.core.errors import UserError
 from pipeline.data import sources
 
@@ -45,8 +45,8 @@ def write_round(config: Path, source: str, name: str, overrides: list[str]) -> P
         raise UserError(f"make pseudo: CONFIG={config} is the competition file; pass an experiment's config")
     if not NAME.fullmatch(name) or name == "competition":
         raise UserError(f"NAME={name!r}: an experiment name of letters, digits, '-', '_' or '.'")
-    values = _read_yaml(config)
-    _apply_override(values, ["train", "pseudo", "from"], source, "train.pseudo.from")
+    values = read_yaml(config)
+    apply_override(values, ["train", "pseudo", "from"], source, "train.pseudo.from")
     cfg = load_config(config, overrides)
     new = dataclasses.replace(cfg, exp=name, train=dataclasses.replace(
         cfg.train, pseudo=dataclasses.replace(cfg.train.pseudo, from_=source)))  # fmt: skip

@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from pipeline.core import paths
 from pipeline.core.bag import first_member, member_config, members
-from pipeline.core.config import TRAINING_SECTIONS, Config, fingerprint
+from pipeline.core.config import Config, training_fingerprint
 from pipeline.core.errors import UserError
 
 REFIT = paths.REFIT
@@ -38,7 +38,7 @@ def saved_epochs(cfg: Config) -> list[int]:
 def _saved_epoch(cfg: Config, fold: int, seed: int | None) -> int:
     """The epoch fold `fold`'s (member `seed`'s) saved weights come from; `cfg` is the member's config."""
     out = paths.for_config(cfg).member(seed)
-    expected = fingerprint(cfg, TRAINING_SECTIONS)
+    expected = training_fingerprint(cfg)
     weights = out.weights(fold)
     if not weights.exists():
         raise UserError(f"{weights} not found; the refit's epoch count comes from the folds: run "

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from pipeline.core.config import Config
-from pipeline.training.recipe import two_hot
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -26,6 +25,17 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
+
+
+def two_hot(values: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(n,) numeric predictions -> (n, C) weights on the two nearest classes whose expectation is the value."""
+    y = values.float().clamp(0, num_classes - 1)
+    low = y.floor().long().clamp(max=num_classes - 2)
+    upper = y - low
+    out = torch.zeros(len(y), num_classes, device=y.device)
+    out.scatter_(1, low[:, None], (1 - upper)[:, None])
+    out.scatter_add_(1, (low + 1)[:, None], upper[:, None])
+    return out
 
 
 def activation_for(task: str, head: str = "classifier", num_classes: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,4 +1,4 @@
-"""train: fine-tune a timm backbone on one fold (or each fold in turn), with the recipe of pipeline.training.recipe.
+"""train: fine-tune a timm backbone on one fold (or each fold in turn), with the recipe in pipeline.training.
 
 Reads data/processed/<comp>/folds.csv and the images under the competition's raw folder; writes, per
 fold, data/runs/<comp>/<exp>/fold<k>/: log.csv (one row per epoch), oof_plain.csv (validation-row
@@ -30,15 +30,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.core import artifacts, paths
+from pipeline.core import artifacts, budget, events, paths
 from pipeline.core.bag import bag_seeds, describe, member_config
-from pipeline.core.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
-from pipeline.core.errors import UserError
+from pipeline.core.config import Config, dump_yaml, to_dict, training_fingerprint
+from pipeline.core.errors import Stopped, UserError
 from pipeline.core.metrics import is_better, score
 from pipeline.core.progress import len_of_batch, progress
 from pipeline.data.sources import sources_stamp
-from pipeline.reporting import tracking
-from pipeline.training import budget, checkpoint, distributed, lr_range, recipe, refit
+from pipeline.training import averaging, checkpoint, distributed, losses, lr_range, optim, refit, schedule
 from pipeline.training.checkpoint import trained_fingerprint, trained_sources
 from pipeline.training.distributed import World
 from pipeline.training.fold import Fold, prepare_fold, set_train_size
@@ -65,10 +64,10 @@ class TrainingState:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: recipe.PhasedScheduler
+    scheduler: schedule.PhasedScheduler
     scaler: torch.amp.GradScaler
     ema: torch.nn.Module | None
-    keeper: recipe.BestKeeper
+    keeper: averaging.BestKeeper
     epoch: int = 0
     step: int = 0  # batches done in the current epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch (log.csv)
@@ -106,7 +105,7 @@ class FoldRun:
     state: TrainingState
     lr: float
     amp: tuple[bool, torch.dtype]
-    mixer: recipe.BatchMixer | None
+    mixer: losses.BatchMixer | None
     criterion: torch.nn.Module
     batches_per_epoch: int
     updates_per_epoch: int
@@ -140,19 +139,19 @@ def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: Worl
     t = cfg.train
     lr = resolve_lr(lr_cfg or cfg, device)
     f = prepare_fold(cfg, fold, device, fp, world, seed)
-    optimizer = recipe.build_optimizer(f.model, t, lr)
+    optimizer = optim.build_optimizer(f.model, t, lr)
     batches_per_epoch = math.ceil(len(f.sampler.order()) / t.batch_size)
     updates_per_epoch = math.ceil(batches_per_epoch / t.accumulate)
     amp = amp_settings(device, t.amp, t.cpu_bf16)
     state = TrainingState(
-        f.model, optimizer, recipe.PhasedScheduler(optimizer, t, lr, updates_per_epoch),
+        f.model, optimizer, schedule.PhasedScheduler(optimizer, t, lr, updates_per_epoch),
         torch.amp.GradScaler("cuda", enabled=amp[0] and amp[1] == torch.float16),
-        recipe.build_ema(f.model, t, updates_per_epoch * t.epochs),
-        recipe.BestKeeper(cfg.metric, t.keep), swa=recipe.build_swa(f.model, t),
+        averaging.build_ema(f.model, t, updates_per_epoch * t.epochs),
+        averaging.BestKeeper(cfg.metric, t.keep), swa=averaging.build_swa(f.model, t),
     )  # fmt: skip
-    mixer = recipe.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
+    mixer = losses.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
     # dense targets (train.pseudo / soft_labels) take the soft-target loss, as mixed batches do
-    criterion = recipe.build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
+    criterion = losses.build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
     return FoldRun(f, state, lr, amp, mixer, criterion, batches_per_epoch, updates_per_epoch)
 
 
@@ -179,8 +178,8 @@ def source_changed(path: Path, fold_dir: Path) -> str:
             f"since); delete {fold_dir} to retrain on the source's new predictions")  # fmt: skip
 
 
-def stopped(run: FoldRun, reason: str | None, where: str) -> checkpoint.Stopped:
-    return checkpoint.Stopped(f"fold {run.f.fold}: stopped ({reason}) {where}; checkpoint {run.checkpoint}; "
+def stopped(run: FoldRun, reason: str | None, where: str) -> Stopped:
+    return Stopped(f"fold {run.f.fold}: stopped ({reason}) {where}; checkpoint {run.checkpoint}; "
                               "re-run the same command to resume")  # fmt: skip
 
 
@@ -196,7 +195,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
                      cfg.train.seed)  # fmt: skip
     cfg = member_config(cfg, seed)  # a member trains as if train.seed were its seed (pipeline.core.bag)
     out = paths.for_config(cfg).member(seed)
-    fp = fingerprint(cfg, TRAINING_SECTIONS)
+    fp = training_fingerprint(cfg)
     weights = out.weights(fold)
     if weights.exists():
         if trained_fingerprint(weights) == fp and trained_sources(weights) != sources_stamp(cfg):
@@ -229,7 +228,7 @@ def train_fold(cfg: Config, fold: int, device: torch.device, world: World = dist
         finish_fold(run.f, state.keeper.probs, state.keeper.weights, facts)
         shutil.rmtree(run.checkpoint.parent, ignore_errors=True)
         if seed is None:  # a bag member's log stays in its folder (the trackers sync folds, not members)
-            tracking.sync_fold(cfg, fold)  # log.csv + config -> the tracker (tracking: none does nothing)
+            events.emit("fold_trained", cfg=cfg, fold=fold)  # trackers sync log.csv + config (tracking: none)
     distributed.barrier(world)
     return weights
 
@@ -238,9 +237,9 @@ def train_one_epoch(run: FoldRun, stop: checkpoint.StopFlag) -> None:
     """The batches of the current epoch from state.step on: forward, backward, update, checkpoints and stops."""
     f, state, t = run.f, run.state, run.f.cfg.train
     frozen = state.epoch < t.freeze_epochs
-    recipe.set_backbone_frozen(f.model, frozen)
+    optim.set_backbone_frozen(f.model, frozen)
     forward = run.forward(frozen)
-    set_train_size(f, recipe.progressive_size(t.progressive_sizes, state.epoch, t.epochs) or f.train_size)
+    set_train_size(f, schedule.progressive_size(t.progressive_sizes, state.epoch, t.epochs) or f.train_size)
     f.model.train()
     if state.step == 0:
         state.scheduler.step_update(state.epoch * run.updates_per_epoch)  # a new phase starts at its own warmup LR
@@ -287,7 +286,7 @@ def train_step(run: FoldRun, forward: torch.nn.Module, images: torch.Tensor, tar
     state.partial["loss"] += value * len(images)
     if state.step % t.accumulate and state.step < run.batches_per_epoch:
         return False
-    recipe.clip_and_step(state.optimizer, state.scaler, f.model.parameters(), t.clip_grad)
+    optim.clip_and_step(state.optimizer, state.scaler, f.model.parameters(), t.clip_grad)
     updates = state.epoch * run.updates_per_epoch + math.ceil(state.step / t.accumulate)
     state.scheduler.step_update(updates)
     if state.ema is not None:
@@ -300,7 +299,7 @@ def end_epoch(run: FoldRun, row: dict[str, Any]) -> None:
     f, state, cfg = run.f, run.state, run.f.cfg
     partial = state.partial
     row.update({
-        "train_loss": partial["loss"] / max(partial["seen"], 1), "lr": recipe.head_lr(state.optimizer),
+        "train_loss": partial["loss"] / max(partial["seen"], 1), "lr": optim.head_lr(state.optimizer),
         "seconds": round(partial["seconds"], 2),
         "train_images_per_s": round(partial["seen"] / max(partial["seconds"], 1e-9), 1),
     })  # fmt: skip
@@ -312,7 +311,7 @@ def end_epoch(run: FoldRun, row: dict[str, Any]) -> None:
     warn_if_starved(f, row, partial)
     if f.world.is_main:
         artifacts.write_csv(f.out.train_log(f.fold), pd.DataFrame(state.history))
-    if recipe.swa_takes(state.epoch + 1, cfg.train):
+    if averaging.swa_takes(state.epoch + 1, cfg.train):
         state.swa.update_parameters(f.model)  # before the checkpoint, so a resumed run averages each epoch once
     state.epoch, state.step, state.partial = state.epoch + 1, 0, fresh_partial()
     run.save()
@@ -330,12 +329,12 @@ def apply_swa(run: FoldRun) -> dict[str, Any] | None:
         return None
     keeper, t = state.keeper, f.cfg.train
     f.sampler.set_epoch(state.epoch, skip=0)
-    model = recipe.swa_finish(state.swa, f.train_loader, f.device, t)
+    model = averaging.swa_finish(state.swa, f.train_loader, f.device, t)
     probs = predict_probs(model, f.valid_loader, f.device, output_activation(f.cfg), run.amp)
     finite = bool(np.isfinite(probs).all())
     value = score(metric, f.valid_targets, probs) if finite else float("nan")
     kept_value = score(metric, f.valid_targets, keeper.probs)
-    kept = finite and recipe.swa_wins(metric, value, kept_value)
+    kept = finite and averaging.swa_wins(metric, value, kept_value)
     facts = {"epochs": [t.epochs - t.swa.epochs + 1, state.epoch], "averaged": int(state.swa.n_averaged),
              f"valid_{metric}": value, f"valid_{metric}_kept_epoch": kept_value, "kept": kept}  # fmt: skip
     log.info("fold %d: SWA of epochs %d-%d: valid %s %.4f vs %.4f for epoch %d (%s weights): %s", f.fold,
@@ -357,8 +356,8 @@ def diverged(f: Fold, where: str, lr: float | None) -> UserError:
 
 
 def evaluate(
-    f: Fold, keeper: recipe.BestKeeper, ema: torch.nn.Module | None, activation: Callable[[torch.Tensor], torch.Tensor],
-    amp: tuple[bool, torch.dtype], epoch: int,
+    f: Fold, keeper: averaging.BestKeeper, ema: torch.nn.Module | None,
+    activation: Callable[[torch.Tensor], torch.Tensor], amp: tuple[bool, torch.dtype], epoch: int,
 ) -> dict[str, Any]:  # fmt: skip
     """Score the raw weights and the EMA's; offer the keeper the EMA's unless the raw weights scored better."""
     metric = f.cfg.metric

@@ -17,7 +17,6 @@ validation rows (oof_plain.csv), maximised or minimised as pipeline.core.metrics
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import shutil
@@ -33,14 +32,15 @@ import yaml
 from pipeline.core import artifacts, paths
 from pipeline.core.config import (
     Config,
-    _apply_override,
-    _read_yaml,
+    apply_override,
     config_paths,
     dump_yaml,
     load_config,
     parse_override,
+    read_yaml,
 )
 from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.locks import exclusive
 from pipeline.tuning.sweep_results import write_results
 from pipeline.tuning.sweep_spec import SweepSpec, check_against_config, load_spec
 
@@ -74,12 +74,12 @@ def sweep_for(args: argparse.Namespace) -> tuple[Config, SweepSpec]:
 
 def trial_values(base_config: Path, overrides: list[str], spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
     """The trial's experiment yaml: the base experiment's own keys, then SET, the sample size, the trial's params."""
-    values = _read_yaml(base_config) if config_paths(base_config)[2] else {}
+    values = read_yaml(base_config) if config_paths(base_config)[2] else {}
     settings = [*overrides, *([f"sample={spec.sample}"] if spec.sample else [])]
     settings += [f"{key}={json.dumps(value)}" for key, value in params.items()]
     for text in settings:
         parts, value = parse_override(text)
-        _apply_override(values, parts, value, text)
+        apply_override(values, parts, value, text)
     return values
 
 
@@ -134,6 +134,17 @@ def _last_error(log_file: Path) -> str:
     lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
     errors = [line for line in lines if line.startswith("error:")]
     return errors[-1] if errors else (lines[-1] if lines else "no output")
+
+
+def make_folds(config: Path, settings: list[str]) -> None:
+    """The folds the trials train on, made as the trials themselves run: `python -m pipeline folds` in a subprocess."""
+    command = [sys.executable, "-m", "pipeline", "folds", "--config", str(config)]
+    done = subprocess.run(
+        [*command, *(["--set", " ".join(settings)] if settings else [])], capture_output=True, text=True
+    )
+    if done.returncode:
+        lines = done.stderr.strip().splitlines()
+        raise UserError(lines[-1].removeprefix("error: ") if lines else f"sweep: `folds` exited {done.returncode}")
 
 
 def watch(trial: Any, process: subprocess.Popen, log_csv: Path, metric: str) -> None:
@@ -281,10 +292,10 @@ def best_config(cfg: Config, spec: SweepSpec, args: argparse.Namespace) -> Path:
         best = study.best_trial
     except ValueError:
         raise UserError(f"sweep {spec.name}: no trial has completed yet; run `make sweep` first") from None
-    values = _read_yaml(Path(args.config)) if config_paths(Path(args.config))[2] else {}
+    values = read_yaml(Path(args.config)) if config_paths(Path(args.config))[2] else {}
     for key, value in best.params.items():
-        _apply_override(values, key.split("."), value, key)
-    path = paths.configs_dir(cfg.comp) / f"{spec.name}-best.yaml"
+        apply_override(values, key.split("."), value, key)
+    path = paths.experiment_config(cfg.comp, f"{spec.name}-best")
     where = f"fold {spec.fold}" + (f", sample {spec.sample}" if spec.sample else "")
     header = f"# Best trial ({best.number}, validation {cfg.metric} {best.value:.4f} on {where}) of sweep {spec.path}"
     header += f" over {args.config}.\n"
@@ -302,20 +313,13 @@ def run(args: argparse.Namespace) -> None:
         path = best_config(cfg, spec, args)
         print(f"best trial -> {path}\nfull CV: make all CONFIG={path.relative_to(paths.project_root())}")
         return
-    out.sweep_dir(spec.name).mkdir(parents=True, exist_ok=True)
-    with open(out.sweep_dir(spec.name) / ".lock", "w") as lock:
-        try:  # released by the OS when this process dies, even by SIGKILL
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another sweep {spec.name} is running ({out.sweep_dir(spec.name)})") from None
+    with exclusive(out.sweep_lock(spec.name), f"sweep {spec.name}", "sweep"):  # released even on SIGKILL
         study = open_study(cfg, spec, args)
         if retried := retry_interrupted(study):
             log.info("sweep %s: resuming; %d interrupted trial(s) run again with their parameters", spec.name, retried)
         settings = [*args.overrides, *([f"sample={spec.sample}"] if spec.sample else [])]
         if not paths.for_config(load_config(args.config, settings)).folds_csv.exists():
-            from pipeline.api import run_stage
-
-            run_stage("folds", ["--config", str(args.config), *(["--set", " ".join(settings)] if settings else [])])
+            make_folds(args.config, settings)
         optimize(study, cfg, spec, args)
         table = write_results(study, cfg, spec)
     print(table.drop(columns=["run"]).to_string(index=False, na_rep=""))

@@ -140,12 +140,12 @@ def parse_prune(value: Any, where: str) -> dict[str, int] | None:
 
 def load_spec(path: Path | str, default_name: str) -> SweepSpec:
     """Read and check sweep.yaml (shape, types, budgets); `check_against_config` checks the keys' values."""
-    from pipeline.core.config import _read_yaml
+    from pipeline.core.config import read_yaml
 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"sweep file {path} not found; write one (see README: Sweeps) and pass SWEEP=<file>")
-    values = _read_yaml(path)
+    values = read_yaml(path)
     where = str(path)
     unknown = sorted(set(values) - set(KEYS))
     if unknown:

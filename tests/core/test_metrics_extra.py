@@ -14,7 +14,7 @@ from pipeline.core.config import DataConfig
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.metrics import canonical, check_task, goodness, higher_is_better, is_better, score
 from pipeline.inference.submission import format_submission
-from pipeline.training.recipe import fit_thresholds
+from pipeline.inference.thresholds import fit_thresholds
 
 RNG = np.random.default_rng(0)
 Y = RNG.integers(0, 4, 60)

@@ -86,6 +86,7 @@ def test_tta_decodes_each_image_once(images, decode_counter) -> None:
     assert len(decode_counter) == len(names)  # four views, one decode per image
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_data_wait_warning_fires_when_the_loader_is_slowed(project: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
     import time
 

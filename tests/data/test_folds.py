@@ -71,7 +71,7 @@ def test_cli_folds_byte_identical_and_skips(competition, project: Path) -> None:
 
 
 def test_layouts_write_normal_form(tmp_path: Path) -> None:
-    from pipeline.data.init import infer_data
+    from pipeline.data.layout import infer_data
     from pipeline.data.tables import read_train_table
 
     raw = write_competition(tmp_path / "c", "onehot_multi")

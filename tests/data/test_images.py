@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from helpers.builders import tiny_experiment
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.data.tables import load_image
-from test_chain import run_chain, write_competition_yaml
 
 RED = (220, 30, 30)
 
@@ -161,6 +161,7 @@ def test_a_very_large_image_decodes(tmp_path: Path) -> None:
     assert pixels.shape == (height, width, 3) and pixels.dtype == np.uint8 and pixels[-1, -1, 0] == 200
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_chain_over_every_unusual_kind(project: Path, capsys: pytest.CaptureFixture) -> None:
     """Train, predict and submit on a competition whose images (train and test) cycle through every kind."""
     write_competition_yaml(project, "csv")

@@ -9,7 +9,7 @@ import yaml
 
 from helpers.builders import LAYOUTS, run_cli, write_competition
 from pipeline.core.errors import UserError
-from pipeline.data.init import infer_data
+from pipeline.data.layout import infer_data
 
 # layout -> (train_csv, id_column, label_column, label_columns?, task, image_ext, train_dir, test_dir, format, metric)
 EXPECTED = {

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from helpers.builders import REPO, run_main, tiny_experiment
-from test_chain import run_chain, write_competition_yaml
+from helpers.chain import run_chain, write_competition_yaml
 
 ODD_IDS = ["NA", "null", "None", "nan", "NaN", "-nan"]
 
@@ -25,6 +25,7 @@ def rename_ids(raw: Path, csv: str, folder: str, new_ids: list[str], column: str
     frame.to_csv(raw / csv, index=False)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_ids_pandas_reads_as_missing_and_a_blank_target_make_a_correct_submission(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -45,7 +46,7 @@ def test_ids_pandas_reads_as_missing_and_a_blank_target_make_a_correct_submissio
 
 # Readers of files the pipeline itself writes with numbers only (training logs), where NA parsing cannot bite.
 # The pipeline's own numeric tables (training logs, the leaderboard cache), never a competition's CSV.
-OWN_NUMERIC_TABLES = {"report.py": 1, "api.py": 1, "recipe.py": 1, "sweep.py": 1, "tracking.py": 2,
+OWN_NUMERIC_TABLES = {"report.py": 1, "api.py": 1, "averaging.py": 1, "sweep.py": 1, "tracking.py": 2,
                       "recipe_bench.py": 1}  # fmt: skip
 
 
@@ -142,6 +143,7 @@ def test_a_full_disk_is_one_error_naming_the_file_and_the_space_needed(tmp_path:
     assert not path.exists() and not list(path.parent.iterdir()), "a temp file (or the link) was left behind"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_file_size_limit_while_building_the_cache_and_training_is_one_line(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -258,6 +260,7 @@ def test_pixel_values_no_scale_can_hold_are_refused_naming_the_file(tmp_path: Pa
         load_image(path)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_model_built_for_224_px_trains_and_predicts_at_32(project: Path, capsys: pytest.CaptureFixture) -> None:
     """vit_tiny_patch16_224 has a fixed input size: timm builds it for train.image_size (img_size) instead of
     failing at the first forward."""
@@ -279,6 +282,7 @@ def test_a_colon_in_a_zip_entry_name_is_not_an_absolute_path(name: str, reason: 
     assert download.unsafe_reason(zipfile.ZipInfo(name)) == reason
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_second_run_of_the_same_fold_says_who_holds_it(project: Path, capsys: pytest.CaptureFixture) -> None:
     import socket
     import subprocess

@@ -151,7 +151,7 @@ def write_competition_config(project: Path, layout: str = "csv", comp: str = "to
     """data/raw/<comp>/ with a tiny competition and configs/<comp>/competition.yaml as init infers it."""
     import yaml
 
-    from pipeline.data.init import infer_data
+    from pipeline.data.layout import infer_data
 
     raw = write_competition(project / "data" / "raw" / comp, layout, n_train=n_train, n_test=n_test)
     data, metric, _ = infer_data(raw)

@@ -10,8 +10,16 @@ with HTTP status N, which is what kagglesdk turns into requests.HTTPError. Blobs
 uploads) are served by this server too, under /blobs/ and /uploads/. No pytest import: usable from any script.
 
 Datasets and kernels (kaggle-push): StartBlobUpload hands out an upload URL per file (the file's name is only sent
-here; CreateDataset/CreateDatasetVersion then list the upload tokens), GetDatasetStatus answers 404 for an unknown
-dataset, and SaveKernel reports unknown dataset or competition sources in its answer, as Kaggle does.
+here; CreateDataset/CreateDatasetVersion then list the upload tokens), and SaveKernel reports unknown dataset, model
+or competition sources in its answer, as Kaggle does. As Kaggle does, a dataset or kernel the caller cannot see
+answers 403, not 404, and that includes one that does not exist yet. A file named in `fail_uploads` has its upload
+PUT refused: the client gives up on it (`_upload_blob` returns None), prints nothing when quiet, and creates the
+version without it. ListDatasetFiles lists a version's files (name, totalBytes). GetKernelSessionStatus carries no
+version: right after SaveKernel it still answers the previous run's status for `kernel_stale_polls` calls.
+ListKernels gives a kernel's currentVersionNumber and lastRunTime (when its latest run started). Models
+(CreateModel, CreateModelInstance, CreateModelInstanceVersion, GetModel, GetModelInstance), the accelerator quota
+(GetAcceleratorQuotaStatistics), the public leaderboard (GetLeaderboard, `Competition.leaderboard`) and the kernel
+log stream (GET /api/v1/kernels/logs/stream/<owner>/<slug>: the latest run's log as a JSON array) are served too.
 
 Requests are matched by service and method (`competitions.CompetitionApiService`/`ListSubmissions`). What today's
 Kaggle does that the pipeline waits on is simulated step by step, one step per status call: a submission is PENDING
@@ -69,6 +77,7 @@ class Competition:
     public_score: str = "0.875"
     error_description: str | None = None  # set: scoring ends in ERROR with this description
     repeat_pages: bool = False  # ListSubmissions ignores the page asked for (a server bug the client must survive)
+    leaderboard: list[tuple[str, str]] = field(default_factory=list)  # (team name, public score), best first
 
     def zip_bytes(self) -> bytes:
         return self.blob if self.blob is not None else make_zip(self.files)
@@ -111,6 +120,16 @@ class KernelRun:
     failure: str = ""
     output: dict[str, bytes] = field(default_factory=dict)
     log: str = ""
+    stale: int = 0  # status calls that still answer the previous run's last status
+    started: str = ""  # ISO time the run left the queue's stale answers (ListKernels' lastRunTime)
+
+
+@dataclass
+class Model:
+    """A Kaggle Model as the fake holds it: its instances' versions, each a dict file name -> bytes."""
+
+    ref: str  # owner/slug
+    instances: dict[str, list[dict[str, bytes]]] = field(default_factory=dict)  # "<framework>/<slug>" -> versions
 
 
 @dataclass
@@ -142,10 +161,15 @@ class FakeKaggle:
         self.runs: dict[str, list[KernelRun]] = {}  # "owner/slug" -> its versions' sessions
         self.kernel_outcome = "COMPLETE"  # how the next pushed version's run ends: COMPLETE or ERROR
         self.kernel_output = b"id,label\nc,dog\nd,cat\n"  # the submission.csv a completed run leaves
+        self.kernel_output_name = "submission.csv"  # the name a completed run gives it
         self.faults: list[Fault] = []
         self.dataset_version_lag = 0  # GetDataset calls before a new dataset version's number shows
         self.blob_host: FakeKaggle | None = None  # when set, blob downloads are redirected to it
         self.upload_status = 200  # what the PUT to createUrl answers; not 200/201 makes the client's upload fail
+        self.fail_uploads: set[str] = set()  # file names whose upload PUT is refused (400): the client skips them
+        self.kernel_stale_polls = 0  # status calls after SaveKernel that still answer the previous run's status
+        self.models: dict[str, Model] = {}  # "owner/slug" -> Model
+        self.gpu_quota_hours = (0.0, 30.0)  # GetAcceleratorQuotaStatistics: (used, allowed) this week
         self.die_after_bytes: int | None = None  # blob GET: send this many body bytes, then the server dies
         self.dead = False
         self._lock = threading.Lock()
@@ -276,8 +300,16 @@ class FakeKaggle:
             return 200, {"competitions": found, "nextPageToken": ""}, {}
         if service == "kernels.KernelsApiService" and method in ("GetKernelSessionStatus", "ListKernelSessionOutput"):
             return self.api_kernel_session(method, body)
+        if method == "ListKernels":
+            return self.list_kernels(body)
+        if method == "GetAcceleratorQuotaStatistics":
+            used, allowed = self.gpu_quota_hours
+            quota = {"timeUsed": f"{used * 3600:.0f}s", "totalTimeAllowed": f"{allowed * 3600:.0f}s"}
+            return 200, {"quotaRefreshTime": "2099-01-05T00:00:00Z", "gpuQuota": quota}, {}
+        if service == "models.ModelApiService":
+            return self.api_models(method, body, host)
         if method in ("StartBlobUpload", "GetDatasetStatus", "CreateDataset", "CreateDatasetVersion", "SaveKernel",
-                      "GetDataset"):  # fmt: skip
+                      "GetDataset", "ListDatasetFiles"):  # fmt: skip
             return self.api_datasets_kernels(method, body, host)
         slug = body.get("competitionName", "")
         competition = self.competitions.get(slug)
@@ -318,6 +350,17 @@ class FakeKaggle:
             chunk = competition.submissions[(page - 1) * size : page * size]
             shown = [{k: v for k, v in item.items() if not k.startswith("_")} for item in chunk]
             return 200, {"submissions": shown, "nextPageToken": ""}, {}
+        if method == "GetLeaderboard":
+            rows = [{"teamId": i + 1, "teamName": name, "submissionDate": "2024-01-02T03:04:05Z", "score": score}
+                    for i, (name, score) in enumerate(competition.leaderboard)]  # fmt: skip
+            size = int(body.get("pageSize") or 20)
+            start = int(body.get("pageToken") or 0)
+            more = start + size < len(rows)
+            return (
+                200,
+                {"submissions": rows[start : start + size], "nextPageToken": str(start + size) if more else ""},
+                {},
+            )
         if method == "GetSubmissionLimits":
             used = len(competition.submissions)
             left = max(competition.max_daily - used, 0)
@@ -366,9 +409,14 @@ class FakeKaggle:
         ref = f"{body.get('userName', '')}/{body.get('kernelSlug', '')}"
         runs = self.runs.get(ref)
         if not runs:
-            return _error(404, f"Kernel '{ref}' not found")
+            return _error(403, f"Permission 'kernels.get' was denied for '{ref}'")
         run = runs[-1]  # the latest version's session, as the client asks without a version
         if method == "GetKernelSessionStatus":
+            if run.stale > 0 and len(runs) > 1:  # Kaggle still answers the previous run's last status
+                run.stale -= 1
+                previous = runs[-2]
+                return 200, {"status": previous.steps[0], "failureMessage": previous.failure}, {}
+            run.started = run.started or _now()
             status = run.steps[0]
             if len(run.steps) > 1:
                 run.steps.pop(0)
@@ -377,6 +425,81 @@ class FakeKaggle:
         files = [{"fileName": name, "url": f"http://{host}/blobs/kernels/{ref}/{run.version}/{name}"}
                  for name in run.output] if run.steps[0] == "COMPLETE" else []  # fmt: skip
         return 200, {"files": files, "log": run.log, "nextPageToken": ""}, {}
+
+    def list_kernels(self, body: dict[str, Any]) -> tuple[int, Any, dict]:
+        """ListKernels: the caller's kernels matching `search`, with their current version and last run's start."""
+        kernels = []
+        for ref, saved in self.kernels.items():
+            if body.get("search", "") not in ref or (body.get("user") and not ref.startswith(f"{body['user']}/")):
+                continue
+            started = [r.started for r in self.runs.get(ref, []) if r.started]
+            kernels.append(
+                {
+                    "ref": ref,
+                    "title": saved[-1].get("newTitle", ""),
+                    "slug": ref.split("/")[1],
+                    "currentVersionNumber": len(saved),
+                    **({"lastRunTime": started[-1]} if started else {}),
+                }
+            )
+        return 200, {"kernels": kernels, "nextPageToken": ""}, {}
+
+    def stream_log(self, path: str) -> bytes | None:
+        """GET /api/v1/kernels/logs/stream/<owner>/<slug>: the latest run's log, a JSON list (a finished session)."""
+        ref = path.rsplit("/", 2)
+        runs = self.runs.get(f"{ref[-2]}/{ref[-1]}")
+        if not runs:
+            return None
+        run = runs[-1]
+        while len(run.steps) > 1:  # the stream ends when the session does
+            run.started = run.started or _now()
+            run.stale = 0
+            run.steps.pop(0)
+        return run.log.encode()
+
+    def api_models(self, method: str, body: dict[str, Any], host: str) -> tuple[int, Any, dict]:
+        """Kaggle Models: create a model, an instance (its first version), further versions; look them up."""
+        ref = f"{body.get('ownerSlug', '')}/{body.get('modelSlug') or body.get('slug') or ''}"
+        model = self.models.get(ref)
+        if method in ("GetModel", "GetModelInstance"):
+            if model is None:
+                return _error(403, f"Permission 'models.get' was denied for '{ref}'")
+            if method == "GetModel":
+                return 200, {"ref": ref, "title": ref.split("/")[1]}, {}
+            instance = f"{body.get('framework', '')}/{body.get('instanceSlug', '')}".lower()
+            if instance not in model.instances:
+                return _error(403, f"Permission 'models.get' was denied for '{ref}/{instance}'")
+            versions = model.instances[instance]
+            return 200, {"slug": body.get("instanceSlug"), "versionNumber": len(versions)}, {}
+        if body.get("ownerSlug") != self.username:
+            return _error(403, f"'{self.username}' may not write models of '{body.get('ownerSlug')}'")
+        if method == "CreateModel":
+            if model is not None:
+                return 200, {"error": f"Model {ref} already exists"}, {}
+            self.models[ref] = Model(ref)
+            return 200, {"ref": ref, "url": f"https://www.kaggle.com/models/{ref}"}, {}
+        if model is None:
+            return _error(403, f"Permission 'models.get' was denied for '{ref}'")
+        instance_body = body.get("instance") or body.get("body") or {}
+        files = {}
+        for entry in instance_body.get("files") or []:
+            token = entry.get("token", "")
+            if token not in self.blob_names:
+                return _error(400, f"Unknown blob token '{token}'")
+            files[self.blob_names[token]] = self.uploads[token]
+        framework = str(instance_body.get("framework") or body.get("framework") or "").lower()
+        slug = instance_body.get("instanceSlug") or body.get("instanceSlug") or ""
+        instance = f"{framework.removeprefix('model_framework_')}/{slug}"
+        if method == "CreateModelInstance":
+            if instance in model.instances:
+                return 200, {"error": f"Instance {instance} already exists"}, {}
+            model.instances[instance] = [files]
+        else:  # CreateModelInstanceVersion
+            if instance not in model.instances:
+                return _error(403, f"Permission 'models.get' was denied for '{ref}/{instance}'")
+            model.instances[instance].append(files)
+        number = len(model.instances[instance])
+        return 200, {"ref": f"{ref}/{instance}/{number}", "url": f"https://www.kaggle.com/models/{ref}"}, {}
 
     def api_datasets_kernels(self, method: str, body: dict[str, Any], host: str) -> tuple[int, Any, dict]:
         """kaggle-push's calls: blob uploads, dataset create/version/status, kernel save."""
@@ -389,13 +512,26 @@ class FakeKaggle:
             return self.save_kernel(body)
         ref = f"{body.get('ownerSlug', '')}/{body.get('datasetSlug') or body.get('slug') or ''}"
         dataset = self.datasets.get(ref)
+        if method in ("GetDatasetStatus", "GetDataset", "ListDatasetFiles") and dataset is None:
+            # Kaggle answers 403, not 404, for a dataset the caller cannot see, one that does not exist included
+            return _error(403, f"Permission 'datasets.get' was denied for '{ref}'")
         if method == "GetDatasetStatus":
-            if dataset is None:
-                return _error(404, f"Dataset '{ref}' not found")
             return 200, {"status": dataset.status}, {}
+        if method == "ListDatasetFiles":
+            number = int(body.get("datasetVersionNumber") or len(dataset.versions))
+            if not 1 <= number <= len(dataset.versions):
+                return _error(403, f"Permission 'datasets.get' was denied for '{ref}/{number}'")
+            files = [{"name": name, "totalBytes": len(data), "creationDate": "2024-01-01T00:00:00Z"}
+                     for name, data in sorted(dataset.versions[number - 1].items())]  # fmt: skip
+            size = int(body.get("pageSize") or 20)
+            start = int(body.get("pageToken") or 0)
+            more = start + size < len(files)
+            return (
+                200,
+                {"datasetFiles": files[start : start + size], "nextPageToken": str(start + size) if more else ""},
+                {},
+            )
         if method == "GetDataset":
-            if dataset is None:
-                return _error(404, f"Dataset '{ref}' not found")
             if dataset.lag_left > 0:
                 dataset.lag_left -= 1
             else:
@@ -419,7 +555,7 @@ class FakeKaggle:
             self.datasets[ref].lag_left = self.dataset_version_lag
         else:  # CreateDatasetVersion
             if dataset is None:
-                return _error(404, f"Dataset '{ref}' not found")
+                return _error(403, f"Permission 'datasets.get' was denied for '{ref}'")
             dataset.versions.append(files)
             dataset.notes.append((body.get("body") or {}).get("versionNotes", ""))
             dataset.lag_left = dataset.version_lag
@@ -434,19 +570,34 @@ class FakeKaggle:
         ok = self.kernel_outcome == "COMPLETE"
         self.runs.setdefault(ref, []).append(KernelRun(
             version, ["QUEUED", "RUNNING", self.kernel_outcome], "" if ok else "Your notebook hit an error",
-            {"submission.csv": self.kernel_output} if ok else {},
+            {self.kernel_output_name: self.kernel_output} if ok else {},
             json.dumps([{"stream_name": "stderr", "time": 1.0, "data": f"log line {i}\n"} for i in range(30)]
                        + ([] if ok else [{"stream_name": "stderr", "time": 2.0, "data": "error: boom\n"}])),
+            stale=self.kernel_stale_polls,
         ))  # fmt: skip
         datasets, competitions = body.get("datasetDataSources", []), body.get("competitionDataSources", [])
         answer = {
             "ref": f"/code/{ref}",
             "url": f"https://www.kaggle.com/code/{ref}",
             "versionNumber": len(self.kernels[ref]),
-            "invalidDatasetSources": [d for d in datasets if d not in self.datasets],
+            "invalidDatasetSources": [d for d in datasets if not self.has_dataset(d)],
             "invalidCompetitionSources": [c for c in competitions if c not in self.competitions],
+            "invalidModelSources": [m for m in body.get("modelDataSources", []) if not self.has_model_version(m)],
         }
         return 200, answer, {}
+
+    def has_dataset(self, source: str) -> bool:
+        """`owner/slug` or a pinned `owner/slug/N` names a dataset (version) that exists."""
+        owner, slug, *version = source.split("/")
+        dataset = self.datasets.get(f"{owner}/{slug}")
+        return dataset is not None and (not version or 1 <= int(version[0]) <= len(dataset.versions))
+
+    def has_model_version(self, source: str) -> bool:
+        """`owner/model/framework/instance/N` names an existing version of a Model instance."""
+        owner, slug, framework, instance, number = source.split("/")
+        model = self.models.get(f"{owner}/{slug}")
+        versions = model.instances.get(f"{framework.lower()}/{instance}", []) if model is not None else []
+        return 1 <= int(number) <= len(versions)
 
     def blob(self, path: str) -> bytes | None:
         """The bytes at a /blobs/ path, or None."""
@@ -463,6 +614,10 @@ class FakeKaggle:
         if competition is not None and name in competition.files:
             return competition.files[name]
         return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
 
 def _error(code: int, message: str) -> tuple[int, Any, dict]:
@@ -565,6 +720,16 @@ def _handler_for(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
                 self._relay(host, path)  # not recorded here: the blob host records it
                 return
             seen = self._seen(b"")
+            if path.startswith(API + "kernels/logs/stream/"):
+                if not fake.authorised(seen.headers):
+                    self._send(401, b'{"code": 401, "message": "Unauthenticated"}')
+                    return
+                log = fake.stream_log(path)
+                if log is None:
+                    self._send(403, b'{"code": 403, "message": "Permission \'kernels.get\' was denied"}')
+                    return
+                self._send(200, log, {"Content-Type": "application/json"})
+                return
             data = fake.blob(path) if path.startswith("/blobs/") else None
             if data is None:
                 self._send(404, b"no such blob")
@@ -604,6 +769,15 @@ def _handler_for(fake: FakeKaggle) -> type[BaseHTTPRequestHandler]:
             token = path.rsplit("/", 1)[-1]
             if not path.startswith("/uploads/") or token not in fake.uploads:
                 self._send(404, b"no such upload")
+                return
+            if fake.blob_names.get(token) in fake.fail_uploads:
+                self._send(400, b"upload refused")  # not resumable: the client gives up on this file
+                return
+            wanted = self.headers.get("Content-Range", "")
+            if wanted.startswith("bytes */"):  # the client asks how much of a resumed upload arrived
+                size = int(wanted[len("bytes */") :])
+                done = size > 0 and len(fake.uploads[token]) == size
+                self._send(200 if done else 308, b"")
                 return
             if fake.upload_status in (200, 201):
                 fake.uploads[token] = body

@@ -158,3 +158,36 @@ def test_fitted_weights_move_on_a_step_metric(project: Path) -> None:
     assert weights[0] > 0.8
     greedy = blend_module.greedy_weights(stack, targets, "accuracy", "single_label")
     assert greedy[0] > greedy[1]
+
+
+@pytest.mark.parametrize("taken", ["config", "run"])
+def test_a_blend_named_like_an_experiment_is_refused_before_it_writes(project: Path, capsys, taken: str) -> None:
+    """blend.yaml's name is the blend's submission file: an experiment's name would overwrite its submission."""
+    build(project)
+    (project / "configs/toy/blend.yaml").write_text(yaml.safe_dump({"name": "left", "experiments": ["left", "right"]}))
+    if taken == "config":
+        (project / "configs/toy/left.yaml").write_text("train:\n  epochs: 1\n")
+    else:
+        (project / "data/runs/toy/left/scores.json").write_text("{}")
+    submission = project / "submissions/toy/left.csv"
+    submission.parent.mkdir(parents=True)
+    submission.write_text("id,label\nt1,a\n")
+    result = run_main(capsys, "blend", "--comp", "toy")
+    assert result.returncode == 2 and "name 'left' is an experiment's" in result.stderr
+    assert result.stderr.count("\n") == 1 and "give the blend its own name" in result.stderr
+    assert submission.read_text() == "id,label\nt1,a\n"  # the experiment's submission is untouched
+    assert not (project / "data/runs/toy/blend/left").exists()
+
+
+def test_a_blend_submission_follows_the_sample_column_order(project: Path, capsys) -> None:
+    """A sample_submission whose id column is not first: the blend's submission has the sample's order."""
+    build(project)
+    write_blend(project, "mean")
+    raw = project / "data/raw/toy"
+    raw.mkdir(parents=True)
+    (raw / "sample_submission.csv").write_text("label,id\na,t1\na,t2\n")
+    result = run_main(capsys, "blend", "--comp", "toy")
+    assert result.returncode == 0, result.stderr
+    submission = pd.read_csv(project / "submissions/toy/duo.csv")
+    assert list(submission.columns) == ["label", "id"] and list(submission["id"]) == ["t1", "t2"]
+    assert list(submission["label"]) == ["a", "b"]  # test rows: t1 leans a, t2 leans b in both members

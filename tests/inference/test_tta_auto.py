@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from helpers.builders import run_main, tiny_experiment
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.core.metrics import score
 from pipeline.inference.tta_auto import choose_views
-from test_chain import run_chain, write_competition_yaml
 
 
 def test_a_view_built_to_hurt_is_dropped() -> None:
@@ -48,6 +48,7 @@ def test_no_gain_means_no_tta() -> None:
     assert choice["chosen"] == ["identity"]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_auto_through_the_chain(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, tta={"views": "auto"})
@@ -74,12 +75,13 @@ def test_auto_through_the_chain(project: Path, capsys: pytest.CaptureFixture) ->
     assert "TTA " + "+".join(auto["chosen"]) in page and "a+u+t+o" not in page
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_auto_bundle_kernel_scores_the_views_it_predicts(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Kernel fits CV (and thresholds) on the bundled OOF: those must hold the views its test predictions use."""
+    from pipeline.commands import kernel_predict as kernel
     from pipeline.core import paths
-    from pipeline.kaggle import kernel_predict as kernel
 
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, tta={"views": "auto"})

@@ -1,7 +1,7 @@
 """make kaggle-bundle BLEND=<name>: a whole blend in the Kaggle Kernel, on a real tiny competition.
 
 Two members with their own configs (image size, TTA views) are trained, predicted, ensembled and blended once per
-module. The blend's bundle is then run by the Kernel's own code (pipeline.kaggle.kernel_predict.run_blend) against
+module. The blend's bundle is then run by the Kernel's own code (pipeline.commands.kernel_predict.run_blend) against
 simulated /kaggle/input and /kaggle/working folders: it must blend to the local blend's probabilities and write
 its submission. Refusals and kaggle-push run on copies or against tests/helpers/fake_kaggle.py.
 """
@@ -72,6 +72,7 @@ def dataset_of(root: Path, name: str) -> Path:
     return root / f"data/runs/{COMP}/blend/{name}/kaggle-bundle/dataset"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_blend_bundle_holds_each_member_bundle_and_the_blends_weights(project: Path) -> None:
     dataset = dataset_of(project, "forced")
     manifest = json.loads((dataset / "bundle.json").read_text())
@@ -94,11 +95,12 @@ def test_blend_bundle_holds_each_member_bundle_and_the_blends_weights(project: P
     assert '"bundle": "toy-blend-forced-bundle"' in (kernel / "kernel.py").read_text()
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("name", list(BLENDS))
 def test_the_kernels_blend_equals_the_local_blend(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    from pipeline.kaggle.kernel_predict import run_blend
+    from pipeline.commands.kernel_predict import run_blend
 
     kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
     (kaggle_input / "competitions").mkdir(parents=True)
@@ -176,6 +178,7 @@ def test_a_blend_the_kernel_could_not_redo_is_refused(
     assert not list((copy / f"data/runs/{COMP}/blend").glob("*/.kaggle-bundle.building"))  # nothing half-built
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_push_and_submit_a_blend_bundle(project: Path, fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
     fake_kaggle.add_competition(COMP, code_only=True, public_score="0.81000")
     from helpers.kaggle_env import pusher
@@ -239,21 +242,37 @@ def test_plan_of_a_blend_sums_its_members_and_orders_drops_by_gain_per_second(
 def test_the_kernel_script_hands_a_blend_bundle_to_run_blend(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.kaggle import kernel as kernel_script
-    from pipeline.kaggle import kernel_predict
+    """kernel.py runs the pipeline's own `kernel-predict` command on the bundle it found; that command hands a blend
+    bundle to run_blend and returns its status."""
+    import sys
 
-    (tmp_path / "toy-blend-geo-bundle").symlink_to(dataset_of(project, "geo"))
+    from pipeline.commands import kernel_predict
+    from pipeline.commands.cli import main
+    from pipeline.kaggle import kernel as kernel_script
+
+    bundle = tmp_path / "toy-blend-geo-bundle"
+    bundle.symlink_to(dataset_of(project, "geo"))
     monkeypatch.setattr(kernel_script, "INPUT", tmp_path)
     monkeypatch.setattr(kernel_script, "SETTINGS", {"bundle": "toy-blend-geo-bundle"})
     monkeypatch.setattr(kernel_script, "install", lambda bundle, manifest: None)  # the wheels: tested in test_bundle
+    commands: list[list[str]] = []
+    monkeypatch.setattr(kernel_script.subprocess, "call", lambda command: commands.append(command) or 0)
+    assert kernel_script.main() == 0
+    assert commands == [[sys.executable, "-m", "pipeline", "kernel-predict", "--bundle", str(bundle)]]
+
     monkeypatch.setenv("PIPELINE_ROOT", str(tmp_path / "kernel-work"))
     called = []
     monkeypatch.setattr(kernel_predict, "run_blend", lambda bundle: called.append(("blend", bundle)) or 0)
     monkeypatch.setattr(kernel_predict, "run_bundle", lambda bundle: called.append(("single", bundle)) or 0)
-    assert kernel_script.main() == 0
-    assert called == [("blend", tmp_path / "toy-blend-geo-bundle")]
+    assert main(commands[0][3:]) == 0
+    assert called == [("blend", bundle)]
+    monkeypatch.setattr(kernel_predict, "run_blend", lambda bundle: 2)
+    with pytest.raises(SystemExit) as stopped:
+        main(commands[0][3:])
+    assert stopped.value.code == 2
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_make_passes_blend_to_the_kaggle_targets_and_plan(tmp_path: Path) -> None:
     import subprocess
 

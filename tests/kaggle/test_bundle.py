@@ -20,13 +20,13 @@ import pandas as pd
 import pytest
 
 from helpers.builders import in_project, tiny_experiment
+from helpers.chain import STAGES, write_competition_yaml
 from helpers.fake_kaggle import FakeKaggle
 from pipeline.__main__ import main
 from pipeline.core import paths
 from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
 from pipeline.kaggle.bundle import kaggle_names, slugify
 from pipeline.kaggle.wheels import _wheel_tag, canonical
-from test_chain import STAGES, write_competition_yaml
 
 pytest_plugins = ["helpers.kaggle_env"]
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def kernel(project: Path) -> Path:
     return project / "data/runs/toy/tiny/kaggle-bundle/kernel"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_bundle_holds_weights_config_wheels_and_kernel(project: Path, dataset: Path, kernel: Path) -> None:
     manifest = json.loads((dataset / "bundle.json").read_text())
     wheels = sorted(p.name for p in dataset.glob("*.whl"))
@@ -139,6 +140,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_bundle_installs_offline_and_its_kernel_writes_the_submission(
     project: Path, dataset: Path, kernel: Path, tmp_path: Path
 ) -> None:
@@ -188,6 +190,7 @@ def pusher(root: Path, fake: FakeKaggle, tmp_path: Path) -> Pipeline:
     return runner
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
     project: Path, dataset: Path, kernel: Path, fake_kaggle: FakeKaggle, tmp_path: Path
 ) -> None:
@@ -203,7 +206,7 @@ def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
     assert sorted(uploaded) == sorted(p.name for p in dataset.iterdir() if p.name != "dataset-metadata.json")
     assert uploaded["fold1.safetensors"] == (dataset / "fold1.safetensors").read_bytes()
     (saved,) = fake_kaggle.kernels[KERNEL]
-    assert saved["competitionDataSources"] == [COMP] and saved["datasetDataSources"] == [DATASET]
+    assert saved["competitionDataSources"] == [COMP] and saved["datasetDataSources"] == [f"{DATASET}/1"]  # pinned
     assert (saved["enableInternet"], saved["kernelType"], saved["language"], saved["isPrivate"]) == (
         False, "script", "python", True)  # fmt: skip
     assert saved["text"] == (kernel / "kernel.py").read_text() and saved["newTitle"] == "toy tiny inference"
@@ -220,6 +223,7 @@ def test_push_creates_the_dataset_then_versions_it_and_pushes_the_kernel(
     assert len(created.versions) == 2 and created.notes[1] == "second try"
     (call,) = fake_kaggle.calls("CreateDatasetVersion")
     assert (call.json()["ownerSlug"], call.json()["datasetSlug"]) == (USER, "toy-tiny-bundle")
+    assert fake_kaggle.kernels[KERNEL][-1]["datasetDataSources"] == [f"{DATASET}/2"]  # the version just uploaded
 
 
 PUSH_FAILURES = {
@@ -296,11 +300,12 @@ def test_kernel_finds_its_bundle_where_kaggle_mounts_it(tmp_path: Path, monkeypa
         kernel_script.find_bundle("other-bundle")
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("mount", ["toy", "competitions/toy"])
 def test_bundled_kernel_reads_the_competition_under_either_mount(
     project: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mount: str
 ) -> None:
-    from pipeline.kaggle.kernel_predict import run_bundle
+    from pipeline.commands.kernel_predict import run_bundle
 
     kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
     (kaggle_input / mount).parent.mkdir(parents=True, exist_ok=True)
@@ -377,6 +382,7 @@ def test_an_unknown_accelerator_is_refused(project: Path, capsys: pytest.Capture
     assert last.startswith("error: ") and "t4x2, l4, p100, none" in last, last
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_bundle_report_plan_take_what_the_run_trained(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -401,6 +407,7 @@ def test_bundle_report_plan_take_what_the_run_trained(
     assert last.startswith("error: ") and "different config" in last, last
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_push_waits_for_the_new_version_then_kaggle_submit_reaches_a_score(
     project: Path, fake_kaggle: FakeKaggle, tmp_path: Path
 ) -> None:
@@ -420,7 +427,8 @@ def test_push_waits_for_the_new_version_then_kaggle_submit_reaches_a_score(
     submitted = push("kaggle-submit", "--config", CONFIG)
     assert submitted.returncode == 0, submitted.stderr
     assert "kernel fake-user/toy-tiny-inference: queued" in submitted.stderr
-    assert "kernel fake-user/toy-tiny-inference: running" in submitted.stderr
+    assert "  | log line 0" in submitted.stderr and "  | log line 29" in submitted.stderr  # the log, streamed
+    assert submitted.stderr.count("  | log line 7") == 1
     (code,) = fake_kaggle.calls("CreateCodeSubmission")
     body = code.json()
     assert (body["kernelOwner"], body["kernelSlug"], body["kernelVersion"], body["fileName"]) == (
@@ -429,13 +437,14 @@ def test_push_waits_for_the_new_version_then_kaggle_submit_reaches_a_score(
     assert "scored 0.77700" in submitted.stdout
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_kaggle_submit_shows_a_failed_runs_log(project: Path, fake_kaggle: FakeKaggle, tmp_path: Path) -> None:
     fake_kaggle.add_competition(COMP, code_only=True)
     fake_kaggle.kernel_outcome = "ERROR"
     push = pusher(project, fake_kaggle, tmp_path)
     assert push("kaggle-push", "--config", CONFIG).returncode == 0
 
-    failed = push("kaggle-submit", "--config", CONFIG)
+    failed = push("kaggle-submit", "--config", CONFIG, "--no-follow")  # the log's tail only, not its stream
     assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: kernel fake-user/toy-tiny-inference") and "ended error" in last, last
@@ -475,21 +484,30 @@ def test_only_pure_wheels_are_repacked_compiled_ones_are_fetched_for_kaggle(
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
 
     assert wheels.bundle_wheel("purepkg", dest).name == "purepkg-1.0-py3-none-any.whl"
-    with pytest.raises(UserError, match=r"fastpkg 2\.0 is compiled.*pip download .*--platform manylinux2014_x86_64"):
+    with pytest.raises(
+        UserError,
+        match=r"fastpkg 2\.0 is compiled.*pip download .*--platform manylinux2014_x86_64"
+        r".*--python-version 3\.12.*utility notebook with internet on.*kernel_sources",
+    ):
         wheels.bundle_wheel("fastpkg", dest)
     assert sorted(p.name for p in dest.iterdir()) == ["purepkg-1.0-py3-none-any.whl"]  # nothing of this machine's
 
-    kaggles = index / "fastpkg-2.0-cp311-cp311-manylinux2014_x86_64.whl"  # what the index holds for Kaggle
-    with zipfile.ZipFile(kaggles, "w") as wheel:
-        wheel.writestr("fastpkg/__init__.py", "VALUE = 2\n")
-        wheel.writestr("fastpkg-2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fastpkg\nVersion: 2.0\n")
-        wheel.writestr("fastpkg-2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
-                       "Tag: cp311-cp311-manylinux2014_x86_64\n")  # fmt: skip
-        wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
+    for python in ("cp311", "cp312"):  # what the index holds: the wheel for Kaggle's Python, and another
+        with zipfile.ZipFile(index / f"fastpkg-2.0-{python}-{python}-manylinux2014_x86_64.whl", "w") as wheel:
+            wheel.writestr("fastpkg/__init__.py", f"VALUE = '{python}'\n")
+            wheel.writestr("fastpkg-2.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fastpkg\nVersion: 2.0\n")
+            wheel.writestr("fastpkg-2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
+                           f"Tag: {python}-{python}-manylinux2014_x86_64\n")  # fmt: skip
+            wheel.writestr("fastpkg-2.0.dist-info/RECORD", "")
+    kaggles = index / "fastpkg-2.0-cp312-cp312-manylinux2014_x86_64.whl"  # Kaggle's image runs CPython 3.12
     fetched = wheels.bundle_wheel("fastpkg", dest)
     assert fetched.name == kaggles.name and fetched.read_bytes() == kaggles.read_bytes()
+    monkeypatch.setenv("PIPELINE_KAGGLE_PYTHON", "3.11")  # the one setting, when Kaggle's image moves
+    fetched.unlink()
+    assert wheels.bundle_wheel("fastpkg", dest).name == "fastpkg-2.0-cp311-cp311-manylinux2014_x86_64.whl"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_custom_metric_module_ships_in_the_bundle_and_the_kernel_imports_it(project: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -526,7 +544,7 @@ def test_a_custom_metric_module_ships_in_the_bundle_and_the_kernel_imports_it(pr
     (kaggle_input / COMP).symlink_to(root / "data/raw" / COMP)
     env = clean_env(PIPELINE_ROOT=str(tmp_path / "kernel-work"), KAGGLE_INPUT_ROOT=str(kaggle_input),
                     KAGGLE_WORKING_ROOT=str(working), PYTHONPATH=os.environ.get("PYTHONPATH", ""))  # fmt: skip
-    script = "import sys; from pathlib import Path; from pipeline.kaggle.kernel_predict import run_bundle; "
+    script = "import sys; from pathlib import Path; from pipeline.commands.kernel_predict import run_bundle; "
     script += "sys.exit(run_bundle(Path(sys.argv[1])))"
     done = subprocess.run([sys.executable, "-c", script, str(bundle)], cwd=elsewhere, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip  # a fresh process: nothing imported from home

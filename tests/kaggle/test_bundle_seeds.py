@@ -16,10 +16,11 @@ from pipeline.core import paths
 pytest_plugins = ["helpers.kaggle_env"]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_bundle_ships_every_member_and_the_kernel_averages_them_like_predict(
     project: Path, capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.kaggle.kernel_predict import run_bundle
+    from pipeline.commands.kernel_predict import run_bundle
 
     write_competition_config(project, n_train=24, n_test=4)
     config = str(tiny_experiment(project, train={"seeds": [7, 8]}))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from helpers.builders import REPO, write_competition
 
 pytest_plugins = ["helpers.kaggle_env"]
@@ -14,6 +16,7 @@ SLUG = "leaf-e2e"
 QUICK = "train.epochs=1 folds.n_folds=2 train.image_size=32 train.num_workers=0 train.ema=false device=cpu"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_download_init_all_submit_through_make(pipeline, fake_kaggle, tmp_path: Path) -> None:  # noqa: ANN001
     source = write_competition(tmp_path / "source", "csv", n_train=30, n_test=6)
     files = {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*") if p.name != ".complete"

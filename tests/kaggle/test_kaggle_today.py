@@ -66,6 +66,7 @@ def test_mounted_competition_is_the_first_folder_holding_files(
     assert paths.raw_dir("toy") == (found or project / "data" / "raw" / "toy")
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("mount", sorted(MOUNTS))
 def test_download_init_train_use_the_kernels_mount(
     project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, mount: str
@@ -321,6 +322,7 @@ def test_download_follows_a_redirect_to_another_host(pipeline: Pipeline, fake_ka
     assert not [s for s in fake_kaggle.seen if s.path.startswith("/blobs/")]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_make_download_adopts_hand_placed_data_once(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
     import subprocess
 

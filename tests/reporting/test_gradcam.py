@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from helpers.builders import TINY_MODEL, run_main, tiny_experiment
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.core.config import load_config
 from pipeline.reporting import gradcam, report
-from test_chain import run_chain, write_competition_yaml
 
 
 class PatchModel(torch.nn.Module):
@@ -57,6 +57,7 @@ def test_timm_cnns_work_and_vits_say_why_not() -> None:
         gradcam.grad_cam(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)), images, [0, 1])
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize(("model", "supported"), [(TINY_MODEL, True), ("test_vit", False)])
 def test_report_draws_gradcam_for_worst_and_correct_rows(
     project: Path, capsys: pytest.CaptureFixture, model: str, supported: bool

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from helpers.builders import run_main, tiny_experiment
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.core import progress
 from pipeline.core.config import Config, FoldsConfig, TTAConfig, load_config
 from pipeline.core.errors import UserError
 from pipeline.reporting import interpret, planner, report
-from test_chain import run_chain, write_competition_yaml
 
 PLOTS = ("curves", "confusion", "top_losses", "tta", "plan")
 
@@ -29,6 +29,7 @@ def read_oof_and_labels(project: Path, classes: list[str]) -> tuple[pd.DataFrame
     return folds, oof[classes]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("layout", ["csv", "multilabel_text"])
 def test_report_writes_html_and_plots_of_the_oof_numbers(
     project: Path, layout: str, capsys: pytest.CaptureFixture
@@ -86,6 +87,7 @@ def test_report_before_ensemble_says_what_to_run(project: Path, capsys: pytest.C
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and "never" in missing.stderr
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_experiments_table_lists_runs_leaderboard_and_differing_keys(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -117,6 +119,7 @@ def test_experiments_table_lists_runs_leaderboard_and_differing_keys(
     assert run_main(capsys, "experiments", "--comp", "nothing-here").returncode == 2
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_plan_warns_when_the_limit_is_too_small(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from helpers.builders import REPO, run_cli, tiny_experiment, write_competition
 from pipeline.__main__ import main
-from pipeline.data.init import infer_data
+from pipeline.data.layout import infer_data
 
 EPOCHS = 2
 TRAIN = {"epochs": EPOCHS, "batch_size": 4, "deterministic": True, "checkpoint_every": 2, "ema": True, "mixup": 0.2}
@@ -98,6 +98,7 @@ def checkpoint_position(path: Path) -> tuple[int, int]:
     return state["epoch"], state["step"]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_sigkill_then_rerun_resumes_to_identical_weights(
     workspace: tuple[Path, dict[str, str]], reference: Path
 ) -> None:
@@ -121,6 +122,7 @@ def test_sigkill_then_rerun_resumes_to_identical_weights(
     assert not (run / "work").exists()  # the checkpoint goes once the weights exist
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_and_sigint_checkpoint_exit_75_and_resume(
     workspace: tuple[Path, dict[str, str]], reference: Path, sig: signal.Signals

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from helpers.builders import REPO, tiny_experiment
+from helpers.chain import write_competition_yaml
 from pipeline.data.loader import EpochSampler
 from pipeline.training.distributed import ShardedSampler, World, shard_rows
-from test_chain import write_competition_yaml
 
 
 def test_shards_split_every_global_batch_exactly() -> None:
@@ -46,6 +47,7 @@ def torchrun(project: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_ddp_matches_single_process_and_covers_every_row(project: Path) -> None:
     write_competition_yaml(project, "csv")
     # ConvNeXt normalises per sample (LayerNorm), so 2 x 4 rows step exactly like 1 x 8 rows
@@ -74,6 +76,7 @@ def test_ddp_matches_single_process_and_covers_every_row(project: Path) -> None:
     assert len(test) == len(set(test["id"])) == 6
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_fold_parallel_make_equals_serial(project: Path) -> None:
     write_competition_yaml(project, "csv")
     serial = tiny_experiment(project, name="serial", train={"deterministic": True})

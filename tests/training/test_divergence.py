@@ -13,12 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from helpers.builders import run_main, tiny_experiment
+from helpers.chain import write_competition_yaml
 from pipeline.core import artifacts
-from test_chain import write_competition_yaml
 
 RUN = "data/runs/toy/tiny"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_diverging_lr_stops_the_fold_and_leaves_no_submission(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"lr": 1e9, "checkpoint_every": 1, "batch_size": 2})
@@ -33,6 +34,7 @@ def test_a_diverging_lr_stops_the_fold_and_leaves_no_submission(project: Path, c
     assert not (project / "submissions").exists()
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_non_finite_weights_and_probabilities_are_refused(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project)
@@ -59,6 +61,7 @@ def test_non_finite_weights_and_probabilities_are_refused(project: Path, capsys:
     assert load_config(config).metric  # the config itself is fine: only the numbers were refused
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_killed_predict_is_redone_not_skipped(project: Path, capsys: pytest.CaptureFixture) -> None:
     """Change tta.views, and simulate a kill after oof.csv/test.csv were rewritten but before the marker was."""
     write_competition_yaml(project, "csv")

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from pipeline.core.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig, validate
+from pipeline.core.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig, validate, validate_augment
 from pipeline.core.errors import ConfigError
+from pipeline.core.schema import AUGMENT_POLICIES
 from pipeline.data.augment import train_transform
-from pipeline.data.augment_policies import POLICIES, validate_augment
-from pipeline.training import recipe
+from pipeline.data.augment_policies import POLICIES
+from pipeline.training import losses
 
 LOSS_CASES = [(loss, task) for loss in ("auto", "focal", "asymmetric") for task in ("single_label", "multi_label")]
 LOSS_CASES += [("cross_entropy", "single_label"), ("bce", "multi_label")]
@@ -39,9 +40,9 @@ def test_every_loss_trains_with_hard_and_soft_targets(loss: str, task: str, mixi
              "label_smoothing": 0.1 if mixing in ("smoothing", "mixup") else 0.0}  # fmt: skip
     cfg = _cfg(task, **train)
     validate(cfg)
-    mixer = recipe.BatchMixer(cfg.train, 4, task, "classifier") if mixing in ("mixup", "cutmix") else None
+    mixer = losses.BatchMixer(cfg.train, 4, task, "classifier") if mixing in ("mixup", "cutmix") else None
     targets = _targets(task)
-    criterion = recipe.build_criterion(cfg, targets.numpy().astype(int), mixing=mixer is not None)
+    criterion = losses.build_criterion(cfg, targets.numpy().astype(int), mixing=mixer is not None)
     images = torch.rand(4, 3, 8, 8) * 255
     if mixer is not None:
         images, targets = mixer(images, targets)
@@ -55,13 +56,13 @@ def test_every_loss_trains_with_hard_and_soft_targets(loss: str, task: str, mixi
 
 def test_focal_matches_torch_and_torchvision() -> None:
     logits, y = torch.randn(4, 4), _targets("single_label")
-    focal0 = recipe.build_criterion(_cfg(loss="focal", focal_gamma=0.0), y.numpy(), mixing=False)
+    focal0 = losses.build_criterion(_cfg(loss="focal", focal_gamma=0.0), y.numpy(), mixing=False)
     assert focal0(logits, y) == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)  # gamma 0 is CE
-    focal2 = recipe.build_criterion(_cfg(loss="focal"), y.numpy(), mixing=False)
+    focal2 = losses.build_criterion(_cfg(loss="focal"), y.numpy(), mixing=False)
     p = logits.softmax(-1)[torch.arange(4), y]
     assert focal2(logits, y) == pytest.approx((-((1 - p) ** 2) * p.log()).mean().item(), rel=1e-5)
     ym = _targets("multi_label")
-    multi = recipe.build_criterion(_cfg("multi_label", loss="focal", focal_alpha=0.3, focal_gamma=1.5), ym.numpy(),
+    multi = losses.build_criterion(_cfg("multi_label", loss="focal", focal_alpha=0.3, focal_gamma=1.5), ym.numpy(),
                                    mixing=False)  # fmt: skip
     expected = sigmoid_focal_loss(logits, ym, alpha=0.3, gamma=1.5, reduction="mean")
     assert multi(logits, ym) == pytest.approx(expected.item(), rel=1e-5)
@@ -69,7 +70,7 @@ def test_focal_matches_torch_and_torchvision() -> None:
 
 def test_single_label_asymmetric_with_mixed_targets_is_the_mixup_sum() -> None:
     cfg = _cfg(loss="asymmetric")
-    criterion = recipe.build_criterion(cfg, _targets("single_label").numpy(), mixing=True)
+    criterion = losses.build_criterion(cfg, _targets("single_label").numpy(), mixing=True)
     logits, a, b = torch.randn(4, 4), torch.tensor([0, 1, 2, 3]), torch.tensor([3, 2, 1, 0])
     soft = 0.7 * F.one_hot(a, 4).float() + 0.3 * F.one_hot(b, 4).float()
     expected = 0.7 * criterion(logits, a) + 0.3 * criterion(logits, b)
@@ -104,7 +105,7 @@ def _policy(policy: str, **kwargs: object) -> AugmentConfig:
     return AugmentConfig(policy=policy, custom=custom if policy == "custom" else [], **kwargs)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", AUGMENT_POLICIES)
 def test_policies_keep_uint8_size_and_are_reproducible(policy: str) -> None:
     cfg = _policy(policy, erasing=0.5, coarse_dropout=0.5)
     validate_augment(cfg)
@@ -150,8 +151,16 @@ def test_default_policy_is_todays_pipeline() -> None:
     ],
 )
 def test_wrong_augment_settings_fail_by_key(values: dict, message: str) -> None:
+    """Names and knobs fail when the config loads; a custom transform fails when the policy is built (where
+    albumentations is imported), with the same key in the message."""
+    cfg = AugmentConfig(**values)
     with pytest.raises(ConfigError, match=message):
-        validate(Config(data=DataConfig(classes=["a", "b"]), augment=AugmentConfig(**values)))
+        validate(Config(data=DataConfig(classes=["a", "b"]), augment=cfg))
+        train_transform(cfg, DATA_CFG)
+
+
+def test_the_policy_table_covers_every_policy_name_in_the_schema() -> None:
+    assert tuple(POLICIES) == AUGMENT_POLICIES
 
 
 def test_drop_rates_reach_timm_and_the_resolved_config() -> None:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from helpers.builders import REPO, fingerprint_before_newer_keys, run_main, tiny_experiment, write_source_run
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.core.config import (
     TRAINING_SECTIONS,
     Config,
@@ -33,8 +34,7 @@ from pipeline.core.config import (
 from pipeline.data import soft_targets
 from pipeline.data.sources import sources_stamp
 from pipeline.training import fold as fold_module
-from pipeline.training import recipe
-from test_chain import run_chain, write_competition_yaml
+from pipeline.training import losses
 
 CLASSES_COLUMN_START = 1
 
@@ -98,7 +98,7 @@ def test_soft_pseudo_targets_are_the_source_probabilities_times_the_weight(toy: 
     np.testing.assert_allclose(dataset.targets[n_labelled:], 0.5 * probs, rtol=1e-5, atol=1e-6)
     _, target = dataset[n_labelled]  # what the loader hands the loss
     np.testing.assert_allclose(target.numpy(), 0.5 * probs[0], rtol=1e-5, atol=1e-6)
-    criterion = recipe.build_criterion(f.cfg, f.train_targets, mixing=f.dense_targets)
+    criterion = losses.build_criterion(f.cfg, f.train_targets, mixing=f.dense_targets)
     logits = torch.randn(2, len(f.cfg.data.classes))
     rows = torch.as_tensor(dataset.targets[[0, n_labelled]])
     per_row = -(torch.as_tensor(rows) * torch.log_softmax(logits, -1)).sum(-1)
@@ -122,7 +122,7 @@ def test_distillation_target_is_the_mix_of_one_hot_and_the_source_oof(toy: Path)
 
 def test_mixup_mixes_dense_targets_with_the_image_lambda(toy: Path) -> None:
     cfg = load_config(pseudo_config(toy, soft=True))
-    mixer = recipe.BatchMixer(cfg.train.__class__(mixup=0.4), len(cfg.data.classes), "single_label", "classifier")
+    mixer = losses.BatchMixer(cfg.train.__class__(mixup=0.4), len(cfg.data.classes), "single_label", "classifier")
     images = torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)])
     targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.25, 0.25]])
     mixed_images, mixed = mixer(images, targets)
@@ -152,6 +152,7 @@ def test_config_writes_the_from_key_under_its_yaml_name(toy: Path) -> None:
     assert cfg.train.pseudo.from_ == "src" and to_dict(cfg)["train"]["pseudo"]["from"] == "src"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_make_pseudo_round_trains_ensembles_and_records_its_source(toy: Path, capsys: pytest.CaptureFixture) -> None:
     base = tiny_experiment(toy, name="base", train={"pseudo": {"threshold": 0.0}})  # off (no from); the round keeps it
     run_chain(capsys, base)
@@ -176,6 +177,7 @@ def test_make_pseudo_round_trains_ensembles_and_records_its_source(toy: Path, ca
     assert second["pseudo"]["source"]["name"] == "base-pseudo"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_stopped_pseudo_fold_resumes_and_a_changed_source_refuses_its_checkpoint(
     toy: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -233,6 +235,7 @@ def test_a_regression_head_refuses_soft_targets() -> None:
     validate_sources(Config(data=DataConfig(task="ordinal", classes=["0", "1", "2"])))  # keys off: nothing to refuse
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_blend_is_a_source_unless_it_holds_the_experiment(toy: Path, capsys: pytest.CaptureFixture) -> None:
     _, test = write_source_run(toy, name="blend/duo", weights={"a": 0.5, "b": 0.5})
     cfg = load_config(tiny_experiment(toy, name="student", train={"pseudo": {"from": "duo", "threshold": 0.0}}))

@@ -14,12 +14,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from helpers.builders import TINY_MODEL, run_main, tiny_experiment
+from helpers.chain import run_chain, write_competition_yaml
+from pipeline.core import budget
 from pipeline.core.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
 from pipeline.core.metrics import f1_micro, quadratic_weighted_kappa
+from pipeline.data import loader
+from pipeline.inference import thresholds
 from pipeline.inference.submission import format_submission
-from pipeline.training import budget, recipe
+from pipeline.training import averaging, losses, optim, runtime, schedule
 from pipeline.training.model import build_model
-from test_chain import run_chain, write_competition_yaml
 
 RUN = "data/runs/toy/tiny"
 
@@ -35,26 +38,27 @@ def tiny_model(num_classes: int = 3) -> torch.nn.Module:
     return build_model(ModelConfig(name=TINY_MODEL, pretrained=False), num_classes)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_frozen_backbone_is_unchanged_during_frozen_epochs(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"epochs": 2, "freeze_epochs": 1, "keep": "last", "lr": 0.01})
     snapshots: list[tuple[bool, dict[str, torch.Tensor]]] = []
-    original = recipe.set_backbone_frozen
+    original = optim.set_backbone_frozen
 
     def spy(model: torch.nn.Module, frozen: bool) -> None:  # called at the start of every epoch
         snapshots.append((frozen, {k: v.detach().clone() for k, v in model.named_parameters()}))
         original(model, frozen)
 
-    monkeypatch.setattr(recipe, "set_backbone_frozen", spy)
+    monkeypatch.setattr(optim, "set_backbone_frozen", spy)
     train(capsys, config)
     (frozen0, start), (frozen1, after_frozen) = snapshots
     final = load_file(str(project / RUN / "fold0/model.safetensors"))
     model = tiny_model()
-    recipe.set_backbone_frozen(model, True)
+    optim.set_backbone_frozen(model, True)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    head = recipe.head_parameter_names(model)
+    head = optim.head_parameter_names(model)
     frozen = set(start) - trainable
     assert frozen0 and not frozen1 and frozen and head <= trainable
     assert trainable - head, "normalisation layers stay trainable while frozen (fastai's train_bn)"
@@ -67,10 +71,10 @@ def test_frozen_backbone_is_unchanged_during_frozen_epochs(
 def test_optimizer_groups_carry_the_configured_lr_ratios(layer_decay: float | None) -> None:
     model = tiny_model()
     cfg = TrainConfig(lr=0.01, backbone_lr_factor=0.1, layer_decay=layer_decay, epochs=3, warmup_epochs=0)
-    optimizer = recipe.build_optimizer(model, cfg, cfg.lr)
-    scheduler = recipe.PhasedScheduler(optimizer, cfg, cfg.lr, updates_per_epoch=10)
+    optimizer = optim.build_optimizer(model, cfg, cfg.lr)
+    scheduler = schedule.PhasedScheduler(optimizer, cfg, cfg.lr, updates_per_epoch=10)
     scheduler.step_update(7)
-    head_lr = recipe.head_lr(optimizer)
+    head_lr = optim.head_lr(optimizer)
     assert 0 < head_lr < cfg.lr  # cosine has started to decay
     grouped = [p for g in optimizer.param_groups for p in g["params"]]
     assert len(grouped) == len(list(model.parameters())) == len({id(p) for p in grouped})
@@ -92,16 +96,17 @@ def test_optimizer_groups_carry_the_configured_lr_ratios(layer_decay: float | No
 def test_freeze_phase_and_unfrozen_phase_each_warm_up() -> None:
     model = tiny_model()
     cfg = TrainConfig(lr=0.01, epochs=3, freeze_epochs=1, warmup_epochs=0.5, min_lr=0.0)
-    optimizer = recipe.build_optimizer(model, cfg, cfg.lr)
-    scheduler = recipe.PhasedScheduler(optimizer, cfg, cfg.lr, updates_per_epoch=10)
+    optimizer = optim.build_optimizer(model, cfg, cfg.lr)
+    scheduler = schedule.PhasedScheduler(optimizer, cfg, cfg.lr, updates_per_epoch=10)
     lrs = []
     for n in range(30):
         scheduler.step_update(n)
-        lrs.append(recipe.head_lr(optimizer))
+        lrs.append(optim.head_lr(optimizer))
     assert lrs[0] == pytest.approx(1e-4) and lrs[10] == pytest.approx(1e-4)  # both phases start at warmup_lr
     assert lrs[4] > 50 * lrs[0] and lrs[14] > 50 * lrs[10] and lrs[9] < lrs[4]  # rise, then cosine decay
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize(("raw_score", "saved"), [(0.5, "ema"), (0.9, "raw")])
 def test_ema_weights_differ_from_raw_and_are_saved_unless_raw_scores_better(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, raw_score: float, saved: str
@@ -142,7 +147,7 @@ def test_mixup_and_cutmix_make_soft_targets(task: str, head: str) -> None:
         targets[:, 2] = 1.0
     else:
         targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    mixer = recipe.BatchMixer(TrainConfig(mixup=1.0, cutmix=0.0), 3, task, head)
+    mixer = losses.BatchMixer(TrainConfig(mixup=1.0, cutmix=0.0), 3, task, head)
     mixed, soft = mixer(images, targets)
     assert mixed.dtype == torch.float32 and not torch.equal(mixed, images.float())
     assert soft.dtype == torch.float32 and ((soft > 0) & (soft < 1)).any() if head != "regression" else True
@@ -151,18 +156,23 @@ def test_mixup_and_cutmix_make_soft_targets(task: str, head: str) -> None:
     if head == "regression":
         assert soft.shape == (8,) and not torch.equal(soft, targets.float())
         assert torch.allclose(soft + soft.flip(0), (targets + targets.flip(0)).float())  # lam mixes both ways
-    cut = recipe.BatchMixer(TrainConfig(mixup=0.0, cutmix=1.0), 3, "single_label", "classifier")
+    cut = losses.BatchMixer(TrainConfig(mixup=0.0, cutmix=1.0), 3, "single_label", "classifier")
     _, soft = cut(images.clone(), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
     assert soft.shape == (8, 3) and ((soft > 0) & (soft < 1)).any()
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_mixup_trains_through_the_chain(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"mixup": 0.4, "cutmix": 1.0, "label_smoothing": 0.1})
     train(capsys, config)
-    assert (project / RUN / "fold0/model.safetensors").exists()
+    log = pd.read_csv(project / RUN / "fold0/log.csv")
+    assert len(log) == 1 and np.isfinite(log["train_loss"]).all() and (log["train_loss"] > 0).all()
+    with safe_open(str(project / RUN / "fold0/model.safetensors"), framework="pt") as weights:
+        assert all(torch.isfinite(weights.get_tensor(name)).all() for name in weights.keys())  # noqa: SIM118
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_lr_find_writes_its_plot_and_a_finite_suggestion_that_auto_uses(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -194,6 +204,7 @@ def recipe_suggest(lrs: list[float], losses: list[float]) -> float:
     return suggest(lrs, losses)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_deterministic_mode_reproduces_weights_with_the_whole_recipe(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -216,14 +227,15 @@ def test_deterministic_mode_reproduces_weights_with_the_whole_recipe(
         assert weights[0].keys() == other.keys() and all(torch.equal(weights[0][k], other[k]) for k in other)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_accumulation_steps_once_per_n_batches_and_clipping_bounds_the_update(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_competition_yaml(project, "csv")  # fold 0 trains on 15 rows: 3 batches of 4 (+ 3 dropped)
     config = tiny_experiment(project, train={"batch_size": 4, "accumulate": 2})
     calls = []
-    original = recipe.clip_and_step
-    monkeypatch.setattr(recipe, "clip_and_step", lambda *args: (calls.append(1), original(*args)))
+    original = optim.clip_and_step
+    monkeypatch.setattr(optim, "clip_and_step", lambda *args: (calls.append(1), original(*args)))
     train(capsys, config)
     assert len(calls) == 2  # batches 1+2, then 3 (the epoch's last, incomplete accumulation)
 
@@ -231,12 +243,13 @@ def test_accumulation_steps_once_per_n_batches_and_clipping_bounds_the_update(
     optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
     before = torch.cat([p.detach().clone().flatten() for p in layer.parameters()])
     (layer(torch.full((2, 4), 100.0)).sum() * 100).backward()
-    recipe.clip_and_step(optimizer, torch.amp.GradScaler("cuda", enabled=False), layer.parameters(), 0.5)
+    optim.clip_and_step(optimizer, torch.amp.GradScaler("cuda", enabled=False), layer.parameters(), 0.5)
     after = torch.cat([p.detach().flatten() for p in layer.parameters()])
     assert (after - before).norm() == pytest.approx(0.5, rel=1e-4)
     assert all(p.grad is None for p in layer.parameters())
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_early_stopping_stops_when_the_score_stops_improving(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,27 +265,27 @@ def test_early_stopping_stops_when_the_score_stops_improving(
 
 
 def test_keeper_saves_the_best_epoch_and_resumes_its_state() -> None:
-    keeper = recipe.BestKeeper("log_loss", "best")
+    keeper = averaging.BestKeeper("log_loss", "best")
     for epoch, value in enumerate([0.9, 0.5, 0.7], start=1):
         keeper.offer(epoch, value, np.full((2, 3), value), {"w": torch.tensor([value])}, "raw")
     assert keeper.best_epoch == 2 and keeper.weights["w"].item() == 0.5 and keeper.bad_epochs == 1
     assert keeper.patience_ran_out(1) and not keeper.patience_ran_out(2)
-    again = recipe.BestKeeper("log_loss", "best")
+    again = averaging.BestKeeper("log_loss", "best")
     again.load_state_dict(keeper.state_dict())
     assert again.best_score == 0.5 and again.saved_epoch == 2 and np.array_equal(again.probs, keeper.probs)
 
 
 def test_class_weights_and_the_balanced_sampler_counter_imbalance() -> None:
     targets = np.array([0] * 90 + [1] * 10)
-    weights = recipe.class_weights(targets, 2)
+    weights = losses.class_weights(targets, 2)
     assert weights[1] / weights[0] == pytest.approx(9.0)
-    pos_weight = recipe.class_weights(np.array([[1, 0], [1, 1], [1, 0], [0, 0]], dtype=np.float32), 2)
+    pos_weight = losses.class_weights(np.array([[1, 0], [1, 1], [1, 0], [0, 0]], dtype=np.float32), 2)
     assert pos_weight.tolist() == pytest.approx([1 / 3, 3.0])
-    sampler = recipe.BalancedEpochSampler(targets, seed=0)
+    sampler = loader.BalancedEpochSampler(targets, seed=0)
     drawn = targets[np.array(sampler.order()) % len(targets)]
     assert 0.35 < drawn.mean() < 0.65  # about half minority rows, from 10%
     sampler.set_epoch(1)
-    assert sampler.order() != recipe.BalancedEpochSampler(targets, seed=0).order()
+    assert sampler.order() != loader.BalancedEpochSampler(targets, seed=0).order()
 
 
 def test_weighted_soft_target_loss_matches_weighted_cross_entropy() -> None:
@@ -281,8 +294,8 @@ def test_weighted_soft_target_loss_matches_weighted_cross_entropy() -> None:
     cfg = Config(data=DataConfig(classes=["a", "b", "c"]), train=TrainConfig(class_weights="balanced"))
     targets = np.array([0, 0, 0, 1, 2])
     logits, labels = torch.randn(5, 3), torch.tensor([0, 0, 1, 2, 2])
-    hard = recipe.build_criterion(cfg, targets, mixing=False)(logits, labels)
-    soft = recipe.build_criterion(cfg, targets, mixing=True)(logits, torch.eye(3)[labels])
+    hard = losses.build_criterion(cfg, targets, mixing=False)(logits, labels)
+    soft = losses.build_criterion(cfg, targets, mixing=True)(logits, torch.eye(3)[labels])
     assert soft.item() == pytest.approx(hard.item(), rel=1e-5)
 
 
@@ -292,9 +305,9 @@ def test_multi_label_thresholds_improve_oof_f1_over_one_half() -> None:
     targets = (rng.random((400, 3)) < [0.5, 0.1, 0.4]).astype(np.float32)
     probs = np.clip(targets * 0.6 + 0.2 + rng.normal(0, 0.1, targets.shape), 0, 1)
     probs[:, 1] = np.where(targets[:, 1] == 1, rng.uniform(0.2, 0.45, 400), rng.uniform(0.0, 0.15, 400))
-    found = recipe.fit_thresholds("multi_label", "f1_micro", targets, probs)
+    found = thresholds.fit_thresholds("multi_label", "f1_micro", targets, probs)
     assert found["kind"] == "multi_label" and found["thresholds"][1] < 0.5
-    assert f1_micro(targets, recipe.hard_probs(probs, found)) > f1_micro(targets, probs) + 0.02
+    assert f1_micro(targets, thresholds.hard_probs(probs, found)) > f1_micro(targets, probs) + 0.02
     data = DataConfig(classes=["a", "b", "c"], task="multi_label", submission_format="labels")
     frame = pd.DataFrame({"id": ["x"], "a": [0.9], "b": [0.3], "c": [0.1]})
     assert format_submission(frame, data)["label"].tolist() == ["a"]
@@ -306,19 +319,20 @@ def test_ordinal_cut_points_improve_kappa_and_drive_the_submission() -> None:
     rng = np.random.default_rng(0)
     grades = rng.integers(0, 5, 500)
     predicted = torch.tensor(grades * 0.7 + rng.normal(0, 0.15, 500))
-    probs = recipe.two_hot(predicted, 5).numpy()
-    assert np.allclose(recipe.expected_class(probs), predicted.clamp(0, 4).numpy(), atol=1e-5)
-    found = recipe.fit_thresholds("ordinal", "quadratic_weighted_kappa", grades, probs)
+    probs = runtime.two_hot(predicted, 5).numpy()
+    assert np.allclose(thresholds.expected_class(probs), predicted.clamp(0, 4).numpy(), atol=1e-5)
+    found = thresholds.fit_thresholds("ordinal", "quadratic_weighted_kappa", grades, probs)
     assert found["kind"] == "ordinal" and found["cut_points"] == sorted(found["cut_points"])
     plain = quadratic_weighted_kappa(grades, probs)
-    assert quadratic_weighted_kappa(grades, recipe.hard_probs(probs, found)) > plain + 0.02
+    assert quadratic_weighted_kappa(grades, thresholds.hard_probs(probs, found)) > plain + 0.02
     data = DataConfig(classes=["0", "1", "2", "3", "4"], task="ordinal", submission_format="numeric")
-    row = recipe.two_hot(torch.tensor([2.75]), 5)[0].tolist()  # 0.25 on grade 2, 0.75 on grade 3
+    row = runtime.two_hot(torch.tensor([2.75]), 5)[0].tolist()  # 0.25 on grade 2, 0.75 on grade 3
     frame = pd.DataFrame({"id": ["x"], **{str(k): [p] for k, p in enumerate(row)}})
     assert format_submission(frame, data)["label"].tolist() == [3]
     assert format_submission(frame, data, cut_points=[0.5, 1.5, 2.8, 3.5])["label"].tolist() == [2]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_ordinal_regression_chain_keeps_the_probability_contract(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "ordinal")
     config = tiny_experiment(project, model={"head": "regression"}, train={"epochs": 2})
@@ -335,6 +349,7 @@ def test_ordinal_regression_chain_keeps_the_probability_contract(project: Path, 
     assert set(submission["diagnosis"]) <= {0, 1, 2}
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_multi_label_chain_writes_thresholds_and_both_cvs(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "multilabel_text")
     config = tiny_experiment(project, train={"class_weights": "balanced", "epochs": 2})
@@ -348,6 +363,7 @@ def test_multi_label_chain_writes_thresholds_and_both_cvs(project: Path, capsys:
         assert scores["cv_thresholded"] == scores["cv"]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_cpu_bf16_autocast_trains(project: Path, capsys: pytest.CaptureFixture) -> None:
     """The CPU equivalent of the CUDA AMP path: autocast to bf16 around forward and loss."""
     from pipeline.training.runtime import amp_settings
@@ -360,8 +376,9 @@ def test_cpu_bf16_autocast_trains(project: Path, capsys: pytest.CaptureFixture) 
     assert all(v.dtype != torch.bfloat16 for v in saved.values())  # weights stay fp32; only compute is bf16
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_progressive_resizing_trains_at_each_size(project: Path, capsys: pytest.CaptureFixture) -> None:
-    assert [recipe.progressive_size([16, 24, 32], e, 6) for e in range(6)] == [16, 16, 24, 24, 32, 32]
+    assert [schedule.progressive_size([16, 24, 32], e, 6) for e in range(6)] == [16, 16, 24, 24, 32, 32]
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"epochs": 2, "progressive_sizes": [24, 32]})
     run_main(capsys, "folds", "--config", str(config))
@@ -439,7 +456,7 @@ def test_ema_decay_suits_the_number_of_updates_unless_set() -> None:
 
 def test_zero_head_starts_at_chance_loss_and_frozen_bn_keeps_its_statistics() -> None:
     model = tiny_model(num_classes=4)
-    recipe.prepare_model(model, TrainConfig(head_init_scale=0.0, freeze_bn=True))
+    optim.prepare_model(model, TrainConfig(head_init_scale=0.0, freeze_bn=True))
     images = torch.rand(6, 3, 32, 32) * 255
     model.train()
     loss = torch.nn.functional.cross_entropy(model(images), torch.arange(6) % 4)
@@ -451,6 +468,7 @@ def test_zero_head_starts_at_chance_loss_and_frozen_bn_keeps_its_statistics() ->
     assert torch.equal(bns[0].running_mean, before)
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("keep", ["last", "best"])
 def test_scores_say_how_oof_was_selected(project: Path, capsys: pytest.CaptureFixture, keep: str) -> None:
     write_competition_yaml(project, "csv")

@@ -30,6 +30,7 @@ def saved_epoch(weights: Path) -> int:
         return json.loads(f.metadata()["recipe"])["epoch"]
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_refit_trains_on_all_rows_for_the_median_best_epoch_and_ensemble_mixes_it(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -71,6 +72,7 @@ def test_refit_trains_on_all_rows_for_the_median_best_epoch_and_ensemble_mixes_i
     assert pd.read_csv(run / "refit/oof.csv").empty
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_refit_fold_trains_on_every_row(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_config(project, n_folds=2)
     config = tiny_experiment(project)
@@ -83,6 +85,7 @@ def test_refit_fold_trains_on_every_row(project: Path, capsys: pytest.CaptureFix
     assert paths.for_config(cfg).weights(paths.REFIT).parent.name == "refit"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_refit_under_tta_auto_uses_the_views_ensemble_chose(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_config(project, n_folds=2)
     config = tiny_experiment(project, tta={"views": "auto"}, ensemble={"refit": True})

@@ -47,6 +47,7 @@ def bag(project: Path, capsys: pytest.CaptureFixture) -> Path:
     return config
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("views", ["identity,hflip", "auto"])
 def test_bag_oof_is_the_mean_of_its_members_and_scores_json_says_what_each_seed_scored(
     bag: Path, capsys: pytest.CaptureFixture, views: str
@@ -99,6 +100,7 @@ def test_bag_oof_is_the_mean_of_its_members_and_scores_json_says_what_each_seed_
     assert not (run / "refit/seed7").exists()
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_member_does_not_depend_on_the_other_seeds(bag: Path, capsys: pytest.CaptureFixture) -> None:
     stage(capsys, "train", "--config", str(bag), "--fold", "0", "--seed", "8")
     run = paths.project_root() / "data/runs/toy/tiny"
@@ -114,6 +116,7 @@ def test_a_member_does_not_depend_on_the_other_seeds(bag: Path, capsys: pytest.C
     assert (run / "fold0/seed9/model.safetensors").exists()
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_seed_outside_the_bag_and_duplicate_seeds_are_refused(bag: Path, capsys: pytest.CaptureFixture) -> None:
     err = stage(capsys, "train", "--config", str(bag), "--fold", "0", "--seed", "9", code=2)
     assert err.startswith("error: --seed 9:") and "[7, 8]" in err and len(err.strip().splitlines()) == 1
@@ -124,6 +127,7 @@ def test_seed_outside_the_bag_and_duplicate_seeds_are_refused(bag: Path, capsys:
     assert paths.for_config(one).weights(0) == paths.project_root() / "data/runs/toy/tiny/fold0/model.safetensors"
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_a_killed_member_resumes_and_the_others_are_untouched(project: Path, capsys: pytest.CaptureFixture) -> None:
     """SIGKILL mid-member (a real process): its checkpoint stays, no weights; `train --fold 0` skips the finished
     member and resumes the killed one from its own checkpoint."""
@@ -155,6 +159,7 @@ def test_a_killed_member_resumes_and_the_others_are_untouched(project: Path, cap
     assert digest(run / "seed7/model.safetensors") == finished  # the finished member was not retrained
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_the_plan_counts_folds_times_seeds() -> None:
     from pipeline.core.config import Config, FoldsConfig, TrainConfig, TTAConfig
     from pipeline.reporting import planner

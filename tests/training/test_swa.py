@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from helpers.builders import fingerprint_before_newer_keys, run_main, tiny_experiment
+from helpers.chain import run_chain, write_competition_yaml
 from pipeline.core.config import (
     TRAINING_SECTIONS,
     ConfigError,
@@ -21,8 +22,7 @@ from pipeline.core.config import (
     fingerprint,
     load_config,
 )
-from pipeline.training import recipe
-from test_chain import run_chain, write_competition_yaml
+from pipeline.training import averaging
 
 RUN = "data/runs/toy/tiny"
 SWA = {"epochs": 3, "lr": 0.01, "keep": "last", "deterministic": True, "swa": {"epochs": 2}}
@@ -62,13 +62,14 @@ def parameter_names(weights: dict[str, torch.Tensor]) -> tuple[list[str], list[s
     return params, stats
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 @pytest.mark.parametrize("wins", [True, False])
 def test_swa_saves_the_mean_of_the_last_epochs_only_when_not_worse(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, wins: bool
 ) -> None:
     config, seen = train_recording(project, capsys, monkeypatch)
     decided: list[tuple[float, float]] = []
-    monkeypatch.setattr(recipe, "swa_wins", lambda metric, swa, kept: decided.append((swa, kept)) or wins)
+    monkeypatch.setattr(averaging, "swa_wins", lambda metric, swa, kept: decided.append((swa, kept)) or wins)
     result = run_main(capsys, "train", "--config", str(config), "--fold", "0")
     assert result.returncode == 0, result.stderr
     weights, facts = saved(project)
@@ -83,10 +84,11 @@ def test_swa_saves_the_mean_of_the_last_epochs_only_when_not_worse(
         assert any(not torch.allclose(weights[k], seen[2][k]) for k in stats)  # re-estimated, not the last epoch's
     else:
         assert facts["weights"] == "raw" and all(torch.equal(weights[k], seen[2][k]) for k in params + stats)
-    selection = recipe.oof_selection(load_config(config))
+    selection = averaging.oof_selection(load_config(config))
     assert selection["swa_chosen_on_fold"] and selection["folds"][0]["swa"]["kept"] is wins
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_swa_resumes_with_its_average_after_a_kill(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,7 +104,7 @@ def test_swa_resumes_with_its_average_after_a_kill(
     assert run_main(capsys, "train", "--config", str(config), "--fold", "0").returncode != 0  # interrupted
     assert (project / RUN / "fold0/work/last.pt").exists() and not (project / RUN / "fold0/model.safetensors").exists()
     monkeypatch.setattr(train_module, "apply_swa", original)
-    monkeypatch.setattr(recipe, "swa_wins", lambda *args: True)
+    monkeypatch.setattr(averaging, "swa_wins", lambda *args: True)
     assert run_main(capsys, "train", "--config", str(config), "--fold", "0").returncode == 0
     weights, facts = saved(project)
     assert len(seen) == 3 and facts["swa"]["averaged"] == 2  # the resumed run trained no epoch again
@@ -111,11 +113,11 @@ def test_swa_resumes_with_its_average_after_a_kill(
 
 
 def test_swa_rule_follows_the_metric_direction_and_the_last_epochs() -> None:
-    assert recipe.swa_wins("accuracy", 0.8, 0.8) and not recipe.swa_wins("accuracy", 0.7, 0.8)
-    assert recipe.swa_wins("log_loss", 0.3, 0.4) and not recipe.swa_wins("log_loss", 0.5, 0.4)
+    assert averaging.swa_wins("accuracy", 0.8, 0.8) and not averaging.swa_wins("accuracy", 0.7, 0.8)
+    assert averaging.swa_wins("log_loss", 0.3, 0.4) and not averaging.swa_wins("log_loss", 0.5, 0.4)
     cfg = TrainConfig(epochs=5, swa=SwaConfig(epochs=2))
-    assert [e for e in range(1, 6) if recipe.swa_takes(e, cfg)] == [4, 5]
-    assert not any(recipe.swa_takes(e, TrainConfig(epochs=5)) for e in range(1, 6))
+    assert [e for e in range(1, 6) if averaging.swa_takes(e, cfg)] == [4, 5]
+    assert not any(averaging.swa_takes(e, TrainConfig(epochs=5)) for e in range(1, 6))
 
 
 def test_swa_key_retrains_when_on_and_keeps_older_fingerprints(project: Path) -> None:
@@ -139,6 +141,7 @@ def test_swa_longer_than_training_is_refused(project: Path, capsys: pytest.Captu
     assert load_config(config, ["train.swa.epochs=1"]).train.swa.epochs == 1  # the override form works too
 
 
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_swa_runs_through_the_chain_into_scores_json(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"epochs": 2, "lr": 0.01, "swa": {"epochs": 2}})

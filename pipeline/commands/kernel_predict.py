@@ -1,4 +1,5 @@
-"""Inside a Kaggle Kernel: predict the test set with a bundle's fold weights and write /kaggle/working/submission.csv.
+"""kernel-predict, inside a Kaggle Kernel: predict the test set with a bundle's fold weights and write
+/kaggle/working/submission.csv.
 
 Reads the bundle (pipeline.kaggle.bundle: bundle.json, the resolved config, folds.csv, fold<k>.safetensors,
 fold<k>.oof.csv, a custom metric's module) and the competition's files from /kaggle/input/<comp> (paths.raw_dir).
@@ -16,12 +17,14 @@ the OOF predictions. Then:
 A blend bundle (bundle.json of kind "blend": make kaggle-bundle BLEND=<name>) holds every member's own bundle under
 the prefix `<exp>--`: `run_blend` stages and predicts each member exactly as above (its own config: image size,
 views), ensembles each, then blends their test.csv with the weights and combine method `make blend` chose, through
-pipeline.inference.blending (the function `make blend` itself calls), into data/runs/<comp>/blend/<name>/test.csv
+pipeline.inference.blend_apply (the function `make blend` itself calls), into data/runs/<comp>/blend/<name>/test.csv
 and submissions/<comp>/<name>.csv, copied to /kaggle/working/submission.csv last.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import shutil
 import sys
@@ -29,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.commands.cli import main as run_cli
 from pipeline.core import artifacts, cli, paths
 from pipeline.core.bag import member_config, members
 from pipeline.core.config import Config, load_config
@@ -119,10 +123,11 @@ def predict_test(cfg: Config, device: torch.device) -> None:
         log.info("kernel: fold %d predicted %d test images on %s (%d model(s))", fold, len(test), device, len(probs))
 
 
-def publish_submission(cfg: Config) -> Path:
-    """Copy the validated submission to /kaggle/working/submission.csv (where Kaggle looks for it)."""
+def publish_submission(cfg: Config, name: str = "submission.csv") -> Path:
+    """Copy the validated submission to /kaggle/working/<name> (where Kaggle looks for it: the manifest's
+    output_file, the name the competition's sample submission implies)."""
     source = paths.for_config(cfg).submission
-    target = paths.KAGGLE_WORKING / "submission.csv"
+    target = paths.KAGGLE_WORKING / name
     with artifacts.atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
@@ -141,15 +146,16 @@ def run_bundle(bundle: Path) -> int:
         manifest = read_manifest(bundle)
         staged["cfg"] = cfg = stage_bundle(bundle, manifest)
         staged["config"] = str(paths.configs_dir(cfg.comp) / manifest["config"]["experiment"])
+        staged["output"] = str(manifest.get("output_file") or "submission.csv")
         predict_test(cfg, resolve_device(cfg.device))
 
     code = cli.run_task(prepare, debug)
     for stage in ("ensemble", "submission"):
-        code = code or cli.main([stage, "--config", staged["config"]])
+        code = code or run_cli([stage, "--config", staged["config"]])
     if code:
         return code
     cfg = staged["cfg"]
-    target = publish_submission(cfg)
+    target = publish_submission(cfg, staged["output"])
     scores = artifacts.read_json(paths.for_config(cfg).scores)
     log.info("kernel: wrote %s (%d rows; bundled CV %s = %.4f)", target, sum(1 for _ in target.open()) - 1,
              scores["metric"], scores["cv"])  # fmt: skip
@@ -192,18 +198,18 @@ def stage_members(bundle: Path, manifest: dict, device_of: Any) -> list[tuple[Co
 
 
 def blend_members(manifest: dict, configs: list[Config]) -> Path:
-    """Blend the members' test.csv exactly as `make blend` did (pipeline.inference.blending); the submission path."""
+    """Blend the members' test.csv exactly as `make blend` did (pipeline.inference.blend_apply); the submission path."""
     import numpy as np
 
-    from pipeline.inference import blending
-    from pipeline.inference.predictions import read_probs
+    from pipeline.inference import blend_apply
+    from pipeline.inference.predictions import read_probs, submission_frame
 
     cfg, names = configs[0], [m["exp"] for m in manifest["members"]]
     tests = [read_probs(paths.for_config(c).test_blend, c.data.classes) for c in configs]
     weights = np.array([float(manifest["weights"][name]) for name in names])
-    frame = blending.blend_tables(tests, names, weights, manifest["combine"], cfg)
+    frame = blend_apply.blend_tables(tests, names, weights, manifest["combine"], cfg)
     submission = paths.Paths(cfg.comp, manifest["blend"]).submission
-    formatted = blending.submission_frame(cfg, frame, submission)
+    formatted = submission_frame(cfg, frame, submission)
     artifacts.write_csv(paths.Paths(cfg.comp).blend_test(manifest["blend"]), frame)
     artifacts.write_csv(submission, formatted)
     return submission
@@ -223,7 +229,7 @@ def run_blend(bundle: Path) -> int:
 
     code = cli.run_task(prepare, debug)
     for _, config in staged["members"]:
-        code = code or cli.main(["ensemble", "--config", config])
+        code = code or run_cli(["ensemble", "--config", config])
 
     def blend() -> None:
         staged["submission"] = blend_members(staged["manifest"], [cfg for cfg, _ in staged["members"]])
@@ -231,7 +237,7 @@ def run_blend(bundle: Path) -> int:
     code = code or cli.run_task(blend, debug)
     if code:
         return code
-    target = paths.KAGGLE_WORKING / "submission.csv"
+    target = paths.KAGGLE_WORKING / str(staged["manifest"].get("output_file") or "submission.csv")
     with artifacts.atomic_path(target) as tmp:
         shutil.copyfile(staged["submission"], tmp)
     manifest = staged["manifest"]
@@ -239,3 +245,18 @@ def run_blend(bundle: Path) -> int:
              sum(1 for _ in target.open()) - 1, manifest["blend"], ", ".join(m["exp"] for m in manifest["members"]),
              manifest["combine"], manifest["weights"], manifest["metric"], manifest["cv"])  # fmt: skip
     return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    """`python -m pipeline kernel-predict --bundle <folder>` (what the bundle's kernel.py runs once the pipeline is
+    installed): a blend bundle or an experiment's; exits with run_bundle's / run_blend's status."""
+    if not args.bundle:
+        raise UserError("kernel-predict: --bundle <folder holding bundle.json> is required")
+    bundle = Path(args.bundle)
+    manifest_path = bundle / "bundle.json"
+    if not manifest_path.is_file():
+        raise UserError(f"kernel-predict: {manifest_path} not found; --bundle names the bundle's folder")
+    blend = json.loads(manifest_path.read_text()).get("kind") == "blend"
+    code = run_blend(bundle) if blend else run_bundle(bundle)
+    if code:
+        raise SystemExit(code)

@@ -1,5 +1,5 @@
 """How a blend of experiments turns member probabilities into its own: the one implementation that `make blend`
-(pipeline.inference.blend) and a Kaggle Kernel running a blend bundle (pipeline.kaggle.kernel_predict) both call,
+(pipeline.inference.blend) and a Kaggle Kernel running a blend bundle (pipeline.commands.kernel_predict) both call,
 so the Kernel blends exactly as the blend did at home.
 
 Inputs: members' probability tables (id + one column per class; ensemble's data/runs/<comp>/<exp>/test.csv or
@@ -11,6 +11,7 @@ scores.json still describes its members' files (the digests it recorded).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,53 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from pipeline.core import artifacts, paths
-from pipeline.core.config import Config
+from pipeline.core.config import BLEND_METHODS, Config, ConfigError
 from pipeline.core.errors import UserError
-from pipeline.core.metrics import submission_top_k
-from pipeline.data.tables import read_csv, read_typed_csv
-from pipeline.inference.predictions import format_submission
+from pipeline.data.tables import read_csv
 
 # scores.json keys a blend bundle needs: without them the blend was made by an older version (re-run make blend)
 RECORDED = ("members", "combine", "weights", "member_files")
+
+
+@dataclass
+class BlendConfig:
+    """configs/<comp>/blend.yaml: the blend's name (its folder, submission and bundle), members and method."""
+
+    name: str = "blend"
+    experiments: list[str] = field(default_factory=list)
+    method: str = "fitted"
+
+
+def load_blend_config(path: Path) -> BlendConfig:
+    """The one reader of blend.yaml (make blend, the staleness check, kaggle-bundle BLEND=, plan BLEND=)."""
+    if not path.exists():
+        raise UserError(
+            f"{path} not found; write it with `experiments: [exp1, exp2]` and `method: {'|'.join(BLEND_METHODS)}`"
+        )
+    import yaml
+
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping with experiments, method and name")
+    unknown = sorted(set(values) - {"name", "experiments", "method"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: experiments, method, name")
+    cfg = BlendConfig(**values)
+    if cfg.method not in BLEND_METHODS:
+        raise ConfigError(f"{path}: method {cfg.method!r} is not one of {', '.join(BLEND_METHODS)}")
+    if not isinstance(cfg.experiments, list) or len(cfg.experiments) < 2:
+        raise ConfigError(f"{path}: experiments must list at least two experiment names")
+    return cfg
+
+
+def check_name_free(comp: str, name: str, blend_yaml: Path) -> None:
+    """A blend writes submissions/<comp>/<name>.csv: a name an experiment already uses would overwrite that
+    experiment's submission (and confuse scores and bundles), so it is refused, naming the key to change."""
+    experiment, scores = paths.experiment_config(comp, name), paths.Paths(comp, name).scores
+    taken = experiment if experiment.is_file() else scores.parent if scores.is_file() else None
+    if taken is not None or name in ("competition", "blend.yaml"):
+        raise ConfigError(f"{blend_yaml}: name {name!r} is an experiment's ({taken or name}); its submission would be "
+                          "overwritten; give the blend its own name, e.g. name: blend")  # fmt: skip
 
 
 def combine(stack: np.ndarray, weights: np.ndarray, method: str) -> np.ndarray:
@@ -65,25 +105,6 @@ def blend_tables(tables: list[pd.DataFrame], names: list[str], weights: np.ndarr
     return frame
 
 
-def submission_frame(cfg: Config, probs: pd.DataFrame, where: Path) -> pd.DataFrame:
-    """The blend's submission: the submission stage's formatting, in sample_submission's column order, checked
-    against it where the competition's files are present (always in a Kernel)."""
-    from pipeline.inference.validate import check_submission
-
-    frame = format_submission(probs, cfg.data, top_k=submission_top_k(cfg.metric))
-    sample_path = paths.raw_dir(cfg.comp) / cfg.data.test_csv if cfg.data.test_csv else None
-    if sample_path is not None and sample_path.is_file():  # blends of probability files alone have no raw data
-        sample = read_typed_csv(sample_path, "sample submission")
-        if cfg.sample:
-            sample = sample.head(cfg.sample)
-        if set(frame.columns) == set(sample.columns):
-            frame = frame[list(sample.columns)]
-        check_submission(frame, sample, where=str(where),
-                         probability_columns=cfg.data.submission_format == "probabilities",
-                         id_column=cfg.data.submission_id_column)  # fmt: skip
-    return frame
-
-
 def member_files(comp: str, names: list[str]) -> dict[str, dict[str, str]]:
     """{experiment: {"oof": sha256, "test": sha256}} of the files a blend read: what makes its scores.json current."""
     found = {}
@@ -101,14 +122,12 @@ def check_current(comp: str, name: str, scores: dict, blend_yaml: Path) -> None:
     if missing:
         raise UserError(f"{where} lacks {missing} (written by an older version); {redo}")
     if blend_yaml.is_file():
-        import yaml
-
-        values = yaml.safe_load(blend_yaml.read_text()) or {}
-        if values.get("name", "blend") == name and list(values.get("experiments") or []) != scores["members"]:
-            raise UserError(f"{where} is stale: {blend_yaml} now lists {values.get('experiments')}, the blend was "
+        current = load_blend_config(blend_yaml)
+        if current.name == name and current.experiments != scores["members"]:
+            raise UserError(f"{where} is stale: {blend_yaml} now lists {current.experiments}, the blend was "
                             f"made of {scores['members']}; {redo}")  # fmt: skip
-        if values.get("name", "blend") == name and values.get("method", "fitted") != scores.get("method"):
-            raise UserError(f"{where} is stale: {blend_yaml} now says method {values.get('method', 'fitted')!r}, "
+        if current.name == name and current.method != scores.get("method"):
+            raise UserError(f"{where} is stale: {blend_yaml} now says method {current.method!r}, "
                             f"the blend used {scores.get('method')!r}; {redo}")  # fmt: skip
     for member in scores["members"]:
         out = paths.Paths(comp, member)
