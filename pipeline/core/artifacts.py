@@ -151,12 +151,21 @@ CSV_CHUNK_ROWS = 2_000  # rows formatted at a time (pandas holds ~1 kB a row whi
 
 
 def write_csv(path: Path, frame: pd.DataFrame, float_format: str | None = None) -> Path:
-    """`frame` as CSV (no index, \\n line ends), streamed into the temp file in chunks of rows, published whole."""
-    with atomic_path(path) as tmp:
+    """`frame` as CSV (no index, \\n line ends), formatted and written CSV_CHUNK_ROWS rows at a time into the temp
+    file, published whole."""
+
+    def chunk(start: int) -> str:
+        rows = frame.iloc[start : start + CSV_CHUNK_ROWS]  # pandas' own chunksize still peaks at twice the text
+        return rows.to_csv(index=False, header=start == 0, float_format=float_format, lineterminator="\n")
+
+    starts = range(0, max(len(frame), 1), CSV_CHUNK_ROWS)
+    first = chunk(0)
+    estimate = len(first.encode()) * len(starts)  # for a full disk's message: the first chunk's size per chunk
+    with atomic_path(path, estimate) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            for start in range(0, max(len(frame), 1), CSV_CHUNK_ROWS):  # pandas' own chunksize still peaks at 2x
-                chunk = frame.iloc[start : start + CSV_CHUNK_ROWS]
-                chunk.to_csv(handle, index=False, header=start == 0, float_format=float_format, lineterminator="\n")
+            handle.write(first)
+            for start in starts[1:]:
+                handle.write(chunk(start))
             handle.flush()
             os.fsync(handle.fileno())  # a full disk can surface only here on some file systems
     return path

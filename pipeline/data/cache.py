@@ -147,7 +147,8 @@ def check_free_space(path: Path, need: int) -> None:
     if need > 0 and free < need * 1.01:
         raise UserError(
             f"cannot write {path}: no space left on device (need {artifacts.megabytes(need)}, "
-            f"{artifacts.megabytes(free)} free); free some space, or set train.cache: false to decode images each epoch"
+            f"{artifacts.megabytes(free)} free); free some space, or set train.cache: false to decode images each epoch "
+            "(training streams from the originals by itself when the cache won't fit)"
         )
 
 
@@ -209,9 +210,14 @@ def run(args: argparse.Namespace) -> None:
     pretrained = timm.models.get_pretrained_cfg(cfg.model.name)
     size = cfg.train.image_size or pretrained.input_size[-1]
     interpolation = pretrained.interpolation or "bilinear"  # what training's data config resolves to
-    cache = cache_or_stream(out, listed_images(out), size, interpolation, cfg.cache)
-    if isinstance(cache, ImageCache):
-        log.info("cache: %d images at %d px ready", len(cache.rows), cache.side)
+    images, folder = listed_images(out), cache_folder(out.processed, size)
+    if cfg.cache.max_gb and not is_current(folder, out.raw, images, out.checked):
+        why = too_large(len(images), cache_side(size), folder, cfg.cache.max_gb)
+        if why:  # the user's limit: nothing to build; training and prediction stream (a full disk stays an error here)
+            streaming(out.raw, cache_side(size), interpolation, why)
+            return
+    cache = ensure_cache(out.processed, out.raw, images, size, interpolation, cfg.cache.workers, out.checked)
+    log.info("cache: %d images at %d px ready", len(cache.rows), cache.side)
 
 
 def cache_or_stream(out: paths.Paths, images: list[str], image_size: int, interpolation: str,
