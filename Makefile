@@ -82,7 +82,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test test-fast lint paths lr-find bench-recipe bench-techniques bench-scale FORCE
+.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test test-fast lint paths lr-find bench-recipe bench-techniques bench-imbalance bench-scale FORCE
 
 # A command's help line is its record's (pipeline/commands/__init__.py); other targets keep their `## ` comment.
 help: ## one line per target
@@ -120,7 +120,8 @@ $(CONFIG): | $(COMP_YAML)
 	@test -f $@ || $(PY) -m pipeline summary $(ARGS)
 
 # RUNNER=kaggle: each unit (fold, or fold and seed) trains in a Kaggle notebook and comes home checked
-# (pipeline.kaggle.remote); a plain make pushes up to kaggle.sessions units at once. RUNNER=local (default): here.
+# (pipeline.kaggle.remote); a plain make pushes up to kaggle.sessions notebooks at once, two units per T4 x2 notebook
+# (kaggle.units_per_notebook). RUNNER=local (default): here.
 RUNNER ?= local
 ifeq ($(filter local kaggle,$(RUNNER)),)
 $(error error: RUNNER=$(RUNNER): use RUNNER=local (train here, the default) or RUNNER=kaggle (Kaggle notebooks))
@@ -203,12 +204,15 @@ plan:
 # KAGGLE_ACCELERATOR=t4x2|l4|p100|none picks the kernel's GPU (default t4x2; none when the config's device is cpu).
 # BLEND=<name> (configs/<comp>/blend.yaml's name, COMP= or CONFIG= for the competition): the whole blend instead of
 # one experiment: every member's folds in one bundle, blended in the Kernel exactly as `make blend` did.
+# MODEL=1 (or kaggle.weights: model): the fold weights travel as a versioned Kaggle Model (model_sources), not in
+# the dataset.
 BLEND ?=
 BUNDLE := $(if $(BLEND),data/runs/$(COMP)/blend/$(BLEND),$(RUN))/kaggle-bundle
 KAGGLE_ARGS := $(if $(BLEND),--comp $(COMP) --blend $(BLEND),$(ARGS))
 BUNDLE_NEEDS := $(if $(BLEND),,$(RUN)/scores.json)
-BUNDLE_FLAGS := $(if $(KAGGLE_USER), --user $(KAGGLE_USER))$(if $(KAGGLE_ACCELERATOR), --accelerator $(KAGGLE_ACCELERATOR))
-.PHONY: kaggle-bundle kaggle-push kaggle-submit
+WEIGHTS_FLAG := $(if $(MODEL), --weights model)
+BUNDLE_FLAGS := $(if $(KAGGLE_USER), --user $(KAGGLE_USER))$(if $(KAGGLE_ACCELERATOR), --accelerator $(KAGGLE_ACCELERATOR))$(WEIGHTS_FLAG)
+.PHONY: kaggle-bundle kaggle-push kaggle-submit kaggle-wheels
 
 kaggle-bundle: $(BUNDLE_NEEDS)
 	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
@@ -217,13 +221,21 @@ $(BUNDLE)/dataset/bundle.json: | $(BUNDLE_NEEDS)
 	$(PY) -m pipeline kaggle-bundle $(KAGGLE_ARGS)$(BUNDLE_FLAGS)
 
 kaggle-push: $(BUNDLE)/dataset/bundle.json
-	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)$(if $(FORCE), --force)
+	$(PY) -m pipeline kaggle-push $(KAGGLE_ARGS)$(if $(FORCE), --force)$(WEIGHTS_FLAG)
 
 kaggle-submit:
 	$(PY) -m pipeline kaggle-submit $(KAGGLE_ARGS)$(WAIT_FLAG)
 
+# A compiled wheel no index has for the Kernel's Python: build it on Kaggle (PACKAGES="name==version ..." or the
+# ones kaggle-bundle could not fetch); kaggle-bundle then attaches that notebook's output (kernel_sources).
+kaggle-wheels:
+	$(PY) -m pipeline kaggle-wheels $(KAGGLE_ARGS)$(if $(PACKAGES), --packages "$(PACKAGES)")$(if $(KAGGLE_USER), --user $(KAGGLE_USER))
+
 bench-recipe: ## default recipe vs a starter-notebook loop, held-out (Fashion-MNIST + OpenCV digits; BENCH_QUICK=1: ~15 min)
 	$(PY) -m pipeline.benchmarks.recipe_bench
+
+bench-imbalance: ## class_weights, sampler, logit-adjusted and focal loss vs baseline and starter on skewed Fashion-MNIST (acc. + macro-F1)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pipeline.benchmarks.imbalance
 
 bench-techniques: ## soup, refit, seed bag, pseudo-labels, distillation vs the baseline, held-out (Fashion-MNIST; ~30 min)
 	$(PY) -m pipeline.benchmarks.techniques

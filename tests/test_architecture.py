@@ -102,6 +102,15 @@ def test_stages_import_only_building_blocks() -> None:
     assert not reaching, sorted(reaching)
 
 
+def test_kaggle_building_blocks_import_no_stage() -> None:
+    """A Kaggle building block (remote_bundle, dataset_upload, ...) shares code with stages through other blocks, never
+    by importing a stage (kaggle-bundle, kaggle-push): a stage's helpers that others need move into a block."""
+    edges, names = graph(), stages()
+    blocks = [name for name in edges if name.startswith("kaggle.") and name not in names]
+    reaching = sorted(f"{s} -> {t}" for s in blocks for t in edges[s] & names)
+    assert not reaching, reaching
+
+
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_functions_fit_in_a_head(name: str) -> None:
     long = [

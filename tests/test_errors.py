@@ -832,7 +832,7 @@ def test_pretrained_file_with_another_head_just_works(tmp_path: Path, head: int,
 
 
 def test_one_line_unwraps_a_dataloader_worker_error_and_joins_others() -> None:
-    from pipeline.__main__ import one_line
+    from pipeline.core.cli import one_line
 
     wrapped = (
         "Caught UserError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"

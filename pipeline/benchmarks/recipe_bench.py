@@ -119,9 +119,16 @@ def materialise(dataset: str, n_train: int, n_test: int) -> str:
     x_train, y_train, x_test, y_test, classes = DATASETS[dataset]()
     train_rows, test_rows = _take(y_train, n_train), _take(y_test, n_test)
     comp = f"bench-{dataset}-{len(train_rows)}-{len(test_rows)}"
+    write_raw(comp, dataset, (x_train, y_train, train_rows), (x_test, y_test, test_rows), classes)
+    return comp
+
+
+def write_raw(comp: str, dataset: str, train: tuple, test: tuple, classes: list[str]) -> None:
+    """data/raw/<comp>/ from (images, labels, rows taken) of each split; kept when its .complete stamp exists."""
+    (x_train, y_train, train_rows), (x_test, y_test, test_rows) = train, test
     raw = paths.raw_dir(comp)
     if (raw / ".complete").exists():
-        return comp
+        return
     staging = raw.with_name(f".{raw.name}.staging")
     for folder, images, labels, rows in (("train", x_train, y_train, train_rows), ("test", x_test, y_test, test_rows)):
         (staging / folder).mkdir(parents=True, exist_ok=True)
@@ -139,7 +146,6 @@ def materialise(dataset: str, n_train: int, n_test: int) -> str:
     raw.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(raw)
     artifacts.write_text(raw / ".complete", f"{dataset}: {len(train_rows)} train, {len(test_rows)} test\n")
-    return comp
 
 
 # --- jobs ---------------------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comp", required=True)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--probs", help="also write the held-out probabilities here (id + one column per class)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = load_config(paths.configs_dir(args.comp) / "baseline.yaml")  # same weights, size, batch as the default
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     probs = pd.DataFrame(result.probs, columns=cfg.data.classes)
     probs.insert(0, "id", test["id"].to_numpy())
+    if args.probs:
+        artifacts.write_csv(Path(args.probs), probs)
     row = {"holdout": holdout_accuracy(args.comp, probs), "first_loss": result.losses[0], "losses": result.losses,
            "train_seconds": round(result.seconds)}  # fmt: skip
     artifacts.write_text(Path(args.out), json.dumps(row, indent=1))

@@ -43,6 +43,9 @@ _SCORE_WAIT: Flag = (
 _BLEND: Flag = ("--blend", {"default": None, "help": "a whole blend (configs/<comp>/blend.yaml's name) instead of one "
                                                      "experiment; with --comp (Make: BLEND=<name>)"})  # fmt: skip
 _SWEEP: Flag = ("--sweep", {"default": None, "help": "the sweep file (default: configs/<comp>/sweep.yaml)"})
+_WEIGHTS: Flag = ("--weights", {"default": None, "choices": ("dataset", "model"),
+                                 "help": "how the fold weights travel: in the dataset, or as a versioned Kaggle Model "
+                                         "(Make: MODEL=1; default: kaggle.weights)"})  # fmt: skip
 _ACCELERATOR: Flag = (
     "--accelerator",
     {"default": None, "help": "the kernel's GPU: t4x2 (default), l4, p100 or none (default: $KAGGLE_ACCELERATOR)"},
@@ -100,7 +103,7 @@ COMMANDS: dict[str, Command] = {
         Command("kaggle-bundle", "pipeline.kaggle.bundle", "data/runs/<comp>/<exp>/kaggle-bundle/ (BLEND=<name>: a "
                 "whole blend's): weights, config, wheels, offline kernel",
                 flags=(_BLEND, ("--user", {"default": None, "help": "Kaggle username that owns the bundle (default: "
-                                                                   "login)"}), _ACCELERATOR)),
+                                                                   "login)"}), _ACCELERATOR, _WEIGHTS)),
         Command("remote-train", "pipeline.kaggle.remote", "train one fold (--fold K [--seed S]) in a Kaggle notebook "
                 "and bring it home checked (make train RUNNER=kaggle)", make_target=None,
                 flags=(("--seed", {"type": int, "default": None, "help": "one member of a seed bag (train.seeds) "
@@ -112,7 +115,16 @@ COMMANDS: dict[str, Command] = {
                 flags=(_BLEND, ("--wait", {"type": float, "default": 900.0, "help": "seconds to wait for Kaggle to "
                                                                                   "process the dataset"}),
                        ("--message", {"default": None, "help": "the dataset version's notes (default: experiment, "
-                                                               "CV, commit)"}))),
+                                                               "CV, commit)"}), _WEIGHTS)),
+        Command("kaggle-wheels", "pipeline.kaggle.wheels_kernel", "build on Kaggle (a notebook with internet on) the "
+                "compiled wheels no index has for the Kernel's Python; kaggle-bundle attaches it (kernel_sources)",
+                reads_folds=False,
+                flags=(("--packages", {"default": None, "help": "name==version ... to build (Make: PACKAGES=; default: "
+                                                                "the compiled wheels that cannot be fetched)"}),
+                       ("--user", {"default": None, "help": "Kaggle username that owns the notebook (default: "
+                                                           "login)"}),
+                       ("--wait", {"type": float, "default": None, "help": "seconds to wait for its run (default "
+                                                                           "3600)"}))),
         Command("kaggle-submit", "pipeline.kaggle.submit_kernel", "code competitions, after kaggle-push: wait for the "
                 "kernel's run, submit its output, wait for the score", reads_folds=False,
                 flags=(_BLEND, _SCORE_WAIT, ("--kernel-wait", {"type": float, "default": 10800.0,

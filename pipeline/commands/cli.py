@@ -63,8 +63,9 @@ def subscribe_trackers() -> None:
 
 
 def run_command(argv: list[str]) -> None:
-    """Parse `argv` (command first), check folds.csv is current when the command reads it, run the command's module,
-    then let trackers sync what it wrote. Raises UserError for a user mistake."""
+    """Parse `argv` (command first); when the command reads folds, check its whole config (custom augmentations
+    included) and that folds.csv is current, before any work; run the command's module, then let trackers sync what
+    it wrote. Raises UserError for a user mistake."""
     args = build_parser().parse_args(argv)
     args.overrides = split_overrides(args.overrides)
     command = COMMANDS[args.command]
@@ -72,7 +73,12 @@ def run_command(argv: list[str]) -> None:
         from pipeline.core.config import load_config
         from pipeline.data.folds_record import check_folds_current
 
-        check_folds_current(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)
+        if cfg.augment.policy == "custom":  # each transform built once on a sample image: needs albumentations
+            from pipeline.data.augment_policies import check_custom_steps
+
+            check_custom_steps(cfg.augment)
+        check_folds_current(cfg)
     subscribe_trackers()
     importlib.import_module(command.module).run(args)
     from pipeline.reporting.tracking import after_stage

@@ -1,8 +1,11 @@
 """init: inspect a competition's raw files and write its configs.
 
-Reads data/raw/<comp>/ (or the Kernel's mount, /kaggle/input/competitions/<comp>); writes
+Reads data/raw/<comp>/ (or the Kernel's mount, /kaggle/input/competitions/<comp>), and the metric `download`
+recorded from Kaggle in its .complete stamp (pipeline.data.competition_metric); writes
 configs/<comp>/competition.yaml (the data layout, metric and folds pipeline.data.layout inferred) and
-configs/<comp>/baseline.yaml (a first experiment that runs here, offline included), and prints what it inferred.
+configs/<comp>/baseline.yaml (a first experiment that runs here, offline included), and prints what it inferred,
+the metric and where it came from, and the class shares, with a warning when they are skewed
+(pipeline.data.class_balance).
 Where it can't decide it stops with `error:` naming the key to set by hand. Existing configs are never overwritten
 (--force to redo).
 """
@@ -18,6 +21,8 @@ from typing import Any
 from pipeline.core import artifacts, paths
 from pipeline.core.config import DataConfig, dump_yaml, load_config
 from pipeline.core.errors import UserError
+from pipeline.data.class_balance import class_shares, imbalance_notes, imbalance_recipe
+from pipeline.data.competition_metric import choose_metric
 from pipeline.data.layout import infer_data, typical_image_size
 from pipeline.data.raw_data import adopt
 from pipeline.training.weights import hub_reachable, prepare_lite0
@@ -79,11 +84,18 @@ def run(args: argparse.Namespace) -> None:
     if paths.mounted_competition(comp) is None:
         adopt(comp)  # data/raw/<comp>/ unzipped by hand: checked and stamped, so Make's download step is done
     raw = paths.raw_dir(comp)
-    data, metric, notes = infer_data(raw)
+    data, inferred, notes = infer_data(raw)
+    metric, metric_notes, _ = choose_metric(raw / ".complete", inferred, data.task, str(competition_path))
+    shares = class_shares(data, raw)
+    notes += metric_notes + (imbalance_notes(shares, metric) if shares else [])
     kept = ("train_csv", "test_csv")  # None means something there (no train CSV / no sample submission)
     competition = {"data": {k: v for k, v in vars(data).items() if v is not None or k in kept}, "metric": metric,
                    "folds": {"n_folds": 5, "seed": 42}}  # fmt: skip
     experiment = baseline(data, typical_image_size(raw, data))
+    balance = imbalance_recipe(shares, metric, data.task)
+    if balance:  # measured by make bench-imbalance (pipeline.data.class_balance.WINNER)
+        experiment["train"].update(balance)
+        notes.append(f"baseline: {balance} for skewed classes under {metric} (make bench-imbalance)")
     if re.search(r"[^A-Za-z0-9_.-]", comp):
         raise UserError(f"COMP={comp!r}: use the competition's URL slug (letters, digits, - and _)")
     artifacts.write_text(competition_path, HEADER.format(comp=comp) + dump_yaml(competition))

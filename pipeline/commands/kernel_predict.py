@@ -11,7 +11,8 @@ the OOF predictions. Then:
 
     test.csv      the test listing of the Kernel's own test set (the hidden one when Kaggle re-runs it)
     fold<k>/test.csv   every fold's test probabilities with the config's TTA (the OOF rows are not re-predicted)
-    ensemble, submission   the pipeline's own stages: blend, thresholds fitted on the bundled OOF, format, validate
+    ensemble, submission   the pipeline's own stages: blend, thresholds or per-class logit offsets fitted on the
+                  bundled OOF (the same rows and code as at home, so the same decision), format, validate
     /kaggle/working/submission.csv   a copy of submissions/<comp>/<exp>.csv, written last
 
 A blend bundle (bundle.json of kind "blend": make kaggle-bundle BLEND=<name>) holds every member's own bundle under
@@ -209,7 +210,7 @@ def blend_members(manifest: dict, configs: list[Config]) -> Path:
     weights = np.array([float(manifest["weights"][name]) for name in names])
     frame = blend_apply.blend_tables(tests, names, weights, manifest["combine"], cfg)
     submission = paths.Paths(cfg.comp, manifest["blend"]).submission
-    formatted = submission_frame(cfg, frame, submission)
+    formatted = submission_frame(cfg, frame, submission, manifest.get("decision"))  # make blend's offsets
     artifacts.write_csv(paths.Paths(cfg.comp).blend_test(manifest["blend"]), frame)
     artifacts.write_csv(submission, formatted)
     return submission

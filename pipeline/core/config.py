@@ -35,6 +35,7 @@ from pipeline.core.schema import (  # noqa: F401 - the schema, re-exported: conf
     TASKS,
     TRACKERS,
     TTA_VIEWS,
+    WEIGHTS_TRAVEL,
     AugmentConfig,
     CacheConfig,
     Config,
@@ -288,6 +289,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"tracking: {cfg.tracking!r} is not one of {', '.join(TRACKERS)}")
     if cfg.kaggle.accelerator and cfg.kaggle.accelerator not in ACCELERATORS:
         raise ConfigError(f"kaggle.accelerator: {cfg.kaggle.accelerator!r} is not one of {', '.join(ACCELERATORS)}")
+    if cfg.kaggle.weights not in WEIGHTS_TRAVEL:
+        raise ConfigError(f"kaggle.weights: {cfg.kaggle.weights!r} is not one of {', '.join(WEIGHTS_TRAVEL)}")
     from pipeline.core.metrics import check_task
 
     check_task(cfg.metric, cfg.data.task)  # an unknown or malformed metric fails here, naming `metric`
@@ -309,6 +312,10 @@ def validate_loss(cfg: Config) -> None:
         raise ConfigError("train.loss: cross_entropy is for single-label data; use bce, focal or asymmetric")
     if t.loss == "bce" and task != "multi_label":
         raise ConfigError(f"train.loss: bce is for multi-label data; use cross_entropy, focal or asymmetric ({task})")
+    if t.loss == "logit_adjusted" and (task == "multi_label" or cfg.model.head == "regression"):
+        raise ConfigError(f"train.loss: logit_adjusted is for single-label data with a classifier head ({task})")
+    if t.class_weights != "none" and t.loss == "logit_adjusted":
+        raise ConfigError("train.class_weights: logit_adjusted already balances the classes; use none")
     if t.class_weights != "none" and (t.loss == "asymmetric" and task != "multi_label" or
                                       t.loss == "focal" and task == "multi_label"):  # fmt: skip
         raise ConfigError(f"train.class_weights: {t.loss} loss on {task} data takes no class weights; use none")

@@ -81,6 +81,12 @@ def quadratic_weighted_kappa(targets: np.ndarray, probs: np.ndarray, threshold: 
     return float(skm.cohen_kappa_score(targets, probs.argmax(axis=1), weights="quadratic"))
 
 
+def rmse(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
+    """Root mean squared error of the expected class index (sum_k k p_k) against the true index: ordinal targets."""
+    expected = probs @ np.arange(probs.shape[1], dtype=np.float64)
+    return float(np.sqrt(np.mean((expected - targets) ** 2)))
+
+
 def roc_auc(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
     if _is_multilabel(targets):  # mean over labels that have both classes present
         present = [j for j in range(targets.shape[1]) if 0 < targets[:, j].sum() < len(targets)]
@@ -169,6 +175,7 @@ METRICS: dict[str, Metric] = _Metrics(
         "quadratic_weighted_kappa": Metric(quadratic_weighted_kappa, True, hard=True),
         "roc_auc": Metric(roc_auc, True),
         "balanced_accuracy": Metric(balanced_accuracy, True, hard=True),
+        "rmse": Metric(rmse, False, tasks=SINGLE),
         "matthews_corrcoef": Metric(matthews, True, hard=True),
     }
 )
@@ -335,6 +342,18 @@ def goodness(name: str, value: float) -> float:
 def uses_thresholds(name: str) -> bool:
     """Whether the metric scores 0/1 decisions, so fitted thresholds / cut points can change it."""
     return METRICS[name].hard
+
+
+# Metrics that weight every class equally, so a minority class counts as much as the majority: per-class logit offsets
+# (pipeline.inference.prior_shift) and class-balanced training can serve them; accuracy, micro-F1 and the
+# probability metrics are left alone.
+EQUAL_WEIGHT = ("f1_macro", "balanced_accuracy", "matthews_corrcoef", "quadratic_weighted_kappa")
+
+
+def weights_classes_equally(name: str) -> bool:
+    """Whether metric `name` (as configured) weights classes equally (macro-F1, balanced accuracy, MCC, kappa,
+    macro F-beta)."""
+    return name in EQUAL_WEIGHT or name.startswith("fbeta_macro@")
 
 
 def submission_top_k(name: str) -> int | None:

@@ -400,10 +400,21 @@ class BundlePlace:
     def kernel(self) -> Path:
         return self.folder / "kernel"
 
+    @property
+    def model(self) -> Path:
+        """The fold weights when they travel as a Kaggle Model (kaggle.weights: model), beside dataset/."""
+        return self.folder / "model"
+
 
 def bundle_place(out: Paths) -> BundlePlace:
     """An experiment's bundle: data/runs/<comp>/<exp>/kaggle-bundle/ (the Paths.kaggle_* properties)."""
     return BundlePlace(out.kaggle_bundle, out.kaggle_pushed, out.run / "kaggle-kernel-output")
+
+
+def kaggle_wheels_dir(comp: str) -> Path:
+    """make kaggle-wheels: data/runs/<comp>/kaggle-wheels/ (kernel/, output/, kaggle-wheels.json): the utility
+    notebook that builds on Kaggle the wheels no index has for the Kernel's Python."""
+    return project_root() / "data" / "runs" / comp / "kaggle-wheels"
 
 
 def blend_bundle_place(comp: str, name: str) -> BundlePlace:

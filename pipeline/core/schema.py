@@ -47,7 +47,14 @@ SUBMISSION_FORMATS = ("label", "probabilities", "labels", "numeric")
 
 # Named choices the config is checked against here, without importing what builds them (torch, albumentations):
 # each builder's table is keyed by the same names (tests/core/test_schema_choices.py checks they agree).
-LOSSES = ("auto", "cross_entropy", "bce", "focal", "asymmetric")  # train.loss (pipeline.training.losses)
+LOSSES = (
+    "auto",
+    "cross_entropy",
+    "bce",
+    "focal",
+    "asymmetric",
+    "logit_adjusted",
+)  # train.loss (pipeline.training.losses)
 AUGMENT_POLICIES = ("default", "light", "medium", "heavy", "randaugment", "trivialaugment", "custom")  # augment.policy
 RANDAUGMENT_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast",
                    "saturation", "sharpness", "posterize", "solarize", "equalize", "autocontrast")  # fmt: skip
@@ -131,7 +138,7 @@ class TrainConfig:
     opt: str = "adamw"  # any timm.optim.create_optimizer_v2 name
     sched: str = "cosine"  # any timm.scheduler.create_scheduler_v2 name
     label_smoothing: float = ranged(0.0, 0, 1, high_open=True)
-    loss: str = "auto"  # auto | cross_entropy | bce | focal | asymmetric (pipeline.training.losses)
+    loss: str = "auto"  # auto | cross_entropy | bce | focal | asymmetric | logit_adjusted (pipeline.training.losses)
     focal_gamma: float = ranged(2.0, 0)  # focal loss focusing strength
     focal_alpha: float | None = ranged(0.25, 0, 1)  # multi-label focal loss positive weight (torchvision); null: off
     asl_gamma_neg: float = ranged(4.0, 0)  # asymmetric loss (timm): focusing on negatives
@@ -209,15 +216,18 @@ class TTAConfig:
 
 
 ACCELERATORS = ("t4x2", "l4", "p100", "none")  # kaggle.accelerator (pipeline.kaggle.bundle maps them to Kaggle's)
+WEIGHTS_TRAVEL = ("dataset", "model")  # kaggle.weights: how kaggle-push ships the fold weights (pipeline.kaggle.push)
 
 
 @dataclass
 class KaggleConfig:
     accelerator: str = ""  # t4x2 | l4 | p100 | none; empty: t4x2 (none when device is cpu); flag > env > this
+    weights: str = "dataset"  # dataset: in the bundle's dataset; model: a versioned Kaggle Model (--weights, MODEL=1)
     # RUNNER=kaggle (pipeline.kaggle.remote): each training unit runs as a Kaggle notebook
     internet: bool = True  # the training notebooks have internet (hub weights download there)
     session_limit: str | float = ranged("12h", 0, low_open=True)  # a session's limit; units stop (resumably) before
     sessions: int = ranged(2, 1)  # notebooks running at once; a push Kaggle refuses for too many sessions waits
+    units_per_notebook: int | None = ranged(None, 1, 2)  # null: 2 on t4x2 (one unit per GPU), else 1
 
 
 @dataclass

@@ -147,8 +147,8 @@ def check_free_space(path: Path, need: int) -> None:
     if need > 0 and free < need * 1.01:
         raise UserError(
             f"cannot write {path}: no space left on device (need {artifacts.megabytes(need)}, "
-            f"{artifacts.megabytes(free)} free); free some space, or set train.cache: false to decode images each epoch "
-            "(training streams from the originals by itself when the cache won't fit)"
+            f"{artifacts.megabytes(free)} free); free some space, or set train.cache: false to decode images each "
+            "epoch (training streams from the originals by itself when the cache won't fit)"
         )
 
 

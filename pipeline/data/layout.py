@@ -218,7 +218,7 @@ def infer_submission(data: DataConfig, notes: list[str]) -> str:
             data.classes if data.submission_format == "probabilities" else [data.label_column or "label"]
         )
     notes.append(f"submission: {data.submission_format} ({', '.join(columns[:4])}{'...' if len(columns) > 4 else ''})")
-    notes.append(f"classes: {len(data.classes)}; metric: {metric}")
+    notes.append(f"classes: {len(data.classes)}")  # the metric's own line comes from pipeline.data.competition_metric
     return metric
 
 

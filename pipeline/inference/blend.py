@@ -12,8 +12,11 @@ scored on the held-out fold (nested CV). The guard then never loses to a member:
 nested CV beats both the plain mean and the best single experiment, else the mean when that beats the best
 single, else the best single experiment alone. scores.json's `chosen` and `reason` say which and why; `weights`
 (full precision), `combine` and `members` say exactly how to redo it, and `member_files` (digests of each member's
-oof.csv/test.csv) tell whether it is still current. The blending itself is pipeline.inference.blend_apply, which
-a Kaggle Kernel running the blend's bundle (make kaggle-bundle BLEND=<name>) calls too.
+oof.csv/test.csv) tell whether it is still current. For single-label data scored by a metric that weights classes
+equally, per-class logit offsets are fitted on the blend's OOF (pipeline.inference.prior_shift, kept only when nested
+CV improves): scores.json's `decision` and `cv_decided`; the submission, and a Kernel, apply them. The blending
+itself is pipeline.inference.blend_apply, which a Kaggle Kernel running the blend's bundle (make kaggle-bundle
+BLEND=<name>) calls too.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pipeline.core.config import BLEND_METHODS, Config, load_config
 from pipeline.core.errors import UserError
 from pipeline.core.metrics import goodness, higher_is_better, is_better, score
 from pipeline.data.tables import encode_targets, read_csv
-from pipeline.inference import blend_apply
+from pipeline.inference import blend_apply, prior_shift
 from pipeline.inference.blend_apply import BlendConfig, check_name_free, combine, load_blend_config
 from pipeline.inference.blend_apply import normalise as _normalise
 from pipeline.inference.predictions import submission_frame
@@ -207,10 +210,13 @@ def run(args: argparse.Namespace) -> None:
                   combine=method, member_files=blend_apply.member_files(comp, blend.experiments),
                   cv=score(cfg.metric, targets, oof_blend), sample=0,
                   folds_digest=artifacts.file_digest(out.folds_csv))  # fmt: skip
+    # per-class logit offsets on the blend's own OOF (nested CV decides), applied to its submission and in the Kernel
+    decision = prior_shift.choose_offsets(cfg.metric, cfg.data.task, targets, oof_blend, folds["fold"].to_numpy())
+    result.update(decision=decision, cv_decided=score(cfg.metric, targets, prior_shift.decide(oof_blend, decision)))
     oof_frame = pd.DataFrame(oof_blend, columns=cfg.data.classes)
     oof_frame.insert(0, "id", folds["id"].to_numpy())
     submission = paths.Paths(comp, blend.name).submission
-    formatted = submission_frame(cfg, test_frame, submission, require_sample=False)
+    formatted = submission_frame(cfg, test_frame, submission, decision, require_sample=False)
     artifacts.write_csv(out.blend_oof(blend.name), oof_frame)
     artifacts.write_csv(out.blend_test(blend.name), test_frame)
     artifacts.write_json(out.blend_scores(blend.name), result)

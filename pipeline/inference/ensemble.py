@@ -41,7 +41,8 @@ from pipeline.core.metrics import higher_is_better, is_better, score
 from pipeline.core.provenance import git_commit, package_versions
 from pipeline.data import soft_targets
 from pipeline.data.tables import encode_targets, read_csv
-from pipeline.inference import tta_auto
+from pipeline.inference import prior_shift, tta_auto
+from pipeline.inference.fold_check import ensemble_vs_folds, holdout_targets
 from pipeline.inference.predictions import read_probs
 from pipeline.inference.seed_bag import seed_bag_facts
 from pipeline.inference.thresholds import fit_thresholds, hard_probs
@@ -119,8 +120,8 @@ def check_one_code_version(cfg: Config, fold_ids: list[int]) -> None:
                         "re-predicts the older ones with this version")  # fmt: skip
 
 
-def blend_folds(cfg: Config, fold_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
-    """(oof over the folds' rows in folds.csv order, mean test probabilities, per-fold scores)."""
+def read_folds_predictions(cfg: Config, fold_ids: list[int]) -> tuple[pd.DataFrame, list[pd.DataFrame], list[float]]:
+    """(oof over the folds' rows in folds.csv order, each fold's test probabilities, per-fold scores at argmax)."""
     out = paths.for_config(cfg)
     classes = cfg.data.classes
     folds = read_folds(out)
@@ -138,9 +139,20 @@ def blend_folds(cfg: Config, fold_ids: list[int]) -> tuple[pd.DataFrame, pd.Data
     for fold, test in zip(fold_ids[1:], tests[1:], strict=True):
         if list(test["id"]) != list(tests[0]["id"]):
             raise UserError(f"{out.test_probs(fold)}: test ids differ from fold {fold_ids[0]}'s; re-run predict")
+    return oof_all, tests, fold_scores
+
+
+def average_tests(tests: list[pd.DataFrame], classes: list[str], thresholds: dict[str, Any] | None) -> pd.DataFrame:
+    """The folds' test probabilities averaged in the decision's space (pipeline.inference.prior_shift.average_folds)."""
     blended = tests[0][["id"]].copy()
-    blended[classes] = np.mean([t[classes].to_numpy() for t in tests], axis=0)
-    return oof_all, blended, fold_scores
+    blended[classes] = prior_shift.average_folds([t[classes].to_numpy() for t in tests], thresholds)
+    return blended
+
+
+def blend_folds(cfg: Config, fold_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
+    """(oof over the folds' rows in folds.csv order, mean test probabilities, per-fold scores)."""
+    oof_all, tests, fold_scores = read_folds_predictions(cfg, fold_ids)
+    return oof_all, average_tests(tests, cfg.data.classes, None), fold_scores
 
 
 def add_refit(cfg: Config, blended: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -179,20 +191,22 @@ def add_refit(cfg: Config, blended: pd.DataFrame) -> tuple[pd.DataFrame, dict[st
 
 
 def holdout_score(cfg: Config, blended: pd.DataFrame, thresholds: dict[str, Any] | None = None) -> float | None:
-    """Score against held-out test labels when the competition provides them (the demo does)."""
-    if not cfg.data.holdout:
+    """Score against held-out test labels when the competition provides them, under the decision `thresholds`."""
+    truth = holdout_targets(cfg, blended["id"])
+    if truth is None:
         return None
-    path = paths.raw_dir(cfg.comp) / cfg.data.holdout
-    labels = read_csv(path, "holdout labels")
-    label_column = cfg.data.label_column or "label"
-    truth = labels.set_index(labels.columns[0]).loc[blended["id"], label_column]
-    return score(
-        cfg.metric, encode_targets(truth, cfg.data), hard_probs(blended[cfg.data.classes].to_numpy(), thresholds)
-    )
+    return score(cfg.metric, truth, prior_shift.decide(blended[cfg.data.classes].to_numpy(), thresholds))
 
 
-def choose_thresholds(cfg: Config, targets: np.ndarray, probs: np.ndarray, cv: float) -> tuple[dict[str, Any], float]:
-    """Thresholds fitted on all OOF rows, kept only when they beat 0.5/argmax there; (thresholds, thresholded CV)."""
+def choose_thresholds(cfg: Config, targets: np.ndarray, probs: np.ndarray, cv: float,
+                      fold_of_row: np.ndarray) -> tuple[dict[str, Any], float]:  # fmt: skip
+    """The decision fitted on OOF rows, and the CV under it. Single-label with a metric that weights classes equally:
+    per-class logit offsets kept only when nested CV improves (pipeline.inference.prior_shift); multi-label /
+    ordinal: thresholds / cut points fitted on all OOF rows, kept only when they beat 0.5/argmax there."""
+    if cfg.data.task == "single_label":
+        shifted = prior_shift.choose_offsets(cfg.metric, cfg.data.task, targets, probs, fold_of_row)
+        fitted_cv = score(cfg.metric, targets, prior_shift.decide(probs, shifted))
+        return shifted, fitted_cv if shifted["kind"] != "none" else cv
     fitted = fit_thresholds(cfg.data.task, cfg.metric, targets, probs)
     if fitted["kind"] == "none":
         return fitted, cv
@@ -210,18 +224,24 @@ def run(args: argparse.Namespace) -> None:
     auto = choose_auto_views(cfg, fold_ids) if cfg.tta.views == "auto" else None
     if auto:
         apply_auto_views(cfg, auto["chosen"], fold_ids)
-    oof, blended, fold_scores = blend_folds(cfg, fold_ids)
-    blended, refit_facts = add_refit(cfg, blended)
+    oof, tests, fold_scores = read_folds_predictions(cfg, fold_ids)
     folds = read_folds(out)
     folds = folds[folds["fold"].isin(fold_ids)]
     targets, probs = encode_targets(folds["label"], cfg.data), oof[cfg.data.classes].to_numpy()
     cv = score(cfg.metric, targets, probs)
-    thresholds, cv_thresholded = choose_thresholds(cfg, targets, probs, cv)
+    thresholds, cv_thresholded = choose_thresholds(cfg, targets, probs, cv, folds["fold"].to_numpy())
+    blended, refit_facts = add_refit(cfg, average_tests(tests, cfg.data.classes, thresholds))
+    truth = holdout_targets(cfg, tests[0]["id"])
+    check = ensemble_vs_folds(cfg.metric, targets, probs, folds["fold"].to_numpy(), thresholds, None if truth is None
+                              else (truth, [t[cfg.data.classes].to_numpy() for t in tests],
+                                    blended[cfg.data.classes].to_numpy()))  # fmt: skip
     scores = {
         "metric": cfg.metric,
         "cv": cv,  # at 0.5 (multi-label) / argmax
         "cv_thresholded": cv_thresholded,  # with thresholds.json (fitted on these same OOF rows: optimistic)
-        "thresholds": thresholds["kind"],
+        "thresholds": thresholds["kind"],  # prior_shift: per-class logit offsets (thresholds.json: nested CV, gain)
+        "fold_average": "log-probabilities" if thresholds["kind"] == "prior_shift" else "probabilities",
+        "ensemble_vs_folds": check,  # the blend (or pooled OOF) against its mean fold, under the decision
         "folds": fold_scores,  # of folds_used, in that order
         "folds_used": fold_ids,
         "partial": partial,  # True: only folds_used were blended; cv covers only their rows
@@ -257,6 +277,14 @@ def run(args: argparse.Namespace) -> None:
     log.info("ensemble: CV %s = %.4f%s -> %s", cfg.metric, cv, spread, out.scores)
     if "cv_note" in scores:
         log.warning("ensemble: %s", scores["cv_note"])
-    if thresholds["kind"] != "none":
+    if thresholds["kind"] == "prior_shift":
+        log.info("ensemble: per-class logit offsets fitted on OOF: CV %.4f (nested CV %.4f vs argmax %.4f) -> %s",
+                 cv_thresholded, thresholds["nested_cv"], thresholds["argmax_cv"], out.thresholds)  # fmt: skip
+    elif thresholds["kind"] != "none":
         log.info("ensemble: with %s thresholds fitted on OOF: CV %.4f -> %s", thresholds["kind"], cv_thresholded,
                  out.thresholds)  # fmt: skip
+    if check["worse"]:
+        where = "held-out" if check["holdout"] else "OOF"
+        judged = check["holdout"] or check["oof"]
+        log.warning("ensemble: the blend scores %.4f on %s rows, below its mean fold %.4f (%s): averaging the folds "
+                    "hurt", judged["ensemble"], where, judged["mean_fold"], cfg.metric)  # fmt: skip

@@ -100,10 +100,12 @@ def submission_frame(cfg: Config, probs: pd.DataFrame, where: Path, thresholds: 
     against it (`require_sample`: a missing sample_submission is an error; make blend also runs on probability files
     alone). The submission stage, make blend and a Kernel's blend all call this one function."""
     from pipeline.core.metrics import submission_top_k
+    from pipeline.inference.prior_shift import shift_table
     from pipeline.inference.validate import check_submission
 
     found = thresholds or {"kind": "none"}
     threshold = found["thresholds"] if found["kind"] == "multi_label" else 0.5
+    probs = shift_table(probs, cfg.data.classes, found)  # per-class logit offsets (a prior shift) decide the argmax
     frame = format_submission(probs, cfg.data, threshold, found.get("cut_points"), top_k=submission_top_k(cfg.metric))
     sample_path = paths.raw_dir(cfg.comp) / cfg.data.test_csv if cfg.data.test_csv else None
     if sample_path is not None and (require_sample or sample_path.is_file()):

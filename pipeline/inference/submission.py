@@ -5,7 +5,8 @@ writes submissions/<comp>/<exp>.csv with exactly sample_submission's ids, row or
 format (data.submission_format): `label` (the most probable class), `probabilities` (one column per
 class), `labels` (space-separated classes above the threshold; multi-label), or `numeric` (the class as
 a number; ordinal targets). When ensemble wrote thresholds.json, its per-label thresholds (`labels`) or
-ordinal cut points (`label`, `numeric`) decide instead of 0.5/argmax. A MAP@k competition (metric map@K)
+ordinal cut points (`label`, `numeric`), or its per-class logit offsets (a prior shift, single-label:
+pipeline.inference.prior_shift) decide instead of 0.5/argmax. A MAP@k competition (metric map@K)
 writes the K most probable classes, space-separated, in the `label`/`labels` column. The file is checked
 against sample_submission before it is written.
 """

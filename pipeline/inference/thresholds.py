@@ -1,5 +1,6 @@
 """Decisions fitted on OOF rows: per-label thresholds (multi-label) and ordinal cut points applied to the expected
-class (sum_k k * p_k), by coordinate search on the competition metric. Applied identically by predict, ensemble,
+class (sum_k k * p_k), by coordinate search on the competition metric; per-class logit offsets (single-label) are
+fitted by pipeline.inference.prior_shift and applied here too. Applied identically by predict, ensemble,
 blends and the Kaggle Kernel (`hard_probs`).
 """
 
@@ -20,10 +21,21 @@ def ordinal_classes(probs: np.ndarray, cut_points: list[float]) -> np.ndarray:
     return np.digitize(expected_class(probs), cut_points)
 
 
+def shift(probs: np.ndarray, offsets: np.ndarray | list[float]) -> np.ndarray:
+    """softmax(log p + offsets): the probabilities per-class logit offsets (a prior shift) decide on; rows sum to 1."""
+    logits = np.log(np.clip(probs, 1e-12, None)) + np.asarray(offsets, dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
 def hard_probs(probs: np.ndarray, thresholds: dict[str, Any] | None) -> np.ndarray:
-    """Probabilities turned into the 0/1 decisions the thresholds make (for scoring with any metric)."""
+    """Probabilities turned into the decisions thresholds.json makes (for scoring with any metric): 0/1 rows for
+    thresholds and cut points, the shifted probabilities for per-class offsets (pipeline.inference.prior_shift)."""
     if not thresholds or thresholds.get("kind") == "none":
         return probs
+    if thresholds["kind"] == "prior_shift":
+        return shift(probs, thresholds["offsets"])
     if thresholds["kind"] == "multi_label":
         return (probs >= np.asarray(thresholds["thresholds"])).astype(np.float64)
     return np.eye(probs.shape[1])[ordinal_classes(probs, thresholds["cut_points"])]

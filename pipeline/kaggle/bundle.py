@@ -31,31 +31,37 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pipeline.core import artifacts, paths
 from pipeline.core.bag import bag_seeds, member_config, members
 from pipeline.core.cli import config_from_args
-from pipeline.core.config import (
-    COMPETITION_KEYS,
-    Config,
-    dump_yaml,
-    load_config,
-    to_dict,
-    training_fingerprint,
-)
+from pipeline.core.config import COMPETITION_KEYS, Config, dump_yaml, to_dict, training_fingerprint
 from pipeline.core.errors import UserError
 from pipeline.core.run_config import config_of_member, config_of_run
 from pipeline.inference.tta_auto import effective_views
 from pipeline.kaggle import wheels
+from pipeline.kaggle.bundle_assembly import (
+    ACCELERATORS,
+    DEFAULT_ACCELERATOR,
+    DOCKER_PINNING,
+    LICENSE,
+    KaggleNames,
+    assemble,
+    check_reloads,
+    choose_accelerator,
+    kaggle_names,
+    kaggle_user,
+    kernel_script,
+    metric_module_files,
+    module_file_name,
+    place_file,
+    wheels_notebook,
+    write_runtime_with,
+)
 from pipeline.kaggle.bundle_format import (
     MANIFEST_FORMAT,
     check_no_evaluation_server,
@@ -63,73 +69,10 @@ from pipeline.kaggle.bundle_format import (
     fold_weight_files,
     output_file_name,
 )
+from pipeline.kaggle.model_upload import model_names, write_model_metadata
 from pipeline.training.checkpoint import trained_fingerprint
 
 log = logging.getLogger(__name__)
-
-LICENSE = "CC0-1.0"  # the client's own default; the dataset is private unless you publish it
-SETTINGS_LINE = "SETTINGS: dict[str, str] = {}  # filled in by pipeline.kaggle.bundle: bundle (dataset slug), comp, exp"
-USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-# --accelerator / KAGGLE_ACCELERATOR / kaggle.accelerator -> kernel-metadata.json's machine_shape. A plain account is
-# offered T4 x2 and TPU only: NvidiaTeslaT4 is the editor's "GPU T4 x2" (a single T4 is not offered), the default.
-# The P100 is retired (Kaggle silently runs a P100 request elsewhere) and the L4 is not offered to every account.
-# Keys: config.ACCELERATORS.
-ACCELERATORS: dict[str, str | None] = {"t4x2": "NvidiaTeslaT4", "l4": "NvidiaL4", "p100": "NvidiaTeslaP100",
-                                       "none": None}  # fmt: skip
-DEFAULT_ACCELERATOR = "t4x2"
-DOCKER_PINNING = "original"  # kernel-metadata.json's docker_image_pinning_type: "original" or "latest"
-
-
-@dataclass(frozen=True)
-class KaggleNames:
-    """Where the bundle lives on Kaggle: `owner/slug` refs and titles that the client accepts."""
-
-    dataset: str
-    dataset_title: str
-    kernel: str
-    kernel_title: str
-
-
-def slugify(text: str) -> str:
-    """What Kaggle's client makes of a title (python-slugify): lower case, runs of other characters -> '-'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def _title(comp: str, exp: str, word: str) -> str:
-    """`<comp> <exp> <word>` within the 6..50 characters Kaggle allows; a long competition slug is shortened."""
-    room = 50 - len(exp) - len(word) - 2
-    title = f"{comp[: max(room, 1)].rstrip('-_')} {exp} {word}"[:50].strip()
-    return title if len(title) >= 6 else f"{title} bundle"
-
-
-def kaggle_names(comp: str, exp: str, user: str) -> KaggleNames:
-    dataset_title, kernel_title = _title(comp, exp, "bundle"), _title(comp, exp, "inference")
-    return KaggleNames(f"{user}/{slugify(dataset_title)}", dataset_title, f"{user}/{slugify(kernel_title)}",
-                       kernel_title)  # fmt: skip
-
-
-def kaggle_user(explicit: str | None) -> str:
-    """The Kaggle account that will own the dataset and the kernel: --user, else the credentials' username.
-
-    With token auth the username is not in the environment: the client logs in (one call) and says whose token it is.
-    """
-    user = explicit
-    if not user:
-        from pipeline.kaggle.client import Kaggle, check_credentials  # reads files and the environment first
-
-        try:
-            user = check_credentials().username
-            if not user:  # a token: its owner is what Kaggle answers when the client logs in with it
-                user = Kaggle().credentials.username
-        except UserError as exc:
-            log.debug("no Kaggle username from the credentials: %s", exc)
-            user = None
-    if not user:
-        raise UserError("kaggle-bundle: which Kaggle account owns the bundle? pass --user <name> "
-                        "(Make: KAGGLE_USER=<name>), or set KAGGLE_API_TOKEN or KAGGLE_USERNAME")  # fmt: skip
-    if not USER.fullmatch(user):
-        raise UserError(f"--user {user!r}: not a Kaggle username (letters, digits, '-' and '_')")
-    return user
 
 
 def check_run(cfg: Config) -> None:
@@ -167,100 +110,28 @@ def resolved_config(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     return competition, experiment
 
 
-def check_reloads(cfg: Config, competition: dict[str, Any], experiment: dict[str, Any]) -> None:
-    """The written config must reload to the weights' fingerprint, or predict would refuse them in the Kernel."""
-    with tempfile.TemporaryDirectory(prefix="bundle-config-") as tmp:
-        folder = Path(tmp) / cfg.comp
-        folder.mkdir()
-        (folder / "competition.yaml").write_text(dump_yaml(competition))
-        (folder / f"{cfg.exp}.yaml").write_text(dump_yaml(experiment))
-        reloaded = load_config(folder / f"{cfg.exp}.yaml")
-    if training_fingerprint(reloaded) != training_fingerprint(cfg):  # a bug, not a user mistake
-        raise RuntimeError("the bundled config does not reload to the trained fingerprint")
-
-
-def kernel_script(settings: dict[str, str]) -> str:
-    template = resources.files("pipeline.kaggle").joinpath("kernel.py").read_text()
-    if template.count(SETTINGS_LINE) != 1:
-        raise RuntimeError("pipeline/kaggle/kernel.py lost its SETTINGS line")
-    return template.replace(SETTINGS_LINE, f"SETTINGS: dict[str, str] = {json.dumps(settings)}")
-
-
-def _place(source: Path, target: Path) -> None:
-    """Put `source` at `target` by a hard link where the file system allows (instant, no space), else a copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
-def metric_module_files(cfg: Config) -> dict[str, Path]:
-    """A custom metric's source files as {path relative to an import root: file}: the module and its packages'
-    __init__.py, so the Kernel can import it from the competition's configs folder."""
-    from pipeline.core.metrics import custom_function_spec, import_function
-
-    spec = custom_function_spec(cfg.metric)
-    if spec is None:
-        return {}
-    module_name = spec.partition(":")[0]
-    import_function(spec)  # imports the module (one `error:` line when it cannot be)
-    module = sys.modules[module_name]
-    source = Path(getattr(module, "__file__", None) or "")
-    if source.suffix != ".py" or not source.is_file():
-        raise UserError(f"metric.function: module {module_name!r} is not a .py file ({source}); the Kaggle bundle "
-                        "can only ship a plain Python module: put it in the project folder or configs/")  # fmt: skip
-    parts = module_name.split(".")
-    relative = "/".join(
-        parts[:-1] + ([parts[-1], "__init__.py"] if source.name == "__init__.py" else [parts[-1] + ".py"])
-    )
-    files = {relative: source}
-    root = source.parent.parent if source.name == "__init__.py" else source.parent
-    for depth in range(len(parts) - 1, 0, -1):  # the packages above the module
-        init = root / "__init__.py"
-        if init.is_file():
-            files["/".join(parts[:depth] + ["__init__.py"])] = init
-        root = root.parent
-    return files
-
-
-def module_file_name(relative: str) -> str:
-    """The flat dataset name of a metric module file (Kaggle's client skips sub-folders)."""
-    return "metric-module--" + relative.replace("/", "--")
-
-
-def write_runtime(folder: Path) -> tuple[Path, list[str]]:
-    """requirements.txt, this package's wheel and the wheels Kaggle's image lacks, into `folder`:
-    (the package wheel, the other wheels' file names)."""
-    requirements = wheels.runtime_requirements()
-    (folder / "requirements.txt").write_text(
-        "# What the inference kernel needs: the Kernel's image has most of it, the rest is bundled here (*.whl)\n"
-        + "".join(f"{line}\n" for line in requirements)
-    )
-    package = wheels.build_package_wheel(folder)
-    return package, [wheels.bundle_wheel(dist, folder).name for dist in wheels.bundled_distributions(requirements)]
-
-
-def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, Any]:
-    """Fill `folder` with the dataset's files; returns the manifest (written last)."""
+def build_dataset(cfg: Config, names: KaggleNames, folder: Path, weights: Path | None = None) -> dict[str, Any]:
+    """Fill `folder` with the dataset's files (the fold weights into `weights` when given: a Kaggle Model's); returns
+    the manifest (written last)."""
     out = paths.for_config(cfg)
     competition, experiment = resolved_config(cfg)
     check_reloads(cfg, competition, experiment)
     config = {"competition": "competition.yaml", "experiment": f"{cfg.exp}.yaml"}
     (folder / config["competition"]).write_text(dump_yaml(competition))
     (folder / config["experiment"]).write_text(dump_yaml(experiment))
-    _place(out.folds_csv, folder / "folds.csv")
+    place_file(out.folds_csv, folder / "folds.csv")
     folds = []
     for fold in range(cfg.folds.n_folds):
         entry = fold_entry(fold, bag_seeds(cfg))
         for seed, name in fold_weight_files(entry).items():  # a seed bag ships every member
-            _place(out.member(seed).weights(fold), folder / name)
-        _place(out.oof(fold), folder / entry["oof"])
+            place_file(out.member(seed).weights(fold), (weights or folder) / name)
+        place_file(out.oof(fold), folder / entry["oof"])
         folds.append(entry)
     modules = {}
     for relative, source in metric_module_files(cfg).items():
         modules[module_file_name(relative)] = relative
         shutil.copyfile(source, folder / module_file_name(relative))
-    package, extras = write_runtime(folder)
+    package, extras, runtime = runtime_with_notebook(cfg.comp, folder)
     scores = artifacts.read_json(out.scores)
     from pipeline.core.provenance import git_commit
 
@@ -283,6 +154,7 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
         "metric": scores.get("metric"),
         "cv": scores.get("cv"),
         "output_file": output_file_name(cfg.data.test_csv),  # what the kernel writes and kaggle-submit submits
+        **runtime,  # kaggle_wheels: what the wheels notebook (make kaggle-wheels) brings instead
         "planned_seconds": planned_seconds(cfg),  # make plan's inference kernel: kaggle-push checks the GPU quota
         "git_commit": git_commit(Path(__file__).resolve().parent),  # the code's commit, wherever the project is
     }
@@ -297,6 +169,15 @@ def build_dataset(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, An
     return manifest
 
 
+def runtime_with_notebook(comp: str, folder: Path) -> tuple[Path, list[str], dict[str, Any]]:
+    """write_runtime, where the wheels `make kaggle-wheels` built on Kaggle need not be fetched: (the package wheel,
+    the bundled wheels, the manifest's `kaggle_wheels` entry: the notebook the kernel mounts and what it brings)."""
+    notebook = wheels_notebook(comp)
+    package, extras, from_kaggle = write_runtime_with(folder, notebook["requirements"] if notebook else ())
+    entry = {"kaggle_wheels": {"kernel": notebook["kernel"], "requirements": from_kaggle}} if from_kaggle else {}
+    return package, extras, entry
+
+
 def planned_seconds(cfg: Config) -> float | None:
     """What `make plan` expects the inference kernel to take (seconds), or None when it cannot tell."""
     from pipeline.reporting.planner import DEFAULT_LIMIT, make_plan, parse_duration
@@ -308,32 +189,12 @@ def planned_seconds(cfg: Config) -> float | None:
         return None
 
 
-def choose_accelerator(cfg: Config, explicit: str | None, configured: str = "") -> str:
-    """--accelerator, else $KAGGLE_ACCELERATOR, else the config's kaggle.accelerator (`configured`, validated by
-    load_config), else t4x2 (none when the config's device is cpu)."""
-    choice = (explicit or os.environ.get("KAGGLE_ACCELERATOR") or configured or "").strip().lower()
-    if not choice:
-        return "none" if cfg.device == "cpu" else DEFAULT_ACCELERATOR
-    if choice not in ACCELERATORS:
-        raise UserError(f"accelerator {choice!r} (--accelerator / KAGGLE_ACCELERATOR): use one of "
-                        f"{', '.join(ACCELERATORS)}")  # fmt: skip
-    if choice in ACCELERATOR_WARNINGS:
-        log.warning("warning: %s", ACCELERATOR_WARNINGS[choice])
-    return choice
-
-
-ACCELERATOR_WARNINGS = {
-    "p100": "accelerator p100: Kaggle retired the P100 and silently replaces it, so the kernel runs elsewhere (on "
-            "what Kaggle picks, not on the GPU asked for); use t4x2, what a plain account is offered",
-    "l4": "accelerator l4: Kaggle does not offer the L4 to every account (a plain one sees T4 x2 and TPU only), so "
-          "the push may be refused or run elsewhere; t4x2 is offered to all",
-}  # fmt: skip
-
-
 def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str = DEFAULT_ACCELERATOR,
-                 label: str | None = None) -> None:  # fmt: skip
-    """kernel.py and kernel-metadata.json; `label`: what the kernel predicts (the experiment, or a blend's name)."""
+                 label: str | None = None, manifest: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """kernel.py and kernel-metadata.json; `label`: what the kernel predicts (the experiment, or a blend's name);
+    `manifest`: the dataset's, whose wheels notebook (make kaggle-wheels) the kernel mounts through kernel_sources."""
     settings = {"bundle": names.dataset.split("/", 1)[1], "comp": cfg.comp, "exp": label or cfg.exp}
+    notebook = (manifest or {}).get("kaggle_wheels")
     (folder / "kernel.py").write_text(kernel_script(settings))
     metadata = {
         "id": names.kernel,
@@ -347,8 +208,8 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str
         "enable_internet": False,  # code competitions require it off; the bundle brings what pip would fetch
         "dataset_sources": [names.dataset],
         "competition_sources": [cfg.comp],
-        "kernel_sources": [],
-        "model_sources": [],
+        "kernel_sources": [notebook["kernel"]] if notebook else [],  # make kaggle-wheels' output: more wheels
+        "model_sources": [],  # kaggle-push pins the weights' Kaggle Model version here (kaggle.weights: model)
         # the image of the first run, every re-run: a rerun months later still has the torch/timm it was tested with
         "docker_image_pinning_type": DOCKER_PINNING,
     }
@@ -357,36 +218,47 @@ def build_kernel(cfg: Config, names: KaggleNames, folder: Path, accelerator: str
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def assemble(folder: Path, dataset: Callable[[Path], dict], kernel: Callable[[Path], None]) -> dict:
-    """Build a bundle's dataset/ (`dataset` returns the manifest, written last as bundle.json) and kernel/ in a
-    hidden folder beside `folder`, then rename it into place, so a half-built bundle never looks done."""
-    from pipeline.core.artifacts import publish
-
-    staging = folder.with_name(f".{folder.name}.building")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build
-    try:
-        (staging / "dataset").mkdir(parents=True)
-        (staging / "kernel").mkdir()
-        manifest = dataset(staging / "dataset")
-        kernel(staging / "kernel")
-        (staging / "dataset" / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest: last
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise artifacts.write_error(staging / "dataset" / "bundle.json", exc) from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    publish(staging, folder)
-    return manifest
+def model_folder(dataset: Path, travel: str) -> Path | None:
+    """Where the weights go: None (the dataset) or, for kaggle.weights: model, model/ beside the staged dataset/
+    (assemble renames the whole staging folder into place)."""
+    if travel != "model":
+        return None
+    folder = dataset.parent / "model"
+    folder.mkdir()
+    return folder
 
 
-def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR) -> Path:
-    """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place."""
+def with_model(manifest: dict[str, Any], names: KaggleNames, weights: Path | None, what: str) -> dict[str, Any]:
+    """The manifest, and for weights that travel as a Kaggle Model its `weights_model` entry (the instance and its
+    files) and the client's metadata files in `weights`."""
+    if weights is None:
+        return manifest
+    instance, title = model_names(manifest["comp"], manifest["exp"] if what == "exp" else f"blend-{manifest['exp']}",
+                                  names.dataset.split("/", 1)[0])  # fmt: skip
+    files = sorted(p.name for p in weights.iterdir())
+    write_model_metadata(weights, instance, title, f"Fold weights of `{manifest['exp']}` for `{manifest['comp']}` "
+                         f"(CV {manifest.get('metric')} = {manifest.get('cv')}), for the inference kernel "
+                         f"{names.kernel}; config and wheels: the dataset {names.dataset}.")  # fmt: skip
+    return {**manifest, "weights_model": {"instance": instance, "files": files}}
+
+
+def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR, travel: str = "dataset") -> Path:
+    """Build data/runs/<comp>/<exp>/kaggle-bundle/ in a hidden folder, then rename it into place; `travel`: how the
+    weights go (kaggle.weights: dataset, or model: a Kaggle Model uploaded from kaggle-bundle/model/)."""
     check_run(cfg)
     out = paths.for_config(cfg)
     names = kaggle_names(cfg.comp, cfg.exp, user)
-    manifest = assemble(out.kaggle_bundle, lambda dataset: build_dataset(cfg, names, dataset),
-                        lambda kernel: build_kernel(cfg, names, kernel, accelerator))  # fmt: skip
+
+    def dataset(folder: Path) -> dict[str, Any]:
+        weights = model_folder(folder, travel)
+        return with_model(build_dataset(cfg, names, folder, weights), names, weights, "exp")
+
+    built: dict[str, Any] = {}  # the dataset's manifest, built before the kernel
+    manifest = assemble(
+        out.kaggle_bundle,
+        lambda folder: built.setdefault("manifest", dataset(folder)),
+        lambda kernel: build_kernel(cfg, names, kernel, accelerator, manifest=built["manifest"]),
+    )
     size = sum(p.stat().st_size for p in out.kaggle_dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: %d folds, %d wheels) -> dataset %s, kernel %s", out.kaggle_bundle, size,
              cfg.folds.n_folds, 1 + len(manifest["wheels"]), names.dataset, names.kernel)  # fmt: skip
@@ -397,14 +269,13 @@ def run(args: argparse.Namespace) -> None:
     if getattr(args, "blend", None):
         from pipeline.core.cli import comp_from_args
 
-        build_blend_bundle(comp_from_args(args), args.blend, kaggle_user(args.user), getattr(args, "accelerator", None))
+        build_blend_bundle(comp_from_args(args), args.blend, kaggle_user(args.user), getattr(args, "accelerator", None),
+                           getattr(args, "weights", None))  # fmt: skip
         return
     cfg = config_of_run(args)  # what the run trained (SET included), unless SET is given now
-    configured = config_from_args(
-        args
-    ).kaggle.accelerator  # not a training setting: the experiment yaml as it reads now
-    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None), configured)
-    build_bundle(cfg, kaggle_user(args.user), accelerator)
+    configured = config_from_args(args).kaggle  # not training settings: the experiment yaml as it reads now
+    accelerator = choose_accelerator(cfg, getattr(args, "accelerator", None), configured.accelerator)
+    build_bundle(cfg, kaggle_user(args.user), accelerator, getattr(args, "weights", None) or configured.weights)
 
 
 # A whole blend (make kaggle-bundle BLEND=<name>): every member's own bundle files, side by side in one flat dataset
@@ -455,53 +326,65 @@ def check_members(comp: str, name: str, members: list[str]) -> list[Config]:
     return configs
 
 
-def add_member(cfg: Config, names: KaggleNames, folder: Path) -> dict[str, str]:
-    """The member's own bundle (build_dataset) moved into `folder` under its prefix; its entry in the blend manifest."""
+def add_member(cfg: Config, names: KaggleNames, folder: Path, weights: Path | None = None) -> dict[str, str]:
+    """The member's own bundle (build_dataset) moved into `folder` under its prefix (its weights into `weights` when
+    given: the blend's Kaggle Model); its entry in the blend manifest."""
     prefix = f"{cfg.exp}{MEMBER_SEPARATOR}"
-    with tempfile.TemporaryDirectory(prefix="bundle-member-", dir=folder.parent) as tmp:
+    with (tempfile.TemporaryDirectory(prefix="bundle-member-", dir=folder.parent) as tmp,
+          tempfile.TemporaryDirectory(prefix="bundle-member-weights-", dir=folder.parent) as tmp_weights):  # fmt: skip
         member = Path(tmp)
-        manifest = build_dataset(cfg, names, member)
+        manifest = build_dataset(cfg, names, member, Path(tmp_weights) if weights else None)
         (member / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for path in sorted(member.iterdir()):
             if path.suffix != ".whl" and path.name not in RUNTIME_FILES:
                 os.replace(path, folder / f"{prefix}{path.name}")
+        for path in sorted(Path(tmp_weights).iterdir()):
+            os.replace(path, (weights or folder) / f"{prefix}{path.name}")
     entry = {"exp": cfg.exp, "prefix": prefix, "manifest": f"{prefix}bundle.json"}
     return {**entry, "fingerprint": manifest["fingerprint"]}
 
 
 def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dict[str, Any], names: KaggleNames,
-                        folder: Path) -> dict[str, Any]:  # fmt: skip
-    """Fill `folder` with every member's files and one set of wheels; returns the blend manifest (written last)."""
+                        folder: Path, travel: str = "dataset") -> dict[str, Any]:  # fmt: skip
+    """Fill `folder` with every member's files and one set of wheels (the weights into model/ beside it for
+    kaggle.weights: model); returns the blend manifest (written last)."""
     from pipeline.core.provenance import git_commit
 
-    members = [add_member(cfg, names, folder) for cfg in configs]
-    package, extras = write_runtime(folder)
+    weights = model_folder(folder, travel)
+    members = [add_member(cfg, names, folder, weights) for cfg in configs]
+    package, extras, runtime = runtime_with_notebook(comp, folder)
     (folder / "dataset-metadata.json").write_text(json.dumps({
         "title": names.dataset_title, "id": names.dataset, "licenses": [{"name": LICENSE}],
         "description": f"The `{name}` blend of {', '.join(scores['members'])} for the `{comp}` competition "
                        f"({scores['chosen']}, CV {scores.get('metric')} = {scores.get('cv')}): every member's fold "
                        f"weights and config, for the offline inference kernel {names.kernel}.",
     }, indent=2) + "\n")  # fmt: skip
-    return {
+    return with_model({
         "format": MANIFEST_FORMAT, "kind": BLEND_KIND, "comp": comp, "exp": name, "blend": name,
         "members": members, "weights": scores["weights"], "combine": scores["combine"], "chosen": scores["chosen"],
+        "decision": scores.get("decision"),  # the blend's per-class logit offsets (prior shift), or none
         "method": scores.get("method"), "dataset": names.dataset, "kernel": names.kernel,
         "package": {"name": wheels.DISTRIBUTION, "version": package.name.split("-")[1], "wheel": package.name},
         "wheels": extras, "requirements": "requirements.txt", "metric": scores.get("metric"), "cv": scores.get("cv"),
-        "output_file": output_file_name(configs[0].data.test_csv),
+        "output_file": output_file_name(configs[0].data.test_csv), **runtime,
         "git_commit": git_commit(Path(__file__).resolve().parent),
-    }  # fmt: skip
+    }, names, weights, "blend")  # fmt: skip
 
 
-def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: str | None = None) -> Path:
+def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: str | None = None,
+                       travel: str | None = None) -> Path:  # fmt: skip
     """Build data/runs/<comp>/blend/<name>/kaggle-bundle/ in a hidden folder, then rename it into place."""
     scores = blend_scores(comp, name)
     configs = check_members(comp, name, list(scores["members"]))
     accelerator = choose_accelerator(configs[0], explicit_accelerator, configs[0].kaggle.accelerator)
+    travel = travel or configs[0].kaggle.weights
     place = paths.blend_bundle_place(comp, name)
     names = kaggle_names(comp, f"blend-{name}", user)
-    assemble(place.folder, lambda dataset: build_blend_dataset(comp, name, configs, scores, names, dataset),
-             lambda kernel: build_kernel(configs[0], names, kernel, accelerator, label=name))  # fmt: skip
+    built: dict[str, Any] = {}  # the dataset's manifest, built before the kernel
+    assemble(place.folder, lambda dataset: built.setdefault("manifest", build_blend_dataset(
+                 comp, name, configs, scores, names, dataset, travel)),
+             lambda kernel: build_kernel(configs[0], names, kernel, accelerator, label=name,
+                                         manifest=built["manifest"]))  # fmt: skip
     size = sum(p.stat().st_size for p in place.dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: blend %s of %s, %s weights %s) -> dataset %s, kernel %s", place.folder, size,
              name, ", ".join(scores["members"]), scores["combine"], scores["weights"], names.dataset,

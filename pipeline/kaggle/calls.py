@@ -3,6 +3,11 @@
 Inputs: a logged-in pipeline.kaggle.client.Kaggle. Outputs: plain values read from the official client's answers
 (kaggle 2.2.x / kagglesdk), never fields the client cannot read:
     dataset_files     a dataset version's files and sizes (ListDatasetFiles), to check that every upload arrived
+    model_version     a Kaggle Model instance's current version (GetModelInstance; None: not created yet)
+    create_model, create_model_instance, create_model_version
+                      the Model, its instance (version 1) and further versions (`kaggle models [instances
+                      [versions]] create`), each upload of a folder checked like a dataset's
+    model_files       a Model instance version's files and sizes (ListModelInstanceVersionFiles)
     kernel_version    a kernel's current version number and its last run's start (ListKernels): the session
                       status (GetKernelSessionStatus) carries no version
     follow_log        the kernel's log while it runs (the `kernels logs --follow` stream)
@@ -14,9 +19,11 @@ Reads are retried and every failure is one UserError line (pipeline.kaggle.clien
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import UserError
@@ -36,6 +43,96 @@ def dataset_files(kaggle: Any, ref: str, version: int) -> dict[str, int]:  # noq
             f"{ref}/{version}", page_token=token, page_size=PAGE_SIZE), kind="dataset")  # fmt: skip
         for item in getattr(answer, "dataset_files", None) or getattr(answer, "files", None) or []:
             found[str(item.name)] = int(getattr(item, "total_bytes", 0) or 0)
+        token = getattr(answer, "next_page_token", None)
+        if not token:
+            break
+    return found
+
+
+def _not_created(kaggle: Any, exc: UserError, ref: str) -> bool:  # noqa: ANN401
+    """Kaggle answers 403, not 404, for what the caller cannot see, which includes what does not exist yet: on the
+    caller's own slug a 403 (or 404) means "not created yet" (the create call decides), on another's a refusal."""
+    import requests
+
+    cause = exc.__cause__
+    code = (
+        getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, requests.HTTPError)
+        else None
+    )
+    own = (kaggle.credentials.username or "").lower() == ref.split("/", 1)[0].lower()
+    return code == 404 or (code == 403 and own)
+
+
+def model_exists(kaggle: Any, model: str) -> bool:  # noqa: ANN401
+    """Kaggle Model `owner/slug` exists (GetModel)."""
+    try:
+        kaggle._read(model, "read the Model", lambda: kaggle.api.model_get(model), kind="model")
+    except UserError as exc:
+        if _not_created(kaggle, exc, model):
+            return False
+        raise
+    return True
+
+
+def model_version(kaggle: Any, instance: str) -> int | None:  # noqa: ANN401
+    """The current version number of Model instance `owner/slug/framework/instance`, None when it does not exist."""
+    try:
+        answer = kaggle._read(instance, "read the Model instance", lambda: kaggle.api.model_instance_get(instance),
+                              kind="model")  # fmt: skip
+    except UserError as exc:
+        if _not_created(kaggle, exc, instance):
+            return None
+        raise
+    return int(getattr(answer, "version_number", 0) or 0)
+
+
+def _model_answer(kaggle: Any, ref: str, answer: Any, action: str) -> str:  # noqa: ANN401
+    """The client reports a refused Model write in the answer (`error`), not by raising: check it; the URL."""
+    from pipeline.kaggle.client import scrub
+
+    error = str(getattr(answer, "error", None) or "")
+    if error:
+        raise UserError(f"Kaggle did not {action} '{ref}': {scrub(error, kaggle.credentials)}")
+    return str(getattr(answer, "url", None) or f"https://www.kaggle.com/models/{ref.split('/')[0]}/{ref.split('/')[1]}")
+
+
+def create_model(kaggle: Any, model: str, folder: Path) -> str:  # noqa: ANN401
+    """Create Kaggle Model `model` from `folder`'s model-metadata.json (`kaggle models create`); its URL."""
+    answer = kaggle._write(model, "create the Model", lambda: kaggle.api.model_create_new(str(folder)), kind="model")
+    return _model_answer(kaggle, model, answer, "create the Model")
+
+
+def create_model_instance(kaggle: Any, instance: str, folder: Path) -> str:  # noqa: ANN401
+    """Upload every file in `folder` as the first version of the instance its model-instance-metadata.json names
+    (`kaggle models instances create`); its URL. A file whose upload failed is skipped by the client: see
+    model_files."""
+    quiet = not sys.stderr.isatty()
+    answer = kaggle._write(instance, "create the Model instance", lambda: kaggle.api.model_instance_create(
+        str(folder), quiet=quiet, dir_mode="skip"), kind="model")  # fmt: skip
+    return _model_answer(kaggle, instance, answer, "create the Model instance")
+
+
+def create_model_version(kaggle: Any, instance: str, folder: Path, notes: str) -> str:  # noqa: ANN401
+    """Upload every file in `folder` as a new version of Model instance `instance`
+    (`kaggle models instances versions create`); its URL."""
+    quiet = not sys.stderr.isatty()
+    answer = kaggle._write(instance, "upload a new version of the Model instance",
+                           lambda: kaggle.api.model_instance_version_create(instance, str(folder), notes, quiet=quiet,
+                                                                            dir_mode="skip"), kind="model")  # fmt: skip
+    return _model_answer(kaggle, instance, answer, "upload a new version of the Model instance")
+
+
+def model_files(kaggle: Any, instance: str, version: int) -> dict[str, int]:  # noqa: ANN401
+    """{file name: size in bytes} of version `version` of Model instance `instance` as Kaggle lists it, every page."""
+    found: dict[str, int] = {}
+    token = None
+    for _ in range(MAX_PAGES):
+        answer = kaggle._read(instance, "list the files of the Model instance", lambda token=token:
+                              kaggle.api.model_instance_version_files(f"{instance}/{version}", page_token=token,
+                                                                      page_size=PAGE_SIZE), kind="model")  # fmt: skip
+        for item in getattr(answer, "files", None) or []:
+            found[str(item.name)] = int(getattr(item, "size", 0) or 0)
         token = getattr(answer, "next_page_token", None)
         if not token:
             break

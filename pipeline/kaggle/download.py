@@ -3,7 +3,9 @@
 Reads: the Kaggle API (credentials as pipeline.kaggle.client describes), or the competition's mount inside a Kernel
 (/kaggle/input/competitions/<comp> or /kaggle/input/<comp>: paths.mounted_competition), used in place (no client,
 no copy). `--comp demo` materialises the offline demo competition instead.
-Writes: data/raw/<comp>/ holding exactly what the competition zip holds, plus the stamp data/raw/<comp>/.complete.
+Writes: data/raw/<comp>/ holding exactly what the competition zip holds, plus the stamp data/raw/<comp>/.complete
+(JSON: the archive, its file count, and `evaluation_metric`, the competition's metric name from Kaggle's metadata,
+which `init` maps to the pipeline's metric).
 
 Nothing half-done ever looks complete: the zip lands in data/raw/.<comp>.download/ (the client resumes a partial
 file there on the next run), is checked (entry names, symlinks, every CRC) before anything is extracted, then is
@@ -26,12 +28,16 @@ import zipfile
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from pipeline.core import paths
 from pipeline.core.artifacts import publish, write_json
 from pipeline.core.cli import SLUG, comp_from_args  # noqa: F401 - re-exported
 from pipeline.core.errors import UserError
 from pipeline.data.raw_data import PARTIAL_SUFFIXES, adopt  # noqa: F401 - PARTIAL_SUFFIXES: re-exported
+
+if TYPE_CHECKING:
+    from pipeline.kaggle.client import Kaggle
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,8 @@ def download(comp: str, force: bool = False) -> Path:
     from pipeline.kaggle.client import Kaggle  # imports the client: only when the network is really needed
 
     staging = target.parent / f".{comp}.download"
-    archive = Kaggle().download_files(comp, staging, force=force)
+    client = Kaggle()
+    archive = client.download_files(comp, staging, force=force)
     log.info("downloaded %s (%.1f MB); checking it", archive.name, archive.stat().st_size / 1e6)
     extracted = target.parent / f".{comp}.extracting"
     count = extract(archive, extracted)
@@ -75,12 +82,28 @@ def download(comp: str, force: bool = False) -> Path:
             "archive_bytes": archive.stat().st_size,
             "files": count,
             "completed": datetime.now(UTC).isoformat(timespec="seconds"),
+            "evaluation_metric": evaluation_metric(client, comp),  # init maps it (pipeline.core.kaggle_metrics)
         },
     )
     publish(extracted, target)
     shutil.rmtree(staging, ignore_errors=True)  # the zip: every byte of it now lives in target
     log.info("wrote %s (%d files)", target, count)
     return target
+
+
+def evaluation_metric(client: Kaggle, comp: str) -> str | None:
+    """The competition's metric name as Kaggle's metadata gives it (ApiCompetition.evaluation_metric), or None when
+    the lookup fails or names none: the data is what the user asked for, so a missing name never fails the download.
+    """
+    try:
+        found = client.competition(comp)
+    except UserError as exc:
+        log.warning("download: could not read %s's metadata (%s); init will ask for `metric:`", comp, exc)
+        return None
+    name = str(getattr(found, "evaluation_metric", "") or "").strip()
+    if name:
+        log.info("download: Kaggle scores %s with %r", comp, name)
+    return name or None
 
 
 def unsafe_reason(info: zipfile.ZipInfo) -> str | None:

@@ -1,8 +1,10 @@
 """The Kaggle Kernel script (kernel.py) that `make kaggle-bundle` writes beside kernel-metadata.json.
 
 It runs inside a Kaggle Kernel with internet off: it finds this experiment's bundle among the Kernel's inputs
-(/kaggle/input/<bundle slug>, or deeper where Kaggle mounts it deeper), installs the pipeline from the bundle's
-wheels with `pip --no-index` (nothing is downloaded; torch, timm, ... are the image's own), then runs the command
+(/kaggle/input/<bundle slug>, or deeper where Kaggle mounts it deeper) and, when the fold weights travel as a Kaggle
+Model (bundle.json's `weights_model`), the Model's mount (/kaggle/input/<model-slug>/<framework>/<instance>/<version>/),
+installs the pipeline from the bundle's wheels with `pip --no-index` (nothing is downloaded; torch, timm, ... are
+the image's own), then runs the command
 `python -m pipeline kernel-predict` (pipeline.commands.kernel_predict), which predicts the test images with every
 fold's weights, blends the folds and writes /kaggle/working/submission.csv (a blend bundle: every member so, then
 the blend of the members).
@@ -48,6 +50,40 @@ def find_bundle(slug: str) -> Path:
     )
 
 
+def find_model(instance: str, files: list[str]) -> Path:
+    """Where Kaggle mounted the bundle's weights when they travel as a Kaggle Model (the kernel's model_sources pin
+    `owner/slug/framework/instance/version`): /kaggle/input/<model-slug>/<framework>/<instance-slug>/<version>/
+    today, or the same under a models/<owner>/ folder; the newest version that holds every weight file."""
+    owner, slug, _, instance_slug = instance.split("/")
+    for pattern in (f"{slug}/*/{instance_slug}/*", f"*/{owner}/{slug}/*/{instance_slug}/*",
+                    f"*/{slug}/*/{instance_slug}/*"):  # fmt: skip
+        found = [p for p in INPUT.glob(pattern) if p.is_dir() and all((p / name).is_file() for name in files)]
+        if found:
+            return max(found, key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    mounted = sorted(str(p.relative_to(INPUT)) for p in INPUT.glob(f"{slug}/*/*/*")) if INPUT.is_dir() else []
+    raise SystemExit(
+        f"error: the bundle's weights (Kaggle Model {instance}: {len(files)} files) are not under {INPUT} "
+        f"(mounted of it: {mounted}); add the Model to the Kernel's inputs (kernel-metadata.json's model_sources) or "
+        "re-run `make kaggle-push`"
+    )
+
+
+def with_model_weights(bundle: Path, manifest: dict) -> Path:
+    """The bundle as kernel-predict reads it: one folder. Weights that travel as a Kaggle Model are mounted apart
+    from the dataset, so both folders' files are linked side by side into a temporary folder."""
+    entry = manifest.get("weights_model")
+    if not entry:
+        return bundle
+    model = find_model(entry["instance"], entry["files"])
+    view = Path(tempfile.mkdtemp(prefix="bundle-"))
+    for folder in (bundle, model):
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not (view / path.name).exists():
+                (view / path.name).symlink_to(path.resolve())
+    print(f"weights: Kaggle Model {entry['instance']} at {model}", flush=True)
+    return view
+
+
 def pip_install(*args: str) -> int:
     """pip with no index and no configuration: only the bundle's wheels and what is already installed count."""
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--isolated", "--no-index",
@@ -56,14 +92,34 @@ def pip_install(*args: str) -> int:
     return subprocess.run(command, env={**os.environ, "PIP_CONFIG_FILE": os.devnull}, check=False).returncode
 
 
+def find_notebook_output(ref: str) -> Path:
+    """Where Kaggle mounted the output of notebook `ref` (kernel_sources): the wheels `make kaggle-wheels` built on
+    Kaggle for wheels no index has. /kaggle/input/<slug>, or the same under a notebooks/<owner>/ folder."""
+    owner, slug = ref.split("/")
+    for pattern in (slug, f"*/{owner}/{slug}", f"*/{slug}"):
+        found = [p for p in sorted(INPUT.glob(pattern)) if p.is_dir() and any(p.glob("*.whl"))]
+        if found:
+            return found[0]
+    raise SystemExit(
+        f"error: the wheels notebook {ref}'s output is not under {INPUT}; add it to the Kernel's inputs "
+        "(kernel-metadata.json's kernel_sources) or re-run `make kaggle-wheels` and `make kaggle-bundle`"
+    )
+
+
 def install(bundle: Path, manifest: dict) -> None:
-    """The requirements (resolved against the image, missing ones from the bundle), then the pipeline's own wheel."""
-    links = ("--find-links", str(bundle))
+    """The requirements (resolved against the image, missing ones from the bundle and the wheels notebook's output),
+    then the pipeline's own wheel."""
+    links: tuple[str, ...] = ("--find-links", str(bundle))
+    notebook = manifest.get("kaggle_wheels")
+    built = sorted(find_notebook_output(notebook["kernel"]).glob("*.whl")) if notebook else []
+    if built:
+        links += ("--find-links", str(built[0].parent))
     if pip_install(*links, "-r", str(bundle / manifest["requirements"])) != 0:
         # Usually an image package outside the pipeline's tested range: say so, install what is missing, go on.
         print(f"warning: the Kernel's packages do not meet {manifest['requirements']} (see pip's message above); "
               "installing the bundled wheels without dependency checks", file=sys.stderr, flush=True)  # fmt: skip
-        if pip_install(*links, "--no-deps", *(str(bundle / name) for name in manifest["wheels"])) != 0:
+        wheels = [*(str(bundle / name) for name in manifest["wheels"]), *(str(path) for path in built)]
+        if pip_install(*links, "--no-deps", *wheels) != 0:
             raise SystemExit(f"error: pip could not install the wheels bundled in {bundle}")
     wheel = bundle / manifest["package"]["wheel"]
     if pip_install(*links, "--no-deps", "--force-reinstall", str(wheel)) != 0:
@@ -88,6 +144,7 @@ def main() -> int:
         from pipeline.kaggle.remote_unit import run_unit
 
         return run_unit(bundle, SETTINGS)
+    bundle = with_model_weights(bundle, manifest)  # weights from a Kaggle Model: beside the dataset's files
     blend = manifest.get("kind") == "blend"  # a whole blend: every member's bundle under its prefix
     what = f"blend of {len(manifest['members'])} experiments" if blend else f"{manifest['n_folds']} folds"
     print(f"bundle {manifest['dataset']} ({manifest['comp']}/{manifest['exp']}, {what}) at {bundle}", flush=True)

@@ -16,17 +16,21 @@ saves a new version of the kernel, which Kaggle then runs. The kernel's dataset_
 checked (`owner/slug/N`), so a later push never changes what an old kernel version ran. kaggle-push.json records the
 kernel, the version number SaveKernel returned and when it was pushed; `make kaggle-submit` waits for that version's
 run and submits exactly that version's output (pipeline.kaggle.submit_kernel).
+
+A bundle built with kaggle.weights: model (`make kaggle-bundle kaggle-push MODEL=1`) has its fold weights in
+kaggle-bundle/model/: they go up first, as the next version of the Kaggle Model instance bundle.json names
+(pipeline.kaggle.model_upload: created the first time, checked like the dataset, recorded under `model` in
+kaggle-push.json so an unchanged one is not uploaded again), and the kernel's model_sources pin that version.
+--weights (MODEL=1) that disagrees with how the bundle was built asks for a rebuild.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,91 +38,9 @@ from typing import Any
 from pipeline.core import artifacts
 from pipeline.core.errors import UserError
 from pipeline.kaggle.bundle_format import BundleTarget, read_bundle, target_from_args, version_notes
-from pipeline.kaggle.wait import poll_seconds
+from pipeline.kaggle.dataset_upload import upload_dataset, verify_upload, wait_until_ready
 
 log = logging.getLogger(__name__)
-
-DONE = "ready"
-BROKEN = ("failed", "deleted")
-
-
-def digests(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file the client uploads from `folder` (it skips sub-folders), by name."""
-    found = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        found[path.name] = digest.hexdigest()
-    return found
-
-
-def upload_dataset(kaggle: Any, target: BundleTarget, manifest: dict[str, Any], notes: str) -> int:  # noqa: ANN401
-    """Create the dataset, or add a version to it; skipped when Kaggle already has exactly these files.
-
-    Returns the version number the kernel must see: the new one, or the current one when nothing was uploaded."""
-    place = target.place
-    ref = manifest["dataset"]
-    files = digests(place.dataset)
-    status = kaggle.dataset_status(ref)
-    current = kaggle.dataset_version(ref)[1] if status is not None else 0
-    previous = artifacts.read_json(place.pushed) if place.pushed.is_file() else {}
-    if status is not None and previous.get("dataset") == ref and previous.get("files") == files:
-        log.info("kaggle-push: dataset %s already holds these %d files; not uploading them again (checked below)",
-                 ref, len(files))  # fmt: skip
-        return int(previous.get("version") or current)
-    size = sum((place.dataset / name).stat().st_size for name in files) / 1e6
-    log.info("kaggle-push: uploading %d files (%.1f MB) to %s dataset %s", len(files), size,
-             "a new" if status is None else "a new version of", ref)  # fmt: skip
-    if status is None:
-        url = kaggle.create_dataset(ref, place.dataset)
-    else:
-        url = kaggle.create_dataset_version(ref, place.dataset, notes)
-    version = current + 1
-    # "pending", not "files": nothing counts as uploaded before Kaggle lists it (verify_upload)
-    artifacts.write_json(place.pushed, {"dataset": ref, "url": url, "notes": notes, "pending": files,
-                                        "version": version})  # fmt: skip
-    log.info("kaggle-push: dataset %s version %d accepted (%s)", ref, version, url)
-    return version
-
-
-def expected_files(kaggle: Any, folder: Path) -> dict[str, int]:  # noqa: ANN401
-    """{name: size} of what the client uploads from `folder`: every file but the metadata files it reads itself."""
-    api = kaggle.api
-    skipped = {getattr(api, name, "") for name in ("DATASET_METADATA_FILE", "OLD_DATASET_METADATA_FILE",
-                                                   "KERNEL_METADATA_FILE", "MODEL_METADATA_FILE",
-                                                   "MODEL_INSTANCE_METADATA_FILE")}  # fmt: skip
-    skipped |= set(getattr(api, "DATASET_COVER_IMAGE_FILES", []) or []) | {"dataset-metadata.json"}
-    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name not in skipped}
-
-
-def verify_upload(kaggle: Any, target: BundleTarget, version: int) -> None:  # noqa: ANN401
-    """Kaggle lists every bundle file, at its size, in dataset version `version`; else UserError naming the missing
-    ones, and kaggle-push.json keeps nothing as uploaded (the next run uploads every file again)."""
-    from pipeline.kaggle.calls import dataset_files
-
-    place = target.place
-    record = artifacts.read_json(place.pushed) if place.pushed.is_file() else {}
-    ref = record.get("dataset") or read_bundle(target)[0]["dataset"]
-    wanted = expected_files(kaggle, place.dataset)
-    listed = dataset_files(kaggle, ref, version)
-    missing = sorted(name for name in wanted if name not in listed)
-    wrong = sorted(f"{name} ({listed[name]} of {wanted[name]} bytes)" for name in wanted
-                   if name in listed and listed[name] and listed[name] != wanted[name])  # fmt: skip
-    if missing or wrong:
-        record.pop("files", None)
-        record.pop("pending", None)
-        if record:
-            artifacts.write_json(place.pushed, record)
-        problems = ([f"lacks {len(missing)} file(s): {', '.join(missing)}"] if missing else []) + (
-            [f"holds a different size of {', '.join(wrong)}"] if wrong else [])  # fmt: skip
-        raise UserError(f"dataset {ref} version {version} {'; '.join(problems)} (the client gave up on those uploads "
-                        f"without saying so); nothing is recorded as uploaded and the kernel was not pushed: re-run "
-                        f"`make kaggle-push {target.make_args}` to upload every file again")  # fmt: skip
-    files = record.pop("pending", None) or record.get("files")
-    artifacts.write_json(place.pushed, {**record, "files": files, "version": version})
-    log.info("kaggle-push: Kaggle lists all %d files of dataset %s version %d", len(wanted), ref, version)
 
 
 def pinned_kernel(kernel: Path, folder: Path, dataset: str, version: int, models: list[str] | None = None) -> Path:
@@ -134,32 +56,6 @@ def pinned_kernel(kernel: Path, folder: Path, dataset: str, version: int, models
         metadata["model_sources"] = models
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return folder
-
-
-def wait_until_ready(kaggle: Any, ref: str, seconds: float, record: Path, version: int = 0) -> None:  # noqa: ANN401
-    """Poll the dataset until Kaggle has processed version `version`; UserError when it fails or takes too long.
-
-    When processing failed, `record` (kaggle-push.json) goes too, so the next run uploads the files again.
-    """
-    deadline = time.monotonic() + seconds
-    while True:
-        status, current = kaggle.dataset_version(ref)
-        if status == DONE and current >= version:
-            return
-        if status == DONE:
-            status = f"ready, but at version {current} (waiting for {version})"
-        if status in BROKEN:
-            record.unlink(missing_ok=True)
-            raise UserError(f"Kaggle could not process dataset {ref} (status {status}); see "
-                            f"https://www.kaggle.com/datasets/{ref}, then re-run kaggle-push")  # fmt: skip
-        if time.monotonic() >= deadline:
-            raise UserError(
-                f"dataset {ref} is still being processed by Kaggle (status {status}) after {seconds:.0f} s, so the "
-                f"kernel was not pushed; re-run `make kaggle-push` when https://www.kaggle.com/datasets/{ref} shows "
-                "the new version (the files are not uploaded again)"
-            )
-        log.info("kaggle-push: dataset %s is %s; waiting", ref, status)
-        time.sleep(poll_seconds())
 
 
 def check_quota(kaggle: Any, manifest: dict[str, Any], kernel: dict[str, Any], force: bool = False) -> None:  # noqa: ANN401
@@ -199,10 +95,39 @@ def check_quota(kaggle: Any, manifest: dict[str, Any], kernel: dict[str, Any], f
                     "run on CPU (--accelerator none), or push anyway with FORCE=1 (--force)")  # fmt: skip
 
 
-def push(target: BundleTarget, wait: float, message: str | None = None, force: bool = False) -> None:
+def check_weights(target: BundleTarget, manifest: dict[str, Any], wanted: str | None) -> str | None:
+    """The Model instance the bundle's weights travel in (None: in the dataset); UserError when --weights (Make:
+    MODEL=1) asks for the other way than the bundle was built for: the bundle decides, so rebuild it."""
+    instance = (manifest.get("weights_model") or {}).get("instance")
+    built = "model" if instance else "dataset"
+    if wanted and wanted != built:
+        make = " MODEL=1" if wanted == "model" else ""
+        raise UserError(f"--weights {wanted}: the bundle {target.place.folder} carries its weights in the {built}; "
+                        f"rebuild it first: make kaggle-bundle {target.make_args}{make} (or set kaggle.weights: "
+                        f"{wanted})")  # fmt: skip
+    if instance and not target.place.model.is_dir():
+        raise UserError(f"{target.place.model} not found, but bundle.json says the weights travel as a Kaggle Model; "
+                        f"rebuild the bundle: make kaggle-bundle {target.make_args} MODEL=1")  # fmt: skip
+    return instance
+
+
+def push_model(kaggle: Any, target: BundleTarget, instance: str, notes: str, wait: float) -> list[str]:  # noqa: ANN401
+    """Upload model/ as the next version of the Model instance, wait for it, check its files: the kernel's
+    model_sources, pinned to that version."""
+    from pipeline.kaggle.model_upload import upload_model, verify_model, wait_for_model
+
+    version = upload_model(kaggle, target, instance, notes)
+    wait_for_model(kaggle, instance, version, wait)
+    verify_model(kaggle, target, instance, version)
+    return [f"{instance}/{version}"]
+
+
+def push(target: BundleTarget, wait: float, message: str | None = None, force: bool = False,
+         weights: str | None = None) -> None:  # fmt: skip
     from pipeline.kaggle.client import Kaggle  # imports the client: only when Kaggle is really called
 
     manifest, kernel = read_bundle(target)
+    instance = check_weights(target, manifest, weights)
     kaggle = Kaggle()
     owner = manifest["dataset"].split("/", 1)[0]
     user = kaggle.credentials.username
@@ -211,13 +136,15 @@ def push(target: BundleTarget, wait: float, message: str | None = None, force: b
                         f"make kaggle-bundle {target.make_args} KAGGLE_USER={user}")  # fmt: skip
     place = target.place
     check_quota(kaggle, manifest, kernel, force)
-    dataset_version = upload_dataset(kaggle, target, manifest, message or version_notes(manifest))
+    notes = message or version_notes(manifest)
+    models = push_model(kaggle, target, instance, notes, wait) if instance else None  # the weights first
+    dataset_version = upload_dataset(kaggle, target, manifest, notes)
     wait_until_ready(kaggle, manifest["dataset"], wait, place.pushed, dataset_version)
     verify_upload(kaggle, target, dataset_version)
     pushed_at = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="kaggle-kernel-") as tmp:
         answer = kaggle.push_kernel(kernel["id"], pinned_kernel(place.kernel, Path(tmp), manifest["dataset"],
-                                                                dataset_version))  # fmt: skip
+                                                                dataset_version, models))  # fmt: skip
     version = getattr(answer, "version_number", None)
     url = getattr(answer, "url", None) or f"https://www.kaggle.com/code/{kernel['id']}"
     record = artifacts.read_json(place.pushed) if place.pushed.is_file() else {}
@@ -233,4 +160,4 @@ def run(args: argparse.Namespace) -> None:
     target = target_from_args(args)  # --blend NAME: the whole blend's bundle (make kaggle-bundle BLEND=...)
     if args.wait < 0:
         raise UserError(f"--wait {args.wait}: must be 0 or more seconds")
-    push(target, args.wait, args.message, force=getattr(args, "force", False))
+    push(target, args.wait, args.message, force=getattr(args, "force", False), weights=getattr(args, "weights", None))

@@ -13,8 +13,8 @@ metric's module; writes data/runs/<comp>/<exp>/kaggle-train/dataset/, uploaded a
 
 `key` is a digest of everything the notebook's training depends on (config, folds, sources, this package's code):
 a bundle with the current key is not rebuilt, so the many `remote-train` calls of one `make` build it once.
-Each unit's kernel folder (kernel.py with its SETTINGS, kernel-metadata.json) is written per push by
-`write_kernel`: the competition and the dataset attached, the kernel's own latest output too when it resumes.
+Each notebook's kernel folder (kernel.py with its SETTINGS, kernel-metadata.json) is written per push by
+`write_kernel`: the competition and the dataset attached, and the kernels holding its resuming units' checkpoints.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from typing import Any
 from pipeline.core import artifacts, paths
 from pipeline.core.config import COMPETITION_KEYS, TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 
-# The bundle and push stages' building blocks this module shares (to move into blocks of their own once the
-# concurrent push/wait fixes have landed: a stage should import blocks only).
-from pipeline.kaggle import bundle as inference_bundle
-from pipeline.kaggle.bundle import choose_accelerator, kaggle_user  # noqa: F401 - remote-train's, re-exported
+# The bundle building blocks kaggle-bundle uses too (a stage imports blocks only, never the kaggle-bundle stage).
+from pipeline.kaggle import bundle_assembly as inference_bundle
+from pipeline.kaggle.bundle_assembly import choose_accelerator, kaggle_user  # noqa: F401 - remote-train's, re-exported
 from pipeline.kaggle.bundle_format import MANIFEST_FORMAT
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,12 @@ def dataset_names(cfg: Config, user: str) -> tuple[str, str]:
 
 
 def kernel_names(cfg: Config, unit: str, user: str) -> tuple[str, str]:
-    """(ref, title) of unit `unit`'s notebook (`fold0`, `fold0-seed43`): one kernel per unit, a version per session."""
+    """(ref, title) of the notebook of unit(s) `unit` (`fold0`, `fold0-seed43`, `fold0-fold1`): one kernel per unit
+    or pair, a version per session. A name too long for Kaggle's 50-character title ends in a digest instead, so two
+    pairs never share a kernel."""
     exp = cfg.exp + ("" if not cfg.sample else f"-s{cfg.sample}")
+    if len(f"{exp} {unit} train") > 44:
+        unit = f"{unit.split('-')[0]}-{hashlib.sha256(unit.encode()).hexdigest()[:8]}"
     title = inference_bundle._title(cfg.comp, f"{exp} {unit}", "train")
     return f"{user}/{inference_bundle.slugify(title)}", title
 
@@ -157,8 +160,9 @@ def build_train_bundle(cfg: Config, user: str) -> TrainBundle:
 
 
 def write_kernel(folder: Path, cfg: Config, ref: str, title: str, settings: dict[str, Any], dataset: str,
-                 accelerator: str, resume: bool) -> None:  # fmt: skip
-    """A unit's kernel.py (SETTINGS: the dataset, unit, nonce, time budget) and kernel-metadata.json."""
+                 accelerator: str, checkpoints: list[str]) -> None:  # fmt: skip
+    """A notebook's kernel.py (SETTINGS: the dataset, units, nonce, time budget) and kernel-metadata.json;
+    `checkpoints`: the kernels whose latest output holds a resuming unit's last checkpoint (attached)."""
     folder.mkdir(parents=True, exist_ok=True)
     artifacts.write_text(folder / "kernel.py", inference_bundle.kernel_script(settings))
     shape = inference_bundle.ACCELERATORS[accelerator]
@@ -167,7 +171,7 @@ def write_kernel(folder: Path, cfg: Config, ref: str, title: str, settings: dict
         "is_private": True, "enable_gpu": shape is not None, "enable_tpu": False,
         "enable_internet": bool(cfg.kaggle.internet),  # hub weights download there
         "dataset_sources": [dataset], "competition_sources": [cfg.comp],
-        "kernel_sources": [ref] if resume else [],  # its own latest output: the previous session's checkpoint
+        "kernel_sources": checkpoints,  # their latest output: the resuming units' checkpoints
         "model_sources": [],
     }  # fmt: skip
     if shape:
@@ -178,7 +182,7 @@ def write_kernel(folder: Path, cfg: Config, ref: str, title: str, settings: dict
 def upload(kaggle: Any, cfg: Config, bundle: TrainBundle) -> None:  # noqa: ANN401 - pipeline.kaggle.client.Kaggle
     """Upload the training dataset (a new version only when its files changed) and wait until Kaggle serves it."""
     from pipeline.kaggle.bundle_format import BundleTarget
-    from pipeline.kaggle.push import upload_dataset, wait_until_ready
+    from pipeline.kaggle.dataset_upload import upload_dataset, wait_until_ready
 
     out = paths.for_config(cfg)
     place = paths.BundlePlace(out.kaggle_train, out.kaggle_train / "push.json", out.kaggle_train / "output")

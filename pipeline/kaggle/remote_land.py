@@ -1,10 +1,11 @@
 """RUNNER=kaggle at home: check a finished unit's files from its notebook, then land them where a local run writes.
 
-Reads a session's downloaded output (unit.json, unit.tar: pipeline.kaggle.remote_unit) from the unit's staging
-folder (fold<k>/.remote/); writes fold<k>/[seed<s>/] model.safetensors, oof_plain.csv, log.csv (model.safetensors
-last, each atomically) and the experiment's resolved config.yaml, as `train` does. Nothing lands unless the
-tar's digest, every file's digest, the training fingerprint and the pseudo/distillation sources the weights carry
-all match what home expects: a half-downloaded or foreign output never looks finished.
+Reads a session's downloaded output (<unit>.unit.json, <unit>.unit.tar: pipeline.kaggle.remote_unit) from the
+notebook's staging folder (its first unit's fold<k>/.remote/v<version>/); writes fold<k>/[seed<s>/]
+model.safetensors, oof_plain.csv, log.csv (model.safetensors last, each atomically) and the experiment's resolved
+config.yaml, as `train` does. Nothing lands unless the tar's digest, every file's digest, the training fingerprint
+and the pseudo/distillation sources the weights carry all match what home expects: a half-downloaded or foreign
+output never looks finished. A notebook that trained two units lands each on its own.
 """
 
 from __future__ import annotations
@@ -21,26 +22,27 @@ from pipeline.core.bag import member_config
 from pipeline.core.config import TRAINING_SECTIONS, Config, dump_yaml, fingerprint, to_dict
 from pipeline.core.errors import UserError
 from pipeline.kaggle.remote_state import Unit
-from pipeline.kaggle.remote_unit import UNIT_JSON, UNIT_TAR
+from pipeline.kaggle.remote_unit import record_name, tar_name
 
 WEIGHTS = "model.safetensors"
 
 
-def read_record(folder: Path) -> dict[str, Any] | None:
-    """The session's unit.json from a downloaded output folder, or None when it left none (or an unreadable one)."""
-    path = folder / UNIT_JSON
+def read_record(folder: Path, unit: Unit) -> dict[str, Any] | None:
+    """The unit's unit.json from a downloaded output folder, or None when the session left none (or an unreadable
+    one, or another unit's)."""
+    path = folder / record_name(unit.key)
     if not path.is_file():
         return None
     try:
         record = artifacts.read_json(path)
     except UserError:
         return None
-    return record if isinstance(record, dict) else None
+    return record if isinstance(record, dict) and record.get("unit") == unit.key else None
 
 
 def unpack(folder: Path, record: dict[str, Any], where: str) -> dict[str, bytes]:
-    """unit.tar's files, each checked against unit.json's digests; UserError naming what does not match."""
-    tar = folder / UNIT_TAR
+    """The unit's tar's files, each checked against its unit.json's digests; UserError naming what does not match."""
+    tar = folder / tar_name(str(record.get("unit")))
     data = tar.read_bytes() if tar.is_file() else b""
     if hashlib.sha256(data).hexdigest() != record.get("tar"):
         raise UserError(f"{where}: {tar} is missing or not what the notebook wrote (digest differs); the download "
@@ -84,7 +86,7 @@ def land(cfg: Config, unit: Unit, folder: Path, record: dict[str, Any]) -> Path:
     """Check the session's output and write its files into the unit's folder (weights last); the weights' path."""
     where = f"{unit.label} (kernel session {record.get('session')})"
     files = unpack(folder, record, where)
-    check_weights(cfg, unit, files, folder, where)
+    check_weights(cfg, unit, files, folder / unit.key, where)
     out = paths.for_config(cfg)
     fold_dir = out.member(unit.seed).fold_dir(unit.fold)
     for name, content in sorted(files.items()):

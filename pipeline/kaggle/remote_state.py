@@ -2,10 +2,13 @@
 
 A unit is what Make builds with one recipe: a fold, or a seed-bag member (fold, seed). Its state file
 data/runs/<comp>/<exp>/fold<k>/[seed<s>/]remote.json (pipeline.core.paths.Paths.remote_state) records the kernel,
-the version and nonce of the session it waits for, the session number and what happened; it survives Ctrl-C, so
-the next `make` re-attaches to the notebook instead of pushing again. States:
+the version and nonce of the session it waits for, the units that notebook trains (`notebook`: two on a T4 x2),
+the unit's session number, the kernel whose output holds its last checkpoint (`checkpoint`) and what happened; it
+survives Ctrl-C, so the next `make` re-attaches to the notebook instead of pushing again. States:
 
     running   pushed; waiting for the session of `version` (identified by `nonce` in its output and log)
+    queued    its session stopped (time budget) or was killed: its next session waits to be pushed, alone or
+              paired with another unit
     failed    the notebook failed; `message` and `log` say why (the unit's recipe reports it, then forgets it)
     done      the files came home and were checked; `kernel`, `versions` and `sessions` are their provenance
 
@@ -23,7 +26,7 @@ from pipeline.core import artifacts, paths
 from pipeline.core.bag import describe, members
 from pipeline.core.config import Config
 
-RUNNING, FAILED, DONE = "running", "failed", "done"
+RUNNING, QUEUED, FAILED, DONE = "running", "queued", "failed", "done"
 EPOCH_LINE = re.compile(r"fold \d+ epoch (\d+)/(\d+):")
 
 
@@ -40,6 +43,11 @@ class Unit:
     @property
     def label(self) -> str:
         return describe(self.fold, self.seed)
+
+    @classmethod
+    def from_key(cls, key: str) -> Unit:
+        fold, _, seed = key.removeprefix("fold").partition("-seed")
+        return cls(int(fold), int(seed) if seed else None)
 
 
 def units_of(cfg: Config) -> list[Unit]:
@@ -72,6 +80,19 @@ def write_state(cfg: Config, unit: Unit, state: dict[str, Any]) -> None:
 
 def clear_state(cfg: Config, unit: Unit) -> None:
     state_path(cfg, unit).unlink(missing_ok=True)
+
+
+def notebook_key(units: list[Unit]) -> str:
+    """The name of a notebook that trains `units`: the unit's key alone, `fold0-fold1` for a pair (its kernel slug)."""
+    return "-".join(unit.key for unit in units)
+
+
+def lines_of(unit: Unit, log_lines: list[str]) -> list[str]:
+    """The unit's own lines of a notebook's log (each prefixed `[<unit>] ` by pipeline.kaggle.remote_unit); all of
+    them when none is (the notebook failed before its units started)."""
+    prefix = f"[{unit.key}] "
+    own = [line[len(prefix) :] for line in log_lines if line.startswith(prefix)]
+    return own or [line for line in log_lines if not line.startswith("[")]
 
 
 def progress_of(log_lines: list[str]) -> tuple[int, int] | None:

@@ -6,7 +6,8 @@ fold<k>/oof_by_view.csv (TTA gains, see pipeline.inference.view_scores), lr_find
 training images from the competition's raw folder (top losses, Grad-CAM with each row's fold model). Writes
 next to report.html the plots report_curves.png, report_confusion.png, report_top_losses.png,
 report_gradcam.png (pipeline.reporting.gradcam), report_tta.png, report_plan.png, and report.html last. A section
-whose inputs do not exist yet says which stage makes them.
+whose inputs do not exist yet says which stage makes them. Single-label runs also get per-class recall of every
+fold and of the ensemble under the run's decision (thresholds.json; pipeline.reporting.class_recall).
 
 `--tta` (Make: TTA=1, or TTA=all for every known view) first measures each TTA view alone on the OOF
 rows, one extra pass over the training images per fold; without it the TTA section compares no TTA with
@@ -35,7 +36,7 @@ from pipeline.data.tables import encode_targets, load_image, read_csv
 from pipeline.inference import view_scores
 from pipeline.inference.tta import AUTO_CANDIDATES
 from pipeline.inference.tta_auto import effective_views
-from pipeline.reporting import interpret, planner, plots
+from pipeline.reporting import class_recall, interpret, planner, plots
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Report:
     scores: dict | None = None
     confusion: np.ndarray | None = None
     top_losses: pd.DataFrame | None = None
+    recall: pd.DataFrame | None = None  # per-class recall: folds, all OOF, held-out mean fold and ensemble
     tta: pd.DataFrame | None = None
     plan: planner.Plan | None = None
     gradcam: pd.DataFrame | None = None  # the rows the Grad-CAM section explains (pipeline.reporting.gradcam.pick_rows)
@@ -162,6 +164,15 @@ def confusion_section(cfg: Config, out: paths.Paths, oof: tuple | None, report: 
     return body + "<h3>Most confused pairs</h3>" + (_table(pairs, 3) if len(pairs) else _note("no mistakes"))
 
 
+def recall_section(cfg: Config, out: paths.Paths, oof: tuple | None, report: Report) -> str:
+    if oof is None or cfg.data.task == "multi_label":
+        return _note("per-class recall: single-label runs after `make ensemble`")
+    report.recall = class_recall.recall_table(cfg, *oof)
+    return "<p>Recall under the run's decision (thresholds.json), per fold and for the ensemble:</p>" + _table(
+        report.recall, 3
+    )
+
+
 def top_losses_section(cfg: Config, out: paths.Paths, oof: tuple | None, report: Report) -> str:
     if oof is None:
         return _note(f"no {out.oof_all.name} yet: run `make ensemble`")
@@ -255,6 +266,7 @@ def build_report(cfg: Config, args: argparse.Namespace) -> Report:
         ("Learning curves", curves_section(cfg, out, report)),
         ("Learning-rate finder", lr_find_section(out)),
         ("Confusion (out-of-fold)", confusion_section(cfg, out, oof, report)),
+        ("Per-class recall (folds and ensemble)", recall_section(cfg, out, oof, report)),
         (f"Top {TOP_LOSSES} losses (out-of-fold)", top_losses_section(cfg, out, oof, report)),
         ("Grad-CAM (out-of-fold)", gradcam_section(cfg, out, oof, report)),
         ("TTA views", tta_section(cfg, out, oof, report)),

@@ -5,6 +5,9 @@
   built by build_criterion below.
 - `focal`: multi-label, torchvision.ops.sigmoid_focal_loss (train.focal_gamma, train.focal_alpha);
   single-label, the softmax focal loss  -sum_c t_c (1 - p_c)^gamma log p_c, which takes soft targets as is.
+- `logit_adjusted`: single-label, cross-entropy on logits + log(class prior) (Menon et al. 2021, "Long-tail learning
+  via logit adjustment"): the model learns balanced logits, so its argmax favours no class for being frequent.
+  The priors are the fold's training shares; predictions use the raw logits (no adjustment at test time).
 - `asymmetric`: timm's AsymmetricLossMultiLabel (multi-label; soft targets, pos_weight, timm's batchmean) or
   AsymmetricLossSingleLabel (single-label, label smoothing as its eps).
 
@@ -54,6 +57,24 @@ def softmax_focal(gamma: float, smoothing: float, weight: torch.Tensor | None) -
     return loss
 
 
+def log_priors(targets: np.ndarray, num_classes: int) -> torch.Tensor:
+    """log of each class's share of `targets` (class indices, or soft rows (n, C)); an absent class counts as one row
+    so its log stays finite."""
+    counts = targets.sum(axis=0) if targets.ndim == 2 else np.bincount(targets, minlength=num_classes)
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    return torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+
+
+def logit_adjusted(priors: torch.Tensor, smoothing: float, tau: float = 1.0) -> Loss:
+    """Cross-entropy on logits + tau * log prior: the training target of balanced logits (hard or soft targets)."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits.float() + tau * priors.to(logits.device), dim=-1)
+        return -(_soft(targets, logits.shape[-1], smoothing) * log_p).sum(-1).mean()
+
+    return loss
+
+
 def sigmoid_focal(gamma: float, alpha: float | None) -> Loss:
     from torchvision.ops import sigmoid_focal_loss
 
@@ -82,9 +103,14 @@ def asymmetric_single(cfg: Config) -> Loss:
     return loss
 
 
-def build_loss(cfg: Config, weight: torch.Tensor | None) -> Loss:
-    """The loss `train.loss` names (not auto) for this task; `weight`: balanced class weights or None."""
+def build_loss(cfg: Config, weight: torch.Tensor | None, train_targets: np.ndarray | None = None) -> Loss:
+    """The loss `train.loss` names (not auto) for this task; `weight`: balanced class weights or None;
+    `train_targets`: the fold's training targets (logit_adjusted takes its priors from them)."""
     t, multi = cfg.train, cfg.data.task == "multi_label"
+    if t.loss == "logit_adjusted":
+        if train_targets is None:
+            raise ValueError("build_loss: logit_adjusted needs the training targets")  # a bug: the caller passes them
+        return logit_adjusted(log_priors(train_targets, cfg.num_classes), t.label_smoothing)
     if t.loss == "focal":
         return sigmoid_focal(t.focal_gamma, t.focal_alpha) if multi else softmax_focal(t.focal_gamma, t.label_smoothing,
                                                                                       weight)  # fmt: skip
@@ -137,8 +163,8 @@ def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
 def build_criterion(cfg: Config, train_targets: np.ndarray, mixing: bool) -> Callable[..., torch.Tensor]:
     """The loss for the task and head: CE (hard or soft targets), BCE (multi-label) or MSE (regression)."""
     weight = class_weights(train_targets, cfg.num_classes) if cfg.train.class_weights == "balanced" else None
-    if cfg.train.loss in ("focal", "asymmetric"):
-        return build_loss(cfg, weight)
+    if cfg.train.loss in ("focal", "asymmetric", "logit_adjusted"):
+        return build_loss(cfg, weight, train_targets)
     if cfg.model.head == "regression":
         return lambda logits, targets: F.mse_loss(logits.squeeze(1).float(), targets.float())
     if cfg.data.task == "multi_label":

@@ -51,6 +51,7 @@ def test_class_smaller_than_n_folds_is_a_clear_error() -> None:
         assign_folds(table(["a"] * 20 + ["b"] * 2), DataConfig(classes=["a", "b"]), FoldsConfig(n_folds=5))
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_cli_folds_byte_identical_and_skips(competition, project: Path) -> None:
     competition("folder_per_class")
     assert run_cli("init", "--comp", "toy", cwd=project).returncode in (0, 2)

@@ -115,6 +115,7 @@ def test_infers_layout(tmp_path: Path, layout: str) -> None:
     assert notes and any("classes: 3" in n for n in notes)
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_init_cli_writes_loadable_configs_and_keeps_them(competition, project: Path) -> None:
     competition("probabilities")
     result = run_cli("init", "--comp", "toy", cwd=project, env={"PIPELINE_WEIGHTS_DIR": str(project / "w")})
@@ -147,6 +148,7 @@ def test_missing_raw_folder_says_download(tmp_path: Path) -> None:
         infer_data(tmp_path / "nothing")
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_init_without_sample_submission_keeps_test_csv_null(competition, project: Path) -> None:
     """No sample_submission.csv: competition.yaml must say `test_csv: null`, not fall back to the default file."""
     competition("no_sample")

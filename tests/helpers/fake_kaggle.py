@@ -17,7 +17,9 @@ PUT refused: the client gives up on it (`_upload_blob` returns None), prints not
 version without it. ListDatasetFiles lists a version's files (name, totalBytes). GetKernelSessionStatus carries no
 version: right after SaveKernel it still answers the previous run's status for `kernel_stale_polls` calls.
 ListKernels gives a kernel's currentVersionNumber and lastRunTime (when its latest run started). Models
-(CreateModel, CreateModelInstance, CreateModelInstanceVersion, GetModel, GetModelInstance), the accelerator quota
+(CreateModel, CreateModelInstance, CreateModelInstanceVersion, GetModel, GetModelInstance,
+ListModelInstanceVersionFiles; 403 for a model or instance not created yet; uploads skipped by `fail_uploads` as for
+datasets; `mount_model` lays a version out as a Kernel mounts it), the accelerator quota
 (GetAcceleratorQuotaStatistics), the public leaderboard (GetLeaderboard, `Competition.leaderboard`) and the kernel
 log stream (GET /api/v1/kernels/logs/stream/<owner>/<slug>: the latest run's log as a JSON array) are served too.
 
@@ -41,6 +43,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -76,6 +79,7 @@ class Competition:
     pending_polls: int = 1  # listings during which a new submission stays PENDING
     public_score: str = "0.875"
     error_description: str | None = None  # set: scoring ends in ERROR with this description
+    evaluation_metric: str = "Categorization Accuracy"  # ListCompetitions' evaluationMetric (Kaggle's own name)
     repeat_pages: bool = False  # ListSubmissions ignores the page asked for (a server bug the client must survive)
     leaderboard: list[tuple[str, str]] = field(default_factory=list)  # (team name, public score), best first
 
@@ -293,6 +297,7 @@ class FakeKaggle:
                     "deadline": c.deadline,
                     "mergerDeadline": c.merger_deadline,
                     "maxDailySubmissions": c.max_daily,
+                    "evaluationMetric": c.evaluation_metric,
                 }
                 for slug, c in self.competitions.items()
                 if search in slug
@@ -461,16 +466,20 @@ class FakeKaggle:
         """Kaggle Models: create a model, an instance (its first version), further versions; look them up."""
         ref = f"{body.get('ownerSlug', '')}/{body.get('modelSlug') or body.get('slug') or ''}"
         model = self.models.get(ref)
-        if method in ("GetModel", "GetModelInstance"):
+        if method in ("GetModel", "GetModelInstance", "ListModelInstanceVersionFiles"):
+            # Kaggle answers 403, not 404, for what the caller cannot see, a model not created yet included
             if model is None:
                 return _error(403, f"Permission 'models.get' was denied for '{ref}'")
             if method == "GetModel":
                 return 200, {"ref": ref, "title": ref.split("/")[1]}, {}
-            instance = f"{body.get('framework', '')}/{body.get('instanceSlug', '')}".lower()
+            instance = f"{_framework(body.get('framework', ''))}/{body.get('instanceSlug', '')}"
             if instance not in model.instances:
                 return _error(403, f"Permission 'models.get' was denied for '{ref}/{instance}'")
             versions = model.instances[instance]
-            return 200, {"slug": body.get("instanceSlug"), "versionNumber": len(versions)}, {}
+            if method == "GetModelInstance":
+                return 200, {"slug": body.get("instanceSlug"), "framework": body.get("framework"),
+                             "versionNumber": len(versions)}, {}  # fmt: skip
+            return self.model_files(versions, body)
         if body.get("ownerSlug") != self.username:
             return _error(403, f"'{self.username}' may not write models of '{body.get('ownerSlug')}'")
         if method == "CreateModel":
@@ -487,9 +496,8 @@ class FakeKaggle:
             if token not in self.blob_names:
                 return _error(400, f"Unknown blob token '{token}'")
             files[self.blob_names[token]] = self.uploads[token]
-        framework = str(instance_body.get("framework") or body.get("framework") or "").lower()
         slug = instance_body.get("instanceSlug") or body.get("instanceSlug") or ""
-        instance = f"{framework.removeprefix('model_framework_')}/{slug}"
+        instance = f"{_framework(instance_body.get('framework') or body.get('framework') or '')}/{slug}"
         if method == "CreateModelInstance":
             if instance in model.instances:
                 return 200, {"error": f"Instance {instance} already exists"}, {}
@@ -500,6 +508,30 @@ class FakeKaggle:
             model.instances[instance].append(files)
         number = len(model.instances[instance])
         return 200, {"ref": f"{ref}/{instance}/{number}", "url": f"https://www.kaggle.com/models/{ref}"}, {}
+
+    def model_files(self, versions: list[dict[str, bytes]], body: dict[str, Any]) -> tuple[int, Any, dict]:
+        """ListModelInstanceVersionFiles: one version's files (name, size), paged."""
+        number = int(body.get("versionNumber") or len(versions))
+        if not 1 <= number <= len(versions):
+            return _error(403, f"Permission 'models.get' was denied for version {number}")
+        files = [{"name": name, "size": len(data), "creationDate": "2024-01-01T00:00:00Z"}
+                 for name, data in sorted(versions[number - 1].items())]  # fmt: skip
+        size, start = int(body.get("pageSize") or 20), int(body.get("pageToken") or 0)
+        more = start + size < len(files)
+        return 200, {"files": files[start : start + size], "nextPageToken": str(start + size) if more else ""}, {}
+
+    def mount_model(self, source: str, input_root: Path) -> Path:
+        """Lay version `owner/slug/framework/instance/N` out under `input_root` as a Kernel mounts a model source:
+        <input>/<slug>/<framework, lower case>/<instance>/<N>/ (read-only files)."""
+        owner, slug, framework, instance, number = source.split("/")
+        files = self.models[f"{owner}/{slug}"].instances[f"{_framework(framework)}/{instance}"][int(number) - 1]
+        return _lay_out(input_root / slug / framework.lower() / instance / number, files)
+
+    def mount_dataset(self, source: str, input_root: Path) -> Path:
+        """Lay version `owner/slug/N` out as a Kernel mounts a dataset source: <input>/datasets/<owner>/<slug>/."""
+        owner, slug, number = source.split("/")
+        files = self.datasets[f"{owner}/{slug}"].versions[int(number) - 1]
+        return _lay_out(input_root / "datasets" / owner / slug, files)
 
     def api_datasets_kernels(self, method: str, body: dict[str, Any], host: str) -> tuple[int, Any, dict]:
         """kaggle-push's calls: blob uploads, dataset create/version/status, kernel save."""
@@ -596,7 +628,7 @@ class FakeKaggle:
         """`owner/model/framework/instance/N` names an existing version of a Model instance."""
         owner, slug, framework, instance, number = source.split("/")
         model = self.models.get(f"{owner}/{slug}")
-        versions = model.instances.get(f"{framework.lower()}/{instance}", []) if model is not None else []
+        versions = model.instances.get(f"{_framework(framework)}/{instance}", []) if model is not None else []
         return 1 <= int(number) <= len(versions)
 
     def blob(self, path: str) -> bytes | None:
@@ -614,6 +646,20 @@ class FakeKaggle:
         if competition is not None and name in competition.files:
             return competition.files[name]
         return None
+
+
+def _framework(name: str) -> str:
+    """One spelling of a model framework: the client sends MODEL_FRAMEWORK_PY_TORCH, model_sources say pyTorch or
+    PyTorch, a Kernel mounts it as pytorch."""
+    return name.lower().removeprefix("model_framework_").replace("_", "")
+
+
+def _lay_out(folder: Path, files: dict[str, bytes]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        (folder / name).chmod(0o444)
+    return folder
 
 
 def _now() -> str:

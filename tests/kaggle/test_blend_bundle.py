@@ -160,6 +160,7 @@ REFUSALS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_blend_the_kernel_could_not_redo_is_refused(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str
@@ -192,7 +193,7 @@ def test_push_and_submit_a_blend_bundle(project: Path, fake_kaggle: FakeKaggle, 
     assert {"bundle.json", "tiny--bundle.json", "wide--bundle.json", "wide--fold1.safetensors"} <= set(uploaded)
     assert uploaded["bundle.json"] == (dataset_of(project, "forced") / "bundle.json").read_bytes()
     (saved,) = fake_kaggle.kernels[kernel]
-    assert saved["datasetDataSources"] == [dataset] and saved["competitionDataSources"] == [COMP]
+    assert saved["datasetDataSources"] == [f"{dataset}/1"] and saved["competitionDataSources"] == [COMP]  # pinned
     record = json.loads((project / f"data/runs/{COMP}/blend/forced/kaggle-push.json").read_text())
     assert (record["dataset"], record["kernel"]) == (dataset, kernel)
     assert "make kaggle-submit COMP=toy BLEND=forced" in pushed.stderr
@@ -286,3 +287,52 @@ def test_make_passes_blend_to_the_kaggle_targets_and_plan(tmp_path: Path) -> Non
     single = subprocess.run(["make", "-n", "-f", str(REPO / "Makefile"), "kaggle-push", "CONFIG=configs/toy/a.yaml"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert "-m pipeline kaggle-push --config configs/toy/a.yaml" in single.stdout and "--blend" not in single.stdout
+
+
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
+def test_a_blends_weights_travel_as_one_kaggle_model_and_the_kernel_blends_from_its_mount(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.commands.kernel_predict import run_blend
+    from pipeline.kaggle import kernel as kernel_script
+
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True)
+    with in_project(copy):
+        assert main(["kaggle-bundle", "--comp", COMP, "--blend", "forced", "--user", USER, "--weights", "model"]) == 0
+    bundle = copy / f"data/runs/{COMP}/blend/forced/kaggle-bundle"
+    manifest = json.loads((bundle / "dataset/bundle.json").read_text())
+    model = manifest["weights_model"]
+    assert model["instance"] == f"{USER}/toy-blend-forced-weights/pyTorch/default"
+    assert model["files"] == sorted(p.name for p in (bundle / "model").glob("*.safetensors"))
+    assert {f.split("--")[0] for f in model["files"]} == set(MEMBERS) and not list(bundle.glob("dataset/*.safetensors"))
+
+    kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
+    (kaggle_input / "competitions").mkdir(parents=True)
+    working.mkdir(parents=True)
+    (kaggle_input / "competitions" / COMP).symlink_to(project / "data/raw" / COMP)
+    (kaggle_input / "toy-blend-forced-bundle").symlink_to(bundle / "dataset")
+    shutil.copytree(bundle / "model", kaggle_input / "toy-blend-forced-weights/pytorch/default/3")  # Kaggle's mount
+    monkeypatch.setattr(kernel_script, "INPUT", kaggle_input)
+    monkeypatch.setenv("PIPELINE_ROOT", str(tmp_path / "kernel-work"))
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", kaggle_input)
+    monkeypatch.setattr(paths, "KAGGLE_WORKING", working)
+
+    assert (
+        run_blend(kernel_script.with_model_weights(kernel_script.find_bundle("toy-blend-forced-bundle"), manifest)) == 0
+    )
+    submitted = pd.read_csv(working / "submission.csv", dtype=str)
+    pd.testing.assert_frame_equal(submitted, pd.read_csv(project / f"submissions/{COMP}/forced.csv", dtype=str))
+
+
+@pytest.mark.slow  # drives make
+def test_make_model_1_asks_kaggle_bundle_and_kaggle_push_for_a_kaggle_model(tmp_path: Path) -> None:
+    import subprocess
+
+    from helpers.builders import REPO
+
+    for target in ("kaggle-bundle", "kaggle-push"):
+        command = ["make", "-n", "-f", str(REPO / "Makefile"), target, "COMP=toy", "BLEND=duo", "MODEL=1"]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert f"-m pipeline {target} --comp toy --blend duo" in result.stdout and "--weights model" in result.stdout

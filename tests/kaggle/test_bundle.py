@@ -25,7 +25,7 @@ from helpers.fake_kaggle import FakeKaggle
 from pipeline.__main__ import main
 from pipeline.core import paths
 from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
-from pipeline.kaggle.bundle import kaggle_names, slugify
+from pipeline.kaggle.bundle_assembly import kaggle_names, slugify
 from pipeline.kaggle.wheels import _wheel_tag, canonical
 
 pytest_plugins = ["helpers.kaggle_env"]
@@ -234,6 +234,7 @@ PUSH_FAILURES = {
 }
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize("case", PUSH_FAILURES)
 def test_push_failures_are_one_clear_line(project: Path, fake_kaggle: FakeKaggle, tmp_path: Path, case: str) -> None:
     competitions, env, needles = PUSH_FAILURES[case]
@@ -323,6 +324,7 @@ def test_bundled_kernel_reads_the_competition_under_either_mount(
     pd.testing.assert_frame_equal(submitted, pd.read_csv(project / "submissions/toy/tiny.csv", dtype=str))
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_token_auth_takes_the_username_from_the_client(
     project: Path, dataset: Path, fake_kaggle: FakeKaggle, tmp_path: Path
 ) -> None:
@@ -362,7 +364,8 @@ def test_kernel_metadata_asks_for_the_chosen_accelerator(
 ) -> None:  # fmt: skip
     import dataclasses
 
-    from pipeline.kaggle.bundle import build_kernel, choose_accelerator
+    from pipeline.kaggle.bundle import build_kernel
+    from pipeline.kaggle.bundle_assembly import choose_accelerator
 
     with in_project(project):
         cfg = dataclasses.replace(load_config(project / CONFIG), device=device)
@@ -560,7 +563,7 @@ def test_kaggle_accelerator_config_key_reaches_the_kernel_metadata(
     import shutil
 
     from pipeline.core.config import ACCELERATORS as CONFIG_ACCELERATORS
-    from pipeline.kaggle.bundle import ACCELERATORS
+    from pipeline.kaggle.bundle_assembly import ACCELERATORS
 
     assert set(CONFIG_ACCELERATORS) == set(ACCELERATORS)  # the config validates what the bundle maps
     root = tmp_path / "home"
@@ -577,3 +580,42 @@ def test_kaggle_accelerator_config_key_reaches_the_kernel_metadata(
         assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "kaggle.accelerator" in last and "t4x2, l4, p100, none" in last, last
+
+
+@pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
+def test_weights_as_a_kaggle_model_leave_the_dataset_and_the_kernel_predicts_from_the_models_mount(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from pipeline.commands.kernel_predict import run_bundle
+    from pipeline.kaggle import kernel as kernel_script
+
+    root = tmp_path / "home"
+    shutil.copytree(project, root, symlinks=True)
+    with in_project(root):
+        (root / CONFIG).write_text((root / CONFIG).read_text() + "kaggle:\n  weights: model\n")  # after training
+        assert main(["kaggle-bundle", "--config", CONFIG, "--user", USER]) == 0
+    bundle = root / "data/runs/toy/tiny/kaggle-bundle"
+    manifest = json.loads((bundle / "dataset/bundle.json").read_text())
+    weights = sorted(p.name for p in (bundle / "model").glob("*.safetensors"))
+    assert weights == ["fold0.safetensors", "fold1.safetensors"] == manifest["weights_model"]["files"]
+    assert manifest["weights_model"]["instance"] == f"{USER}/toy-tiny-weights/pyTorch/default"
+    assert not list((bundle / "dataset").glob("*.safetensors"))
+    assert {"model-metadata.json", "model-instance-metadata.json"} <= {p.name for p in (bundle / "model").iterdir()}
+
+    kaggle_input, working = tmp_path / "kaggle/input", tmp_path / "kaggle/working"
+    (kaggle_input / "datasets" / USER).mkdir(parents=True)
+    (kaggle_input / "datasets" / USER / "toy-tiny-bundle").symlink_to(bundle / "dataset")
+    shutil.copytree(bundle / "model", kaggle_input / "toy-tiny-weights/pytorch/default/1")  # the Model's mount
+    (kaggle_input / COMP).symlink_to(project / "data/raw" / COMP)
+    working.mkdir(parents=True)
+    monkeypatch.setattr(kernel_script, "INPUT", kaggle_input)
+    monkeypatch.setenv("PIPELINE_ROOT", str(tmp_path / "kernel-work"))
+    monkeypatch.setattr(paths, "KAGGLE_INPUT", kaggle_input)
+    monkeypatch.setattr(paths, "KAGGLE_WORKING", working)
+
+    view = kernel_script.with_model_weights(kernel_script.find_bundle("toy-tiny-bundle"), manifest)
+    assert run_bundle(view) == 0
+    submitted = pd.read_csv(working / "submission.csv", dtype=str)
+    pd.testing.assert_frame_equal(submitted, pd.read_csv(project / "submissions/toy/tiny.csv", dtype=str))

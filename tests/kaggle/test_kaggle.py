@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
+import yaml
 
 import pipeline as pipeline_package
+from helpers.builders import write_competition
 from helpers.fake_kaggle import FakeKaggle, make_zip
 from pipeline.core.errors import UserError
 from pipeline.inference.validate import check_submission, is_probability_sample
@@ -104,12 +106,46 @@ def test_download_extracts_stamps_and_skips_when_done(pipeline: Pipeline, fake_k
     leftovers = [p.name for p in target.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == [], leftovers  # the zip and the extraction folder are gone
     assert [s.json() for s in fake_kaggle.calls("DownloadDataFiles")] == [{"competitionName": SLUG}]
+    calls = len(fake_kaggle.calls())  # the download and the metadata look-up (the competition's metric)
 
     # The stamp makes a re-run a no-op; --config configs/<comp>/<exp>.yaml names the same competition.
     again = pipeline("download", "--config", f"configs/{SLUG}/baseline.yaml")
     assert_ok(again)
-    assert len(fake_kaggle.calls()) == 1
+    assert len(fake_kaggle.calls()) == calls
     assert "nothing to do" in again.stderr
+
+
+def real_competition_files(tmp_path: Path, layout: str = "csv") -> dict[str, bytes]:
+    """The files of a tiny real competition (decodable images, a train table, a sample submission)."""
+    source = write_competition(tmp_path / "source", layout)
+    return {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*")
+            if p.is_file() and not p.name.startswith(".")}  # fmt: skip
+
+
+@pytest.mark.parametrize(("kaggle_name", "metric", "said"), [
+    ("Macro F1 Score", "f1_macro", "metric: f1_macro (Kaggle's evaluation metric: 'Macro F1 Score')"),
+    ("Weighted Dice Coefficient", "accuracy", "Kaggle scores this competition with 'Weighted Dice Coefficient', "
+                                              "which the pipeline does not know"),
+])  # fmt: skip
+def test_download_records_kaggles_metric_and_init_maps_it(pipeline: Pipeline, fake_kaggle: FakeKaggle,
+                                                          tmp_path: Path, kaggle_name: str, metric: str,
+                                                          said: str) -> None:  # fmt: skip
+    """The metric comes from the competition's metadata through the real client; an unknown name is said, with the
+    key to set, instead of a silent accuracy."""
+    fake_kaggle.add_competition(SLUG, real_competition_files(tmp_path), evaluation_metric=kaggle_name)
+    assert_ok(pipeline("download", "--comp", SLUG))
+    assert json.loads((raw(pipeline.root) / ".complete").read_text())["evaluation_metric"] == kaggle_name
+    assert fake_kaggle.calls("ListCompetitions"), "the metric must come from Kaggle's competition metadata"
+    weights = pipeline.root / "data" / "weights" / "tf_efficientnet_lite0.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"offline weights stand-in")  # init only points model.pretrained at it
+    result = pipeline("init", "--comp", SLUG)
+    assert_ok(result)
+    assert said in result.stdout
+    if metric == "accuracy":
+        assert "set `metric:` in" in result.stdout
+    written = yaml.safe_load((pipeline.root / "configs" / SLUG / "competition.yaml").read_text())
+    assert written["metric"] == metric
 
 
 BAD_DOWNLOADS = {
@@ -202,6 +238,7 @@ def test_missing_credentials_list_the_three_ways_before_importing_kaggle(
     assert fake_kaggle.seen == []
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize("mode, warned", [(0o644, True), (0o600, False)])
 def test_kaggle_json_readable_by_others_is_warned_about(
     pipeline: Pipeline, fake_kaggle: FakeKaggle, mode: int, warned: bool
@@ -282,6 +319,7 @@ def test_submit_validates_before_any_call(pipeline: Pipeline, fake_kaggle: FakeK
     assert fake_kaggle.seen == []
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 @pytest.mark.parametrize(
     "setup, needles",
     [
@@ -304,6 +342,7 @@ def test_submit_reports_a_refusal_even_where_the_client_would_not(
     assert fake_kaggle.calls("CreateSubmission") == []
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_scores_joins_leaderboard_to_local_cv(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
     competition = fake_kaggle.add_competition(SLUG, FILES)
     competition.submissions = [
@@ -338,6 +377,7 @@ def test_scores_joins_leaderboard_to_local_cv(pipeline: Pipeline, fake_kaggle: F
     assert "baseline" in result.stdout and "0.861" in result.stdout
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_the_key_is_never_written_printed_or_logged(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.key = "k3y-" + "5ecret" * 5
     pipeline.env["KAGGLE_KEY"] = fake_kaggle.key

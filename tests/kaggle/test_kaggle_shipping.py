@@ -8,6 +8,7 @@ carries no version and still answers the previous run's `complete` right after a
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from helpers.fake_kaggle import FakeKaggle
-from helpers.kaggle_bundle import COMP, CONFIG, DATASET, FILES, KERNEL, pushed_record, write_bundle
+from helpers.kaggle_bundle import COMP, CONFIG, DATASET, FILES, KERNEL, MODEL, pushed_record, write_bundle
 from helpers.kaggle_env import pusher
 
 pytest_plugins = ["helpers.kaggle_env"]
@@ -82,6 +83,7 @@ def test_an_unchanged_bundle_is_still_checked_against_what_kaggle_lists(
 # 2. 403 for a dataset that does not exist yet --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_first_push_creates_the_dataset_kaggle_answered_403_for(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     result = ok(push("kaggle-push", "--config", CONFIG))
 
@@ -91,6 +93,7 @@ def test_a_first_push_creates_the_dataset_kaggle_answered_403_for(push: Pipeline
     assert "only be written by its owner" not in result.stderr
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_403_on_another_accounts_dataset_stays_a_refusal(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.username = "someone-else"  # the same key now logs in as another account
     push.env["KAGGLE_USERNAME"] = "someone-else"
@@ -118,6 +121,7 @@ def test_kaggle_submit_waits_for_the_pushed_version_not_the_previous_runs_comple
     assert fake_kaggle.runs[KERNEL][1].steps == ["COMPLETE"]  # version 2's own run had ended when it was submitted
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_run_that_ended_before_kaggle_submit_looked_is_recognised_by_the_listing(
     push: Pipeline, fake_kaggle: FakeKaggle
 ) -> None:
@@ -132,6 +136,7 @@ def test_a_run_that_ended_before_kaggle_submit_looked_is_recognised_by_the_listi
     )
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_kaggle_submit_streams_the_kernels_log_while_it_runs(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     ok(push("kaggle-push", "--config", CONFIG))
     result = ok(push("kaggle-submit", "--config", CONFIG, "--wait", "0"))
@@ -144,6 +149,7 @@ def test_kaggle_submit_streams_the_kernels_log_while_it_runs(push: Pipeline, fak
 # 5 and 8. the client's login at import ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_token_rejected_at_introspection_is_one_line_naming_its_source(
     push: Pipeline, fake_kaggle: FakeKaggle
 ) -> None:
@@ -156,6 +162,7 @@ def test_a_token_rejected_at_introspection_is_one_line_naming_its_source(
     assert {s.path.rsplit("/", 1)[-1] for s in fake_kaggle.calls()} == {"IntrospectToken"}  # nothing sent logged out
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_stalled_login_at_import_times_out_and_is_named_the_network(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.token = "the-right-token"
     push.without_credentials()
@@ -177,7 +184,7 @@ def test_p100_and_l4_say_what_kaggle_does_with_them(
 ) -> None:
     from types import SimpleNamespace
 
-    from pipeline.kaggle.bundle import choose_accelerator
+    from pipeline.kaggle.bundle_assembly import choose_accelerator
 
     monkeypatch.delenv("KAGGLE_ACCELERATOR", raising=False)
     with caplog.at_level("WARNING"):
@@ -237,6 +244,7 @@ def _plan(root: Path, seconds: float) -> None:
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "planned_seconds": seconds}))
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_gpu_push_beyond_the_quota_left_is_refused_before_uploading(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.gpu_quota_hours = (29.0, 30.0)  # 1 h left this week
     _plan(push.root, 2 * 3600)
@@ -249,6 +257,7 @@ def test_a_gpu_push_beyond_the_quota_left_is_refused_before_uploading(push: Pipe
     assert "GPU quota 1.0 h left of 30.0 h" in result.stderr and KERNEL in fake_kaggle.kernels
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_run_longer_than_kaggles_limit_is_refused_unless_forced(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
     _plan(push.root, 10 * 3600)  # quota: 30 h left; Kaggle's limit: 9 h
     user_error(push("kaggle-push", "--config", CONFIG), "stops a kernel after 9h")
@@ -287,3 +296,91 @@ def test_medal_zones_follow_kaggles_rules(teams: int, zones: tuple[int, int, int
     from pipeline.kaggle.leaderboard import medal_zones
 
     assert tuple(medal_zones(teams).values()) == zones
+
+
+# weights as a Kaggle Model ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_push(tmp_path: Path, fake_kaggle: FakeKaggle) -> Pipeline:
+    root = tmp_path / "project"
+    write_bundle(root, model=True)  # the weights in kaggle-bundle/model/, as kaggle-bundle MODEL=1 writes them
+    fake_kaggle.add_competition(COMP, code_only=True)
+    return pusher(root, fake_kaggle, tmp_path)
+
+
+WEIGHTS = {name: data for name, data in FILES.items() if name.endswith(".safetensors")}
+
+
+@pytest.mark.slow  # several CLI runs in subprocesses
+def test_weights_travel_as_a_pinned_kaggle_model_and_the_kernel_finds_them_where_kaggle_mounts_them(
+    model_push: Pipeline, fake_kaggle: FakeKaggle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok(model_push("kaggle-push", "--config", CONFIG, "--weights", "model"))
+
+    owner, slug, framework, instance = MODEL.split("/")
+    assert fake_kaggle.calls("GetModelInstance") and fake_kaggle.calls("CreateModel")  # 403 first: not created yet
+    assert fake_kaggle.models[f"{owner}/{slug}"].instances[f"pytorch/{instance}"] == [WEIGHTS]  # metadata not uploaded
+    assert not set(WEIGHTS) & set(fake_kaggle.datasets[DATASET].versions[0])  # code, config, OOF: the dataset
+    saved = fake_kaggle.kernels[KERNEL][0]
+    assert saved["modelDataSources"] == [f"{MODEL}/1"] and saved["datasetDataSources"] == [f"{DATASET}/1"]
+    assert pushed_record(model_push.root)["model"]["version"] == 1
+
+    ok(model_push("kaggle-push", "--config", CONFIG))  # unchanged: neither uploaded again, both checked again
+    assert (
+        len(fake_kaggle.calls("CreateModelInstanceVersion")) == 0 and len(fake_kaggle.calls("CreateModelInstance")) == 1
+    )
+    assert len(fake_kaggle.calls("ListModelInstanceVersionFiles")) == 2
+    (weights := model_push.root / "data/runs/toy/tiny/kaggle-bundle/model/fold0.safetensors").write_bytes(b"x" * 10)
+    ok(model_push("kaggle-push", "--config", CONFIG))  # retrained: a new version of the instance, pinned
+    assert fake_kaggle.calls("CreateModelInstanceVersion")[0].json()["framework"] == "MODEL_FRAMEWORK_PY_TORCH"
+    assert fake_kaggle.kernels[KERNEL][-1]["modelDataSources"] == [f"{MODEL}/2"]
+
+    # The Kernel: the dataset and the pinned Model version mounted as Kaggle mounts them; kernel.py finds both.
+    from pipeline.kaggle import kernel as kernel_script
+
+    kaggle_input = tmp_path / "kaggle-input"
+    bundle = fake_kaggle.mount_dataset(fake_kaggle.kernels[KERNEL][-1]["datasetDataSources"][0], kaggle_input)
+    mounted = fake_kaggle.mount_model(f"{MODEL}/2", kaggle_input)
+    assert mounted == kaggle_input / slug / "pytorch" / instance / "2"
+    fake_kaggle.mount_model(f"{MODEL}/1", kaggle_input)  # an older version mounted too: not the one to read
+    monkeypatch.setattr(kernel_script, "INPUT", kaggle_input)
+    assert kernel_script.find_bundle("toy-tiny-bundle") == bundle
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    view = kernel_script.with_model_weights(bundle, manifest)
+    assert (view / "fold0.safetensors").read_bytes() == weights.read_bytes()  # version 2's, not version 1's
+    assert (view / "folds.csv").read_bytes() == FILES["folds.csv"] and (view / "bundle.json").is_file()
+
+
+@pytest.mark.slow  # several CLI runs in subprocesses
+def test_a_dropped_weight_upload_is_named_and_the_kernel_is_not_pushed(
+    model_push: Pipeline, fake_kaggle: FakeKaggle
+) -> None:
+    fake_kaggle.fail_uploads = {"fold1.safetensors"}  # the client gives up on it and creates the version without it
+
+    user_error(model_push("kaggle-push", "--config", CONFIG), MODEL, "version 1", "fold1.safetensors",
+               "nothing is recorded as uploaded")  # fmt: skip
+    assert "model" not in pushed_record(model_push.root) and KERNEL not in fake_kaggle.kernels
+    assert not fake_kaggle.calls("CreateDataset")  # the weights go first: nothing else was uploaded
+
+    fake_kaggle.fail_uploads = set()
+    ok(model_push("kaggle-push", "--config", CONFIG))  # every weight file again, as version 2
+    owner, slug, _, instance = MODEL.split("/")
+    assert fake_kaggle.models[f"{owner}/{slug}"].instances[f"pytorch/{instance}"][1] == WEIGHTS
+    assert fake_kaggle.kernels[KERNEL][0]["modelDataSources"] == [f"{MODEL}/2"]
+
+
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
+def test_a_model_flag_on_a_dataset_bundle_asks_for_a_rebuild(push: Pipeline, fake_kaggle: FakeKaggle) -> None:
+    user_error(push("kaggle-push", "--config", CONFIG, "--weights", "model"), "carries its weights in the dataset",
+               "make kaggle-bundle CONFIG=configs/toy/tiny.yaml MODEL=1")  # fmt: skip
+    assert not fake_kaggle.calls()
+
+
+def test_a_kernel_without_the_model_mounted_says_what_to_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.kaggle import kernel as kernel_script
+
+    monkeypatch.setattr(kernel_script, "INPUT", tmp_path)
+    manifest = {"weights_model": {"instance": MODEL, "files": ["fold0.safetensors"]}}
+    with pytest.raises(SystemExit, match=r"error: the bundle's weights \(Kaggle Model .*model_sources"):
+        kernel_script.with_model_weights(tmp_path, manifest)

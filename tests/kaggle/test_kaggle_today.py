@@ -157,6 +157,7 @@ def test_init_adopts_a_folder_placed_by_hand(project: Path, monkeypatch: pytest.
 # token auth ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_token_wins_over_a_kaggle_json_without_key(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.add_competition(SLUG, FILES)
     fake_kaggle.token = "token-for-tests"
@@ -222,6 +223,7 @@ def test_submit_wait_0_does_not_wait(pipeline: Pipeline, fake_kaggle: FakeKaggle
     assert "scored" not in result.stdout and fake_kaggle.calls("ListSubmissions") == []
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_submission_kaggle_cannot_score_is_an_error_with_its_description(
     pipeline: Pipeline, fake_kaggle: FakeKaggle
 ) -> None:
@@ -275,6 +277,7 @@ def test_a_403_names_its_likely_cause(
 # timeouts and retries ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_reads_retry_5xx_and_429_honouring_retry_after(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.add_competition(SLUG, FILES)
     fake_kaggle.fail("ListSubmissions", 503)
@@ -295,6 +298,7 @@ def test_a_rate_limited_upload_is_not_retried_and_says_when(pipeline: Pipeline, 
     assert len(fake_kaggle.calls("CreateSubmission")) == 1
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_a_stalled_call_times_out(pipeline: Pipeline, fake_kaggle: FakeKaggle) -> None:
     fake_kaggle.add_competition(SLUG, FILES)
     fake_kaggle.fail("ListSubmissions", 0, times=2, stall=3)

@@ -28,6 +28,7 @@ def run_stages(capsys: pytest.CaptureFixture, config: Path, *extra: str) -> str:
     return errors
 
 
+@pytest.mark.slow  # CLI subprocesses against the fake server or Make: seconds each
 def test_mlflow_run_per_experiment_child_per_fold(project: Path, capsys: pytest.CaptureFixture) -> None:
     mlflow = pytest.importorskip("mlflow")
     write_competition_config(project)

@@ -19,7 +19,7 @@ from pipeline.data.augment_policies import POLICIES
 from pipeline.training import losses
 
 LOSS_CASES = [(loss, task) for loss in ("auto", "focal", "asymmetric") for task in ("single_label", "multi_label")]
-LOSS_CASES += [("cross_entropy", "single_label"), ("bce", "multi_label")]
+LOSS_CASES += [("cross_entropy", "single_label"), ("bce", "multi_label"), ("logit_adjusted", "single_label")]
 
 
 def _cfg(task: str = "single_label", **train: object) -> Config:
@@ -68,6 +68,26 @@ def test_focal_matches_torch_and_torchvision() -> None:
     assert multi(logits, ym) == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_logit_adjusted_is_cross_entropy_on_logits_plus_log_priors() -> None:
+    """Menon et al.: CE(logits + log prior); a model whose logits are the log priors gets no push toward the majority
+    beyond them, so at the optimum the raw logits are balanced."""
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 3])  # priors .6 .2 .1 .1
+    priors = torch.tensor([0.6, 0.2, 0.1, 0.1])
+    criterion = losses.build_criterion(_cfg(loss="logit_adjusted"), y.numpy(), mixing=False)
+    logits = torch.randn(10, 4)
+    assert criterion(logits, y) == pytest.approx(F.cross_entropy(logits + priors.log(), y).item(), rel=1e-5)
+    # soft targets (mixup) take the same adjustment
+    assert criterion(logits, F.one_hot(y, 4).float()) == pytest.approx(criterion(logits, y).item(), rel=1e-5)
+    # fitting a bias alone to these labels: plain CE learns the priors, the adjusted loss learns ~equal logits
+    bias = torch.zeros(4, requires_grad=True)
+    optimizer = torch.optim.SGD([bias], lr=1.0)
+    for _ in range(300):
+        optimizer.zero_grad()
+        criterion(bias.expand(10, 4), y).backward()
+        optimizer.step()
+    assert (bias.detach() - bias.detach().mean()).abs().max() < 0.05
+
+
 def test_single_label_asymmetric_with_mixed_targets_is_the_mixup_sum() -> None:
     cfg = _cfg(loss="asymmetric")
     criterion = losses.build_criterion(cfg, _targets("single_label").numpy(), mixing=True)
@@ -87,6 +107,8 @@ def test_single_label_asymmetric_with_mixed_targets_is_the_mixup_sum() -> None:
         ("single_label", "classifier", {"loss": "focal", "focal_gamma": -1.0}, "train.focal_gamma"),
         ("multi_label", "classifier", {"loss": "focal", "focal_alpha": 2.0}, "train.focal_alpha"),
         ("single_label", "classifier", {"loss": "asymmetric", "class_weights": "balanced"}, "no class weights"),
+        ("multi_label", "classifier", {"loss": "logit_adjusted"}, "logit_adjusted is for single-label"),
+        ("single_label", "classifier", {"loss": "logit_adjusted", "class_weights": "balanced"}, "already balances"),
     ],
 )
 def test_wrong_loss_settings_fail_by_key(task: str, head: str, train: dict, message: str) -> None:
