@@ -160,7 +160,8 @@ def write_csv(path: Path, frame: pd.DataFrame, float_format: str | None = None) 
 
     starts = range(0, max(len(frame), 1), CSV_CHUNK_ROWS)
     first = chunk(0)
-    estimate = len(first.encode()) * len(starts)  # for a full disk's message: the first chunk's size per chunk
+    last = len(chunk(starts[-1]).encode()) if len(starts) > 1 else len(first.encode())
+    estimate = (len(first.encode()) + last) * len(starts) // 2  # for a full disk's message (the size needed)
     with atomic_path(path, estimate) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(first)
