@@ -30,8 +30,6 @@ SAMPLE ?=
 TRACK ?=
 SETS := $(strip $(SET) $(if $(SAMPLE),sample=$(SAMPLE)) $(if $(TRACK),tracking=$(TRACK)))
 ARGS := --config $(CONFIG)$(if $(SETS), --set "$(SETS)")
-# Overrides are not files, so Make can't see them: with SET, let Python decide what is up to date.
-FORCE_IF_SET := $(if $(strip $(SET)),FORCE)
 
 # Paths mirror pipeline/core/paths.py (tests/test_make.py checks they agree).
 SUFFIX := $(if $(SAMPLE),-sample$(SAMPLE))
@@ -40,13 +38,19 @@ COMP_YAML := configs/$(COMP)/competition.yaml
 PROC := data/processed/$(COMP)$(if $(SAMPLE),/sample$(SAMPLE))
 RUN := data/runs/$(COMP)/$(EXP)$(SUFFIX)
 SUBMISSION := submissions/$(COMP)/$(EXP)$(SUFFIX).csv
+# Overrides are not files, so Make can't see them: SET is written to a stamp in the run folder, rewritten only when
+# it changes, and the stages the config feeds depend on it. A changed SET re-runs them once (Python then decides what
+# is current: a skipped fold is touched, so Make sees it up to date); the same SET again runs nothing.
+SET_STAMP := $(if $(strip $(SET)),$(RUN)/.overrides)
 LITE0 := data/weights/tf_efficientnet_lite0.safetensors
 DEMO_DEPS := $(if $(filter demo,$(COMP)),$(LITE0))
 
-NFOLDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) n_folds 2>/dev/null || echo 5)
+# The fold count, then a seed bag's seeds (train.seeds: [42, 43, 44]), from one Python start (no torch).
+FACTS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) n_folds seeds 2>/dev/null)
+NFOLDS := $(or $(firstword $(FACTS)),5)
 FOLD_IDS := $(shell seq 0 $$(( $(NFOLDS) - 1 )))
-# A seed bag (train.seeds: [42, 43, 44]): one model per (fold, seed) in fold<k>/seed<s>/, one Make target each.
-SEEDS := $(shell [ -x $(PY) ] && [ -f $(CONFIG) ] && $(PY) -m pipeline info $(ARGS) seeds 2>/dev/null)
+# A seed bag: one model per (fold, seed) in fold<k>/seed<s>/, one Make target each.
+SEEDS := $(wordlist 2,$(words $(FACTS)),$(FACTS))
 fold_models = $(if $(SEEDS),$(foreach s,$(SEEDS),$(RUN)/fold$(1)/seed$(s)/model.safetensors),$(RUN)/fold$(1)/model.safetensors)
 WEIGHTS := $(foreach k,$(FOLD_IDS),$(call fold_models,$(k)))
 # A model target's stem: `k` (fold k) or `k/seed<s>` (member (k, s)).
@@ -78,7 +82,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 include $(INSTALLED)
 endif
 
-.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test test-fast lint paths lr-find bench-recipe bench-techniques bench-imbalance FORCE
+.PHONY: help all install download init folds train predict refit pseudo ensemble submission submit scores blend cache bench test test-fast lint paths lr-find bench-recipe bench-techniques bench-imbalance bench-scale FORCE
 
 # A command's help line is its record's (pipeline/commands/__init__.py); other targets keep their `## ` comment.
 help: ## one line per target
@@ -125,18 +129,23 @@ endif
 train_unit = $(if $(filter kaggle,$(RUNNER)),$(PY) -m pipeline remote-train $(ARGS)$(BUNDLE_FLAGS),$(call fold_gpu,$(1)$(if $(2), + $(2)))$(LAUNCH) train $(ARGS)) --fold $(1)$(if $(2), --seed $(2))
 
 train: $(WEIGHTS)
-$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(FORCE_IF_SET)
+$(RUN)/fold%/model.safetensors: $(PROC)/folds.csv $(CONFIG) $(COMP_YAML) $(DEMO_DEPS) $(SOURCES) $(SET_STAMP)
 	$(call train_unit,$(call stem_fold,$*),$(call stem_seed,$*))
+
+ifneq ($(SET_STAMP),)
+$(SET_STAMP): FORCE
+	@mkdir -p $(@D) && new='$(subst ','\'',$(strip $(SET)))' && { [ "$$(cat $@ 2>/dev/null)" = "$$new" ] || printf '%s\n' "$$new" > $@; }
+endif
 
 predict: $(TEST_PROBS)
 .SECONDEXPANSION:
-$(RUN)/fold%/test.csv: $$(call fold_models,$$*) $(CONFIG) $(FORCE_IF_SET)
+$(RUN)/fold%/test.csv: $$(call fold_models,$$*) $(CONFIG) $(SET_STAMP)
 	$(call fold_gpu,$*)$(LAUNCH) predict $(ARGS) --fold $*
 
 refit: $(RUN)/refit/test.csv ## one model on every training row (the folds' median best epoch), test predictions
-$(RUN)/refit/model.safetensors: $(WEIGHTS) $(CONFIG) $(FORCE_IF_SET)
+$(RUN)/refit/model.safetensors: $(WEIGHTS) $(CONFIG) $(SET_STAMP)
 	$(LAUNCH) train $(ARGS) --fold refit
-$(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(FORCE_IF_SET)
+$(RUN)/refit/test.csv: $(RUN)/refit/model.safetensors $(CONFIG) $(SET_STAMP)
 	$(LAUNCH) predict $(ARGS) --fold refit
 
 # Pseudo-labels: FROM=<experiment or blend> whose test predictions label; NAME= names the new experiment.
@@ -231,6 +240,9 @@ bench-imbalance: ## class_weights, sampler, logit-adjusted and focal loss vs bas
 bench-techniques: ## soup, refit, seed bag, pseudo-labels, distillation vs the baseline, held-out (Fashion-MNIST; ~30 min)
 	$(PY) -m pipeline.benchmarks.techniques
 
+bench-scale: ## every stage on synthetic photo competitions of N images: wall, CPU, peak RSS, growth (N="2000 5000 10000")
+	$(PY) -m pipeline.benchmarks.scale$(if $(N), --n $(N))$(if $(LAYOUTS), --layouts $(LAYOUTS))
+
 # Sweeps and tracking. SWEEP=configs/<comp>/sweep.yaml (the default); TRACK=mlflow|tensorboard|wandb on any target.
 SWEEP ?= configs/$(COMP)/sweep.yaml
 .PHONY: sweep sweep-best mlflow-ui
@@ -255,6 +267,6 @@ lint: ## ruff format --check + ruff check
 	$(VENV)/bin/ruff check pipeline tests
 
 paths: ## print the artifact paths Make uses for CONFIG
-	@echo "raw_stamp=$(RAW_STAMP) folds=$(PROC)/folds.csv run=$(RUN) submission=$(SUBMISSION) n_folds=$(NFOLDS) seeds=$(subst $(space),$(comma),$(SEEDS)) weights=$(subst $(space),$(comma),$(strip $(WEIGHTS)))"
+	@echo "raw_stamp=$(RAW_STAMP) folds=$(PROC)/folds.csv run=$(RUN) submission=$(SUBMISSION) n_folds=$(NFOLDS) seeds=$(subst $(space),$(comma),$(SEEDS)) overrides_stamp=$(RUN)/.overrides weights=$(subst $(space),$(comma),$(strip $(WEIGHTS)))"
 
 FORCE:

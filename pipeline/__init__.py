@@ -9,12 +9,13 @@ importlib imports included):
 
     core/        schema (config sections, defaults, choice lists), config, paths (the only place artifact paths are
                  built), artifacts (the only writer, atomic), errors, events, locks, budget, metrics, cli; no torch
-    data/        tables, layout (init's inference), folds, cache, loader, augment + augment_policies (one policy table)
+    data/        tables, layout (init's inference), folds, cache + decode (every core) + listing (what was checked),
+                 loader, augment + augment_policies (one policy table)
     training/    model, optim, schedule, averaging (EMA, SWA, the kept epoch), losses, train, checkpoint, distributed
     inference/   tta, predict, ensemble, thresholds, blend + blend_apply (the Kernel's blend step), submission
     kaggle/      client, download, submit, bundle, push, wait, leaderboard, kernel (the script a bundle ships)
     reporting/   report, plots, experiments, planner, doctor, summary, tracking (hears training's events)
-    tuning/      Optuna sweeps;  benchmarks/  make bench, bench-recipe, bench-techniques
+    tuning/      Optuna sweeps;  benchmarks/  make bench, bench-recipe, bench-techniques, bench-scale
     commands/    the command records, the CLI, init's command, kernel_predict (runs inside the Kernel)
 
 docs/architecture.md holds the full map, generated from each module's docstring.

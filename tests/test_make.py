@@ -41,6 +41,7 @@ def test_make_paths_match_python(make_project: Path, sample: str) -> None:
     assert root / facts["run"] == expected.run
     assert root / facts["submission"] == expected.submission
     assert root / facts["raw_stamp"] == expected.raw_stamp
+    assert root / facts["overrides_stamp"] == expected.overrides_stamp
     assert facts["n_folds"] == "2"
 
 
@@ -57,6 +58,16 @@ def test_make_all_then_nothing_to_retrain(make_project: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "pipeline train" not in second.stdout and "pipeline predict" not in second.stdout
     assert "nothing retrained" in second.stdout
+    # SET=: a new override runs the stages once (Python finds every fold current and skips it), and says nothing was
+    # retrained; the same SET again starts no stage at all (Make sees the overrides' stamp unchanged).
+    for attempt in ("first", "again"):
+        with_set = make(make_project, "all", f"CONFIG={config}", "SET=train.num_workers=0")
+        assert with_set.returncode == 0, with_set.stdout + with_set.stderr
+        assert "nothing retrained" in with_set.stdout and "trained fold" not in with_set.stdout, with_set.stdout
+        ran = [
+            stage for stage in ("train", "predict", "ensemble", "submission") if f"pipeline {stage}" in with_set.stdout
+        ]
+        assert ran == (["train", "predict", "ensemble", "submission"] if attempt == "first" else []), attempt
     (make_project / "data/runs/toy/tiny/scores.json").unlink()  # deleted by hand, the submission still there
     third = make(make_project, "all", f"CONFIG={config}")
     assert third.returncode == 0, third.stdout + third.stderr

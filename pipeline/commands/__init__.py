@@ -78,7 +78,7 @@ COMMANDS: dict[str, Command] = {
         Command("blend", "pipeline.inference.blend", "blend COMP's experiments per configs/<comp>/blend.yaml "
                 "(OOF-fitted weights, nested-CV guard)"),
         Command("cache", "pipeline.data.cache", "decode every image once into data/processed/<comp>/cache/ "
-                "(automatic when training)", stage=False),
+                "(every core; automatic when training)", stage=False),
         Command("bench", "pipeline.benchmarks.data_path", "data-path benchmark: loader vs naive, training efficiency, "
                 "TTA overhead, growth, real epoch vs synthetic limit (table + JSON)"),
         Command("summary", "pipeline.reporting.summary", "print the experiment's scores and what this run did",

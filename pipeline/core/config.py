@@ -37,6 +37,7 @@ from pipeline.core.schema import (  # noqa: F401 - the schema, re-exported: conf
     TTA_VIEWS,
     WEIGHTS_TRAVEL,
     AugmentConfig,
+    CacheConfig,
     Config,
     DataConfig,
     EnsembleConfig,

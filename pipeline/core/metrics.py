@@ -26,9 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from pipeline.core.errors import ConfigError, UserError
+
+
+class _SklearnMetrics:
+    """sklearn.metrics, imported on first use: it costs 1-2 s, and config loading (every stage start, Make's
+    no-op `make all` included) needs only the metric names here, never a score."""
+
+    def __getattr__(self, name: str) -> Any:
+        from sklearn import metrics
+
+        return getattr(metrics, name)
+
+
+skm = _SklearnMetrics()
 
 
 def _is_multilabel(targets: np.ndarray) -> bool:

@@ -93,6 +93,15 @@ def bench_json() -> Path:
     return bench_dir() / "bench.json"
 
 
+def bench_scale_dir() -> Path:
+    """`make bench-scale`: one project folder per (layout, N) under data/bench/scale/, and scale.json."""
+    return bench_dir() / "scale"
+
+
+def bench_scale_json() -> Path:
+    return bench_scale_dir() / "scale.json"
+
+
 def experiment_config(comp: str, exp: str) -> Path:
     """configs/<comp>/<exp>.yaml: an experiment's (or a sweep's, a pseudo round's) config file."""
     return configs_dir(comp) / f"{exp}.yaml"
@@ -149,6 +158,11 @@ class Paths:
         return self.processed / "folds.json"
 
     @property
+    def checked(self) -> Path:
+        """Checks of the image listing already made, keyed by the listing's mtimes and sizes (pipeline.data.listing)."""
+        return self.processed / "checked.json"
+
+    @property
     def test_csv(self) -> Path:
         """The resolved test listing (id, file) that every experiment predicts, in submission order."""
         return self.processed / "test.csv"
@@ -157,6 +171,12 @@ class Paths:
     @property
     def run(self) -> Path:
         return project_root() / "data" / "runs" / self.comp / f"{self.exp}{self._suffix}"
+
+    @property
+    def overrides_stamp(self) -> Path:
+        """Make's record of the last SET= overrides (written by the Makefile only, rewritten when they change), so a
+        no-op `make all SET=...` sees every stage current without starting Python for each."""
+        return self.run / ".overrides"
 
     def fold_dir(self, fold: int) -> Path:
         """fold<k>/, or refit/ for the full-data refit (fold id REFIT): the same file names inside; a bag member's

@@ -236,6 +236,14 @@ class EnsembleConfig:
 
 
 @dataclass
+class CacheConfig:
+    """The decoded-image cache (pipeline.data.cache; train.cache turns it on)."""
+
+    max_gb: float = ranged(0.0, 0)  # >0: stream from the originals rather than build a cache larger than this
+    workers: int = ranged(0, 0)  # decode processes building it; 0: one per core
+
+
+@dataclass
 class Config:
     comp: str = ""
     exp: str = ""
@@ -253,6 +261,7 @@ class Config:
         "none"  # none | mlflow | tensorboard | wandb: sync the run's files to a tracker (pipeline.reporting.tracking)
     )
     kaggle: KaggleConfig = field(default_factory=KaggleConfig)  # the inference kernel's settings (kaggle-bundle)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # the image cache's size limit and decode processes
 
     @property
     def num_classes(self) -> int:
@@ -261,4 +270,4 @@ class Config:
 
 TRACKERS = ("none", "mlflow", "tensorboard", "wandb")  # tracking: where pipeline.reporting.tracking syncs a run's files
 COMPETITION_KEYS = ("data", "metric", "folds")
-EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "ensemble", "device", "sample", "tracking", "kaggle")
+EXPERIMENT_KEYS = ("model", "train", "augment", "tta", "ensemble", "device", "sample", "tracking", "kaggle", "cache")

@@ -1,36 +1,42 @@
-"""cache: every image decoded and resized once into a uint8 memory-mapped store, shared by all folds,
-epochs and TTA views.
+"""cache: every image decoded and resized once into a uint8 store (one fixed-size record per image, read by
+offset), shared by all folds, epochs and TTA views.
 
 Reads folds.csv and test.csv (data/processed/<comp>/) and the images they list; writes
 data/processed/<comp>/cache/<side>px/images.u8 (N x side x side x 3, uint8, row order of index.csv)
 and then index.csv (image path, source size and mtime) last, so a half-built cache never looks done.
 `side` is the training size plus the margin random crops need. The cache is rebuilt only when the
-image size changes (a different folder) or any source image's size/mtime changes.
+image size changes (a different folder) or any source image's size/mtime changes (checked image by image only when
+the listing changed: see below).
 
 Its size is known before it is built (N x side x side x 3 bytes), so free space is checked first; it is written
 with ordinary sequential writes (not through a writable memory map, which dies with SIGBUS when the disk fills),
 so a full disk mid-way is one `cannot write ...: no space left on device (need ~N MB)` error and no temp file.
+
+Images are decoded on every core, JPEGs at reduced size (pipeline.data.decode); the build reports its img/s against
+one core's decode rate. When the cache would not fit the free disk or `cache.max_gb`, training streams from the
+originals through ResizeOnRead (the same reduced decode and resize, so the same pixels) and says so once.
+A stage start checks a cache without a stat per image while the listing is unchanged (pipeline.data.listing).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from pipeline.core import artifacts, paths
 from pipeline.core.cli import config_from_args
+from pipeline.core.config import CacheConfig
 from pipeline.core.errors import UserError
-from pipeline.core.progress import progress as report
-from pipeline.data.augment import INTERPOLATIONS
-from pipeline.data.tables import load_image, read_csv
+from pipeline.data.decode import decode_all, decode_for_cache, resize_square  # noqa: F401 (resize_square: re-export)
+from pipeline.data.listing import image_folders, remembered, stat_key
+from pipeline.data.tables import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +47,6 @@ def cache_side(image_size: int) -> int:
     return int(round(image_size * MARGIN))
 
 
-def resize_square(image: np.ndarray, side: int, interpolation: str = "bilinear") -> np.ndarray:
-    """The cache's transform, also used to check cached pixels against direct decoding."""
-    if image.shape[0] == side and image.shape[1] == side:
-        return image
-    shrinking = image.shape[0] > side or image.shape[1] > side
-    flag = cv2.INTER_AREA if shrinking else INTERPOLATIONS.get(interpolation, cv2.INTER_LINEAR)
-    return cv2.resize(image, (side, side), interpolation=flag)
-
-
 def _fingerprint(root: Path, images: list[str]) -> pd.DataFrame:
     stats = [os.stat(root / image) for image in images]
     return pd.DataFrame(
@@ -58,21 +55,30 @@ def _fingerprint(root: Path, images: list[str]) -> pd.DataFrame:
 
 
 class ImageCache:
-    """Read access to a built cache: `cache[path]` -> uint8 (side, side, 3) array (a view into the memmap)."""
+    """Read access to a built cache: `cache[path]` -> uint8 (side, side, 3) array.
+
+    Each read is a pread of one image's bytes, not a view into a memory map: mapped pages count in the reader's
+    resident memory, so a pass over a 20 GB cache (predict on 100,000 test images) would grow it without bound."""
 
     def __init__(self, folder: Path) -> None:
         index = read_csv(folder / "index.csv", "image cache index")
         self.side = int(folder.name.removesuffix("px"))
         self.rows = {image: i for i, image in enumerate(index["image"])}
-        self.array = np.memmap(
-            folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(index), self.side, self.side, 3)
-        )
+        self.store = folder / "images.u8"
+        self._fd: tuple[int, int] | None = None  # (pid, fd): DataLoader workers open their own
 
     def __contains__(self, image: str) -> bool:
         return image in self.rows
 
     def __getitem__(self, image: str) -> np.ndarray:
-        return self.array[self.rows[image]]
+        if self._fd is None or self._fd[0] != os.getpid():
+            self._fd = (os.getpid(), os.open(self.store, os.O_RDONLY))
+        size = self.side * self.side * 3
+        data = os.pread(self._fd[1], size, self.rows[image] * size)
+        return np.frombuffer(data, dtype=np.uint8).reshape(self.side, self.side, 3)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
 
 
 class ResizeOnRead:
@@ -84,15 +90,24 @@ class ResizeOnRead:
         self.root, self.side, self.interpolation = root, side, interpolation
 
     def __getitem__(self, image: str) -> np.ndarray:
-        pixels = resize_square(load_image(self.root / image), self.side, self.interpolation)
-        return np.ascontiguousarray(pixels, dtype=np.uint8)
+        return decode_for_cache(self.root / image, self.side, self.interpolation)
 
 
 def cache_folder(processed: Path, image_size: int) -> Path:
     return processed / "cache" / f"{cache_side(image_size)}px"
 
 
-def is_current(folder: Path, root: Path, images: list[str]) -> bool:
+def is_current(folder: Path, root: Path, images: list[str], record: Path | None = None) -> bool:
+    """The cache in `folder` holds `images` as they are now. With `record` (paths.Paths.checked) the per-image check
+    runs only when the listing changed since it last passed (pipeline.data.listing): not at every stage start."""
+    if record is None:
+        return _is_current(folder, root, images)
+    key = stat_key([folder / "index.csv", folder / "images.u8", root / ".complete", *image_folders(root, images)])
+    key.append(["images", len(images), hashlib.sha256("\n".join(images).encode()).hexdigest()])
+    return bool(remembered(record, f"cache:{folder.name}", key, lambda: _is_current(folder, root, images) or None))
+
+
+def _is_current(folder: Path, root: Path, images: list[str]) -> bool:
     index_path = folder / "index.csv"
     if not index_path.exists() or not (folder / "images.u8").exists():
         return False
@@ -107,20 +122,23 @@ def is_current(folder: Path, root: Path, images: list[str]) -> bool:
 
 
 def build_cache(folder: Path, root: Path, images: list[str], interpolation: str = "bilinear",
-                progress: bool = True) -> Path:  # fmt: skip
-    """Decode every image once into folder/images.u8; index.csv is written last."""
+                progress: bool = True, workers: int = 0) -> Path:  # fmt: skip
+    """Decode every image once into folder/images.u8 (`workers` processes, 0: one per core); index.csv last."""
     side = int(folder.name.removesuffix("px"))
-    need = len(images) * side * side * 3
+    need = cache_bytes(len(images), side)
     store = folder / "images.u8"
     with artifacts.atomic_path(store, need) as tmp:  # creates the folder (or names what is in its way)
         (folder / "index.csv").unlink(missing_ok=True)  # from here on the cache is not current until rebuilt
         check_free_space(store, need - (store.stat().st_size if store.exists() else 0))
         with open(tmp, "wb") as handle:
-            for image in report(images, total=len(images), desc="cache", enabled=progress):
-                pixels = resize_square(load_image(root / image), side, interpolation)
-                handle.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+            stats = decode_all(root, images, side, interpolation, handle.write, workers, progress)
     artifacts.write_csv(folder / "index.csv", _fingerprint(root, images))
+    log.info("cache: %s -> %s", stats.describe(), folder)
     return folder
+
+
+def cache_bytes(n_images: int, side: int) -> int:
+    return n_images * side * side * 3
 
 
 def check_free_space(path: Path, need: int) -> None:
@@ -129,21 +147,45 @@ def check_free_space(path: Path, need: int) -> None:
     if need > 0 and free < need * 1.01:
         raise UserError(
             f"cannot write {path}: no space left on device (need {artifacts.megabytes(need)}, "
-            f"{artifacts.megabytes(free)} free); free some space, or set train.cache: false to decode images each epoch"
+            f"{artifacts.megabytes(free)} free); free some space, or set train.cache: false to decode images each "
+            "epoch (training streams from the originals by itself when the cache won't fit)"
         )
 
 
 def ensure_cache(
-    processed: Path, root: Path, images: list[str], image_size: int, interpolation: str = "bilinear"
-) -> ImageCache:
+    processed: Path, root: Path, images: list[str], image_size: int, interpolation: str = "bilinear",
+    workers: int = 0, record: Path | None = None,
+) -> ImageCache:  # fmt: skip
     """The cache for `images` at `image_size`, built or rebuilt when missing or stale."""
     folder = cache_folder(processed, image_size)
-    if not is_current(folder, root, images):
-        started = time.perf_counter()
-        build_cache(folder, root, images, interpolation)
-        seconds = time.perf_counter() - started
-        log.info("cache: %d images decoded once into %s (%.1f s)", len(images), folder, seconds)
+    if not is_current(folder, root, images, record):
+        build_cache(folder, root, images, interpolation, workers=workers)
     return ImageCache(folder)
+
+
+def too_large(n_images: int, side: int, folder: Path, max_gb: float) -> str | None:
+    """Why a cache of `n_images` would not fit (cache.max_gb, or the free disk with 1% slack), else None."""
+    need = cache_bytes(n_images, side)
+    if max_gb and need > max_gb * 1e9:
+        return f"{artifacts.megabytes(need)}, above cache.max_gb: {max_gb:g}"
+    existing = folder / "images.u8"
+    probe = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(probe).free + (existing.stat().st_size if existing.exists() else 0)
+    if need * 1.01 > free:
+        return f"{artifacts.megabytes(need)}, {artifacts.megabytes(free)} free on {probe}'s disk"
+    return None
+
+
+_SAID: set[str] = set()  # the streaming notice, once per process (a stage may prepare several folds)
+
+
+def streaming(root: Path, side: int, interpolation: str, why: str) -> ResizeOnRead:
+    if why not in _SAID:
+        _SAID.add(why)
+        log.warning("cache: not built (%s): streaming from the original images instead, each decoded at reduced "
+                    "size and resized as the cache would (slower per epoch; raise cache.max_gb or free disk space "
+                    "to cache)", why)  # fmt: skip
+    return ResizeOnRead(root, side, interpolation)
 
 
 def listed_images(out: paths.Paths) -> list[str]:
@@ -168,8 +210,25 @@ def run(args: argparse.Namespace) -> None:
     pretrained = timm.models.get_pretrained_cfg(cfg.model.name)
     size = cfg.train.image_size or pretrained.input_size[-1]
     interpolation = pretrained.interpolation or "bilinear"  # what training's data config resolves to
-    cache = ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size, interpolation)
+    images, folder = listed_images(out), cache_folder(out.processed, size)
+    if cfg.cache.max_gb and not is_current(folder, out.raw, images, out.checked):
+        why = too_large(len(images), cache_side(size), folder, cfg.cache.max_gb)
+        if why:  # the user's limit: nothing to build; training and prediction stream (a full disk stays an error here)
+            streaming(out.raw, cache_side(size), interpolation, why)
+            return
+    cache = ensure_cache(out.processed, out.raw, images, size, interpolation, cfg.cache.workers, out.checked)
     log.info("cache: %d images at %d px ready", len(cache.rows), cache.side)
+
+
+def cache_or_stream(out: paths.Paths, images: list[str], image_size: int, interpolation: str,
+                    settings: CacheConfig) -> ImageCache | ResizeOnRead:  # fmt: skip
+    """The current cache, else a new one; or, when it would not fit (disk, cache.max_gb), the originals streamed."""
+    folder, root = cache_folder(out.processed, image_size), out.raw
+    if not is_current(folder, root, images, out.checked):
+        why = too_large(len(images), cache_side(image_size), folder, settings.max_gb)
+        if why:
+            return streaming(root, cache_side(image_size), interpolation, why)
+    return ensure_cache(out.processed, root, images, image_size, interpolation, settings.workers, out.checked)
 
 
 def cache_for(cfg, data_cfg: dict, build: bool = True) -> ImageCache | ResizeOnRead | None:  # noqa: ANN001
@@ -181,10 +240,10 @@ def cache_for(cfg, data_cfg: dict, build: bool = True) -> ImageCache | ResizeOnR
     out = paths.for_config(cfg)
     size = max([data_cfg["input_size"][-1], *getattr(cfg.train, "progressive_sizes", [])])
     interpolation = data_cfg.get("interpolation", "bilinear")
+    folder, root = cache_folder(out.processed, size), paths.raw_dir(cfg.comp)
     if not build:
-        folder = cache_folder(out.processed, size)
-        root = paths.raw_dir(cfg.comp)
-        if out.folds_csv.exists() and out.test_csv.exists() and is_current(folder, root, listed_images(out)):
+        if out.folds_csv.exists() and out.test_csv.exists() and is_current(folder, root, listed_images(out),
+                                                                            out.checked):  # fmt: skip
             return ImageCache(folder)
         return ResizeOnRead(root, cache_side(size), interpolation)
-    return ensure_cache(out.processed, paths.raw_dir(cfg.comp), listed_images(out), size, interpolation)
+    return cache_or_stream(out, listed_images(out), size, interpolation, cfg.cache)

@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.core import paths
 from pipeline.core.config import Config, DataConfig, to_dict
 from pipeline.core.errors import UserError
+from pipeline.data.listing import folders_below, remembered, stat_key
 from pipeline.data.tables import list_images
 
 # The data.* keys that decide folds.csv's rows, labels and test listing (the rest only shape the submission).
@@ -35,13 +36,24 @@ def table_digest(data: DataConfig, raw: Path) -> str | None:
     return digest.hexdigest()
 
 
+def remembered_digest(data: DataConfig, out: paths.Paths) -> str | None:
+    """table_digest, computed again only when the train table's listing changed (its CSV's, or its folders', mtime
+    and size; pipeline.data.listing): every stage start checks it, and a folder of 100,000 images takes seconds to
+    list."""
+    raw = out.raw
+    listing = [raw / data.train_csv] if data.train_csv is not None else folders_below(raw / data.train_dir)
+    key = stat_key([*listing, out.raw_stamp])
+    name = f"train_table:{data.train_csv or data.train_dir}"
+    return remembered(out.checked, name, key, lambda: table_digest(data, raw))
+
+
 def folds_record(cfg: Config) -> dict[str, Any]:
     """What folds.csv is made from: every setting that changes it, and the train table's digest."""
     values = to_dict(cfg)
     settings: dict[str, Any] = {f"folds.{k}": v for k, v in values["folds"].items()}
     settings.update({f"data.{k}": values["data"][k] for k in TABLE_KEYS})
     settings["sample"] = cfg.sample
-    return {"settings": settings, "train_table": table_digest(cfg.data, paths.raw_dir(cfg.comp))}
+    return {"settings": settings, "train_table": remembered_digest(cfg.data, paths.for_config(cfg))}
 
 
 def describe_change(old: dict[str, Any], new: dict[str, Any], data: DataConfig) -> str:

@@ -1,6 +1,6 @@
 """summary: what an experiment scored and whether this run rebuilt anything; info: facts for Make.
 
-`summary` reads scores.json and the artifact mtimes (Make passes the time it started in
+`summary` reads scores.json and the mtimes of train's oof_plain.csv files (Make passes the time it started in
 PIPELINE_MAKE_START), prints CV, per-fold spread and holdout, and says plainly when nothing was
 retrained. `info` prints one fact Make needs (e.g. n_folds) without importing torch.
 """
@@ -14,7 +14,6 @@ from pathlib import Path
 from pipeline.core import paths
 from pipeline.core.artifacts import read_json
 from pipeline.core.bag import bag_seeds, members
-from pipeline.core.cli import config_from_args
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import UserError
 
@@ -34,13 +33,30 @@ INFO = {"n_folds": lambda cfg: str(cfg.folds.n_folds),
         "sources": lambda cfg: " ".join(map(str, source_files(cfg)))}  # fmt: skip
 
 
+def retrained_folds(out: paths.Paths, n_folds: int, seeds: list[int | None], started: float) -> list[int]:
+    """The folds with a member trained since `started`. Judged by fold<k>/oof_plain.csv, which train writes only when
+    it trains: a train that finds the weights current touches them (so Make sees them up to date), so their mtime
+    says nothing about whether this run trained them."""
+
+    def trained_since(file: Path) -> bool:
+        return file.exists() and file.stat().st_mtime >= started
+
+    return [k for k in range(n_folds) if any(trained_since(out.member(seed).oof_plain(k)) for seed in seeds)]
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command == "info":
-        if len(args.what) != 1 or args.what[0] not in INFO or not args.config:
-            raise UserError(f"info: usage `python -m pipeline info --config FILE {'|'.join(INFO)}`")
-        print(INFO[args.what[0]](load_config(args.config, args.overrides, check=False)))
+        if not args.what or any(what not in INFO for what in args.what) or not args.config:
+            raise UserError(f"info: usage `python -m pipeline info --config FILE {'|'.join(INFO)} [...]`")
+        cfg = load_config(args.config, args.overrides, check=False)
+        for what in args.what:  # one line each: Make asks for several facts with one Python start
+            print(INFO[what](cfg))
         return
-    cfg = config_from_args(args)
+    if not args.config:
+        raise UserError("summary: --config configs/<comp>/<exp>.yaml is required (Make: CONFIG=...)")
+    # Finished files only: no folds check, no cross-field checks (their torch/sklearn imports would be most of a
+    # no-op `make all`'s time); the stages that wrote scores.json checked the same config.
+    cfg = load_config(args.config, args.overrides, check=False)
     out = paths.for_config(cfg)
     scores = read_json(out.scores)
     folds = scores["folds"]
@@ -51,10 +67,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"submission: {out.submission}")
     started = float(os.environ.get("PIPELINE_MAKE_START", "0") or 0)
     if started:
-        weights = {k: [out.member(seed).weights(k) for seed in members(cfg)] for k in range(cfg.folds.n_folds)}
-        retrained = [
-            k for k, files in weights.items() if any(w.exists() and w.stat().st_mtime >= started for w in files)
-        ]
+        retrained = retrained_folds(out, cfg.folds.n_folds, members(cfg), started)
         if retrained:
             print(f"this run trained fold(s) {', '.join(map(str, retrained))}")
         else:

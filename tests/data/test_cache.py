@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-import pipeline.data.cache as cache_module
+import pipeline.data.decode as decode_module
 import pipeline.data.loader as loader_module
 from helpers.builders import write_competition
 from pipeline.core.config import AugmentConfig
@@ -33,11 +33,11 @@ def images(tmp_path: Path) -> tuple[Path, list[str]]:
 def decode_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
-    def counting(path: Path) -> np.ndarray:
+    def counting(path: Path, *args: object, **kwargs: object) -> np.ndarray:
         calls.append(str(path))
-        return load_image(path)
+        return load_image(path, *args, **kwargs)
 
-    monkeypatch.setattr(cache_module, "load_image", counting)
+    monkeypatch.setattr(decode_module, "load_image", counting)
     monkeypatch.setattr(loader_module, "load_image", counting)
     return calls
 

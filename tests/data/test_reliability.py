@@ -181,13 +181,14 @@ def test_not_enough_free_space_for_the_cache_stops_before_decoding(
     import shutil
 
     import pipeline.data.cache
+    import pipeline.data.decode
 
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project)
     assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
     usage = shutil.disk_usage(project)
     monkeypatch.setattr(pipeline.data.cache.shutil, "disk_usage", lambda _: usage._replace(free=1000))
-    monkeypatch.setattr(pipeline.data.cache, "load_image", lambda _: pytest.fail("decoded an image first"))
+    monkeypatch.setattr(pipeline.data.decode, "load_image", lambda *_, **__: pytest.fail("decoded an image first"))
     result = run_main(capsys, "cache", "--config", str(config))
     assert result.returncode == 2
     assert "images.u8: no space left on device (need ~1 MB" in result.stderr and "train.cache: false" in result.stderr
