@@ -103,7 +103,7 @@ def explain_rows(
     from pipeline.core.errors import UserError
     from pipeline.data.augment import eval_transform, to_chw
     from pipeline.data.tables import load_image
-    from pipeline.inference.predict import load_fold_model
+    from pipeline.inference.fold_model import load_fold_model
 
     classes, raw = cfg.data.classes, paths.raw_dir(cfg.comp)
     n = len(rows)
