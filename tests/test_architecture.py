@@ -111,6 +111,17 @@ def test_kaggle_building_blocks_import_no_stage() -> None:
     assert not reaching, reaching
 
 
+def test_building_blocks_never_import_a_stage() -> None:
+    """A stage's module is its command's entry; what several need lives in a building block (the training loop in
+    training.loop, a fold's model in inference.fold_model), so no block depends on a stage. The command layer and
+    the notebook API sit above the stages and may."""
+    edges, names = graph(), stages()
+    top = ("commands", "api", "__main__")
+    reaching = sorted(f"{s} -> {t}" for s, ts in edges.items() if s not in names and not s.startswith(top)
+                      for t in ts & names)  # fmt: skip
+    assert not reaching, reaching
+
+
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_functions_fit_in_a_head(name: str) -> None:
     long = [

@@ -26,13 +26,13 @@ import yaml
 from pipeline.benchmarks.recipe_bench import cli, materialise
 from pipeline.core import artifacts, paths
 from pipeline.core.config import load_config, training_fingerprint
-from pipeline.training import checkpoint, distributed, train
+from pipeline.training import checkpoint, distributed, loop
 from pipeline.training.runtime import output_activation
 
 EPOCH_IMAGES, EPOCHS, EXPERIMENT = 1250, 3, "bench_epoch"
 
 
-def prepare_run(n_images: int = EPOCH_IMAGES, epochs: int = EPOCHS) -> train.FoldRun:
+def prepare_run(n_images: int = EPOCH_IMAGES, epochs: int = EPOCHS) -> loop.FoldRun:
     """Fold 0 of init's baseline on Fashion-MNIST, CPU, no loader workers (as bench-recipe trains), fresh."""
     comp = materialise("fashion", n_images, 10)
     if not (paths.configs_dir(comp) / "baseline.yaml").exists():
@@ -46,17 +46,17 @@ def prepare_run(n_images: int = EPOCH_IMAGES, epochs: int = EPOCHS) -> train.Fol
     artifacts.write_text(config, yaml.safe_dump(values, sort_keys=False))
     cfg = load_config(config)
     shutil.rmtree(paths.for_config(cfg).run, ignore_errors=True)  # a fresh run, never a resumed one
-    return train.build_run(cfg, 0, torch.device("cpu"), training_fingerprint(cfg), distributed.SINGLE)
+    return loop.build_run(cfg, 0, torch.device("cpu"), training_fingerprint(cfg), distributed.SINGLE)
 
 
-def real_epoch(run: train.FoldRun) -> float:
+def real_epoch(run: loop.FoldRun) -> float:
     """Seconds of one epoch as `make train` runs it: the batches, the validation pass, the epoch's end."""
     started = time.perf_counter()
     with checkpoint.StopFlag(None) as stop:
-        train.train_one_epoch(run, stop)
+        loop.train_one_epoch(run, stop)
     state = run.state
-    row = train.evaluate(run.f, state.keeper, state.ema, output_activation(run.f.cfg), run.amp, state.epoch)
-    train.end_epoch(run, row)
+    row = loop.evaluate(run.f, state.keeper, state.ema, output_activation(run.f.cfg), run.amp, state.epoch)
+    loop.end_epoch(run, row)
     return time.perf_counter() - started
 
 

@@ -8,7 +8,7 @@ must not be the experiment itself (nor a blend holding it), and, where its OOF i
 complete OOF (no partial ensemble; ensemble.refit changes test predictions only). Each refusal is one UserError
 naming the source and the fix. The settings are in the config fingerprint
 (pipeline.core.config.FINGERPRINTED_WHEN_ON); the source's identity (`sources_stamp`: its oof/test digests) travels
-beside it in each fold's resume checkpoint and weights (pipeline.training.train), so a source whose predictions
+beside it in each fold's resume checkpoint and weights (pipeline.training.loop), so a source whose predictions
 changed is never trained on silently. The config fingerprint itself stays free of file reads: predict and the Kaggle
 Kernel (which has no source) recompute it.
 """

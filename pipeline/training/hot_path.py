@@ -3,7 +3,7 @@
 On a GPU every host read of a device value (`.item()`, `float(t)`, `bool(t)`, `.cpu()`, `.tolist()`) waits for
 all queued kernels, so the next step cannot be queued behind the current one. Per-step Python work (walking the
 module tree, building dicts) adds milliseconds to steps that take about ten on a GPU. Reads nothing, writes
-nothing; pipeline.training.train uses these pieces:
+nothing; pipeline.training.loop uses these pieces:
 
 - StepLosses: each batch's loss copied into a small device buffer; the host reads the buffer every SYNC_EVERY
   steps (one synchronisation), before a checkpoint and at the end of an epoch, and only then checks finiteness

@@ -111,7 +111,7 @@ def test_freeze_phase_and_unfrozen_phase_each_warm_up() -> None:
 def test_ema_weights_differ_from_raw_and_are_saved_unless_raw_scores_better(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, raw_score: float, saved: str
 ) -> None:
-    import pipeline.training.train as train_module
+    import pipeline.training.loop as train_module
 
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train={"epochs": 2, "ema": True, "ema_decay": 0.9, "keep": "last", "lr": 0.01})
@@ -256,7 +256,7 @@ def test_accumulation_steps_once_per_n_batches_and_clipping_bounds_the_update(
 def test_early_stopping_stops_when_the_score_stops_improving(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.training.train as train_module
+    import pipeline.training.loop as train_module
 
     monkeypatch.setattr(train_module, "score", lambda *args: 0.5)  # a flat validation score
     write_competition_yaml(project, "csv")

@@ -32,7 +32,7 @@ def train_recording(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, list[dict[str, torch.Tensor]]]:
     """Train fold 0 with SWA over the last 2 of 3 epochs; returns the config and the raw weights at each epoch end."""
-    import pipeline.training.train as train_module
+    import pipeline.training.loop as train_module
 
     write_competition_yaml(project, "csv")
     config = tiny_experiment(project, train=SWA)
@@ -92,7 +92,7 @@ def test_swa_saves_the_mean_of_the_last_epochs_only_when_not_worse(
 def test_swa_resumes_with_its_average_after_a_kill(
     project: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.training.train as train_module
+    import pipeline.training.loop as train_module
 
     config, seen = train_recording(project, capsys, monkeypatch)
     original = train_module.apply_swa

@@ -18,7 +18,7 @@ import torch
 from helpers.builders import run_main, tiny_experiment, write_competition_config
 from helpers.syncs import SyncCounter
 from pipeline.core.config import load_config, training_fingerprint
-from pipeline.training import checkpoint, distributed, hot_path, train
+from pipeline.training import checkpoint, distributed, hot_path, loop
 
 # The only host reads the loop may make, by the file that makes them; anything else found in the per-step path
 # fails the test with its file:line.
@@ -61,13 +61,13 @@ def test_training_steps_read_the_device_only_within_budget(
     config = tiny_experiment(project, train={"batch_size": 2, "epochs": 2, **recipe})
     assert run_main(capsys, "folds", "--config", str(config)).returncode == 0
     cfg = load_config(config)
-    run = train.build_run(cfg, 0, torch.device("cpu"), training_fingerprint(cfg), distributed.SINGLE)
+    run = loop.build_run(cfg, 0, torch.device("cpu"), training_fingerprint(cfg), distributed.SINGLE)
     steps = run.batches_per_epoch
     assert steps >= 9, "the epoch must be long enough to show per-step syncs"
     with SyncCounter() as syncs:
         run.f.train_loader = PausedLoader(run.f.train_loader, syncs)
         with checkpoint.StopFlag(None) as stop:
-            train.train_one_epoch(run, stop)
+            loop.train_one_epoch(run, stop)
     assert run.state.step == steps
     callers = Counter(caller for _, caller in syncs.calls)
     unlisted = {caller: n for caller, n in callers.items() if caller.split(":")[0] not in ALLOWED}
