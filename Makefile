@@ -256,11 +256,13 @@ sweep-best:
 mlflow-ui:
 	$(PY) -m pipeline mlflow-ui$(if $(PORT), --port $(PORT))
 
-test: ## run the whole test suite, slow end-to-end cases included (CI calls this)
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+# One torch thread per test process (two threads collapse when anything else uses the CPU), one process per core.
+TEST_WORKERS ?= 2
+test: ## run the whole test suite, slow end-to-end cases included (CI calls this; TEST_WORKERS=1: one process)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: ## the contributor loop: unit and contract tests, no training beyond a few steps, no make/subprocess chains
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" -p no:cacheprovider -n $(TEST_WORKERS)
 
 lint: ## ruff format --check + ruff check
 	$(VENV)/bin/ruff format --check pipeline tests
