@@ -36,9 +36,8 @@ def kaggle_image(root: Path, left_out: list[str]) -> Path:
     return view
 
 
-def kernel_python(root: Path) -> Path:
-    """A new virtualenv under `root` that sees the image's packages but installs apart; its python."""
-    image = kaggle_image(root, shipped_distributions())
+def fresh_venv(root: Path, image: Path) -> Path:
+    """A new virtualenv (no pip of its own) whose .pth adds `image`, so it sees those packages but installs apart."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -46,6 +45,11 @@ def kernel_python(root: Path) -> Path:
                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     (Path(purelib) / "kaggle-image.pth").write_text(f"{image}\n")
     return python
+
+
+def kernel_python(root: Path) -> Path:
+    """A new virtualenv under `root` that sees the image's packages but installs apart; its python."""
+    return fresh_venv(root, kaggle_image(root, shipped_distributions()))
 
 
 def kernel_env(**extra: str) -> dict[str, str]:

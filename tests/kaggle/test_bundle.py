@@ -22,6 +22,7 @@ import pytest
 from helpers.builders import in_project, tiny_experiment
 from helpers.chain import STAGES, write_competition_yaml
 from helpers.fake_kaggle import FakeKaggle
+from helpers.kernel_venv import fresh_venv, kaggle_image, kernel_env
 from pipeline.__main__ import main
 from pipeline.core import paths
 from pipeline.core.config import TRAINING_SECTIONS, fingerprint, load_config
@@ -108,38 +109,6 @@ def test_bundle_holds_weights_config_wheels_and_kernel(project: Path, dataset: P
     assert {p.name: p.read_bytes() for p in dataset.iterdir()} == before
 
 
-def kaggle_image(root: Path, left_out: list[str]) -> Path:
-    """A folder showing this virtualenv's site-packages except the distributions in `left_out` (symlinks)."""
-    site = Path(importlib.metadata.distribution("pandas").locate_file(""))
-    hidden = set()
-    for name in left_out:
-        hidden |= {f.parts[0] for f in importlib.metadata.distribution(name).files or [] if f.parts[0] != ".."}
-    view = root / "kaggle-image"
-    view.mkdir()
-    for entry in site.iterdir():
-        if entry.name not in hidden and not entry.name.endswith(".pth"):
-            (view / entry.name).symlink_to(entry)
-    return view
-
-
-def fresh_venv(root: Path, image: Path) -> Path:
-    """A new virtualenv (no pip of its own) whose .pth adds `image`, so it sees those packages but installs apart."""
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    (Path(purelib) / "kaggle-image.pth").write_text(f"{image}\n")
-    return python
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without pip settings, import paths, Kaggle or pipeline variables, plus `extra`."""
-    drop = ("PIP_", "PYTHON", "KAGGLE_", "PIPELINE_", "VIRTUAL_ENV")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    return {**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", **extra}
-
-
 @pytest.mark.slow  # trains or drives make/the kernel: make test runs it, make test-fast does not
 def test_bundle_installs_offline_and_its_kernel_writes_the_submission(
     project: Path, dataset: Path, kernel: Path, tmp_path: Path
@@ -152,7 +121,7 @@ def test_bundle_installs_offline_and_its_kernel_writes_the_submission(
     working.mkdir()
     (kaggle_input / COMP).symlink_to(project / "data/raw" / COMP)  # the competition's files, as Kaggle mounts them
     (kaggle_input / "toy-tiny-bundle").symlink_to(dataset)  # the bundle, mounted as a dataset
-    env = clean_env(KAGGLE_INPUT_ROOT=str(kaggle_input), KAGGLE_WORKING_ROOT=str(working),
+    env = kernel_env(KAGGLE_INPUT_ROOT=str(kaggle_input), KAGGLE_WORKING_ROOT=str(working),
                     PIPELINE_ROOT=str(tmp_path / "kernel-work"), KAGGLE_KERNEL_RUN_TYPE="Batch")  # fmt: skip
 
     result = subprocess.run([str(python), str(kernel / "kernel.py")], cwd=working, env=env, capture_output=True,
@@ -176,7 +145,7 @@ def test_bundle_installs_offline_and_its_kernel_writes_the_submission(
     pd.testing.assert_frame_equal(submitted, local)  # same weights, same images, same TTA: the same answers
 
     where = subprocess.run([str(python), "-c", "import iterstrat, pipeline, six; print(pipeline.__file__, "
-                            "iterstrat.__file__, six.__file__)"], cwd=tmp_path, env=clean_env(),
+                            "iterstrat.__file__, six.__file__)"], cwd=tmp_path, env=kernel_env(),
                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     assert all(path.startswith(str(venv)) for path in where), where
 
@@ -545,7 +514,7 @@ def test_a_custom_metric_module_ships_in_the_bundle_and_the_kernel_imports_it(pr
     for folder in (kaggle_input, working, elsewhere):
         folder.mkdir()
     (kaggle_input / COMP).symlink_to(root / "data/raw" / COMP)
-    env = clean_env(PIPELINE_ROOT=str(tmp_path / "kernel-work"), KAGGLE_INPUT_ROOT=str(kaggle_input),
+    env = kernel_env(PIPELINE_ROOT=str(tmp_path / "kernel-work"), KAGGLE_INPUT_ROOT=str(kaggle_input),
                     KAGGLE_WORKING_ROOT=str(working), PYTHONPATH=os.environ.get("PYTHONPATH", ""))  # fmt: skip
     script = "import sys; from pathlib import Path; from pipeline.commands.kernel_predict import run_bundle; "
     script += "sys.exit(run_bundle(Path(sys.argv[1])))"
