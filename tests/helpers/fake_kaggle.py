@@ -54,6 +54,13 @@ OAUTH = "security.OAuthService"
 LAST_MODIFIED = email.utils.formatdate(1_700_000_000, usegmt=True)
 
 
+def _page(body: dict[str, Any], rows: list[Any], key: str) -> dict[str, Any]:
+    """One page of `rows` under `key`, by the request's pageSize and pageToken (the next start), as Kaggle pages."""
+    size, start = int(body.get("pageSize") or 20), int(body.get("pageToken") or 0)
+    more = start + size < len(rows)
+    return {key: rows[start : start + size], "nextPageToken": str(start + size) if more else ""}
+
+
 def make_zip(files: dict[str, bytes]) -> bytes:
     """The bytes of a zip holding `files` (name -> contents), as Kaggle's DownloadDataFiles blob would."""
     buffer = io.BytesIO()
@@ -358,14 +365,7 @@ class FakeKaggle:
         if method == "GetLeaderboard":
             rows = [{"teamId": i + 1, "teamName": name, "submissionDate": "2024-01-02T03:04:05Z", "score": score}
                     for i, (name, score) in enumerate(competition.leaderboard)]  # fmt: skip
-            size = int(body.get("pageSize") or 20)
-            start = int(body.get("pageToken") or 0)
-            more = start + size < len(rows)
-            return (
-                200,
-                {"submissions": rows[start : start + size], "nextPageToken": str(start + size) if more else ""},
-                {},
-            )
+            return 200, _page(body, rows, "submissions"), {}
         if method == "GetSubmissionLimits":
             used = len(competition.submissions)
             left = max(competition.max_daily - used, 0)
@@ -555,14 +555,7 @@ class FakeKaggle:
                 return _error(403, f"Permission 'datasets.get' was denied for '{ref}/{number}'")
             files = [{"name": name, "totalBytes": len(data), "creationDate": "2024-01-01T00:00:00Z"}
                      for name, data in sorted(dataset.versions[number - 1].items())]  # fmt: skip
-            size = int(body.get("pageSize") or 20)
-            start = int(body.get("pageToken") or 0)
-            more = start + size < len(files)
-            return (
-                200,
-                {"datasetFiles": files[start : start + size], "nextPageToken": str(start + size) if more else ""},
-                {},
-            )
+            return 200, _page(body, files, "datasetFiles"), {}
         if method == "GetDataset":
             if dataset.lag_left > 0:
                 dataset.lag_left -= 1
