@@ -6,7 +6,9 @@ a project folder data/bench/scale/<layout>-<N>/ is written and each stage runs a
 process (measured with os.wait4: its wall, user+system CPU and peak RSS, worker processes included):
 init, folds, folds again (a stage start with nothing changed), cache (every core), the training data path (one
 epoch of the cached loader against the model's own step rate on synthetic tensors), train (1 epoch, 2 folds),
-predict (2 TTA views), ensemble, submission, and `make all` with everything up to date, without and with SET=.
+predict (2 TTA views), ensemble, submission, `make all` with everything up to date, without and with SET=, `plan`
+(the Kernel time plan from the measured decode and model rates), and the Kernel's test prediction (no training
+cache: the test images decoded once into its test cache, both folds predicting them).
 Each stage's growth exponent is the slope of log(wall) on log(N), and a linear fit wall = fixed + per_1k * N/1000
 gives its fixed cost and its cost per 1,000 images (the extrapolations below are those fits, not measurements).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -157,10 +160,30 @@ def run_one(root: Path, decode_check: bool = True) -> dict[str, Any]:
     for name, output in (("make all (no-op)", noop), ("make all SET= (no-op)", with_set)):
         ran = [s for s in ("train", "predict", "ensemble", "submission") if f"pipeline {s} " in output]
         stages[name].update({"stages_run": ran, "nothing_retrained": "nothing retrained" in output})
+    output = stage("plan", pipeline_cmd("plan", "--config", config))
+    stages["plan"]["plan"] = [line.strip() for line in output.splitlines() if "kernel" in line or "decoding" in line]
+    output = stage("kernel test prediction", [sys.executable, "-m", "pipeline.benchmarks.scale", "--kernel-predict",
+                                              config])  # fmt: skip
+    stages["kernel test prediction"]["log"] = next((line for line in output.splitlines() if "decoded once" in line), "")
     if decode_check:
         output = measured([sys.executable, "-m", "pipeline.benchmarks.scale", "--decode"], root, "decode timing")[1]
         stages["decode"] = json.loads(output.strip().splitlines()[-1])
     return stages
+
+
+def kernel_predict(config: str) -> None:
+    """What an inference Kaggle Kernel does on the hidden test set (pipeline.inference.fold_model.predict_test_set):
+    no cache from training (it is removed first), the test images decoded once into the Kernel's test cache, every
+    fold predicting them with TTA."""
+    import torch
+
+    from pipeline.core.config import load_config
+    from pipeline.inference.fold_model import predict_test_set
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    cfg = load_config(config)
+    shutil.rmtree(paths.for_config(cfg).processed / "cache", ignore_errors=True)
+    predict_test_set(cfg, torch.device("cpu"))
 
 
 def decode_speedup(raw: Path, side: int = 74, repeats: int = 3) -> dict[str, float]:
@@ -237,6 +260,10 @@ def table(runs: dict[str, dict[int, dict[str, Any]]], summary: dict[str, Any], e
             dp = extra["data path"]
             lines.append(f"N={n}: data path: loader {dp['loader_img_s']:.0f} img/s, model step {dp['model_img_s']:.0f}"
                          f" img/s, data wait if in turn {dp['data_wait_share']:.0%}")  # fmt: skip
+            for line in extra.get("plan", {}).get("plan", []):
+                lines.append(f"N={n}: plan: {line}")
+            if extra.get("kernel test prediction", {}).get("log"):
+                lines.append(f"N={n}: {extra['kernel test prediction']['log']}")
             if "decode" in extra:
                 d = extra["decode"]
                 lines.append(f"N={n}: 4000x3000 JPEG for the cache: full decode + resize {d['full_decode_s']:.3f} s, "
@@ -255,6 +282,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-path", default=None, help=argparse.SUPPRESS)  # internal: one measured stage
     parser.add_argument("--write", nargs=2, default=None, help=argparse.SUPPRESS)  # internal: layout, N
     parser.add_argument("--decode", action="store_true", help=argparse.SUPPRESS)  # internal: decode timing
+    parser.add_argument("--kernel-predict", default=None, help=argparse.SUPPRESS)  # internal: the Kernel's predict
     return parser.parse_args(argv)
 
 
@@ -269,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.decode:
         print(json.dumps(decode_speedup(paths.raw_dir(COMP))))
+        return 0
+    if args.kernel_predict:
+        kernel_predict(args.kernel_predict)
         return 0
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     if args.resume and paths.bench_scale_json().is_file():  # the (layout, N) runs a killed benchmark finished

@@ -35,15 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.commands.cli import main as run_cli
 from pipeline.core import artifacts, cli, paths
-from pipeline.core.bag import member_config, members
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import UserError
-from pipeline.data.tables import read_csv, read_test_table
-from pipeline.inference.tta_auto import effective_views
+from pipeline.data.tables import read_test_table
+from pipeline.inference.fold_model import predict_test_set
 from pipeline.kaggle.bundle_format import MANIFEST_FORMAT, fold_weight_files
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -105,25 +104,6 @@ def stage_bundle(bundle: Path, manifest: dict) -> Config:
     return cfg
 
 
-def predict_test(cfg: Config, device: torch.device) -> None:
-    """Each fold's test probabilities with TTA (predict's own functions; OOF comes from the bundle); a seed bag's
-    fold: the mean of its members' probabilities, as predict averages them."""
-    from pipeline.inference.fold_model import load_fold_model, predict_table
-    from pipeline.inference.predictions import mean_of_members
-
-    out = paths.for_config(cfg)
-    test = read_csv(out.test_csv, "test listing")
-    for fold in range(cfg.folds.n_folds):
-        probs = []
-        for seed in members(cfg):
-            member = member_config(cfg, seed)
-            model, data_config = load_fold_model(member, fold, device, seed)
-            probs.append(predict_table(model, member, data_config, test, device, effective_views(cfg)))
-            del model
-        artifacts.write_csv(out.test_probs(fold), mean_of_members(probs, cfg.data.classes, f"fold {fold} test"))
-        log.info("kernel: fold %d predicted %d test images on %s (%d model(s))", fold, len(test), device, len(probs))
-
-
 def publish_submission(cfg: Config, name: str = "submission.csv") -> Path:
     """Copy the validated submission to /kaggle/working/<name> (where Kaggle looks for it: the manifest's
     output_file, the name the competition's sample submission implies)."""
@@ -148,7 +128,7 @@ def run_bundle(bundle: Path) -> int:
         staged["cfg"] = cfg = stage_bundle(bundle, manifest)
         staged["config"] = str(paths.configs_dir(cfg.comp) / manifest["config"]["experiment"])
         staged["output"] = str(manifest.get("output_file") or "submission.csv")
-        predict_test(cfg, resolve_device(cfg.device))
+        predict_test_set(cfg, resolve_device(cfg.device))
 
     code = cli.run_task(prepare, debug)
     for stage in ("ensemble", "submission"):
@@ -194,7 +174,7 @@ def stage_members(bundle: Path, manifest: dict, device_of: Any) -> list[tuple[Co
             member_manifest = read_manifest(view)
             cfg = stage_bundle(view, member_manifest)  # links the weights to the bundle's own files, not the view
             staged.append((cfg, str(paths.configs_dir(cfg.comp) / member_manifest["config"]["experiment"])))
-            predict_test(cfg, device_of(cfg.device))
+            predict_test_set(cfg, device_of(cfg.device))
     return staged
 
 

@@ -41,6 +41,7 @@ from pipeline.data.tables import read_csv
 log = logging.getLogger(__name__)
 
 MARGIN = 1.15  # random-resized crops and the eval resize sample from a slightly larger image
+DECODE_RECORD = "decode.json"  # how fast the build decoded (make plan reads it): images, seconds, per-core rate
 
 
 def cache_side(image_size: int) -> int:
@@ -132,6 +133,10 @@ def build_cache(folder: Path, root: Path, images: list[str], interpolation: str 
         check_free_space(store, need - (store.stat().st_size if store.exists() else 0))
         with open(tmp, "wb") as handle:
             stats = decode_all(root, images, side, interpolation, handle.write, workers, progress)
+    artifacts.write_json(folder / DECODE_RECORD, {"images": stats.images, "seconds": round(stats.seconds, 3),
+                                                 "cpu_seconds": round(stats.cpu_seconds, 3),
+                                                 "processes": stats.processes, "side": side,
+                                                 "per_core_images_per_s": round(stats.per_core_rate, 2)})  # fmt: skip
     artifacts.write_csv(folder / "index.csv", _fingerprint(root, images))
     log.info("cache: %s -> %s", stats.describe(), folder)
     return folder
@@ -221,14 +226,43 @@ def run(args: argparse.Namespace) -> None:
 
 
 def cache_or_stream(out: paths.Paths, images: list[str], image_size: int, interpolation: str,
-                    settings: CacheConfig) -> ImageCache | ResizeOnRead:  # fmt: skip
-    """The current cache, else a new one; or, when it would not fit (disk, cache.max_gb), the originals streamed."""
-    folder, root = cache_folder(out.processed, image_size), out.raw
-    if not is_current(folder, root, images, out.checked):
+                    settings: CacheConfig, processed: Path | None = None) -> ImageCache | ResizeOnRead:  # fmt: skip
+    """The current cache, else a new one; or, when it would not fit (disk, cache.max_gb), the originals streamed.
+    `processed`: another home for the cache than the competition's (its check is then image by image)."""
+    home, record = (out.processed, out.checked) if processed is None else (processed, None)
+    folder, root = cache_folder(home, image_size), out.raw
+    if not is_current(folder, root, images, record):
         why = too_large(len(images), cache_side(image_size), folder, settings.max_gb)
         if why:
             return streaming(root, cache_side(image_size), interpolation, why)
-    return ensure_cache(out.processed, root, images, image_size, interpolation, settings.workers, out.checked)
+    return ensure_cache(home, root, images, image_size, interpolation, settings.workers, record)
+
+
+def cache_settings(cfg, data_cfg: dict) -> tuple[int, str]:  # noqa: ANN001
+    """(image size, interpolation) the experiment's cache is built at: the largest training size, timm's resize."""
+    size = max([data_cfg["input_size"][-1], *getattr(cfg.train, "progressive_sizes", [])])
+    return size, data_cfg.get("interpolation", "bilinear")
+
+
+def listing_cache(cfg, data_cfg: dict, images: list[str]) -> ImageCache | ResizeOnRead | None:  # noqa: ANN001
+    """A cache of only `images` (a Kaggle Kernel's test listing) under data/processed/<comp>/test-cache/, so every
+    fold and seed that predicts them reads each image decoded once, not once per model; streamed when it would not
+    fit; None when train.cache is off. The training images are never decoded for it."""
+    if not cfg.train.cache:
+        return None
+    out = paths.for_config(cfg)
+    size, interpolation = cache_settings(cfg, data_cfg)
+    return cache_or_stream(out, list(dict.fromkeys(images)), size, interpolation, cfg.cache,
+                           processed=out.processed / "test-cache")  # fmt: skip
+
+
+def decode_record(folder: Path) -> dict | None:
+    """What the cache build in `folder` measured (DECODE_RECORD), or None when it has none."""
+    try:
+        record = artifacts.read_json(folder / DECODE_RECORD)
+        return record if float(record["per_core_images_per_s"]) > 0 else None
+    except (UserError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cache_for(cfg, data_cfg: dict, build: bool = True) -> ImageCache | ResizeOnRead | None:  # noqa: ANN001
@@ -238,8 +272,7 @@ def cache_for(cfg, data_cfg: dict, build: bool = True) -> ImageCache | ResizeOnR
     if not cfg.train.cache:
         return None
     out = paths.for_config(cfg)
-    size = max([data_cfg["input_size"][-1], *getattr(cfg.train, "progressive_sizes", [])])
-    interpolation = data_cfg.get("interpolation", "bilinear")
+    size, interpolation = cache_settings(cfg, data_cfg)
     folder, root = cache_folder(out.processed, size), paths.raw_dir(cfg.comp)
     if not build:
         if out.folds_csv.exists() and out.test_csv.exists() and is_current(folder, root, listed_images(out),

@@ -20,7 +20,7 @@ from pipeline.core.config import Config, training_fingerprint
 from pipeline.core.errors import UserError
 from pipeline.core.progress import len_of_batch, progress
 from pipeline.data.augment import eval_transform
-from pipeline.data.cache import cache_for
+from pipeline.data.cache import ImageCache, ResizeOnRead, cache_for
 from pipeline.data.loader import ImageDataset, make_loader
 from pipeline.inference.tta import predict_views, views_or_identity
 from pipeline.training.model import build_model
@@ -82,12 +82,13 @@ def check_finite(probs: np.ndarray, ids: pd.Series, what: str) -> None:
 @torch.no_grad()
 def predict_table(
     model: torch.nn.Module, cfg: Config, dcfg: dict, table: pd.DataFrame, device: torch.device, views: list[str],
-    by_view: bool = False,
+    by_view: bool = False, cache: ImageCache | ResizeOnRead | None = None,
 ) -> pd.DataFrame:  # fmt: skip
     """id + class probabilities for every row of `table` (id, image), averaged over `views`; with `by_view`, one
-    block of rows per view instead (id, view, classes), each image still decoded once."""
-    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg),
-                           cache=cache_for(cfg, dcfg, build=False))  # fmt: skip
+    block of rows per view instead (id, view, classes), each image still decoded once. `cache`: where the decoded
+    images come from (default: the experiment's current cache, else decoded on reading)."""
+    cache = cache if cache is not None else cache_for(cfg, dcfg, build=False)
+    dataset = ImageDataset(paths.raw_dir(cfg.comp), table["image"], None, eval_transform(dcfg), cache=cache)
     loader = make_loader(dataset, cfg.train.batch_size * 2, cfg.train.num_workers, device)
     activation = output_activation(cfg)
     enabled, dtype = amp_settings(device, cfg.train.amp, cfg.train.cpu_bf16)
@@ -108,3 +109,32 @@ def predict_table(
         frame.insert(0, "id", table["id"].to_numpy())
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if by_view else frames[0]
+
+
+def predict_test_set(cfg: Config, device: torch.device) -> None:
+    """Every fold's test probabilities with TTA into fold<k>/test.csv (what a Kaggle Kernel runs: the OOF rows come
+    with the bundle, so only the test listing is predicted); a seed bag's fold: the mean of its members'. The test
+    images are decoded once for all the models (folds x seeds) into a test-only cache (pipeline.data.cache)."""
+    from pipeline.core import artifacts
+    from pipeline.core.bag import member_config, members
+    from pipeline.data.cache import listing_cache
+    from pipeline.data.tables import read_csv
+    from pipeline.inference.predictions import mean_of_members
+    from pipeline.inference.tta_auto import effective_views
+
+    out = paths.for_config(cfg)
+    test = read_csv(out.test_csv, "test listing")
+    models, cache = cfg.folds.n_folds * len(members(cfg)), None
+    for fold in range(cfg.folds.n_folds):
+        probs = []
+        for seed in members(cfg):
+            member = member_config(cfg, seed)
+            model, data_config = load_fold_model(member, fold, device, seed)
+            if cache is None and models > 1:  # built at the first model, which resolves the data config
+                cache = listing_cache(member, data_config, list(test["image"]))
+                if isinstance(cache, ImageCache):
+                    log.info("kernel: %d test images decoded once for %d models", len(cache.rows), models)
+            probs.append(predict_table(model, member, data_config, test, device, effective_views(cfg), cache=cache))
+            del model
+        artifacts.write_csv(out.test_probs(fold), mean_of_members(probs, cfg.data.classes, f"fold {fold} test"))
+        log.info("kernel: fold %d predicted %d test images on %s (%d model(s))", fold, len(test), device, len(probs))

@@ -16,6 +16,10 @@ from the member's per-view OOF (oof_by_view.csv; unknown, and said so, where it 
 Scenarios: `inference kernel` (fold weights attached as a dataset, test prediction only: what a code
 competition runs) and `full kernel` (the whole chain inside the kernel).
 
+Decoding (JPEG to the cache's pixels) runs on the kernel's KERNEL_CORES CPU cores, each image once (the Kernel caches
+the test images for all its models): one core's rate is the cache build's record (cache/<side>px/decode.json), else
+timed on a sample of the test images.
+
 Estimates, stated in the output: prediction with no measurement runs at PREDICT_SPEEDUP x the training
 throughput per view (a forward pass without backward; conservative). Measured on a SAMPLE=N run, the
 plan is made for the full competition's row counts when its folds.csv exists. `--slowdown X` scales
@@ -28,6 +32,7 @@ import argparse
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -46,7 +51,9 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = "9h"  # Kaggle's run-time limit for GPU notebooks and most code competitions
 MARGIN = 0.10  # share of the limit kept free for start-up, installs and loading weights
 PREDICT_SPEEDUP = 2.0  # inference images/s per view relative to training images/s, when not measured
-PARTS = ("train", "validate", "predict_oof", "predict_test")
+PARTS = ("decode", "train", "validate", "predict_oof", "predict_test")
+KERNEL_CORES = 4  # CPU cores of a Kaggle notebook (CPU or GPU): they decode the images, the GPU does not
+DECODE_SAMPLE = 16  # test images timed when no cache build has measured the decode rate
 
 
 def parse_duration(text: str | float, flag: str = "--time-limit") -> float:
@@ -84,6 +91,8 @@ class Throughput:
     predict_images_per_s: float  # per TTA view
     predict_measured: bool
     epochs_measured: int
+    decode_images_per_s: float | None = None  # one core's rate decoding an image for the cache (None: unknown)
+    decode_how: str = ""
 
 
 @dataclass
@@ -119,9 +128,48 @@ def measure_throughput(cfg: Config) -> Throughput:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     train_rate = float(pd.Series(rates).median())
+    decode, how = measure_decode(cfg)
     if images > 0 and seconds > 0:
-        return Throughput(train_rate, images / seconds, True, len(rates))
-    return Throughput(train_rate, train_rate * PREDICT_SPEEDUP, False, len(rates))
+        return Throughput(train_rate, images / seconds, True, len(rates), decode, how)
+    return Throughput(train_rate, train_rate * PREDICT_SPEEDUP, False, len(rates), decode, how)
+
+
+def measure_decode(cfg: Config) -> tuple[float | None, str]:
+    """One core's images/s decoding for this experiment's cache: what the cache build recorded, else a timed sample
+    of DECODE_SAMPLE test images (reduced JPEG decode + resize, as the Kernel's test cache does them)."""
+    from pipeline.data.cache import cache_folder, cache_side, decode_record
+    from pipeline.data.decode import decode_for_cache
+
+    out = paths.for_config(cfg)
+    size = cfg.train.image_size or _pretrained_size(cfg.model.name)
+    record = decode_record(cache_folder(out.processed, size))
+    if record is not None:
+        return float(record["per_core_images_per_s"]), f"the cache build's ({record['images']} images)"
+    if not out.test_csv.exists():
+        return None, ""
+    images = list(read_csv(out.test_csv, "test listing")["image"])
+    sample = images[:: max(1, len(images) // DECODE_SAMPLE)][:DECODE_SAMPLE]
+    started = time.process_time()
+    try:
+        for image in sample:
+            decode_for_cache(out.raw / image, cache_side(size))
+    except (UserError, OSError):  # images not here (a plan made away from the data): say it is unknown
+        return None, ""
+    seconds = time.process_time() - started
+    return (len(sample) / seconds, f"timed on {len(sample)} test images") if sample and seconds > 0 else (None, "")
+
+
+def decode_note(rate: Throughput) -> str:
+    if not rate.decode_images_per_s:
+        return "decoding time unknown (no cache built and no test images readable here): not counted"
+    return (f"decoding {rate.decode_images_per_s:.0f} img/s per core ({rate.decode_how}) on the kernel's "
+            f"{KERNEL_CORES} CPU cores, each image once")  # fmt: skip
+
+
+def _pretrained_size(model: str) -> int:
+    import timm
+
+    return int(timm.models.get_pretrained_cfg(model).input_size[-1])
 
 
 def count_rows(cfg: Config, test_images: int | None) -> tuple[int, int, list[str]]:
@@ -146,8 +194,10 @@ def count_rows(cfg: Config, test_images: int | None) -> tuple[int, int, list[str
     return n_train, n_test, notes
 
 
-def estimate(cfg: Config, rate: Throughput, n_train: int, n_test: int, slowdown: float = 1.0) -> pd.DataFrame:
-    """Seconds per part for each scenario, summed over folds."""
+def estimate(cfg: Config, rate: Throughput, n_train: int, n_test: int, slowdown: float = 1.0,
+             kernel_cores: int = KERNEL_CORES) -> pd.DataFrame:  # fmt: skip
+    """Seconds per part for each scenario, summed over folds. Decoding is paid once per image on the kernel's CPU
+    cores (the Kernel caches the test images for all its models; the full chain builds the cache once)."""
     k, epochs, views = cfg.folds.n_folds, cfg.train.epochs, len(effective_views(cfg, list(AUTO_CANDIDATES)))
     valid_rows, seeds = n_train / k, len(members(cfg))  # a seed bag: folds x seeds models, each trained and predicting
     bag = f" x {seeds} seeds" if seeds > 1 else ""
@@ -161,9 +211,13 @@ def estimate(cfg: Config, rate: Throughput, n_train: int, n_test: int, slowdown:
         f"inference kernel ({k} folds{bag} x {views} views x {n_test} test images)": {"predict_test"},
         f"full kernel (train {k} folds{bag} x {epochs} epochs, then predict)": set(PARTS),
     }
+    per_image = 1 / (rate.decode_images_per_s * kernel_cores) if rate.decode_images_per_s else 0.0
+    decode = {"inference": n_test * per_image, "full": (n_train + n_test) * per_image}
     rows = []
     for name, parts in scenarios.items():
-        row = {"scenario": name, **{p: (k * seeds * per_fold[p] * slowdown if p in parts else 0.0) for p in PARTS}}
+        row = {"scenario": name, **{p: (k * seeds * per_fold[p] * slowdown if p in parts else 0.0) for p in PARTS
+                                    if p != "decode"}}  # fmt: skip
+        row["decode"] = decode[name.split()[0]]
         row["total"] = sum(row[p] for p in PARTS)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -207,8 +261,9 @@ def make_plan(cfg: Config, limit_s: float, test_images: int | None = None, slowd
     )
     notes.insert(0, f"training {rate.train_images_per_s:.1f} img/s (median of {rate.epochs_measured} logged epochs); "
                     f"prediction {rate.predict_images_per_s:.1f} img/s per view, {how}")  # fmt: skip
+    notes.append(decode_note(rate))
     if slowdown != 1.0:
-        notes.append(f"every time x{slowdown:g} (--slowdown)")
+        notes.append(f"every time x{slowdown:g} (--slowdown; decoding on the CPU excepted)")
     return Plan(table, limit_s, rate, notes, suggest(cfg, table, limit_s))
 
 
@@ -306,7 +361,7 @@ def member_cost(cfg: Config, weight: float, test_images: int | None, slowdown: f
     views = effective_views(cfg, list(AUTO_CANDIDATES))
     cost = MemberCost(cfg.exp, cfg.folds.n_folds, views, cfg.train.image_size, weight, float(inference["total"]),
                       rate.predict_measured)  # fmt: skip
-    return cost, notes
+    return cost, [*notes, f"{cfg.exp}: {decode_note(rate)}"]
 
 
 def _blend_score(stack, weights, keep, combine: str, cfg: Config, targets) -> float:  # noqa: ANN001 - arrays
@@ -400,7 +455,7 @@ def make_blend_plan(comp: str, name: str, limit_s: float, test_images: int | Non
     drops = experiment_drops(stack, weights, scores["combine"], cfg, targets, costs)
     drops += view_drops(stack, weights, scores["combine"], configs, targets, costs, folds)
     if slowdown != 1.0:
-        notes.append(f"every time x{slowdown:g} (--slowdown)")
+        notes.append(f"every time x{slowdown:g} (--slowdown; decoding on the CPU excepted)")
     return BlendPlan(name, cfg.metric, costs, limit_s, order_drops(drops), notes)
 
 

@@ -27,12 +27,14 @@ def test_bench_scale_measures_every_stage_on_a_few_hundred_photos(project: Path,
     result = json.loads(printed.strip().splitlines()[-1])
     stages = result["runs"]["folder_per_class"]["150"]
     expected = {"init", "folds", "folds (current)", "cache", "data path", "train", "predict", "ensemble", "submission",
-                "make all (no-op)", "make all SET= (no-op)"}  # fmt: skip
+                "make all (no-op)", "make all SET= (no-op)", "plan", "kernel test prediction"}  # fmt: skip
     assert expected <= set(stages)
     assert all(stages[name]["wall_s"] > 0 and stages[name]["peak_rss_mb"] > 0 for name in expected)
     for noop in ("make all (no-op)", "make all SET= (no-op)"):
         assert stages[noop]["stages_run"] == [] and stages[noop]["nothing_retrained"], stages[noop]
     assert "one core's decode rate" in stages["cache"]["log"]
+    assert any("decoding" in line and "the cache build's (150 images)" in line for line in stages["plan"]["plan"])
+    assert stages["kernel test prediction"]["log"].endswith("30 test images decoded once for 2 models")
     assert stages["decode"]["speedup"] > 1.5  # the reduced JPEG decode beats a full decode of a 4,000 x 3,000 frame
     assert stages["data path"]["loader_img_s"] > 0 and 0 <= stages["data path"]["data_wait_share"] <= 1
     assert "folder_per_class: stage" in printed and (project / "data/bench/scale/scale.json").is_file()

@@ -128,3 +128,27 @@ def test_prediction_without_a_built_cache_sees_the_pixels_the_cache_holds(tmp_pa
         assert np.array_equal(cached[image], on_read[image])
     twice = resize_square(resize_square(load_image(tmp_path / "small.png"), 40), 46, "bicubic")
     assert not np.array_equal(twice, on_read["small.png"])  # another resize path would differ: the check can fail
+
+
+def test_a_kernels_test_cache_holds_only_the_test_images_and_is_reused(project: Path, decode_counter) -> None:  # noqa: ANN001
+    """An inference Kernel predicts the same test images with every fold and seed: listing_cache decodes each once
+    (not the training images), reuses a current one, follows a changed image, and is None with train.cache off."""
+    from helpers.builders import tiny_experiment, write_competition_config
+    from pipeline.core.config import load_config
+    from pipeline.data.cache import ImageCache, decode_record, listing_cache
+
+    raw = write_competition_config(project, "csv", n_train=20, n_test=6).parents[2] / "data" / "raw" / "toy"
+    test_images = sorted(p.relative_to(raw).as_posix() for p in (raw / "test").iterdir())
+    cfg = load_config(tiny_experiment(project))
+    cache = listing_cache(cfg, DATA_CFG, test_images + test_images[:2])  # a repeated image is cached once
+    assert isinstance(cache, ImageCache) and list(cache.rows) == test_images
+    assert sorted(decode_counter) == sorted(str(raw / i) for i in test_images)
+    assert (project / "data/processed/toy/test-cache").is_dir()
+    assert decode_record(project / f"data/processed/toy/test-cache/cache/{cache.side}px")["images"] == len(test_images)
+    listing_cache(cfg, DATA_CFG, test_images)
+    assert len(decode_counter) == len(test_images)  # current: reused
+    os.utime(raw / test_images[0], ns=(1, 1))
+    listing_cache(cfg, DATA_CFG, test_images)
+    assert len(decode_counter) == 2 * len(test_images)  # an image changed: rebuilt
+    assert listing_cache(load_config(tiny_experiment(project, name="off", train={"cache": False})), DATA_CFG,
+                         test_images) is None  # fmt: skip

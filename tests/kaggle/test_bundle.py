@@ -141,6 +141,7 @@ def test_bundle_installs_offline_and_its_kernel_writes_the_submission(
     sample = pd.read_csv(project / "data/raw/toy/sample_submission.csv", dtype=str)
     assert list(submitted.columns) == list(sample.columns)
     assert list(submitted["id"]) == list(sample["id"])
+    assert f"kernel: {len(sample)} test images decoded once for" in output  # not once per fold
     local = pd.read_csv(project / "submissions/toy/tiny.csv", dtype=str)
     pd.testing.assert_frame_equal(submitted, local)  # same weights, same images, same TTA: the same answers
 

@@ -252,3 +252,40 @@ def test_experiments_leaves_out_sweep_trials_and_marks_partial_runs(
         (runs / name).rmdir()
     only_trials = run_main(capsys, "experiments", "--comp", "toy")
     assert only_trials.returncode == 2 and only_trials.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_estimate_counts_decoding_once_per_image_on_the_kernel_cores() -> None:
+    cfg = Config(folds=FoldsConfig(n_folds=5), tta=TTAConfig(views=["identity", "hflip"]))
+    cfg.train.epochs = 2
+    rate = planner.Throughput(train_images_per_s=100.0, predict_images_per_s=200.0, predict_measured=True,
+                              epochs_measured=1, decode_images_per_s=50.0, decode_how="test")  # fmt: skip
+    inference, full = planner.estimate(cfg, rate, n_train=1000, n_test=400, slowdown=3.0).iloc[:2].to_dict("records")
+    per_image = 1 / (50.0 * planner.KERNEL_CORES)  # on the CPU: --slowdown (a slower GPU) does not scale it
+    assert inference["decode"] == pytest.approx(400 * per_image)  # the test images once, not once per fold
+    assert full["decode"] == pytest.approx(1400 * per_image)  # the cache build: every image once
+    assert inference["total"] == pytest.approx(400 * per_image + 3.0 * 5 * 2 * 400 / 200)
+    unknown = planner.estimate(cfg, planner.Throughput(100.0, 200.0, True, 1), n_train=1000, n_test=400)
+    assert (unknown["decode"] == 0).all()
+
+
+def test_the_plan_times_decoding_from_the_cache_build_else_a_sample(project: Path, capsys) -> None:  # noqa: ANN001
+    from helpers.builders import write_competition_config
+    from pipeline.core import paths
+    from pipeline.data.cache import build_cache, cache_folder
+
+    write_competition_config(project, "csv", n_train=30, n_test=20)
+    cfg = load_config(tiny_experiment(project))
+    assert run_main(capsys, "folds", "--config", f"configs/toy/{cfg.exp}.yaml").returncode == 0
+    rate, how = planner.measure_decode(cfg)
+    assert rate is not None and rate > 0 and how == f"timed on {planner.DECODE_SAMPLE} test images"
+    out = paths.for_config(cfg)
+    images = list(pd.read_csv(out.test_csv)["image"])
+    build_cache(cache_folder(out.processed, cfg.train.image_size), out.raw, images, progress=False)
+    recorded, how = planner.measure_decode(cfg)
+    assert how == "the cache build's (20 images)" and recorded != rate
+    assert planner.measure_decode(load_config(tiny_experiment(project, name="other", train={"image_size": 48}))) \
+        [1].startswith("timed on")  # another size has no build of its own: timed again  # fmt: skip
+    for image in images:
+        (out.raw / image).unlink()
+    assert planner.measure_decode(load_config(tiny_experiment(project, name="gone", train={"image_size": 40}))) == \
+        (None, "")  # no images here and no record: unknown, and the plan says so  # fmt: skip
