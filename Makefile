@@ -240,7 +240,7 @@ bench-imbalance: ## class_weights, sampler, logit-adjusted and focal loss vs bas
 bench-techniques: ## soup, refit, seed bag, pseudo-labels, distillation vs the baseline, held-out (Fashion-MNIST; ~30 min)
 	$(PY) -m pipeline.benchmarks.techniques
 
-bench-scale: ## every stage on synthetic photo competitions of N images: wall, CPU, peak RSS, growth (N="2000 5000 10000")
+bench-scale: ## every stage on synthetic photo competitions of N images: wall, CPU, peak RSS, growth (default N="10000 30000 100000": ~40 min)
 	$(PY) -m pipeline.benchmarks.scale$(if $(N), --n $(N))$(if $(LAYOUTS), --layouts $(LAYOUTS))
 
 # Sweeps and tracking. SWEEP=configs/<comp>/sweep.yaml (the default); TRACK=mlflow|tensorboard|wandb on any target.

@@ -221,7 +221,8 @@ def test_every_command_with_a_make_target_is_documented() -> None:
 
 
 def test_readme_fits_on_a_few_screens() -> None:
-    assert len(README.read_text().splitlines()) <= 300
+    # 300 lines of text plus the three measured tables the scale, imbalance and speed issues asked README to show
+    assert len(README.read_text().splitlines()) <= 330
 
 
 # ---------------------------------------------------------------- paths named in the docs

@@ -273,7 +273,7 @@ def table(runs: dict[str, dict[int, dict[str, Any]]], summary: dict[str, Any], e
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.benchmarks.scale", description=__doc__.splitlines()[0])
-    parser.add_argument("--n", nargs="+", type=int, default=[2000, 5000, 10000], help="total images per run")
+    parser.add_argument("--n", nargs="+", type=int, default=[10_000, 30_000, 100_000], help="total images per run")
     parser.add_argument("--layouts", nargs="+", default=["csv", "folder_per_class"],
                         choices=["csv", "folder_per_class"])  # fmt: skip
     parser.add_argument("--extrapolate-to", type=int, default=100_000, help="N the linear fits are evaluated at")

@@ -240,7 +240,7 @@ class CacheConfig:
     """The decoded-image cache (pipeline.data.cache; train.cache turns it on)."""
 
     max_gb: float = ranged(0.0, 0)  # >0: stream from the originals rather than build a cache larger than this
-    workers: int = ranged(0, 0)  # decode processes building it; 0: one per core
+    workers: int = ranged(0, 0)  # decode processes building it; 0: one per core when one core would take > 3 s
 
 
 @dataclass

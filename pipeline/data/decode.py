@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 16  # images per task: large enough to amortise the pickling, small enough to keep every process busy
 POOL_FROM = 64  # fewer images than this are decoded in this process (starting a pool costs ~1 s per process)
+POOL_MIN_SECONDS = 3.0  # workers: 0 (auto): a pool only when one core would take longer than this for the rest
 
 
 def resize_square(image: np.ndarray, side: int, interpolation: str = "bilinear") -> np.ndarray:
@@ -104,8 +105,17 @@ def decode_all(root: Path, images: list[str], side: int, interpolation: str, wri
         for _ in range(count):
             next(bar, None)
 
+    chunks = _chunks(images)
+    if processes > 1 and not workers:  # auto: time the first chunk here; a pool pays only for a long decode
+        first = next(chunks)
+        data, seconds = _decode_chunk(root, first, side, interpolation)
+        write(data)
+        cpu += seconds
+        advance(len(first))
+        if seconds / len(first) * (len(images) - len(first)) < POOL_MIN_SECONDS:
+            processes = 1
     if processes == 1:
-        for chunk in _chunks(images):
+        for chunk in chunks:
             data, seconds = _decode_chunk(root, chunk, side, interpolation)
             write(data)
             cpu += seconds
@@ -113,7 +123,7 @@ def decode_all(root: Path, images: list[str], side: int, interpolation: str, wri
     else:
         # spawn, not fork: the caller may hold torch's threads, which a forked child can deadlock on
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            chunks, pending = _chunks(images), deque()
+            pending = deque()
             for chunk in chunks:
                 pending.append((len(chunk), pool.apply_async(_decode_chunk, (root, chunk, side, interpolation))))
                 if len(pending) >= 2 * processes:

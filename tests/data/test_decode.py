@@ -72,6 +72,22 @@ def test_a_process_pool_writes_what_one_process_writes(tmp_path: Path, caplog: p
     assert np.array_equal(cached[names[7]], ResizeOnRead(tmp_path, 46, "bilinear")[names[7]])
 
 
+def test_auto_workers_start_a_pool_only_when_one_core_would_take_long(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """workers: 0 times the first chunk in this process: small images that one core decodes in well under
+    POOL_MIN_SECONDS never pay a pool's start-up; the same images under a tiny threshold go to the pool, and both
+    write the same bytes in the same order."""
+    import pipeline.data.decode as decode_module
+
+    names = small_photos(tmp_path, POOL_FROM + 40)
+    monkeypatch.setattr(decode_module, "usable_cores", lambda: 2)
+    written: dict[str, list[bytes]] = {"here": [], "pool": []}
+    here = decode_module.decode_all(tmp_path, names, 46, "bilinear", written["here"].append, workers=0, progress=False)
+    monkeypatch.setattr(decode_module, "POOL_MIN_SECONDS", 0.0)
+    pool = decode_module.decode_all(tmp_path, names, 46, "bilinear", written["pool"].append, workers=0, progress=False)
+    assert here.processes == 1 and pool.processes == 2
+    assert b"".join(written["here"]) == b"".join(written["pool"]) and here.images == pool.images == len(names)
+
+
 def test_a_cache_above_max_gb_streams_the_originals_and_says_so_once(
     project: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
