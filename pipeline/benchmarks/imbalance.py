@@ -151,14 +151,18 @@ def score_arm(comp: str, name: str, epochs: int, metric: str = METRIC) -> dict[s
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    start = next((r for r in rows if r["arm"] == STARTER), None)
-    lines = ["| arm | metric | decision | held-out acc. | macro-F1 (argmax) | macro-F1 (decided) | acc. (decided) | "
-             "min class recall | macro-F1 vs starter |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """One row per arm and epoch budget; "vs starter" compares with the starter trained for the same epochs."""
+    starters = {r.get("epochs"): r for r in rows if r["arm"] == STARTER}
+    lines = ["| epochs | arm | metric | decision | held-out acc. | macro-F1 (argmax) | macro-F1 (decided) | "
+             "acc. (decided) | min class recall | macro-F1 vs starter |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
+        start = starters.get(r.get("epochs"))
         gap = "" if start is None or r is start else f"{100 * (r['f1_macro_decided'] - start['f1_macro']):+.1f} pts"
-        lines.append(f"| {ARMS[r['arm']][0]} | {r['metric'] or '-'} | {r.get('decision', '-')} | {r['accuracy']:.4f} | "
-                     f"{r['f1_macro']:.4f} | {r['f1_macro_decided']:.4f} | {r['accuracy_decided']:.4f} | "
-                     f"{r['min_recall']:.3f} | {gap} |")  # fmt: skip
+        lines.append(f"| {r.get('epochs', '-')} | {ARMS[r['arm']][0]} | {r['metric'] or '-'} | "
+                     f"{r.get('decision', '-')} | {r['accuracy']:.4f} | {r['f1_macro']:.4f} | "
+                     f"{r['f1_macro_decided']:.4f} | {r['accuracy_decided']:.4f} | {r['min_recall']:.3f} | "
+                     f"{gap} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
