@@ -59,6 +59,7 @@ class RunningKaggle(FakeKaggle):
         self.peak_sessions = 0
         self._stale: dict[str, int] = {}
         self._deleted: set[str] = set()
+        self.hold: Path | None = None  # while this file exists, a started notebook stays "running" before its script
 
     # set-up and queries
     def running(self) -> int:
@@ -139,6 +140,10 @@ class RunningKaggle(FakeKaggle):
         self.sessions[key] = session
         if version in self.fail_versions.get(ref, set()):
             command = [self.python, "-c", "import sys; print('error: this notebook was made to fail'); sys.exit(1)"]
+        elif self.hold is not None:  # running, held at the start until the test removes the file
+            command = [self.python, "-c", f"import os, runpy, sys, time\nwhile os.path.exists({str(self.hold)!r}): "
+                       f"time.sleep(0.1)\nsys.argv = [{str(script)!r}]\nrunpy.run_path({str(script)!r}, "
+                       "run_name='__main__')"]  # fmt: skip
         else:
             command = [self.python, str(script)]
         log = (session / "output.txt").open("w")

@@ -203,6 +203,8 @@ def test_ctrl_c_leaves_the_notebook_running_and_the_next_call_reattaches(
     project: Path, kaggle: RunningKaggle, tmp_path: Path
 ) -> None:
     run = built(project, home(project, kaggle, tmp_path))
+    kaggle.hold = tmp_path / "hold"  # the notebook stays running until the test lets it go: Ctrl-C lands mid-run
+    kaggle.hold.touch()
     command = [sys.executable, "-c", RUNNER, "remote-train", "--config", CONFIG, "--fold", "0", "--set",
                "kaggle.sessions=1"]  # fmt: skip
     process = subprocess.Popen(command, cwd=project, env=run.env, stderr=subprocess.PIPE, text=True)
@@ -214,6 +216,7 @@ def test_ctrl_c_leaves_the_notebook_running_and_the_next_call_reattaches(
     assert process.returncode == 130, stderr
     assert f"still running on Kaggle: fold 0 ({KERNEL0} v1)" in stderr and "re-attach" in stderr, stderr
     assert state(project, 0)["state"] == "running"
+    kaggle.hold.unlink()
 
     again = run("remote-train", "--config", CONFIG, "--fold", "0", "--set", "kaggle.sessions=1", timeout=400)
     assert again.returncode == 0, again.stderr
