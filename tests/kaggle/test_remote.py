@@ -205,7 +205,10 @@ def test_ctrl_c_leaves_the_notebook_running_and_the_next_call_reattaches(
     run = built(project, home(project, kaggle, tmp_path))
     kaggle.hold = tmp_path / "hold"  # the notebook stays running until the test lets it go: Ctrl-C lands mid-run
     kaggle.hold.touch()
-    command = [sys.executable, "-c", RUNNER, "remote-train", "--config", CONFIG, "--fold", "0", "--set",
+    # Ctrl-C's handler as in a terminal: a suite started in the background (`cmd &`, nohup) ignores SIGINT, and a
+    # child inherits that, so the signal would never arrive
+    interruptible = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + RUNNER
+    command = [sys.executable, "-c", interruptible, "remote-train", "--config", CONFIG, "--fold", "0", "--set",
                "kaggle.sessions=1"]  # fmt: skip
     process = subprocess.Popen(command, cwd=project, env=run.env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 200
