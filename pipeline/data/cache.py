@@ -245,15 +245,16 @@ def cache_settings(cfg, data_cfg: dict) -> tuple[int, str]:  # noqa: ANN001
 
 
 def listing_cache(cfg, data_cfg: dict, images: list[str]) -> ImageCache | ResizeOnRead | None:  # noqa: ANN001
-    """A cache of only `images` (a Kaggle Kernel's test listing) under data/processed/<comp>/test-cache/, so every
-    fold and seed that predicts them reads each image decoded once, not once per model; streamed when it would not
-    fit; None when train.cache is off. The training images are never decoded for it."""
+    """A cache of only `images` (a Kaggle Kernel's test listing) in data/processed/<comp>/test-cache/<interpolation>/,
+    so every fold and seed that predicts them reads each image decoded once, not once per model (blend members with
+    another size or resize get their own); streamed when it would not fit; None when train.cache is off. The training
+    images are never decoded for it."""
     if not cfg.train.cache:
         return None
     out = paths.for_config(cfg)
     size, interpolation = cache_settings(cfg, data_cfg)
     return cache_or_stream(out, list(dict.fromkeys(images)), size, interpolation, cfg.cache,
-                           processed=out.processed / "test-cache")  # fmt: skip
+                           processed=out.processed / "test-cache" / interpolation)  # fmt: skip
 
 
 def decode_record(folder: Path) -> dict | None:

@@ -142,9 +142,12 @@ def measure_decode(cfg: Config) -> tuple[float | None, str]:
 
     out = paths.for_config(cfg)
     size = cfg.train.image_size or _pretrained_size(cfg.model.name)
+    if size is None:
+        return None, ""
+    size = max([size, *getattr(cfg.train, "progressive_sizes", [])])  # the side the cache is built at
     record = decode_record(cache_folder(out.processed, size))
     if record is not None:
-        return float(record["per_core_images_per_s"]), f"the cache build's ({record['images']} images)"
+        return float(record["per_core_images_per_s"]), f"the cache build's ({record.get('images', '?')} images)"
     if not out.test_csv.exists():
         return None, ""
     images = list(read_csv(out.test_csv, "test listing")["image"])
@@ -166,10 +169,11 @@ def decode_note(rate: Throughput) -> str:
             f"{KERNEL_CORES} CPU cores, each image once")  # fmt: skip
 
 
-def _pretrained_size(model: str) -> int:
+def _pretrained_size(model: str) -> int | None:
     import timm
 
-    return int(timm.models.get_pretrained_cfg(model).input_size[-1])
+    pretrained = timm.models.get_pretrained_cfg(model)
+    return int(pretrained.input_size[-1]) if pretrained is not None else None
 
 
 def count_rows(cfg: Config, test_images: int | None) -> tuple[int, int, list[str]]:
@@ -235,7 +239,8 @@ def suggest(cfg: Config, table: pd.DataFrame, limit_s: float) -> list[str]:
                 f"{format_hours(budget)} usable of a {format_hours(limit_s)} limit")  # fmt: skip
         if row["scenario"].startswith("inference"):
             per_view_fold = row["predict_test"] / (k * views)
-            max_views, max_folds = int(budget // (per_view_fold * k)), int(budget // (per_view_fold * views))
+            left = budget - row["decode"]  # decoding the test images is paid whatever the views and folds
+            max_views, max_folds = int(left // (per_view_fold * k)), int(left // (per_view_fold * views))
             if max_views >= 1:
                 line += f"; it fits with at most {max_views} TTA view(s) over {k} folds"
                 line += f", or {max_folds} fold(s) with {views} views" if max_folds >= 1 else ""
@@ -310,8 +315,9 @@ class MemberCost:
     views: list[str]
     image_size: int
     weight: float
-    seconds: float  # test prediction: folds x views x test images at the member's own throughput
+    seconds: float  # test prediction: folds x views x test images at the member's own throughput, + decoding
     measured: bool  # prediction speed measured (oof_by_view.json), not estimated from training
+    decode_seconds: float = 0.0  # the part of `seconds` spent decoding the test images (once, whatever the views)
 
 
 @dataclass
@@ -360,7 +366,7 @@ def member_cost(cfg: Config, weight: float, test_images: int | None, slowdown: f
     inference = estimate(cfg, rate, n_train, n_test, slowdown).iloc[0]
     views = effective_views(cfg, list(AUTO_CANDIDATES))
     cost = MemberCost(cfg.exp, cfg.folds.n_folds, views, cfg.train.image_size, weight, float(inference["total"]),
-                      rate.predict_measured)  # fmt: skip
+                      rate.predict_measured, float(inference["decode"]))  # fmt: skip
     return cost, [*notes, f"{cfg.exp}: {decode_note(rate)}"]
 
 
@@ -406,7 +412,7 @@ def view_drops(stack, weights, combine: str, configs: list[Config], targets, cos
         by_view = read_view_oof(cfg, folds)
         known = by_view is not None and set(cost.views) <= set(by_view)
         for view in cost.views:
-            saved = cost.seconds / len(cost.views)
+            saved = (cost.seconds - cost.decode_seconds) / len(cost.views)  # a view's share; decoding stays
             if not known:
                 measure = f"make report CONFIG=configs/{cfg.comp}/{cfg.exp}.yaml TTA=1 measures it"
                 drops.append(Drop(cost.exp, view, saved, None, f"gain unknown: no per-view OOF ({measure})"))

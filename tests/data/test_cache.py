@@ -143,12 +143,15 @@ def test_a_kernels_test_cache_holds_only_the_test_images_and_is_reused(project: 
     cache = listing_cache(cfg, DATA_CFG, test_images + test_images[:2])  # a repeated image is cached once
     assert isinstance(cache, ImageCache) and list(cache.rows) == test_images
     assert sorted(decode_counter) == sorted(str(raw / i) for i in test_images)
-    assert (project / "data/processed/toy/test-cache").is_dir()
-    assert decode_record(project / f"data/processed/toy/test-cache/cache/{cache.side}px")["images"] == len(test_images)
+    folder = project / f"data/processed/toy/test-cache/bilinear/cache/{cache.side}px"
+    assert decode_record(folder)["images"] == len(test_images)
+    other = listing_cache(cfg, {**DATA_CFG, "interpolation": "bicubic"}, test_images)  # a blend member's other resize
+    assert isinstance(other, ImageCache) and other.store != cache.store and len(decode_counter) == 2 * len(test_images)
+    decode_counter.clear()
     listing_cache(cfg, DATA_CFG, test_images)
-    assert len(decode_counter) == len(test_images)  # current: reused
+    assert decode_counter == []  # current: reused
     os.utime(raw / test_images[0], ns=(1, 1))
     listing_cache(cfg, DATA_CFG, test_images)
-    assert len(decode_counter) == 2 * len(test_images)  # an image changed: rebuilt
+    assert len(decode_counter) == len(test_images)  # an image changed: rebuilt
     assert listing_cache(load_config(tiny_experiment(project, name="off", train={"cache": False})), DATA_CFG,
                          test_images) is None  # fmt: skip

@@ -289,3 +289,17 @@ def test_the_plan_times_decoding_from_the_cache_build_else_a_sample(project: Pat
         (out.raw / image).unlink()
     assert planner.measure_decode(load_config(tiny_experiment(project, name="gone", train={"image_size": 40}))) == \
         (None, "")  # no images here and no record: unknown, and the plan says so  # fmt: skip
+
+
+def test_with_decoding_in_the_plan_the_suggested_views_still_fit() -> None:
+    """Decoding the test images is paid whatever the views: the 'fits with at most N views' advice leaves room
+    for it."""
+    cfg = Config(folds=FoldsConfig(n_folds=5), tta=TTAConfig(views=["identity", "hflip", "vflip", "hvflip"]))
+    rate = planner.Throughput(100.0, 100.0, True, 1, decode_images_per_s=10.0, decode_how="test")
+    table = planner.estimate(cfg, rate, n_train=1000, n_test=1000)
+    limit = (table.iloc[0]["total"] + 1) / (1 - planner.MARGIN) / 2  # about half of what 4 views need
+    advice = next(w for w in planner.suggest(cfg, table, limit) if w.startswith("warning: inference"))
+    views = int(advice.split("at most ")[1].split(" ")[0])
+    advised = planner.estimate(Config(folds=FoldsConfig(n_folds=5), tta=TTAConfig(views=["identity", "hflip",
+                                "vflip", "hvflip"][:views])), rate, n_train=1000, n_test=1000).iloc[0]  # fmt: skip
+    assert advised["total"] <= limit * (1 - planner.MARGIN)  # the advice fits, decoding included
