@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 
 from pipeline.benchmarks.fashion import CLASSES, read_idx
-from pipeline.benchmarks.recipe_bench import cli, env_or, run_and_print, write_raw, write_variant
+from pipeline.benchmarks.recipe_bench import arms_parser, cli, env_or, run_and_print, write_raw, write_variant
 from pipeline.core import artifacts, paths
 from pipeline.core.artifacts import read_json
 from pipeline.core.metrics import accuracy, f1_macro
@@ -190,14 +190,8 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.benchmarks.imbalance", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--arms", nargs="+", default=env_or("ARMS", " ".join(ARMS)).split(), choices=list(ARMS))
+    parser = arms_parser("pipeline.benchmarks.imbalance", __doc__, list(ARMS), n_train=600, n_test=1000)
     parser.add_argument("--epochs", nargs="+", type=int, default=[int(e) for e in env_or("EPOCHS", "3").split()])
-    parser.add_argument("--n-train", type=int, default=int(env_or("N_TRAIN", "600")))
-    parser.add_argument("--n-test", type=int, default=int(env_or("N_TEST", "1000")))
-    parser.add_argument("--jobs", type=int, default=int(env_or("JOBS", "2")), help="processes at once, 1 thread each")
     return parser.parse_args(argv)
 
 

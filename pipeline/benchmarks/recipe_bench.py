@@ -321,6 +321,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def arms_parser(module: str, doc: str, arms: list[str], n_train: int, n_test: int) -> argparse.ArgumentParser:
+    """The flags every arm benchmark shares (each also reads BENCH_<NAME> from the environment); the caller adds
+    its own --epochs."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
+    parser.add_argument("--arms", nargs="+", default=env_or("ARMS", " ".join(arms)).split(), choices=arms)
+    parser.add_argument("--n-train", type=int, default=int(env_or("N_TRAIN", str(n_train))))
+    parser.add_argument("--n-test", type=int, default=int(env_or("N_TEST", str(n_test))))
+    parser.add_argument("--jobs", type=int, default=int(env_or("JOBS", "2")), help="processes at once, 1 thread each")
+    return parser
+
+
 def run_and_print(run: Callable[[argparse.Namespace], list[dict[str, Any]]],
                   tabulate: Callable[[list[dict[str, Any]]], str], args: argparse.Namespace) -> int:  # fmt: skip
     """A benchmark's main: run it, print its table; a UserError is one `error:` line and exit status 2."""

@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline.benchmarks.recipe_bench import env_or, prepare, run_and_print, write_variant
+from pipeline.benchmarks.recipe_bench import arms_parser, env_or, prepare, run_and_print, write_variant
 from pipeline.core import artifacts, paths
 from pipeline.core.errors import UserError
 from pipeline.data.tables import read_csv
@@ -149,13 +149,8 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.benchmarks.techniques",
-                                     description=__doc__.splitlines()[0])  # fmt: skip
-    parser.add_argument("--arms", nargs="+", default=env_or("ARMS", " ".join(ARMS)).split(), choices=list(ARMS))
+    parser = arms_parser("pipeline.benchmarks.techniques", __doc__, list(ARMS), n_train=2000, n_test=2000)
     parser.add_argument("--epochs", type=int, default=int(env_or("EPOCHS", "3")))
-    parser.add_argument("--n-train", type=int, default=int(env_or("N_TRAIN", "2000")))
-    parser.add_argument("--n-test", type=int, default=int(env_or("N_TEST", "2000")))
-    parser.add_argument("--jobs", type=int, default=int(env_or("JOBS", "2")), help="processes at once, 1 thread each")
     return parser.parse_args(argv)
 
 
