@@ -15,14 +15,18 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from pipeline.core import paths
+from pipeline.core import artifacts, paths
+from pipeline.core.bag import member_config, members
 from pipeline.core.config import Config, training_fingerprint
 from pipeline.core.errors import UserError
 from pipeline.core.progress import len_of_batch, progress
 from pipeline.data.augment import eval_transform
-from pipeline.data.cache import ImageCache, ResizeOnRead, cache_for
+from pipeline.data.cache import ImageCache, ResizeOnRead, cache_for, listing_cache
 from pipeline.data.loader import ImageDataset, make_loader
+from pipeline.data.tables import read_csv
+from pipeline.inference.predictions import mean_of_members
 from pipeline.inference.tta import predict_views, views_or_identity
+from pipeline.inference.tta_auto import effective_views
 from pipeline.training.model import build_model
 from pipeline.training.runtime import amp_settings, output_activation
 
@@ -115,13 +119,6 @@ def predict_test_set(cfg: Config, device: torch.device) -> None:
     """Every fold's test probabilities with TTA into fold<k>/test.csv (what a Kaggle Kernel runs: the OOF rows come
     with the bundle, so only the test listing is predicted); a seed bag's fold: the mean of its members'. The test
     images are decoded once for all the models (folds x seeds) into a test-only cache (pipeline.data.cache)."""
-    from pipeline.core import artifacts
-    from pipeline.core.bag import member_config, members
-    from pipeline.data.cache import listing_cache
-    from pipeline.data.tables import read_csv
-    from pipeline.inference.predictions import mean_of_members
-    from pipeline.inference.tta_auto import effective_views
-
     out = paths.for_config(cfg)
     test = read_csv(out.test_csv, "test listing")
     models, cache = cfg.folds.n_folds * len(members(cfg)), None
