@@ -228,13 +228,13 @@ def model_folder(dataset: Path, travel: str) -> Path | None:
     return folder
 
 
-def with_model(manifest: dict[str, Any], names: KaggleNames, weights: Path | None, what: str) -> dict[str, Any]:
+def with_model(manifest: dict[str, Any], names: KaggleNames, weights: Path | None) -> dict[str, Any]:
     """The manifest, and for weights that travel as a Kaggle Model its `weights_model` entry (the instance and its
     files) and the client's metadata files in `weights`."""
     if weights is None:
         return manifest
-    instance, title = model_names(manifest["comp"], manifest["exp"] if what == "exp" else f"blend-{manifest['exp']}",
-                                  names.dataset.split("/", 1)[0])  # fmt: skip
+    exp = f"blend-{manifest['exp']}" if manifest.get("kind") == BLEND_KIND else manifest["exp"]
+    instance, title = model_names(manifest["comp"], exp, names.dataset.split("/", 1)[0])
     files = sorted(p.name for p in weights.iterdir())
     write_model_metadata(weights, instance, title, f"Fold weights of `{manifest['exp']}` for `{manifest['comp']}` "
                          f"(CV {manifest.get('metric')} = {manifest.get('cv')}), for the inference kernel "
@@ -251,13 +251,12 @@ def build_bundle(cfg: Config, user: str, accelerator: str = DEFAULT_ACCELERATOR,
 
     def dataset(folder: Path) -> dict[str, Any]:
         weights = model_folder(folder, travel)
-        return with_model(build_dataset(cfg, names, folder, weights), names, weights, "exp")
+        return with_model(build_dataset(cfg, names, folder, weights), names, weights)
 
-    built: dict[str, Any] = {}  # the dataset's manifest, built before the kernel
     manifest = assemble(
         out.kaggle_bundle,
-        lambda folder: built.setdefault("manifest", dataset(folder)),
-        lambda kernel: build_kernel(cfg, names, kernel, accelerator, manifest=built["manifest"]),
+        dataset,
+        lambda kernel, manifest: build_kernel(cfg, names, kernel, accelerator, manifest=manifest),
     )
     size = sum(p.stat().st_size for p in out.kaggle_dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: %d folds, %d wheels) -> dataset %s, kernel %s", out.kaggle_bundle, size,
@@ -368,7 +367,7 @@ def build_blend_dataset(comp: str, name: str, configs: list[Config], scores: dic
         "wheels": extras, "requirements": "requirements.txt", "metric": scores.get("metric"), "cv": scores.get("cv"),
         "output_file": output_file_name(configs[0].data.test_csv), **runtime,
         "git_commit": git_commit(Path(__file__).resolve().parent),
-    }, names, weights, "blend")  # fmt: skip
+    }, names, weights)  # fmt: skip
 
 
 def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: str | None = None,
@@ -380,11 +379,9 @@ def build_blend_bundle(comp: str, name: str, user: str, explicit_accelerator: st
     travel = travel or configs[0].kaggle.weights
     place = paths.blend_bundle_place(comp, name)
     names = kaggle_names(comp, f"blend-{name}", user)
-    built: dict[str, Any] = {}  # the dataset's manifest, built before the kernel
-    assemble(place.folder, lambda dataset: built.setdefault("manifest", build_blend_dataset(
-                 comp, name, configs, scores, names, dataset, travel)),
-             lambda kernel: build_kernel(configs[0], names, kernel, accelerator, label=name,
-                                         manifest=built["manifest"]))  # fmt: skip
+    assemble(place.folder, lambda dataset: build_blend_dataset(comp, name, configs, scores, names, dataset, travel),
+             lambda kernel, manifest: build_kernel(configs[0], names, kernel, accelerator, label=name,
+                                                   manifest=manifest))  # fmt: skip
     size = sum(p.stat().st_size for p in place.dataset.iterdir()) / 1e6
     log.info("kaggle-bundle: %s (%.1f MB: blend %s of %s, %s weights %s) -> dataset %s, kernel %s", place.folder, size,
              name, ", ".join(scores["members"]), scores["combine"], scores["weights"], names.dataset,

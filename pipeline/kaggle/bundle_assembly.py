@@ -176,7 +176,7 @@ def write_runtime_with(folder: Path, built_on_kaggle: Sequence[str] = ()) -> tup
         try:
             extras.append(wheels.bundle_wheel(dist, folder).name)
         except UserError as exc:
-            pinned = f"{wheels.canonical(dist)}=={wheels._distribution(dist).version}"
+            pinned = wheels.pinned(dist)
             if pinned not in built_on_kaggle:
                 raise UserError(f"{exc}; `make kaggle-wheels CONFIG=... PACKAGES={pinned}` does that for you, then "
                                 "re-run kaggle-bundle") from exc  # fmt: skip
@@ -224,16 +224,17 @@ ACCELERATOR_WARNINGS = {
 }  # fmt: skip
 
 
-def assemble(folder: Path, dataset: Callable[[Path], dict], kernel: Callable[[Path], None]) -> dict:
-    """Build a bundle's dataset/ (`dataset` returns the manifest, written last as bundle.json) and kernel/ in a
-    hidden folder beside `folder`, then rename it into place, so a half-built bundle never looks done."""
+def assemble(folder: Path, dataset: Callable[[Path], dict], kernel: Callable[[Path, dict], None]) -> dict:
+    """Build a bundle's dataset/ (`dataset` returns the manifest, written last as bundle.json) and kernel/ (`kernel`
+    gets the folder and that manifest) in a hidden folder beside `folder`, then rename it into place, so a half-built
+    bundle never looks done."""
     staging = folder.with_name(f".{folder.name}.building")
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build
     try:
         (staging / "dataset").mkdir(parents=True)
         (staging / "kernel").mkdir()
         manifest = dataset(staging / "dataset")
-        kernel(staging / "kernel")
+        kernel(staging / "kernel", manifest)
         (staging / "dataset" / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest: last
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -243,8 +244,3 @@ def assemble(folder: Path, dataset: Callable[[Path], dict], kernel: Callable[[Pa
         raise
     artifacts.publish(staging, folder)
     return manifest
-
-
-# What pipeline.kaggle.remote_bundle reads through its `inference_bundle` alias (until its owner renames them).
-_title = kaggle_title
-_place = place_file

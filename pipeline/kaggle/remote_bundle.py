@@ -54,7 +54,7 @@ class TrainBundle:
 
 def dataset_names(cfg: Config, user: str) -> tuple[str, str]:
     """(ref, title) of the experiment's training dataset."""
-    title = inference_bundle._title(cfg.comp, cfg.exp + ("" if not cfg.sample else f"-s{cfg.sample}"), "train")
+    title = inference_bundle.kaggle_title(cfg.comp, cfg.exp + ("" if not cfg.sample else f"-s{cfg.sample}"), "train")
     return f"{user}/{inference_bundle.slugify(title)}", title
 
 
@@ -65,7 +65,7 @@ def kernel_names(cfg: Config, unit: str, user: str) -> tuple[str, str]:
     exp = cfg.exp + ("" if not cfg.sample else f"-s{cfg.sample}")
     if len(f"{exp} {unit} train") > 44:
         unit = f"{unit.split('-')[0]}-{hashlib.sha256(unit.encode()).hexdigest()[:8]}"
-    title = inference_bundle._title(cfg.comp, f"{exp} {unit}", "train")
+    title = inference_bundle.kaggle_title(cfg.comp, f"{exp} {unit}", "train")
     return f"{user}/{inference_bundle.slugify(title)}", title
 
 
@@ -133,11 +133,11 @@ def build_train_bundle(cfg: Config, user: str) -> TrainBundle:
     def dataset(folder: Path) -> dict[str, Any]:
         for name, text in texts.items():
             (folder / name).write_text(text)
-        inference_bundle._place(out.folds_csv, folder / "folds.csv")
+        inference_bundle.place_file(out.folds_csv, folder / "folds.csv")
         files = {}
         for relative, path in extras.items():
             name = FILE_PREFIX + relative.replace("/", "--")
-            inference_bundle._place(path, folder / name)
+            inference_bundle.place_file(path, folder / name)
             files[name] = relative
         package, wheels = inference_bundle.write_runtime(folder)
         (folder / "dataset-metadata.json").write_text(json.dumps({
@@ -154,7 +154,7 @@ def build_train_bundle(cfg: Config, user: str) -> TrainBundle:
             "wheels": wheels, "requirements": "requirements.txt",
         }  # fmt: skip
 
-    manifest = inference_bundle.assemble(place, dataset, lambda kernel: None)
+    manifest = inference_bundle.assemble(place, dataset, lambda kernel, manifest: None)
     log.info("remote: training bundle %s built (dataset %s)", place / "dataset", ref)
     return TrainBundle(place / "dataset", manifest)
 

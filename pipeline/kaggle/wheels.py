@@ -74,6 +74,11 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def pinned(name: str) -> str:
+    """`name==version` of installed distribution `name`, its name canonical: how kaggle-wheels lists what it built."""
+    return f"{canonical(name)}=={_distribution(name).version}"
+
+
 def _distribution(name: str) -> importlib.metadata.Distribution:
     try:
         return importlib.metadata.distribution(name)

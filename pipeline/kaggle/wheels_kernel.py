@@ -69,7 +69,7 @@ def unfetchable() -> list[str]:
                 wheels.fetch_for_kaggle(wheels.canonical(dist.metadata["Name"]), dist.version, Path(tmp))
             except UserError as exc:
                 log.info("kaggle-wheels: %s %s: %s", name, dist.version, exc)
-                missing.append(f"{wheels.canonical(dist.metadata['Name'])}=={dist.version}")
+                missing.append(wheels.pinned(name))
     return missing
 
 
