@@ -144,7 +144,7 @@ def build_run(cfg: Config, fold: int, device: torch.device, fp: str, world: Worl
     )  # fmt: skip
     mixer = losses.BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
     # dense targets (train.pseudo / soft_labels) take the soft-target loss, as mixed batches do
-    criterion = losses.build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
+    criterion = losses.build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets, device=device)
     return FoldRun(f, state, lr, amp, mixer, criterion, batches_per_epoch, updates_per_epoch,
                    step_losses=hot_path.StepLosses(device))  # fmt: skip
 

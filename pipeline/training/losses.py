@@ -51,7 +51,7 @@ def softmax_focal(gamma: float, smoothing: float, weight: torch.Tensor | None) -
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         log_p = F.log_softmax(logits.float(), dim=-1)
         t = _soft(targets, logits.shape[-1], smoothing)
-        w = t if weight is None else t * weight.to(logits.device)
+        w = t if weight is None else t * weight
         return -(w * (1 - log_p.exp()).pow(gamma) * log_p).sum(-1).mean()
 
     return loss
@@ -66,10 +66,12 @@ def log_priors(targets: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def logit_adjusted(priors: torch.Tensor, smoothing: float, tau: float = 1.0) -> Loss:
-    """Cross-entropy on logits + tau * log prior: the training target of balanced logits (hard or soft targets)."""
+    """Cross-entropy on logits + tau * log prior: the training target of balanced logits (hard or soft targets).
+    `priors` on the logits' device (build_criterion puts them there once, not a copy every step)."""
+    shift = tau * priors
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits.float() + tau * priors.to(logits.device), dim=-1)
+        log_p = F.log_softmax(logits.float() + shift, dim=-1)
         return -(_soft(targets, logits.shape[-1], smoothing) * log_p).sum(-1).mean()
 
     return loss
@@ -103,14 +105,15 @@ def asymmetric_single(cfg: Config) -> Loss:
     return loss
 
 
-def build_loss(cfg: Config, weight: torch.Tensor | None, train_targets: np.ndarray | None = None) -> Loss:
-    """The loss `train.loss` names (not auto) for this task; `weight`: balanced class weights or None;
+def build_loss(cfg: Config, weight: torch.Tensor | None, train_targets: np.ndarray | None = None,
+               device: torch.device | str = "cpu") -> Loss:  # fmt: skip
+    """The loss `train.loss` names (not auto) for this task; `weight`: balanced class weights or None (on `device`);
     `train_targets`: the fold's training targets (logit_adjusted takes its priors from them)."""
     t, multi = cfg.train, cfg.data.task == "multi_label"
     if t.loss == "logit_adjusted":
         if train_targets is None:
             raise ValueError("build_loss: logit_adjusted needs the training targets")  # a bug: the caller passes them
-        return logit_adjusted(log_priors(train_targets, cfg.num_classes), t.label_smoothing)
+        return logit_adjusted(log_priors(train_targets, cfg.num_classes).to(device), t.label_smoothing)
     if t.loss == "focal":
         return sigmoid_focal(t.focal_gamma, t.focal_alpha) if multi else softmax_focal(t.focal_gamma, t.label_smoothing,
                                                                                       weight)  # fmt: skip
@@ -160,11 +163,13 @@ def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(len(targets) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def build_criterion(cfg: Config, train_targets: np.ndarray, mixing: bool) -> Callable[..., torch.Tensor]:
-    """The loss for the task and head: CE (hard or soft targets), BCE (multi-label) or MSE (regression)."""
-    weight = class_weights(train_targets, cfg.num_classes) if cfg.train.class_weights == "balanced" else None
+def build_criterion(cfg: Config, train_targets: np.ndarray, mixing: bool,
+                    device: torch.device | str = "cpu") -> Callable[..., torch.Tensor]:  # fmt: skip
+    """The loss for the task and head: CE (hard or soft targets), BCE (multi-label) or MSE (regression). Its tensors
+    (class weights, log priors) are put on `device` here, once: a host-to-device copy every step would stall a GPU."""
+    weight = class_weights(train_targets, cfg.num_classes).to(device) if cfg.train.class_weights == "balanced" else None
     if cfg.train.loss in ("focal", "asymmetric", "logit_adjusted"):
-        return build_loss(cfg, weight, train_targets)
+        return build_loss(cfg, weight, train_targets, device)
     if cfg.model.head == "regression":
         return lambda logits, targets: F.mse_loss(logits.squeeze(1).float(), targets.float())
     if cfg.data.task == "multi_label":
@@ -175,7 +180,7 @@ def build_criterion(cfg: Config, train_targets: np.ndarray, mixing: bool) -> Cal
         return SoftTargetCrossEntropy()
 
     def weighted_soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        w = weight.to(logits.device)
-        return -(targets * w * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean() / (targets * w).sum(-1).mean()
+        w = targets * weight
+        return -(w * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean() / w.sum(-1).mean()
 
     return weighted_soft_ce

@@ -52,7 +52,7 @@ def range_test(cfg: Config, device: torch.device, steps: int = STEPS) -> tuple[l
     amp = amp_settings(device, t.amp, t.cpu_bf16)
     scaler = torch.amp.GradScaler("cuda", enabled=amp[0] and amp[1] == torch.float16)
     mixer = BatchMixer(t, cfg.num_classes, cfg.data.task, cfg.model.head) if t.mixup or t.cutmix else None
-    criterion = build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets)
+    criterion = build_criterion(cfg, f.train_targets, mixing=mixer is not None or f.dense_targets, device=device)
     f.model.train()
     lrs: list[float] = []
     losses: list[float] = []

@@ -196,3 +196,23 @@ def test_drop_rates_reach_timm_and_the_resolved_config() -> None:
     assert to_dict(Config(model=cfg))["model"]["drop_path_rate"] == 0.2
     with pytest.raises(ConfigError, match="model.drop_path_rate: must be in"):
         validate(Config(data=DataConfig(classes=["a", "b"]), model=ModelConfig(drop_path_rate=1.0)))
+
+
+@pytest.mark.parametrize(("train", "mixing"), [({"loss": "logit_adjusted"}, False),
+                                               ({"loss": "focal", "class_weights": "balanced"}, False),
+                                               ({"class_weights": "balanced"}, True)])  # fmt: skip
+def test_a_criterion_copies_nothing_to_the_device_per_step(train: dict, mixing: bool, monkeypatch) -> None:  # noqa: ANN001
+    """Class weights and log priors go to the device once, in build_criterion: on a GPU a host-to-device copy at every
+    step would stall it. The step itself calls no Tensor.to."""
+    cfg = _cfg(**train)
+    y = np.array([0, 0, 0, 1, 2, 2]) % cfg.num_classes
+    criterion = losses.build_criterion(cfg, y, mixing=mixing, device=torch.device("cpu"))
+    logits = torch.randn(6, cfg.num_classes)
+    targets = torch.eye(cfg.num_classes)[torch.from_numpy(y)] if mixing else torch.from_numpy(y)
+    expected = criterion(logits, targets)
+
+    def no_copy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Tensor.to called inside a training step's loss")
+
+    monkeypatch.setattr(torch.Tensor, "to", no_copy)
+    assert torch.equal(criterion(logits, targets), expected)
