@@ -160,13 +160,15 @@ def write_csv(path: Path, frame: pd.DataFrame, float_format: str | None = None) 
 
     starts = range(0, max(len(frame), 1), CSV_CHUNK_ROWS)
     first = chunk(0)
-    last = len(chunk(starts[-1]).encode()) if len(starts) > 1 else len(first.encode())
-    estimate = (len(first.encode()) + last) * len(starts) // 2  # for a full disk's message (the size needed)
+    last = chunk(starts[-1]) if len(starts) > 1 else first  # formatted once: written last below
+    estimate = (len(first.encode()) + len(last.encode())) * len(starts) // 2  # for a full disk's message
     with atomic_path(path, estimate) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(first)
-            for start in starts[1:]:
+            for start in starts[1:-1]:
                 handle.write(chunk(start))
+            if len(starts) > 1:
+                handle.write(last)
             handle.flush()
             os.fsync(handle.fileno())  # a full disk can surface only here on some file systems
     return path

@@ -77,10 +77,3 @@ def remembered(record: Path, name: str, key: Key, check: Callable[[], Any]) -> A
         values[name] = {"key": key, "value": value}
         artifacts.write_json(record, values)
     return value
-
-
-def forget(record: Path, name: str) -> None:
-    """Drop a remembered check (its subject is being rebuilt)."""
-    values = _read(record)
-    if values.pop(name, None) is not None:
-        artifacts.write_json(record, values)

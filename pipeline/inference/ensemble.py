@@ -149,12 +149,6 @@ def average_tests(tests: list[pd.DataFrame], classes: list[str], thresholds: dic
     return blended
 
 
-def blend_folds(cfg: Config, fold_ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, list[float]]:
-    """(oof over the folds' rows in folds.csv order, mean test probabilities, per-fold scores)."""
-    oof_all, tests, fold_scores = read_folds_predictions(cfg, fold_ids)
-    return oof_all, average_tests(tests, cfg.data.classes, None), fold_scores
-
-
 def add_refit(cfg: Config, blended: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """ensemble.refit: the refit's test probabilities join the folds' mean as one more model (weight 1/(k+1));
     returns (test probabilities, what scores.json records about the refit)."""

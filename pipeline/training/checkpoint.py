@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.core import artifacts
-from pipeline.core.errors import EXIT_STOPPED, ConfigError, Stopped, UserError  # noqa: F401 (re-exported: checkpoint.Stopped)
+from pipeline.core.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
