@@ -22,9 +22,9 @@ from pipeline.inference.prior_shift import decide
 
 def recalls(targets: np.ndarray, decided: np.ndarray, n_classes: int) -> np.ndarray:
     """(C,) share of each class's rows predicted as that class; NaN for a class with no rows."""
-    predicted = decided.argmax(axis=1)
-    return np.array([np.mean(predicted[targets == c] == c) if (targets == c).any() else np.nan
-                     for c in range(n_classes)])  # fmt: skip
+    from sklearn.metrics import recall_score
+
+    return recall_score(targets, decided.argmax(axis=1), labels=range(n_classes), average=None, zero_division=np.nan)
 
 
 def recall_table(cfg: Config, folds: pd.DataFrame, targets: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
