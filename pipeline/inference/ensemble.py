@@ -184,9 +184,10 @@ def add_refit(cfg: Config, blended: pd.DataFrame) -> tuple[pd.DataFrame, dict[st
     return mixed, facts
 
 
-def holdout_score(cfg: Config, blended: pd.DataFrame, thresholds: dict[str, Any] | None = None) -> float | None:
-    """Score against held-out test labels when the competition provides them, under the decision `thresholds`."""
-    truth = holdout_targets(cfg, blended["id"])
+def holdout_score(cfg: Config, truth: np.ndarray | None, blended: pd.DataFrame,
+                  thresholds: dict[str, Any] | None = None) -> float | None:  # fmt: skip
+    """Score against the held-out labels `truth` (holdout_targets, in `blended`'s row order; None: the competition
+    has none) under the decision `thresholds`."""
     if truth is None:
         return None
     return score(cfg.metric, truth, prior_shift.decide(blended[cfg.data.classes].to_numpy(), thresholds))
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> None:
     cv = score(cfg.metric, targets, probs)
     thresholds, cv_thresholded = choose_thresholds(cfg, targets, probs, cv, folds["fold"].to_numpy())
     blended, refit_facts = add_refit(cfg, average_tests(tests, cfg.data.classes, thresholds))
-    truth = holdout_targets(cfg, tests[0]["id"])
+    truth = holdout_targets(cfg, blended["id"])  # read once; blended keeps tests[0]'s row order
     check = ensemble_vs_folds(cfg.metric, targets, probs, folds["fold"].to_numpy(), thresholds, None if truth is None
                               else (truth, [t[cfg.data.classes].to_numpy() for t in tests],
                                     blended[cfg.data.classes].to_numpy()))  # fmt: skip
@@ -241,8 +242,8 @@ def run(args: argparse.Namespace) -> None:
         "partial": partial,  # True: only folds_used were blended; cv covers only their rows
         "cv_rows": len(folds),
         "higher_is_better": higher_is_better(cfg.metric),
-        "holdout": holdout_score(cfg, blended),
-        "holdout_thresholded": holdout_score(cfg, blended, thresholds),
+        "holdout": holdout_score(cfg, truth, blended),
+        "holdout_thresholded": holdout_score(cfg, truth, blended, thresholds),
         "n_folds": cfg.folds.n_folds,
         "refit": refit_facts,  # make refit: no OOF; how its test predictions were weighted (ensemble.refit)
         "oof_selection": averaging.oof_selection(cfg),  # keep last/best; what choosing epochs on the scored fold gained
